@@ -1,0 +1,71 @@
+"""Every hook a cropseg plugin can implement, typed and documented.
+
+A plugin is a module (or object) with functions decorated by :data:`cropseg.hookimpl`, announced in its
+distribution's ``[project.entry-points.cropseg]`` table. Built-in plugins use the same entry-point group.
+
+Contribution hooks receive a ``register(name, factory)`` callback. ``factory(**options)`` is called with
+the options from the stage's Hydra config (everything but ``name``) and must return an object
+implementing the stage's interface from :mod:`cropseg.types`:
+
+========================  ==========================  =====================================================
+hook                      factory returns             interface
+========================  ==========================  =====================================================
+cropseg_register_sources  a scene source              :class:`cropseg.types.Source`
+cropseg_register_labelers a labeler                   :class:`cropseg.types.Labeler`
+cropseg_register_features a feature extractor         :class:`cropseg.types.Features`
+cropseg_register_classifiers a pixel classifier       :class:`cropseg.types.Classifier`
+cropseg_register_postprocessors a mask filter or      :class:`cropseg.types.MaskFilter` /
+                          a vectorizer                :class:`cropseg.types.Vectorizer`
+========================  ==========================  =====================================================
+
+Registering a name twice for the same stage raises :class:`cropseg.errors.DuplicatePluginError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pluggy
+
+PROJECT_NAME = "cropseg"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+#: ``register(name, factory)``: adds a named factory to a stage's registry.
+Register = Callable[[str, Callable[..., Any]], None]
+
+
+@hookspec
+def cropseg_register_sources(register: Register) -> None:
+    """Register scene sources.
+
+    A source's ``load(workdir)`` returns a :class:`cropseg.types.SceneSet`: the training scene and the
+    held-out test scene, each a file-backed 4-band reflectance scene with its valid-data mask, CRS and
+    transform, provenance metadata and ground truth. Sources that generate data set ``synthetic = True``.
+    """
+
+
+@hookspec
+def cropseg_register_labelers(register: Register) -> None:
+    """Register labelers: ground truth -> crop (1) / non-crop (0) / ignore (255) raster on a scene's grid.
+
+    Pixels outside the scene's valid data (footprint, AOI, unusable data) must be *ignore*.
+    """
+
+
+@hookspec
+def cropseg_register_features(register: Register) -> None:
+    """Register feature extractors: reflectance block ``(bands, h, w)`` -> named features ``(f, h, w)``."""
+
+
+@hookspec
+def cropseg_register_classifiers(register: Register) -> None:
+    """Register pixel classifiers: ``fit(X, y, groups)`` on ``(n, f)`` arrays, ``predict(X)`` -> 0/1."""
+
+
+@hookspec
+def cropseg_register_postprocessors(register: Register) -> None:
+    """Register postprocessors: mask filters (mask -> cleaner mask, applied block-wise with a halo) and
+    vectorizers (mask GeoTIFF -> polygons GeoJSON with areas)."""

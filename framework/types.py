@@ -1,0 +1,345 @@
+"""The data types stages exchange, and the interfaces plugins implement.
+
+Stages exchange file-backed :class:`Scene` objects, label rasters on disk and per-block arrays, never
+whole-scene arrays, so every stage works on scenes larger than memory.
+
+Pixel codes used throughout: ``0`` non-crop, ``1`` crop, ``255`` ignore / nodata (:data:`NONCROP`,
+:data:`CROP`, :data:`IGNORE`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    import rasterio
+    from affine import Affine
+    from rasterio.crs import CRS
+    from rasterio.windows import Window
+
+NONCROP: int = 0
+CROP: int = 1
+IGNORE: int = 255
+CLASS_NAMES: tuple[str, str] = ("non-crop", "crop")
+BAND_NAMES: tuple[str, str, str, str] = ("blue", "green", "red", "nir")
+
+#: DWR land-use survey CLASS1 codes that are agricultural crops (the seed study's choice).
+DWR_CROP_CLASSES: tuple[str, ...] = ("G", "R", "F", "P", "T", "D", "C", "V")
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A raster grid: CRS, affine transform and shape (rows = height, columns = width)."""
+
+    crs: CRS
+    transform: Affine
+    width: int
+    height: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.height, self.width)
+
+    @property
+    def pixel_area(self) -> float:
+        """Area of one pixel in CRS units squared (m² for projected CRSs)."""
+        return abs(self.transform.a * self.transform.e - self.transform.b * self.transform.d)
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        from rasterio.transform import array_bounds
+
+        west, south, east, north = array_bounds(self.height, self.width, self.transform)
+        return (west, south, east, north)
+
+    def window_transform(self, window: Window) -> Affine:
+        from rasterio.windows import transform as wtransform
+
+        return wtransform(window, self.transform)
+
+    def profile(self, **extra: Any) -> dict[str, Any]:
+        """A GeoTIFF profile for a single-band uint8 mask on this grid (tiled, DEFLATE-compressed)."""
+        prof: dict[str, Any] = {
+            "driver": "GTiff",
+            "width": self.width,
+            "height": self.height,
+            "count": 1,
+            "dtype": "uint8",
+            "crs": self.crs,
+            "transform": self.transform,
+            "nodata": IGNORE,
+            "compress": "deflate",
+            "predictor": 2,
+            "tiled": True,
+            "blockxsize": 256,
+            "blockysize": 256,
+        }
+        prof.update(extra)
+        return prof
+
+
+@dataclass(frozen=True)
+class VectorGroundTruth:
+    """Ground truth polygons in any vector format GDAL reads, or a bare JSON list of GeoJSON features.
+
+    A polygon is crop when ``attribute`` holds one of ``crop_values``. Pixels covered by no polygon are
+    non-crop (``uncovered="noncrop"``, the seed study's reading of the DWR survey) or ignored.
+    """
+
+    path: Path
+    attribute: str = "CLASS1"
+    crop_values: tuple[str, ...] = DWR_CROP_CLASSES
+    layer: str | None = None
+    uncovered: str = "noncrop"
+
+
+@dataclass(frozen=True)
+class RasterGroundTruth:
+    """Ground truth as a class raster (e.g. a Cropland Data Layer clip): values map to crop / non-crop."""
+
+    path: Path
+    crop_values: tuple[int, ...]
+    ignore_values: tuple[int, ...] = ()
+    band: int = 1
+
+
+GroundTruth = VectorGroundTruth | RasterGroundTruth
+
+
+@dataclass(frozen=True)
+class Block:
+    """One window of a scene: reflectance ``(bands, h, w)`` float32 and a ``(h, w)`` valid-data mask."""
+
+    window: Window
+    reflectance: np.ndarray
+    valid: np.ndarray
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A file-backed 4-band scene; nothing is read until a window is asked for.
+
+    ``window`` restricts the scene to part of the file (e.g. an AOI's bounding box): the scene's grid is
+    then that window's grid. Reflectance is ``DN * gains[b] + offsets[b]`` per band (Planet's
+    ``reflectanceCoefficient`` as gains, or a constant scale). A pixel is valid where not every band
+    equals ``nodata`` (or the file's own mask says valid when there is no nodata value), where the
+    optional usable-data raster says clear, and inside the optional ``aoi`` (a shapely geometry in the
+    scene CRS).
+    """
+
+    name: str
+    path: Path
+    gains: tuple[float, ...]
+    offsets: tuple[float, ...] = (0.0, 0.0, 0.0, 0.0)
+    bands: tuple[int, ...] = (1, 2, 3, 4)
+    window: Window | None = None
+    nodata: float | None = None
+    aoi: Any = None
+    usable_path: Path | None = None
+    usable_band: int = 1
+    ground_truth: GroundTruth | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    @cached_property
+    def grid(self) -> Grid:
+        import rasterio
+
+        with rasterio.open(self.path) as src:
+            if self.window is None:
+                return Grid(src.crs, src.transform, src.width, src.height)
+            w = self.window
+            return Grid(src.crs, src.window_transform(w), int(w.width), int(w.height))
+
+    @property
+    def band_names(self) -> tuple[str, ...]:
+        return BAND_NAMES[: len(self.bands)]
+
+    @contextmanager
+    def reader(self) -> Iterator[SceneReader]:
+        """Open the scene's files once for many window reads."""
+        import rasterio
+
+        with rasterio.open(self.path) as src:
+            usable = rasterio.open(self.usable_path) if self.usable_path else None
+            try:
+                yield SceneReader(self, src, usable)
+            finally:
+                if usable is not None:
+                    usable.close()
+
+
+class SceneReader:
+    """Reads windows of a :class:`Scene` (windows are relative to the scene's grid)."""
+
+    def __init__(self, scene: Scene, src: rasterio.DatasetReader, usable: rasterio.DatasetReader | None):
+        self.scene = scene
+        self.src = src
+        self.usable = usable
+        self.grid = scene.grid
+        self._gains = np.asarray(scene.gains, dtype=np.float32)[:, None, None]
+        self._offsets = np.asarray(scene.offsets, dtype=np.float32)[:, None, None]
+
+    def _file_window(self, window: Window) -> Window:
+        from rasterio.windows import Window
+
+        if self.scene.window is None:
+            return window
+        return Window(
+            window.col_off + self.scene.window.col_off,
+            window.row_off + self.scene.window.row_off,
+            window.width,
+            window.height,
+        )
+
+    def read(self, window: Window) -> Block:
+        """Reflectance and valid mask for ``window``; parts outside the file read as invalid."""
+        fwin = self._file_window(window)
+        nodata = self.scene.nodata
+        fill = nodata if nodata is not None else 0
+        dn = self.src.read(list(self.scene.bands), window=fwin, boundless=True, fill_value=fill)
+        if nodata is not None:
+            valid = ~np.all(dn == nodata, axis=0)
+        else:
+            masks = self.src.read_masks(list(self.scene.bands), window=fwin, boundless=True)
+            valid = np.all(masks > 0, axis=0)
+        # boundless reads outside the file are invalid whatever the fill value
+        valid &= _inside_mask(fwin, self.src.height, self.src.width)
+        if self.usable is not None:
+            clear = self.usable.read(self.scene.usable_band, window=fwin, boundless=True, fill_value=0)
+            valid &= clear > 0
+        if self.scene.aoi is not None:
+            from rasterio.features import geometry_mask
+
+            h, w = valid.shape
+            valid &= geometry_mask(
+                [self.scene.aoi], out_shape=(h, w), transform=self.grid.window_transform(window), invert=True
+            )
+        refl = dn.astype(np.float32) * self._gains + self._offsets
+        refl[:, ~valid] = 0.0
+        return Block(window, refl, valid)
+
+
+def _inside_mask(window: Window, height: int, width: int) -> np.ndarray:
+    r0, c0 = int(window.row_off), int(window.col_off)
+    h, w = int(window.height), int(window.width)
+    rows = np.arange(r0, r0 + h)
+    cols = np.arange(c0, c0 + w)
+    return ((rows >= 0) & (rows < height))[:, None] & ((cols >= 0) & (cols < width))[None, :]
+
+
+@dataclass(frozen=True)
+class SceneSet:
+    """What a source provides: a training scene and a held-out test scene."""
+
+    train: Scene
+    test: Scene
+    synthetic: bool = False
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LabelRaster:
+    """A uint8 label GeoTIFF on a scene's grid (0 non-crop, 1 crop, 255 ignore) and its pixel counts."""
+
+    path: Path
+    grid: Grid
+    counts: Mapping[str, int]
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What a classifier reports about its fit: chosen hyperparameters and CV metrics to log."""
+
+    params: Mapping[str, Any] = field(default_factory=dict)
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class VectorResult:
+    """Polygons written by a vectorizing postprocessor."""
+
+    path: Path
+    n_polygons: int
+    area_ha: float
+
+
+# --------------------------------------------------------------------------------------------------
+# Interfaces plugins implement (structural: any object with these members works).
+# --------------------------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class Source(Protocol):
+    """Provides the train and test scenes (with their ground truth) of a run."""
+
+    synthetic: bool
+
+    def load(self, workdir: Path) -> SceneSet:
+        """Return the scenes; ``workdir`` is a cache directory the source may write to."""
+        ...
+
+
+@runtime_checkable
+class Labeler(Protocol):
+    """Turns a scene's ground truth into a label raster on the scene's grid."""
+
+    def label(self, scene: Scene, out_path: Path) -> LabelRaster:
+        """Write ``out_path`` (uint8 0/1/255 GeoTIFF on ``scene.grid``) block by block and describe it."""
+        ...
+
+
+@runtime_checkable
+class Features(Protocol):
+    """Turns a block of reflectance ``(bands, h, w)`` into features ``(n_features, h, w)`` float32."""
+
+    def names(self, band_names: Sequence[str]) -> list[str]:
+        ...
+
+    def compute(self, reflectance: np.ndarray, band_names: Sequence[str]) -> np.ndarray:
+        ...
+
+
+@runtime_checkable
+class Classifier(Protocol):
+    """A pixel classifier on plain ``(n_pixels, n_features)`` arrays; knows nothing of rasters.
+
+    ``fit`` receives labels 0/1 and optional ``groups`` (spatial block ids, for grouped CV) and returns a
+    :class:`FitResult`. ``predict`` returns uint8 0/1 of length ``n_pixels``. The fitted object must be
+    picklable (it is logged as the run's model).
+    """
+
+    def fit(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None) -> FitResult:
+        ...
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        ...
+
+
+@runtime_checkable
+class MaskFilter(Protocol):
+    """A postprocessor mask -> mask that needs ``halo`` neighbouring pixels on each side of a block.
+
+    ``apply`` gets a uint8 0/1 block padded by ``halo`` pixels (edge pixels replicated outside the scene,
+    invalid pixels as 0) and returns the filtered block of the same shape; the framework crops the halo,
+    so block-wise results equal whole-image results.
+    """
+
+    halo: int
+
+    def apply(self, mask: np.ndarray) -> np.ndarray:
+        ...
+
+
+@runtime_checkable
+class Vectorizer(Protocol):
+    """A postprocessor mask -> polygons: writes GeoJSON (EPSG:4326) from a mask GeoTIFF."""
+
+    def vectorize(self, mask_path: Path, out_path: Path) -> VectorResult:
+        ...
