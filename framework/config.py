@@ -1,0 +1,177 @@
+"""Hydra configuration: where configs live, composing them, and turning them into plugin objects.
+
+The primary configs are in the repository's ``conf/`` directory (one group per stage); named studies in
+``experiments/`` are registered as the ``experiment`` group, so ``cropseg +experiment=seed_knn`` works.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from .errors import ConfigError
+from .plugins import Registry
+
+VERSION_BASE = "1.3"
+CONFIG_NAME = "config"
+#: Override the config directories (mainly for installed, non-editable copies).
+CONF_ENV = "CROPSEG_CONF_DIR"
+EXPERIMENTS_ENV = "CROPSEG_EXPERIMENTS_DIR"
+
+_ROOT = Path(__file__).resolve().parent.parent
+SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|passwd|credential)", re.IGNORECASE)
+
+
+def conf_dir() -> Path:
+    d = Path(os.environ.get(CONF_ENV) or _ROOT / "conf")
+    if not (d / f"{CONFIG_NAME}.yaml").is_file():
+        raise ConfigError(f"{d}: cropseg's Hydra configs not found (set {CONF_ENV} to the conf/ directory)")
+    return d
+
+
+def experiments_dir() -> Path:
+    return Path(os.environ.get(EXPERIMENTS_ENV) or _ROOT / "experiments")
+
+
+_PACKAGE_HEADER = re.compile(r"^#\s*@package\s+(\S+)", re.MULTILINE)
+
+
+def register_experiments(directory: Path | None = None) -> list[str]:
+    """Store every ``experiments/*.yaml`` in Hydra's ConfigStore as group ``experiment`` (honouring each
+    file's ``# @package`` header, ``_global_`` by convention). Returns the names registered."""
+    from hydra.core.config_store import ConfigStore
+
+    directory = directory or experiments_dir()
+    cs = ConfigStore.instance()
+    names = []
+    for path in sorted(directory.glob("*.yaml")) if directory.is_dir() else []:
+        text = path.read_text()
+        m = _PACKAGE_HEADER.search(text.split("\n\n", 1)[0])
+        node = OmegaConf.create(text) if text.strip() else OmegaConf.create({})
+        cs.store(group="experiment", name=path.stem, node=node, package=m.group(1) if m else "_global_",
+                 provider="cropseg-experiments")
+        names.append(path.stem)
+    return names
+
+
+@contextmanager
+def hydra_context(config_dir: Path | None = None) -> Iterator[None]:
+    """Initialise Hydra in-process on cropseg's configs (no working-directory change)."""
+    from hydra import initialize_config_dir
+
+    register_experiments()
+    with initialize_config_dir(config_dir=str(config_dir or conf_dir()), version_base=VERSION_BASE,
+                               job_name="cropseg"):
+        yield
+
+
+def compose(overrides: Sequence[str] = (), config_dir: Path | None = None) -> DictConfig:
+    """Compose the run configuration with Hydra, as the CLI would, turning Hydra errors into one line."""
+    from hydra import compose as hcompose
+
+    with hydra_context(config_dir):
+        with hydra_errors():
+            return hcompose(config_name=CONFIG_NAME, overrides=list(overrides))
+
+
+@contextmanager
+def hydra_errors() -> Iterator[None]:
+    """Turn Hydra/OmegaConf composition errors into :class:`ConfigError` with one clear line."""
+    from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException, OverrideParseException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        yield
+    except MissingConfigException as exc:
+        raise ConfigError(_missing_message(exc)) from None
+    except OverrideParseException as exc:
+        raise ConfigError(f"bad override: {_first_line(exc)}") from None
+    except (ConfigCompositionException, HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(_first_line(exc.__cause__ or exc)) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return " ".join(text.split("\n\n")[0].split()) if text else type(exc).__name__
+
+
+def _missing_message(exc: Any) -> str:
+    text = str(exc)
+    m = re.search(r"Could not find '([^']+)'", text)
+    options = getattr(exc, "options", None)
+    if m and "/" in m.group(1):
+        group, name = m.group(1).rsplit("/", 1)
+        avail = ", ".join(sorted(options)) if options else "none"
+        return f"{group}={name}: no such {group} config (available: {avail})"
+    return _first_line(exc)
+
+
+def plugin_options(node: Any) -> dict[str, Any]:
+    """A stage config node minus its ``name`` key, as plain Python values."""
+    d = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig | ListConfig) else dict(node)
+    assert isinstance(d, dict)
+    d.pop("name", None)
+    return d
+
+
+def instantiate(registry: Registry, stage: str, node: Any, default_name: str | None = None) -> Any:
+    """The one place a stage object is built from config: ``node.name`` picks the registered plugin,
+    the other keys are its options (checked against the factory's signature)."""
+    if node is None:
+        raise ConfigError(f"{stage}: no configuration")
+    name = node.get("name", default_name) if isinstance(node, Mapping | DictConfig) else None
+    if not name:
+        raise ConfigError(f"{stage}: the config has no 'name' naming the plugin")
+    return registry.create(stage, str(name), plugin_options(node))
+
+
+def postprocessor_nodes(cfg: DictConfig) -> list[tuple[str, Any]]:
+    """The configured postprocessors in order: ``postprocessor`` maps names to option nodes."""
+    node = cfg.get("postprocessor")
+    if node is None:
+        return []
+    if not isinstance(node, DictConfig):
+        raise ConfigError("postprocessor: expected a mapping of postprocessor names to options")
+    out = []
+    for key, sub in node.items():
+        if sub is None:
+            continue
+        sub = sub if isinstance(sub, DictConfig) else OmegaConf.create({})
+        out.append((str(sub.get("name", key)), sub))
+    return out
+
+
+def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """Flatten a resolved config into dotted keys, secrets redacted (for MLflow params)."""
+    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig | ListConfig) else cfg
+    out: dict[str, Any] = {}
+
+    def walk(obj: Any, key: str) -> None:
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                walk(v, f"{key}.{k}" if key else str(k))
+        else:
+            out[key] = "***" if SECRET_KEY.search(key.rsplit(".", 1)[-1]) else obj
+
+    walk(container, prefix)
+    return out
+
+
+def redact(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as a plain dict with secret-looking keys redacted (for ``log_dict``)."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+
+    def walk(obj: Any) -> Any:
+        if isinstance(obj, dict):
+            return {k: ("***" if SECRET_KEY.search(str(k)) else walk(v)) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [walk(v) for v in obj]
+        return obj
+
+    return walk(container)

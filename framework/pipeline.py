@@ -1,0 +1,396 @@
+"""One crop-segmentation run: the stages in order, block by block, tracked in MLflow.
+
+Only :mod:`cropseg.tracking` talks to MLflow; plugins arrive through the registry, never by import.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from omegaconf import DictConfig, OmegaConf
+
+from . import __version__
+from .config import flatten, instantiate, plugin_options, postprocessor_nodes, redact
+from .errors import ConfigError, PluginError
+from .evaluate import classification_report, confusion_from_rasters, iou, report_metrics
+from .plugins import Registry, get_plugin_manager
+from .raster import DEFAULT_BLOCK, block_writer, iter_windows, n_windows, read_with_halo
+from .sampling import sample_training_pixels
+from .tracking import TAG_PREFIX, Tracker, git_commit
+from .types import IGNORE, Classifier, Features, Labeler, MaskFilter, Scene, Source, Vectorizer
+
+log = logging.getLogger("cropseg")
+
+
+@dataclass
+class RunResult:
+    """What a run returns: its MLflow identity, metrics and the paths of its outputs."""
+
+    run_id: str
+    experiment_id: str
+    tracking_uri: str
+    output_dir: Path
+    metrics: dict[str, float]
+    outputs: dict[str, Path]
+    params: dict[str, Any] = field(default_factory=dict)
+    ui_hint: str = ""
+
+    def summary(self) -> str:
+        """A plain-text table of the key test metrics."""
+        m = self.metrics
+        rows = [
+            ("test crop precision", m.get("test_crop_precision")),
+            ("test crop recall", m.get("test_crop_recall")),
+            ("test crop F1", m.get("test_crop_f1")),
+            ("test weighted F1", m.get("test_weighted_avg_f1")),
+            ("test accuracy", m.get("test_accuracy")),
+            ("test crop IoU", m.get("test_iou")),
+            ("test weighted F1 (before postprocessing)", m.get("test_raw_weighted_avg_f1")),
+            ("train weighted F1", m.get("train_weighted_avg_f1")),
+            ("crop area (ha, polygons)", m.get("crop_area_ha")),
+            ("crop polygons", m.get("n_polygons")),
+            ("fit seconds", m.get("fit_seconds")),
+            ("predict pixels / second", m.get("predict_pixels_per_second")),
+            ("total seconds", m.get("total_seconds")),
+        ]
+        width = max(len(r[0]) for r in rows)
+        lines = [f"{'metric':<{width}}  value", f"{'-' * width}  ----------"]
+        for name, val in rows:
+            if val is None:
+                continue
+            txt = f"{val:,.0f}" if name in ("crop polygons",) else f"{val:,.4f}" if abs(val) < 100 else f"{val:,.1f}"
+            lines.append(f"{name:<{width}}  {txt}")
+        return "\n".join(lines)
+
+
+class Progress:
+    """Logs progress of a long step at most every few seconds, and its end."""
+
+    def __init__(self, label: str, total: int, every: float = 5.0):
+        self.label, self.total, self.every = label, total, every
+        self.done = 0
+        self.start = self.last = time.perf_counter()
+
+    def step(self, n: int = 1) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if now - self.last >= self.every and self.done < self.total:
+            self.last = now
+            log.info("%s: %d/%d blocks (%.0f%%)", self.label, self.done, self.total, 100 * self.done / self.total)
+
+    def finish(self) -> float:
+        secs = time.perf_counter() - self.start
+        log.info("%s: done in %.1f s", self.label, secs)
+        return secs
+
+
+@dataclass
+class Stages:
+    """The plugin objects of a run, built and validated before any work starts."""
+
+    source: Source
+    labeler: Labeler
+    features: Features
+    classifier: Classifier
+    filters: list[tuple[str, MaskFilter]]
+    vectorizers: list[tuple[str, Vectorizer]]
+    registry: Registry
+    names: dict[str, str]
+
+
+def build_stages(cfg: DictConfig, registry: Registry | None = None) -> Stages:
+    """Instantiate every configured plugin through the registry (unknown names/options fail here)."""
+    if registry is None:
+        block = list(cfg.get("plugins", {}).get("block", []) or [])
+        registry = Registry.from_plugin_manager(get_plugin_manager(block=block))
+    names = {s: str(cfg[s].get("name")) for s in ("source", "labeler", "features", "classifier") if cfg.get(s)}
+    source = instantiate(registry, "source", cfg.get("source"))
+    labeler = instantiate(registry, "labeler", cfg.get("labeler"))
+    features = instantiate(registry, "features", cfg.get("features") or {"name": "bands"})
+    classifier = instantiate(registry, "classifier", cfg.get("classifier"))
+    filters, vectorizers = [], []
+    for name, node in postprocessor_nodes(cfg):
+        obj = registry.create("postprocessor", name, plugin_options(node))
+        if isinstance(obj, MaskFilter):
+            if vectorizers:
+                raise ConfigError(f"postprocessor.{name}: mask filters must come before vectorizers")
+            filters.append((name, obj))
+        elif isinstance(obj, Vectorizer):
+            vectorizers.append((name, obj))
+        else:
+            raise PluginError(f"postprocessor {name!r} is neither a mask filter (halo, apply) nor a vectorizer")
+    names["postprocessor"] = ",".join(n for n, _ in [*filters, *vectorizers]) or "none"
+    for stage, obj, proto in (("source", source, Source), ("labeler", labeler, Labeler),
+                              ("features", features, Features), ("classifier", classifier, Classifier)):
+        if not isinstance(obj, proto):
+            raise PluginError(f"{stage} {names.get(stage)!r} does not implement cropseg.types.{proto.__name__}")
+    return Stages(source, labeler, features, classifier, filters, vectorizers, registry, names)
+
+
+def _default_output_dir() -> Path:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            return Path(HydraConfig.get().runtime.output_dir)
+    except (ImportError, ValueError):
+        pass
+    stamp = datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
+    return Path("outputs") / f"{stamp}-{uuid.uuid4().hex[:6]}"
+
+
+def execute(cfg: DictConfig, *, output_dir: Path | None = None, parent_run_id: str | None = None,
+            registry: Registry | None = None) -> RunResult:
+    """Run the configured pipeline once and record it in MLflow; see :func:`cropseg.api.run`."""
+    t_start = time.perf_counter()
+    stages = build_stages(cfg, registry)
+    tcfg = cfg.get("tracking", {})
+    tracker = Tracker(tcfg.get("uri"), tcfg.get("experiment", "cropseg"), tcfg.get("artifact_location"))
+    out = Path(output_dir or cfg.get("output_dir") or _default_output_dir()).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    parent_run_id = parent_run_id or tcfg.get("parent_run_id") or os.environ.get("CROPSEG_PARENT_RUN_ID")
+    tags = _tags(stages)
+    run_name = tcfg.get("run_name") or f"{stages.names['classifier']}-{stages.names['source']}"
+    with tracker.run(run_name, tags, parent_run_id) as rl:
+        log.info("MLflow run %s in %s (experiment %r)", rl.run_id, tracker.uri, tracker.experiment_name)
+        try:
+            result = _run_stages(cfg, stages, rl, out, t_start)
+        except BaseException as exc:
+            (out / "FAILED.txt").write_text(f"{type(exc).__name__}: {exc}\n")
+            raise
+    result.run_id = rl.run_id
+    result.experiment_id = tracker.experiment_id
+    result.tracking_uri = tracker.uri
+    result.ui_hint = tracker.ui_hint()
+    return result
+
+
+def _tags(stages: Stages) -> dict[str, str]:
+    tags = {f"{TAG_PREFIX}version": __version__, f"{TAG_PREFIX}git_commit": git_commit(),
+            "mlflow.source.git.commit": git_commit()}
+    for stage, name in stages.names.items():
+        tags[f"{TAG_PREFIX}{stage}"] = name
+        for n in name.split(","):
+            info = stages.registry.stages[stage].get(n)
+            if info is not None:
+                tags[f"{TAG_PREFIX}{stage}.{n}.version"] = info.origin
+    tags[f"{TAG_PREFIX}synthetic"] = str(bool(getattr(stages.source, "synthetic", False))).lower()
+    return tags
+
+
+def _run_stages(cfg: DictConfig, st: Stages, rl: Any, out: Path, t_start: float) -> RunResult:
+    block = int(cfg.get("block_size", DEFAULT_BLOCK))
+    tcfg = cfg.get("train", {})
+    rl.log_params(flatten(cfg))
+    rl.log_dict(redact(cfg), "config/resolved_config.yaml")
+    metrics: dict[str, float] = {}
+    outputs: dict[str, Path] = {}
+
+    # -- source ------------------------------------------------------------------------------------
+    cache = Path(cfg.get("cache_dir") or ".cache/cropseg").expanduser().resolve() / st.names["source"]
+    cache.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    scenes = st.source.load(cache)
+    log.info("source %s: train %s (%dx%d px), test %s (%dx%d px)%s", st.names["source"],
+             scenes.train.metadata.get("scene_id", scenes.train.name), scenes.train.grid.width,
+             scenes.train.grid.height, scenes.test.metadata.get("scene_id", scenes.test.name),
+             scenes.test.grid.width, scenes.test.grid.height, " [SYNTHETIC]" if scenes.synthetic else "")
+    rl.set_tags({f"{TAG_PREFIX}synthetic": str(scenes.synthetic).lower(),
+                 **{f"{TAG_PREFIX}{role}.{k}": v for role, sc in (("train", scenes.train), ("test", scenes.test))
+                    for k, v in sc.metadata.items() if v is not None},
+                 **{f"{TAG_PREFIX}source.{k}": v for k, v in scenes.metadata.items() if v is not None}})
+    metrics["source_seconds"] = time.perf_counter() - t
+
+    # -- labels ------------------------------------------------------------------------------------
+    labels = {}
+    for role, scene in (("train", scenes.train), ("test", scenes.test)):
+        t = time.perf_counter()
+        labels[role] = st.labeler.label(scene, out / "labels" / f"{role}_labels.tif")
+        c = labels[role].counts
+        log.info("labels %s: %d crop, %d non-crop, %d ignored pixels (%.1f s)", role, c["crop"], c["noncrop"],
+                 c["ignore"], time.perf_counter() - t)
+        metrics.update({f"{role}_label_{k}_pixels": float(v) for k, v in c.items()})
+    outputs["test_labels"] = labels["test"].path
+
+    # -- training sample and fit -------------------------------------------------------------------
+    cap = tcfg.get("max_per_class")
+    ts = sample_training_pixels(scenes.train, labels["train"], st.features,
+                                max_per_class=None if cap in (None, "all") else int(cap),
+                                seed=int(tcfg.get("seed", cfg.get("seed", 0))),
+                                spatial_block=int(tcfg.get("spatial_block", 128)), block=block)
+    n_train = len(ts.y)
+    log.info("training sample: %d pixels (%d crop) of %d labelled, features %s", n_train, int(ts.y.sum()),
+             sum(ts.available.values()), ts.feature_names)
+    rl.log_params({"features.names": ",".join(ts.feature_names), "train.n_pixels": n_train})
+    t = time.perf_counter()
+    fit = st.classifier.fit(ts.X, ts.y, ts.groups)
+    fit_s = time.perf_counter() - t
+    log.info("fit %s in %.1f s %s", st.names["classifier"], fit_s, dict(fit.params) if fit else "")
+    metrics.update(fit_seconds=fit_s, fit_pixels_per_second=n_train / max(fit_s, 1e-9), train_pixels=float(n_train))
+    if fit is not None:
+        rl.log_params({f"fit.{k}": v for k, v in fit.params.items()})
+        metrics.update({k: float(v) for k, v in fit.metrics.items()})
+    del ts
+
+    # -- predict, postprocess, evaluate --------------------------------------------------------------
+    reports: dict[str, tuple[dict, str, np.ndarray]] = {}
+    for role, scene in (("test", scenes.test), ("train", scenes.train)):
+        folder = out / ("prediction" if role == "test" else "train_prediction")
+        raw = folder / f"{role}_mask_raw.tif"
+        n_px, secs = predict_scene(scene, st.features, st.classifier, raw, block)
+        if role == "test":
+            metrics.update(predict_seconds=secs, predict_pixels=float(n_px),
+                           predict_pixels_per_second=n_px / max(secs, 1e-9))
+        final = apply_filters(raw, st.filters, folder / f"{role}_mask.tif", block)
+        for stage_name, path in (("raw", raw), ("post", final)):
+            cm = confusion_from_rasters(labels[role].path, path)
+            rep, text = classification_report(cm)
+            key = f"{role}_raw" if stage_name == "raw" else role
+            reports[key] = (rep, text, cm)
+            metrics.update(report_metrics(rep, key))
+            metrics[f"{key}_iou"] = iou(cm)
+        if role == "test":
+            outputs.update(test_mask_raw=raw, test_mask=final)
+    log.info("test: crop precision %.3f recall %.3f F1 %.3f, weighted F1 %.3f", metrics["test_crop_precision"],
+             metrics["test_crop_recall"], metrics["test_crop_f1"], metrics["test_weighted_avg_f1"])
+
+    # -- vectorize -----------------------------------------------------------------------------------
+    grid = scenes.test.grid
+    with rasterio.open(outputs["test_mask"]) as src:
+        crop_px = sum(int(np.count_nonzero(src.read(1, window=w) == 1)) for w in iter_windows(src.height, src.width, 1024))
+    metrics["crop_area_pixels_ha"] = crop_px * grid.pixel_area / 1e4 if not grid.crs.is_geographic else float("nan")
+    for name, vec in st.vectorizers:
+        t = time.perf_counter()
+        res = vec.vectorize(outputs["test_mask"], out / "segments" / "test_segments.geojson")
+        outputs["segments"] = res.path
+        metrics.update(crop_area_ha=res.area_ha, n_polygons=float(res.n_polygons),
+                       vectorize_seconds=time.perf_counter() - t)
+        log.info("%s: %d polygons, %.1f ha of crop", name, res.n_polygons, res.area_ha)
+
+    # -- record ----------------------------------------------------------------------------------------
+    metrics["total_seconds"] = time.perf_counter() - t_start
+    metrics = {k: v for k, v in metrics.items() if v is not None and np.isfinite(v)}
+    _log_results(rl, st, scenes, labels, reports, outputs, out, metrics, cfg)
+    return RunResult(run_id=rl.run_id, experiment_id="", tracking_uri="", output_dir=out, metrics=metrics,
+                     outputs=outputs, params=dict(fit.params) if fit else {})
+
+
+def predict_scene(scene: Scene, features: Features, classifier: Classifier, out_path: Path,
+                  block: int = DEFAULT_BLOCK) -> tuple[int, float]:
+    """Classify every valid pixel of ``scene`` block by block into a uint8 mask GeoTIFF on its grid
+    (0 non-crop, 1 crop, 255 nodata). Returns (pixels classified, seconds spent in the classifier)."""
+    grid = scene.grid
+    prog = Progress(f"predict {scene.name}", n_windows(grid.height, grid.width, block))
+    n_px, secs = 0, 0.0
+    with scene.reader() as reader, block_writer(out_path, grid) as dst:
+        for w in iter_windows(grid.height, grid.width, block):
+            blk = reader.read(w)
+            mask = np.full(blk.valid.shape, IGNORE, dtype=np.uint8)
+            if blk.valid.any():
+                feats = features.compute(blk.reflectance, scene.band_names)
+                X = feats[:, blk.valid].T
+                t = time.perf_counter()
+                mask[blk.valid] = classifier.predict(np.ascontiguousarray(X))
+                secs += time.perf_counter() - t
+                n_px += X.shape[0]
+            dst.write(mask, 1, window=w)
+            prog.step()
+    prog.finish()
+    return n_px, secs
+
+
+def apply_filters(mask_path: Path, filters: list[tuple[str, MaskFilter]], out_path: Path,
+                  block: int = DEFAULT_BLOCK) -> Path:
+    """Run mask filters in order, block by block with each filter's halo (results equal whole-image
+    filtering). Nodata stays nodata and is seen as non-crop by the filters."""
+    from .types import Grid
+
+    current = mask_path
+    for i, (name, flt) in enumerate(filters):
+        target = out_path if i == len(filters) - 1 else out_path.with_name(f"{out_path.stem}.{name}.tif")
+        with rasterio.open(current) as src:
+            grid = Grid(src.crs, src.transform, src.width, src.height)
+            prog = Progress(f"{name} {out_path.stem}", n_windows(src.height, src.width, block))
+            with block_writer(target, grid) as dst:
+                for w in iter_windows(src.height, src.width, block):
+                    h = int(flt.halo)
+                    padded = read_with_halo(src, w, h)
+                    nodata = padded == IGNORE
+                    res = np.asarray(flt.apply(np.where(nodata, 0, padded).astype(np.uint8)))
+                    if res.shape != padded.shape:
+                        raise PluginError(f"postprocessor {name!r} changed the block shape {padded.shape} -> {res.shape}")
+                    inner = (slice(h, h + int(w.height)), slice(h, h + int(w.width)))
+                    core = np.where(nodata[inner], IGNORE, res[inner]).astype(np.uint8)
+                    dst.write(core, 1, window=w)
+                    prog.step()
+            prog.finish()
+        if current != mask_path:
+            Path(current).unlink(missing_ok=True)
+        current = target
+    if not filters:
+        import shutil
+
+        shutil.copyfile(mask_path, out_path)
+    return Path(out_path)
+
+
+def _log_results(rl: Any, st: Stages, scenes: Any, labels: dict, reports: dict, outputs: dict, out: Path,
+                 metrics: dict[str, float], cfg: DictConfig) -> None:
+    from . import previews
+
+    rl.log_metrics(metrics)
+    rep_dir = out / "reports"
+    rep_dir.mkdir(parents=True, exist_ok=True)
+    table = {"report": [], "class": [], "precision": [], "recall": [], "f1": [], "support": []}
+    for key, (rep, text, cm) in reports.items():
+        (rep_dir / f"{key}_classification_report.txt").write_text(text)
+        (rep_dir / f"{key}_classification_report.json").write_text(json.dumps(rep, indent=2))
+        (rep_dir / f"{key}_confusion_matrix.json").write_text(json.dumps(cm.tolist()))
+        for cls, vals in rep.items():
+            if isinstance(vals, dict):
+                table["report"].append(key)
+                table["class"].append(cls)
+                for col, src in (("precision", "precision"), ("recall", "recall"), ("f1", "f1-score"),
+                                 ("support", "support")):
+                    table[col].append(float(vals[src]))
+    for f in sorted(rep_dir.iterdir()):
+        rl.log_artifact(f, "reports")
+    rl.log_table(table, "reports/classification_reports.json")
+    rl.log_figure(previews.confusion_figure(reports["test"][2], reports["test_raw"][2]), "reports/confusion_matrix.png")
+    for f in (outputs["test_mask"], outputs["test_mask_raw"]):
+        rl.log_artifact(f, "prediction")
+    rl.log_artifact(outputs["test_labels"], "labels")
+    if "segments" in outputs:
+        rl.log_artifact(outputs["segments"], "segments")
+    prev_dir = out / "previews"
+    for path in previews.write_previews(scenes.test, outputs["test_labels"], outputs["test_mask"], prev_dir,
+                                        int(cfg.get("preview", {}).get("max_side", 1024))):
+        rl.log_artifact(path, "previews")
+        outputs[f"preview_{path.stem}"] = path
+    if cfg.get("tracking", {}).get("log_model", True):
+        model_dir = out / "model"
+        model_dir.mkdir(exist_ok=True)
+        with open(model_dir / "classifier.pkl", "wb") as fh:
+            pickle.dump(st.classifier, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        (model_dir / "pipeline.json").write_text(json.dumps({
+            "classifier": st.names["classifier"], "features": st.names["features"],
+            "feature_names": st.features.names(scenes.test.band_names),
+            "postprocessors": [n for n, _ in st.filters], "cropseg_version": __version__,
+            "config": OmegaConf.to_container(cfg.get("postprocessor") or {}, resolve=True),
+        }, indent=2))
+        rl.log_artifact(model_dir / "classifier.pkl", "model")
+        rl.log_artifact(model_dir / "pipeline.json", "model")
+        outputs["model"] = model_dir / "classifier.pkl"
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    outputs["metrics"] = out / "metrics.json"

@@ -1,0 +1,195 @@
+"""Everything that talks to MLflow: stores, experiments, runs (with sweep parents), and logging.
+
+Runs are driven through :class:`mlflow.MlflowClient` with explicit run ids (no fluent global state), so
+logging works the same in-process, from a notebook, and from process-based Hydra launchers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import time
+import traceback
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from .errors import CropsegError, TrackingError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+MAX_PARAM = 6000
+TAG_PREFIX = "cropseg."
+
+
+def resolve_uri(uri: str | None) -> str:
+    """The tracking URI: explicit config, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///"):]).expanduser().resolve()
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, with one line, when an HTTP tracking server does not answer (before any work)."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("http", "https"):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:  # noqa: S310
+                resp.read()
+        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise TrackingError(f"tracking server {uri} is unreachable: {reason}") from None
+    elif parsed.scheme in ("", "file") or uri.startswith("./") or uri.startswith("/"):
+        raise TrackingError(
+            f"tracking URI {uri!r}: file stores are not supported; use sqlite:///mlflow.db or an mlflow server"
+        )
+    elif (db := _sqlite_path(uri)) is not None and not db.parent.is_dir():
+        raise TrackingError(f"tracking URI {uri}: directory {db.parent} does not exist")
+
+
+def git_commit(path: Path | None = None) -> str:
+    """The commit of the cropseg source tree (``unknown`` outside a git checkout)."""
+    path = path or Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+class Tracker:
+    """A tracking store plus an experiment in it."""
+
+    def __init__(self, uri: str | None = None, experiment: str = "cropseg", artifact_location: str | None = None):
+        from mlflow import MlflowClient
+
+        self.uri = resolve_uri(uri)
+        check_reachable(self.uri)
+        self.client = MlflowClient(tracking_uri=self.uri)
+        self.experiment_name = experiment
+        self.experiment_id = self._experiment(experiment, artifact_location)
+
+    def _experiment(self, name: str, artifact_location: str | None) -> str:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            exp = self.client.get_experiment_by_name(name)
+            if exp is not None:
+                return exp.experiment_id
+            if artifact_location is None and (db := _sqlite_path(self.uri)) is not None:
+                artifact_location = (db.parent / "mlartifacts").as_uri()
+            return self.client.create_experiment(name, artifact_location=artifact_location)
+        except MlflowException as exc:
+            if "already exists" in str(exc).lower() or getattr(exc, "error_code", "") == "RESOURCE_ALREADY_EXISTS":
+                exp = self.client.get_experiment_by_name(name)
+                if exp is not None:
+                    return exp.experiment_id
+            raise TrackingError(f"tracking store {self.uri}: {str(exc).splitlines()[0]}") from None
+
+    def ui_hint(self) -> str:
+        if self.uri.startswith("sqlite:"):
+            return f"mlflow ui --backend-store-uri {self.uri}"
+        return f"open {self.uri} in a browser"
+
+    @contextmanager
+    def run(self, run_name: str | None = None, tags: Mapping[str, Any] | None = None,
+            parent_run_id: str | None = None) -> Iterator[RunLogger]:
+        """Create a run (a child of ``parent_run_id`` when given) and end it FINISHED, or FAILED with the
+        error recorded when the body raises (KILLED on Ctrl-C)."""
+        all_tags = {k: str(v) for k, v in (tags or {}).items()}
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        run = self.client.create_run(self.experiment_id, tags=all_tags, run_name=run_name)
+        logger = RunLogger(self.client, run.info.run_id, run.info.artifact_uri)
+        try:
+            yield logger
+        except KeyboardInterrupt:
+            self._end(logger, "KILLED", "interrupted by the user")
+            raise
+        except BaseException as exc:
+            user = isinstance(exc, CropsegError)
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            detail = msg if user else "".join(traceback.format_exception(exc))
+            self._end(logger, "FAILED", msg, detail)
+            raise
+        else:
+            self.client.set_terminated(logger.run_id, "FINISHED")
+
+    def _end(self, logger: RunLogger, status: str, msg: str, detail: str | None = None) -> None:
+        try:
+            logger.set_tags({f"{TAG_PREFIX}error": msg[:5000]})
+            if detail:
+                logger.log_text(detail, "error.txt")
+        finally:
+            self.client.set_terminated(logger.run_id, status)
+
+    def start_parent(self, run_name: str, tags: Mapping[str, Any]) -> str:
+        """Create a sweep's parent run (left RUNNING until :meth:`end_parent`)."""
+        run = self.client.create_run(self.experiment_id, tags={k: str(v) for k, v in tags.items()},
+                                     run_name=run_name)
+        return run.info.run_id
+
+    def end_parent(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status)
+
+
+class RunLogger:
+    """Logging into one run, by id."""
+
+    def __init__(self, client: Any, run_id: str, artifact_uri: str):
+        self.client = client
+        self.run_id = run_id
+        self.artifact_uri = artifact_uri
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k[:250], _clip(v, MAX_PARAM)) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        items = [Metric(k, float(v), ts, step) for k, v in metrics.items() if v is not None]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, _clip(v, 8000)) for k, v in tags.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, tags=items[i : i + 100])
+
+    def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
+        self.client.log_dict(self.run_id, dict(data), artifact_file)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_table(self, data: Any, artifact_file: str) -> None:
+        self.client.log_table(self.run_id, data, artifact_file)
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        self.client.log_figure(self.run_id, figure, artifact_file)
+
+    def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+
+def _clip(value: Any, n: int) -> str:
+    s = "None" if value is None else str(value)
+    return s if len(s) <= n else s[: n - 3] + "..."

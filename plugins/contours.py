@@ -1,0 +1,61 @@
+"""Labeler ``contours``: the seed study's OpenCV approach, kept as a reference to compare against.
+
+Crop polygons are reprojected to the scene CRS, their exterior rings converted to pixel coordinates and
+filled with :func:`cv2.fillPoly`. Like the seed notebook, holes are *not* cut out and only crop polygons
+are drawn (everything else in the valid footprint is non-crop); compare it with ``rasterize``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from cropseg import hookimpl
+from cropseg.errors import GroundTruthError
+from cropseg.labels import write_label_raster
+from cropseg.types import CROP, NONCROP, LabelRaster, Scene, VectorGroundTruth
+from cropseg.vector import ground_truth_for_grid
+
+SHIFT = 4  # fractional bits for sub-pixel vertex positions in cv2.fillPoly
+
+
+class ContoursLabeler:
+    def __init__(self, block_size: int = 512):
+        self.block_size = block_size
+
+    def label(self, scene: Scene, out_path: Path) -> LabelRaster:
+        import cv2
+        import shapely
+
+        gt = scene.ground_truth
+        if not isinstance(gt, VectorGroundTruth):
+            raise GroundTruthError(f"scene {scene.name}: the contours labeler needs vector ground truth")
+        gdf = ground_truth_for_grid(gt, scene.grid)
+        polys = shapely.get_parts(gdf.geometry.values[gdf["crop"].to_numpy()])
+        polys = polys[shapely.get_type_id(polys) == 3]  # polygons only
+        exteriors = [np.asarray(p.exterior.coords) for p in polys]
+        tree = shapely.STRtree(polys)
+        inv = ~scene.grid.transform
+
+        def burn(window, transform, shape):
+            out = np.full(shape, NONCROP, dtype=np.uint8)
+            west, north = transform * (0, 0)
+            east, south = transform * (shape[1], shape[0])
+            idx = tree.query(shapely.box(min(west, east), min(south, north), max(west, east), max(south, north)))
+            if idx.size:
+                for i in np.sort(idx):
+                    xy = exteriors[i]
+                    cols, rows = inv * (xy[:, 0], xy[:, 1])
+                    # pixel centres sit at integer coordinates for OpenCV
+                    px = np.stack([cols - window.col_off - 0.5, rows - window.row_off - 0.5], axis=1)
+                    # one polygon per call: overlapping polygons must not cancel out (even-odd filling)
+                    cv2.fillPoly(out, [np.round(px * (1 << SHIFT)).astype(np.int32)], CROP, cv2.LINE_8, SHIFT)
+            return out
+
+        return write_label_raster(scene, out_path, burn, self.block_size)
+
+
+@hookimpl
+def cropseg_register_labelers(register):
+    register("contours", ContoursLabeler)
