@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import rasterio
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from . import __version__
 from .config import flatten, instantiate, plugin_options, postprocessor_nodes, redact
@@ -387,7 +387,7 @@ def _log_results(rl: Any, st: Stages, scenes: Any, labels: dict, reports: dict, 
             "classifier": st.names["classifier"], "features": st.names["features"],
             "feature_names": st.features.names(scenes.test.band_names),
             "postprocessors": [n for n, _ in st.filters], "cropseg_version": __version__,
-            "config": OmegaConf.to_container(cfg.get("postprocessor") or {}, resolve=True),
+            "postprocessor_config": redact(cfg).get("postprocessor", {}),
         }, indent=2))
         rl.log_artifact(model_dir / "classifier.pkl", "model")
         rl.log_artifact(model_dir / "pipeline.json", "model")

@@ -74,6 +74,8 @@ class Tracker:
     def __init__(self, uri: str | None = None, experiment: str = "cropseg", artifact_location: str | None = None):
         from mlflow import MlflowClient
 
+        # MLflow sets its logger to INFO on import; its store-migration chatter is not cropseg's progress
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
         self.uri = resolve_uri(uri)
         check_reachable(self.uri)
         self.client = MlflowClient(tracking_uri=self.uri)

@@ -70,7 +70,7 @@ class Vectorize:
         metric["area_ha"] = metric["area_ha"].round(4)
         out = metric.to_crs("EPSG:4326")
         with atomic_path(Path(out_path)) as tmp:
-            out.to_file(tmp, driver="GeoJSON", RFC7946="YES")
+            out.to_file(tmp, driver="GeoJSON", layer=Path(out_path).stem, RFC7946="YES")
         return VectorResult(Path(out_path), len(out), float(metric["area_ha"].sum()))
 
 
