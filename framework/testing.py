@@ -124,3 +124,17 @@ def write_tiny_scene(directory: Path, *, name: str = "tiny", width: int = 64, he
     payload = feats if ground_truth_list else {"type": "FeatureCollection", "synthetic": True, "features": feats}
     gt.write_text(json.dumps(payload))
     return TinyScene(image, meta, gt, w, h, left, top, res, crop_boxes, hole, noncrop, nodata_from)
+
+
+def local_overrides(train: TinyScene, test: TinyScene) -> list[str]:
+    """Hydra overrides running the ``local`` source on two tiny scenes (a quick KNN grid)."""
+    return [
+        "source=local",
+        f"source.train_image={train.image}",
+        f"source.test_image={test.image}",
+        f"source.train_metadata={train.metadata}",
+        f"source.test_metadata={test.metadata}",
+        f"source.train_ground_truth={train.ground_truth}",
+        f"source.test_ground_truth={test.ground_truth}",
+        "classifier.k_grid=[3,5]",
+    ]

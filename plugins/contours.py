@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from rasterio.transform import array_bounds
 
 from cropseg import hookimpl
 from cropseg.errors import GroundTruthError
@@ -40,13 +41,11 @@ class ContoursLabeler:
 
         def burn(window, transform, shape):
             out = np.full(shape, NONCROP, dtype=np.uint8)
-            west, north = transform * (0, 0)
-            east, south = transform * (shape[1], shape[0])
-            idx = tree.query(shapely.box(min(west, east), min(south, north), max(west, east), max(south, north)))
+            idx = tree.query(shapely.box(*array_bounds(*shape, transform)))
             if idx.size:
                 for i in np.sort(idx):
                     xy = exteriors[i]
-                    cols, rows = inv * (xy[:, 0], xy[:, 1])
+                    cols, rows = inv @ (xy[:, 0], xy[:, 1])
                     # pixel centres sit at integer coordinates for OpenCV
                     px = np.stack([cols - window.col_off - 0.5, rows - window.row_off - 0.5], axis=1)
                     # one polygon per call: overlapping polygons must not cancel out (even-odd filling)

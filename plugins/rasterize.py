@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from rasterio.transform import array_bounds
 
 from cropseg import hookimpl
 from cropseg.errors import CRSMismatchError, GroundTruthError
@@ -44,10 +45,7 @@ class RasterizeLabeler:
         fill = NONCROP if gt.uncovered == "noncrop" else IGNORE
 
         def burn(window, transform, shape):
-            west, north = transform * (0, 0)
-            east, south = transform * (shape[1], shape[0])
-            idx = np.sort(tree.query(shapely.box(min(west, east), min(south, north), max(west, east),
-                                                 max(south, north))))
+            idx = np.sort(tree.query(shapely.box(*array_bounds(*shape, transform))))
             if idx.size == 0:
                 return np.full(shape, fill, dtype=np.uint8)
             shapes = [(g, CROP if c else NONCROP) for g, c in zip(gdf.geometry.values[idx], gdf["crop"].values[idx])]

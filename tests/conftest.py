@@ -41,17 +41,3 @@ def cli_env(tmp_path: Path, tracking_uri: str) -> dict[str, str]:
     env.update(MLFLOW_TRACKING_URI=tracking_uri, CROPSEG_CACHE_DIR=str(tmp_path / "cache"), PYTHONUNBUFFERED="1")
     env.pop("CROPSEG_BLOCK_PLUGINS", None)
     return env
-
-
-def local_overrides(train, test) -> list[str]:
-    """Hydra overrides running the ``local`` source on two tiny scenes."""
-    return [
-        "source=local",
-        f"source.train_image={train.image}",
-        f"source.test_image={test.image}",
-        f"source.train_metadata={train.metadata}",
-        f"source.test_metadata={test.metadata}",
-        f"source.train_ground_truth={train.ground_truth}",
-        f"source.test_ground_truth={test.ground_truth}",
-        "classifier.k_grid=[3,5]",
-    ]
