@@ -2,7 +2,9 @@
 
 Crop polygons are reprojected to the scene CRS, their exterior rings converted to pixel coordinates and
 filled with :func:`cv2.fillPoly`. Like the seed notebook, holes are *not* cut out and only crop polygons
-are drawn (everything else in the valid footprint is non-crop); compare it with ``rasterize``.
+are drawn (everything else in the valid footprint is non-crop), and OpenCV fills the pixels its outline
+touches, so fields grow by up to one pixel along their right and bottom edges. Compare it with
+``rasterize`` to see what these choices cost.
 """
 
 from __future__ import annotations

@@ -54,7 +54,12 @@ class Vectorize:
                     touches = (minx == c0 and c0 > 0) or (miny == r0 and r0 > 0) or \
                               (maxx == c1 and c1 < src.width) or (maxy == r1 and r1 < src.height)
                     (seam if touches else inner).append(poly)
-        if seam:
+        if self.connectivity == 8:
+            # pixels meeting only at a corner belong together: GDAL draws such a region as one polygon whose
+            # ring touches itself, which a union splits; regroup every polygon's corner-touching parts so the
+            # result does not depend on where block seams fall
+            inner = _corner_groups(shapely.get_parts(shapely.union_all(inner + seam)))
+        elif seam:
             merged = shapely.get_parts(shapely.union_all(seam))
             inner.extend(p for p in merged if p.geom_type == "Polygon")
         a, b, c, d, e, f = transform.a, transform.b, transform.c, transform.d, transform.e, transform.f
@@ -72,6 +77,23 @@ class Vectorize:
         with atomic_path(Path(out_path)) as tmp:
             out.to_file(tmp, driver="GeoJSON", layer=Path(out_path).stem, RFC7946="YES")
         return VectorResult(Path(out_path), len(out), float(metric["area_ha"].sum()))
+
+
+def _corner_groups(parts):
+    """Group polygons that touch (even at a single point) into one (multi)polygon each."""
+    import shapely
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    parts = [p for p in parts if p.geom_type == "Polygon"]
+    if not parts:
+        return []
+    left, right = shapely.STRtree(parts).query(parts, predicate="intersects")
+    n, labels = connected_components(coo_matrix((np.ones(len(left)), (left, right)), shape=(len(parts),) * 2))
+    groups: list[list] = [[] for _ in range(n)]
+    for part, label in zip(parts, labels):
+        groups[label].append(part)
+    return [g[0] if len(g) == 1 else shapely.MultiPolygon(g) for g in groups]
 
 
 @hookimpl
