@@ -187,3 +187,48 @@ def test_unreachable_tracking_server_is_one_line(inproc_env, capfd, tiny_pair):
     train, test = tiny_pair
     line = _one_line_error(capfd, main([*local_overrides(train, test), "tracking.uri=http://127.0.0.1:9"]))
     assert "unreachable" in line and "127.0.0.1:9" in line
+
+
+def test_cli_sample_source_seed_experiment(tmp_path, cli_env, tracking_uri):
+    """The default SYNTHETIC sample (small) with the seed study's choices, twice: the cache is reused."""
+    work = tmp_path / "work"
+    work.mkdir()
+    args = ["+experiment=seed_knn", "source.size=200", "classifier.k_grid=[3,5]", "train.max_per_class=3000"]
+    proc = run_cli(args, work, cli_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cache = Path(cli_env["CROPSEG_CACHE_DIR"]) / "sample" / "v1-seed42-200x200"
+    tifs = sorted(cache.glob("*_3B_AnalyticMS.tif"))
+    xmls = sorted(cache.glob("*_metadata.xml"))
+    assert len(tifs) == 2 and len(xmls) == 2
+    mtimes = [p.stat().st_mtime_ns for p in tifs]
+
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("cropseg").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "seed_knn"
+    assert run.data.tags["cropseg.synthetic"] == "true"
+    assert run.data.tags["cropseg.labeler"] == "contours"
+    assert run.data.params["postprocessor.median_blur.kernel"] == "5"
+    assert 0.5 < run.data.metrics["test_weighted_avg_f1"] <= 1.0
+
+    # mask on the test scene's grid; polygons inside the test scene's footprint (its metadata XML)
+    from cropseg.planet_metadata import parse_metadata
+
+    test_id = run.data.tags["cropseg.test.scene_id"]
+    test_tif = cache / f"{test_id}_3B_AnalyticMS.tif"
+    mask = Path(client.download_artifacts(run.info.run_id, "prediction/test_mask.tif", str(tmp_path / "dl")))
+    with rasterio.open(mask) as m, rasterio.open(test_tif) as s:
+        assert m.crs == s.crs and m.transform == s.transform and m.shape == s.shape
+    footprint = shapely.from_wkt(parse_metadata(cache / f"{test_id}_3B_AnalyticMS_metadata.xml").footprint_wkt)
+    seg = gpd.read_file(client.download_artifacts(run.info.run_id, "segments/test_segments.geojson",
+                                                  str(tmp_path / "dl")))
+    assert len(seg) > 0
+    # pixels whose centres lie in the footprint reach at most half a pixel diagonal (3 m pixels) beyond it
+    footprint_utm = gpd.GeoSeries([footprint], crs=4326).to_crs(32610).iloc[0]
+    assert seg.to_crs(32610).geometry.within(footprint_utm.buffer(1.5 * 2**0.5 + 0.01)).all()
+    assert not seg.to_crs(32610).geometry.within(footprint_utm.buffer(-3)).all()  # fields do reach the edge
+
+    proc2 = run_cli(args, work, cli_env)
+    assert proc2.returncode == 0, proc2.stderr[-3000:]
+    assert [p.stat().st_mtime_ns for p in tifs] == mtimes
+    assert "written to" not in proc2.stdout + proc2.stderr
