@@ -51,3 +51,7 @@ class TrackingError(CropsegError, RuntimeError):
 
 class SourceError(CropsegError, RuntimeError):
     """A scene source failed to provide scenes (search, order or download problems)."""
+
+
+class ClusterError(CropsegError, RuntimeError):
+    """The Dask cluster for parallel block processing cannot be reached or started."""
