@@ -30,7 +30,7 @@ def test_agrees_with_sklearn_on_at_least_999_per_mille(k, weights):
     Xt, _ = reflectance_like(40000, seed=12)
     model = KNeighborsClassifier(n_neighbors=k, weights=weights).fit(X, y)
     expected = model.predict(Xt)
-    got = knn_predict(model, Xt, workers=2)
+    got = knn_predict(model, Xt, threads=2)
     assert got.dtype == expected.dtype and got.shape == expected.shape
     agreement = float(np.mean(got == expected))
     assert agreement >= 0.999, f"k={k} {weights}: {agreement:.5f}"
