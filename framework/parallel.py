@@ -85,15 +85,11 @@ def task_threads() -> int:
 
 
 def _run_task(fn: Callable[[Any, Any], Any], context: Any, item: Any, threads: int | None) -> Any:
-    """Run one task with its thread budget (on Dask workers BLAS pools are capped to it too)."""
+    """Run one task with its thread budget (see :func:`task_threads`). Dask's nannies already start
+    workers with OMP/MKL/OpenBLAS_NUM_THREADS=1, so BLAS pools stay single-threaded there."""
     token = _THREADS.set(threads)
     try:
-        if threads is None:
-            return fn(context, item)
-        from threadpoolctl import threadpool_limits
-
-        with threadpool_limits(limits=threads):
-            return fn(context, item)
+        return fn(context, item)
     finally:
         _THREADS.reset(token)
 
