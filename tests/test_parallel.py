@@ -52,7 +52,7 @@ def test_config_defaults_and_yaml_section():
 
     cfg = compose([])
     pc = ParallelConfig.from_config(cfg.parallel)
-    assert pc.backend == "dask" and pc.scheduler is None and pc.threads_per_worker == 1
+    assert pc.backend == "serial" and pc.scheduler is None and pc.threads_per_worker == 1 and pc.min_blocks == 1
     assert ParallelConfig.from_config(None) == ParallelConfig()
 
 
@@ -101,12 +101,13 @@ def _stop(procs: list[subprocess.Popen]) -> None:
             p.wait(timeout=5)
 
 
-@pytest.fixture
-def dask_cluster(tmp_path):
+@pytest.fixture(scope="module")
+def dask_cluster(tmp_path_factory):
     """A ``dask scheduler`` and two single-threaded ``dask worker`` processes on 127.0.0.1; yields the
     scheduler address. Start-up waits are bounded; every process is stopped at the end, even on failure."""
     from distributed import Client
 
+    tmp_path = tmp_path_factory.mktemp("dask")
     sched_file = tmp_path / "scheduler.json"
     logs = tmp_path / "dask-logs"
     logs.mkdir()
@@ -187,3 +188,32 @@ def test_prediction_and_filters_on_a_dask_cluster_equal_the_serial_path(tmp_path
     assert {0, 1, 255} <= set(np.unique(raw_s).tolist())
     assert n_tasks >= 3 * n_blocks  # prediction + two filter passes
     assert len(workers) == 2
+
+
+def test_a_run_on_the_dask_cluster_equals_the_serial_run(tmp_path, dask_cluster, tiny_pair, tracking_uri):
+    """The whole pipeline with ``parallel.backend=dask`` and the cluster's scheduler address writes the same
+    masks and reports the same scores as the serial run."""
+    import cropseg
+    from cropseg.testing import local_overrides
+
+    base = [*local_overrides(*tiny_pair), f"tracking.uri={tracking_uri}", "block_size=16",
+            f"cache_dir={tmp_path / 'cache'}", "tracking.log_model=false", "classifier.k_grid=[5]"]
+    serial = cropseg.run([*base, "parallel.backend=serial"], output_dir=tmp_path / "serial")
+    dask = cropseg.run([*base, "parallel.backend=dask", f"parallel.scheduler={dask_cluster}"],
+                       output_dir=tmp_path / "dask")
+    for key in ("test_mask_raw", "test_mask"):
+        assert dask.outputs[key].read_bytes() == serial.outputs[key].read_bytes()
+    for key in ("test_weighted_avg_f1", "test_crop_f1", "train_weighted_avg_f1", "crop_area_ha", "predict_pixels"):
+        assert dask.metrics[key] == serial.metrics[key]
+    assert serial.metrics["test_weighted_avg_f1"] > 0.9
+
+
+def test_local_cluster_starts_maps_in_order_and_stops():
+    import operator
+
+    ex = BlockExecutor(ParallelConfig(backend="dask", workers=1, max_in_flight=2))
+    with ex:
+        assert list(ex.map(operator.mul, range(7), 3, 7)) == [0, 3, 6, 9, 12, 15, 18]
+        cluster = ex._cluster
+        assert cluster is not None and len(ex.client.scheduler_info()["workers"]) == 1
+    assert ex._client is None and cluster.status.name == "closed"
