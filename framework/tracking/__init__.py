@@ -1,4 +1,5 @@
-"""Everything that talks to MLflow: stores, experiments, runs (with sweep parents), and logging.
+"""Everything that talks to MLflow: stores, experiments, runs (with sweep parents), logging, and (in
+:mod:`cropseg.tracking.model`) the pipeline as an MLflow model and the Model Registry.
 
 Runs are driven through :class:`mlflow.MlflowClient` with explicit run ids (no fluent global state), so
 logging works the same in-process, from a notebook, and from process-based Hydra launchers.
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from .errors import CropsegError, TrackingError
+from ..errors import CropsegError, TrackingError
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
 
 def git_commit(path: Path | None = None) -> str:
     """The commit of the cropseg source tree (``unknown`` outside a git checkout)."""
-    path = path or Path(__file__).resolve().parent.parent
+    path = path or Path(__file__).resolve().parents[2]
     try:
         out = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True,
                              timeout=10, check=False)
