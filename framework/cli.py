@@ -72,6 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .commands import plugins_command
 
         return plugins_command(args[1:])
+    if args and args[0] == "predict":
+        from .commands import predict_command
+
+        return predict_command(args[1:])
     try:
         if not any(a.split("=")[0] in _HYDRA_INFO_FLAGS for a in args):
             _validate(args)

@@ -196,3 +196,12 @@ class RunLogger:
 def _clip(value: Any, n: int) -> str:
     s = "None" if value is None else str(value)
     return s if len(s) <= n else s[: n - 3] + "..."
+
+
+def register_run_model(tracking_uri: str, run_id: str, name: str) -> str:
+    """Register run ``run_id``'s logged model as a new version of ``name`` in the Model Registry of
+    ``tracking_uri`` (key test metrics as description and tags); returns the version. See
+    :func:`cropseg.tracking.model.register_run_model`."""
+    from .model import register_run_model as _register
+
+    return _register(tracking_uri, run_id, name)
