@@ -62,10 +62,16 @@ def predict_command(argv: Sequence[str]) -> int:
     parser.add_argument("--run-name", help="name of the prediction run")
     parser.add_argument("--block-size", type=int, default=512, help="pixels per block side (default: %(default)s)")
     args = parser.parse_args(list(argv))
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
     for noisy in ("alembic", "mlflow", "pyogrio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # progress to stderr for this command only (as Hydra's job logging does for runs); earlier handlers are
+    # put back afterwards
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", datefmt="%H:%M:%S"))
+    root.handlers = [handler]
+    root.setLevel(logging.INFO)
     try:
         result = predict(
             args.model_uri, args.image, metadata=args.metadata, scale=args.scale, aoi=args.aoi, udm=args.udm,
@@ -77,6 +83,9 @@ def predict_command(argv: Sequence[str]) -> int:
     except CropsegError as exc:
         print(f"cropseg: error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        root.handlers = saved[0]
+        root.setLevel(saved[1])
     print()
     print(result.text())
     print(f"\nMLflow prediction run {result.run_id} FINISHED (experiment {result.experiment_name!r})")
