@@ -33,6 +33,7 @@ EXPECTED_ARTIFACTS = [
     "reports/confusion_matrix.png", "prediction/test_mask.tif", "prediction/test_mask_raw.tif",
     "labels/test_labels.tif", "segments/test_segments.geojson", "previews/rgb.png", "previews/ground_truth.png",
     "previews/prediction.png", "previews/disagreement.png", "model/classifier.pkl", "model/pipeline.json",
+    "map/map.html",
 ]
 
 
