@@ -85,10 +85,16 @@ def _validate(args: Sequence[str]) -> None:
         parsed = OverridesParser.create().parse_overrides(overrides)
     if any(o.is_sweep_override() and not (o.is_discrete_sweep() or o.is_range_sweep()) for o in parsed):
         return  # e.g. Optuna interval() sweeps: Hydra's sweeper validates them
+    from .tracking import check_reachable, resolve_uri
+
     batches = BasicSweeper.split_arguments(parsed, max_batch_size=None)
+    uris = set()
     for combo in (batches[0] if batches else [[]])[:64]:
         cfg = compose(combo)
         build_stages(cfg)
+        uris.add(resolve_uri(cfg.get("tracking", {}).get("uri")))
+    for uri in uris:  # an unreachable tracking server is reported before any work starts
+        check_reachable(uri)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

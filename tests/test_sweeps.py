@@ -159,3 +159,12 @@ def test_parallel_sweep_against_mlflow_server(work, tiny_pair, cli_env, mlflow_s
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
     arts = {f.path for f in client.list_artifacts(children[0].info.run_id, "prediction")}
     assert "prediction/test_mask.tif" in arts
+
+
+def test_unreachable_server_fails_before_the_sweep(work, tiny_pair, cli_env):
+    env = dict(cli_env, MLFLOW_TRACKING_URI="http://127.0.0.1:9")
+    proc = run_cli(["--multirun", *local_overrides(*tiny_pair), "classifier.k_grid=[3],[5]"], work, env, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "cropseg: error: tracking server http://127.0.0.1:9 is unreachable: [Errno 111] Connection refused"]
+    assert not (work / "multirun").exists()
