@@ -34,6 +34,7 @@ METRIC_COLUMNS = [
     ("predict_pixels_per_second", "pixels/s"),
 ]
 STAGE_TAGS = ["source", "labeler", "features", "classifier", "postprocessor"]
+STAGE_PREFIXES = tuple(f"{s}." for s in STAGE_TAGS)
 #: params never shown as "key params" (paths, bookkeeping)
 _NOISE = ("tracking.", "output_dir", "cache_dir", "preview.", "plugins.", "source.train_", "source.test_",
           "source.image", "source.ground_truth", "features.names", "train.n_pixels", "hydra")
@@ -67,15 +68,13 @@ def key_params(rows: list[Row]) -> list[str]:
     keys = sorted({k for r in rows for k in r.params})
     out = []
     for k in keys:
-        if k.startswith(_NOISE) or k.startswith(STAGE_TAGS_PREFIXES) and k.endswith(".name"):
-            continue
+        if k.startswith(_NOISE) or (k.startswith(STAGE_PREFIXES) and k.endswith(".name")):
+            continue  # paths and bookkeeping; plugin names have their own columns
         values = {r.params.get(k) for r in rows}
         if len(values) > 1 or k.startswith("fit."):
             out.append(k)
     return out
 
-
-STAGE_TAGS_PREFIXES = tuple(f"{s}." for s in STAGE_TAGS)
 
 
 def rank(rows: list[Row], by: str) -> list[Row]:

@@ -59,7 +59,6 @@ class SweepCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         tracker = _tracker(config)
-        hydra_cfg = config.get("hydra", {})
         overrides = list(OmegaConf.select(config, "hydra.overrides.task", default=[]) or [])
         sweep_dir = Path(str(OmegaConf.select(config, "hydra.sweep.dir", default="multirun"))).resolve()
         launcher = OmegaConf.select(config, "hydra.launcher._target_", default="") or ""
@@ -72,7 +71,6 @@ class SweepCallback(Callback):
             f"{TAG_PREFIX}sweep.launcher": launcher.rsplit(".", 1)[-1],
             f"{TAG_PREFIX}sweep.sweeper": sweeper.rsplit(".", 1)[-1],
         })
-        del hydra_cfg
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / PARENT_FILE).write_text(run_id)
         os.environ[PARENT_ENV] = run_id
