@@ -114,8 +114,9 @@ def default_scenes(directory: Path) -> dict[str, DoubleScene]:
         "test": ("20170601_180427_0f35", 12, 641000.0, 4241000.0, datetime(2017, 6, 1, 18, 4, 27, tzinfo=utc), 0.01),
         "edge": ("20170603_175959_0c1d", 14, 626420.0, 4243000.0, datetime(2017, 6, 3, 17, 59, 59, tzinfo=utc), 0.0),
     }
-    return {k: make_scene(directory / k, sid, seed, left, top, acq, cc)
-            for k, (sid, seed, left, top, acq, cc) in specs.items()}
+    out = {k: make_scene(directory / k, sid, seed, left, top, acq, cc) for k, (sid, seed, left, top, acq, cc) in specs.items()}
+    del out["train_late"].assets["ortho_analytic_4b_sr"]  # like archive scenes without a surface-reflectance asset
+    return out
 
 
 def utm_box_geojson(left: float, top: float, x0: float, y0: float, x1: float, y1: float) -> dict:
@@ -182,6 +183,7 @@ class Order:
     id: str
     request: dict
     outcome: str
+    bundle: str = ""
     polls: int = 0
     state: str = "queued"
     files: dict[str, Path] = field(default_factory=dict)
@@ -246,7 +248,7 @@ class PlanetDouble:
             return 400, {"field": {"products": [{"message": "one product expected by the double"}]}}
         p = products[0]
         bundle, ids = p.get("product_bundle"), p.get("item_ids") or []
-        if p.get("item_type") != ITEM_TYPE or bundle not in BUNDLE_ASSETS:
+        if p.get("item_type") != ITEM_TYPE or not set(str(bundle).split(",")) <= set(BUNDLE_ASSETS):
             return 400, {"general": [{"message": f"Unsupported bundle {bundle!r} for {p.get('item_type')!r}"}]}
         unknown = [i for i in ids if i not in self.scenes]
         if unknown or not ids:
@@ -263,7 +265,13 @@ class PlanetDouble:
         elif order.state == "running":
             order.state = order.outcome
             if order.state == "success":
-                self.deliver(order)
+                p = order.request["products"][0]
+                order.bundle = next((b for b in p["product_bundle"].split(",") if all(
+                    set(BUNDLE_ASSETS[b]) <= set(self.scenes[i].assets) for i in p["item_ids"])), "")
+                if order.bundle:
+                    self.deliver(order)
+                else:
+                    order.state = "failed"
 
     def deliver(self, order: Order) -> None:
         """Write the order's files (clipped to the clip tool's AOI) and its manifest."""
@@ -271,7 +279,7 @@ class PlanetDouble:
         from rasterio.warp import transform_geom
 
         p = order.request["products"][0]
-        bundle = p["product_bundle"]
+        bundle = order.bundle
         clip = next((t["clip"]["aoi"] for t in order.request.get("tools") or [] if "clip" in t), None)
         root = self.workdir / order.id
         entries = []
@@ -311,7 +319,8 @@ class PlanetDouble:
                "created_on": "2017-06-10T00:00:00Z", "last_message": f"Order {order.state}",
                "_links": {"_self": f"{self.url}/compute/ops/orders/v2/{order.id}"}}
         if order.state == "failed":
-            out["last_message"] = "Order failed: no assets could be delivered (injected fault)"
+            out["last_message"] = ("Order failed: no assets could be delivered (injected fault)" if order.outcome == "failed"
+                                   else "Order failed: the bundle's assets are not available for the item")
         if order.state == "partial":
             out["last_message"] = "Order partially succeeded: 1 of 3 assets failed (injected fault)"
         if order.state == "success":

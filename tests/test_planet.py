@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -272,6 +273,17 @@ def test_surface_reflectance_bundle_is_scaled(double, scenes, aois, tmp_path):
     np.testing.assert_allclose(bb.reflectance, ba.reflectance, atol=1e-4)
 
 
+def test_fallback_bundle_when_an_asset_is_missing(double, scenes, aois, tmp_path):
+    late = {"scene_id": scenes["train_late"].id}
+    with pytest.raises(SourceError, match="ended 'failed': Order failed: the bundle's assets are not available"):
+        make_source(double, scenes, aois, train=late, bundle="analytic_sr_udm2").load(tmp_path / "cache")
+    ss = make_source(double, scenes, aois, train=late, bundle="analytic_sr_udm2",
+                     fallback_bundles=["analytic_udm2"]).load(tmp_path / "cache")
+    assert ss.train.metadata["bundle"] == "analytic_udm2" and ss.train.metadata["reflectance"] == "toa_xml"
+    assert ss.test.metadata["bundle"] == "analytic_sr_udm2"
+    assert ss.test.metadata["reflectance"].startswith("surface_reflectance")
+
+
 def test_unknown_bundle_lists_the_valid_ones(double, scenes, aois, tmp_path):
     src = make_source(double, scenes, aois, bundle="analytic_nope")
     with pytest.raises(ConfigError, match="analytic_nope.*analytic_udm2"):
@@ -402,3 +414,41 @@ def test_config_errors(tmp_path, aois):
     inline = json.loads(aois["test"].read_text())
     from_file = PlanetSource(train={"aoi": a}, test={"aoi": str(aois["test"])}).aoi("test")
     assert PlanetSource(train={"aoi": a}, test={"aoi": inline}).aoi("test").equals(from_file)
+
+
+# -- the README's command for the seed study ----------------------------------------------------------------
+
+
+def readme_seed_command() -> list[str]:
+    """The overrides of the README's ``cropseg ... source=planet`` seed command, continuation lines joined."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = text.index(".venv/bin/cropseg +experiment=seed_knn source=planet")
+    block = text[start:text.index("```", start)]
+    return shlex.split(block.replace("\\\n", " ").replace("$D", "SHARED_DATA"))[1:]
+
+
+@pytest.mark.shared
+def test_readme_seed_command_composes_and_validates_offline(shared_data, offline_env, monkeypatch):
+    """The seed's acquisition command is valid as written: its config composes, its AOIs and ground truth
+    are read, and the order request builds with the SDK offline (spec from the shipped copy, since the
+    live API is unreachable here)."""
+    from planet import order_request
+
+    from cropseg.config import compose
+    from cropseg.pipeline import build_stages
+    from cropseg_plugins.planet.client import seed_bundles_spec
+
+    args = [a.replace("SHARED_DATA", str(shared_data)) for a in readme_seed_command()]
+    assert "source.train.scene_id='20160831_180231_0e0e'" in args and "+experiment=seed_knn" in args
+    stages = build_stages(compose(args))
+    src = stages.source
+    assert isinstance(src, PlanetSource) and src.api_url is None and src.bundle == "analytic_udm2"
+    assert src.roles["test"]["scene_id"] == "20160831_180257_0e26"
+    west, south, east, north = src.aoi("train").bounds
+    assert -121.6 < west < east < -121.5 and 38.29 < south < north < 38.33  # near Sacramento, EPSG:4326
+    assert seed_bundles_spec("https://api.planet.com", timeout=2) == "the copy shipped with cropseg"
+    product = order_request.product(["20160831_180231_0e0e"], src.bundle, src.item_type)
+    assert product["product_bundle"] == "analytic_udm2" and product["item_type"] == "PSScene"
+    unquoted = [a.replace("'", "") for a in args]  # Hydra would read the test id as a float
+    with pytest.raises(ConfigError, match=r"source.test.scene_id: got the number 2.01608\d*e\+40; .*quote the id"):
+        build_stages(compose(unquoted))

@@ -39,7 +39,8 @@ class PlanetSource:
     synthetic = False
 
     def __init__(self, train: Mapping[str, Any], test: Mapping[str, Any], api_url: str | None = None,
-                 item_type: str = "PSScene", bundle: str = "analytic_udm2", start: Any = None, end: Any = None,
+                 item_type: str = "PSScene", bundle: str = "analytic_udm2", fallback_bundles: Sequence[str] = (),
+                 start: Any = None, end: Any = None,
                  max_cloud_cover: float | None = 0.1, filters: Sequence[Mapping[str, Any]] = (),
                  permission_filter: bool = True, std_quality: bool = True, require_asset: bool = True,
                  select: str = "least_cloud", min_aoi_coverage: float = 0.5, max_candidates: int = 20,
@@ -68,8 +69,9 @@ class PlanetSource:
             mcc = part["max_cloud_cover"]
             if mcc is not None and not 0 <= float(mcc) <= 1:
                 raise ConfigError(f"source.max_cloud_cover: a fraction in 0..1, got {mcc}")
-            if part["scene_id"] is not None:
-                part["scene_id"] = str(part["scene_id"])
+            if part["scene_id"] is not None and not isinstance(part["scene_id"], str):
+                raise ConfigError(f"source.{role}.scene_id: got the number {part['scene_id']!r}; Hydra reads ids like "
+                                  f"20160831_180257_0e26 as numbers, so quote the id: \"source.{role}.scene_id='<id>'\"")
             self.roles[role] = part
         if select not in RULES:
             raise ConfigError(f"source.select: one of {', '.join(RULES)}, got {select!r}")
@@ -89,6 +91,7 @@ class PlanetSource:
             raise ConfigError("source.filters: a list of Data API filter objects, each with a 'type'")
         self.api_url = api_url
         self.item_type, self.bundle, self.clip = str(item_type), str(bundle), bool(clip)
+        self.fallback_bundles = [str(b) for b in fallback_bundles]
         self.filters = [dict(f) for f in filters]
         self.permission, self.std_quality, self.require_asset = bool(permission_filter), bool(std_quality), bool(require_asset)
         self.rule, self.min_coverage = select, float(min_aoi_coverage)
@@ -168,12 +171,13 @@ class PlanetSource:
 
         clip = mapping(self.aoi(role)) if self.clip else None
         try:
-            product = order_request.product([cand.id], self.bundle, self.item_type)
+            product = order_request.product([cand.id], self.bundle, self.item_type,
+                                            fallback_bundle=self.fallback_bundles or None)
             tools = [order_request.clip_tool(clip)] if clip else None
         except Exception as exc:  # planet.specs.SpecificationException / ClientError: bad bundle or AOI
-            raise ConfigError(f"source.bundle / source.{role}.aoi: {exc}") from None
+            raise ConfigError(f"source.bundle / source.fallback_bundles / source.{role}.aoi: {exc}") from None
         request = order_request.build_request(f"cropseg {role} {cand.id}", products=[product], tools=tools)
-        cache = SceneCache(workdir, self.item_type, cand.id, self.bundle, clip)
+        cache = SceneCache(workdir, self.item_type, cand.id, product["product_bundle"], clip)
         return fetch(api, cache, request, what=f"{role} scene {cand.id} ({self.bundle})",
                      download_retries=self.download_retries)
 
@@ -194,8 +198,9 @@ class PlanetSource:
             cand = self.pick(api, role)
             delivery = self.fetch(api, role, cand, Path(workdir))
             info = {"scene_id": cand.id, "acquired": cand.acquired or None, "cloud_cover": cand.cloud_cover,
-                    "aoi_coverage": round(cand.coverage, 4), "item_type": self.item_type, "bundle": self.bundle,
-                    "order_id": delivery.order_id, "from_cache": delivery.from_cache}
+                    "aoi_coverage": round(cand.coverage, 4), "item_type": self.item_type,
+                    "bundle": delivery.bundle or self.bundle, "order_id": delivery.order_id,
+                    "from_cache": delivery.from_cache}
             if cand.synthetic:
                 info["synthetic"] = True
             scenes[role] = make_scene(role, delivery, aoi_geojson=mapping(self.aoi(role)), bands=self.bands,

@@ -27,6 +27,13 @@ class Delivery:
     order_id: str | None
     from_cache: bool
 
+    @property
+    def bundle(self) -> str | None:
+        """The bundle Planet delivered (the manifest's ``planet/bundle_type``; differs from the ordered one
+        when a fallback bundle was used)."""
+        return next((str(e.annotations["planet/bundle_type"]) for e in self.entries
+                     if e.annotations.get("planet/bundle_type")), None)
+
 
 class _StateLog:
     """Order progress for the log: every state change, and a 'still ...' line at most every 30 s."""
