@@ -64,7 +64,8 @@ class DoubleScene:
     def item(self, base: str) -> dict:
         return {
             "type": "Feature", "id": self.id, "geometry": self.footprint,
-            "properties": {"acquired": self.acquired.isoformat().replace("+00:00", "Z"), "cloud_cover": self.cloud_cover,
+            "properties": {"acquired": self.acquired.isoformat().replace("+00:00", "Z"),
+                           "cloud_cover": self.cloud_cover,
                            "item_type": ITEM_TYPE, "quality_category": "standard", "instrument": "PS2",
                            "published": self.acquired.isoformat(), "synthetic": True},
             "assets": list(self.assets), "_permissions": [f"assets.{a}:download" for a in self.assets],
@@ -110,11 +111,13 @@ def default_scenes(directory: Path) -> dict[str, DoubleScene]:
     utc = timezone.utc
     specs = {
         "train": ("20170601_180425_0f35", 11, 626000.0, 4243000.0, datetime(2017, 6, 1, 18, 4, 25, tzinfo=utc), 0.02),
-        "train_late": ("20170605_181012_1a2b", 13, 626000.0, 4243000.0, datetime(2017, 6, 5, 18, 10, 12, tzinfo=utc), 0.08),
+        "train_late": ("20170605_181012_1a2b", 13, 626000.0, 4243000.0, datetime(2017, 6, 5, 18, 10, 12, tzinfo=utc),
+                       0.08),
         "test": ("20170601_180427_0f35", 12, 641000.0, 4241000.0, datetime(2017, 6, 1, 18, 4, 27, tzinfo=utc), 0.01),
         "edge": ("20170603_175959_0c1d", 14, 626420.0, 4243000.0, datetime(2017, 6, 3, 17, 59, 59, tzinfo=utc), 0.0),
     }
-    out = {k: make_scene(directory / k, sid, seed, left, top, acq, cc) for k, (sid, seed, left, top, acq, cc) in specs.items()}
+    out = {k: make_scene(directory / k, sid, seed, left, top, acq, cc)
+           for k, (sid, seed, left, top, acq, cc) in specs.items()}
     del out["train_late"].assets["ortho_analytic_4b_sr"]  # like archive scenes without a surface-reflectance asset
     return out
 
@@ -124,7 +127,8 @@ def utm_box_geojson(left: float, top: float, x0: float, y0: float, x1: float, y1
     from pyproj import Transformer
 
     tr = Transformer.from_crs("EPSG:32610", "EPSG:4326", always_xy=True)
-    pts = [(left + x0, top - y0), (left + x1, top - y0), (left + x1, top - y1), (left + x0, top - y1), (left + x0, top - y0)]
+    pts = [(left + x0, top - y0), (left + x1, top - y0), (left + x1, top - y1), (left + x0, top - y1),
+           (left + x0, top - y0)]
     return {"type": "Polygon", "coordinates": [[list(tr.transform(x, y)) for x, y in pts]]}
 
 
@@ -162,7 +166,8 @@ def matches(f: dict, item: dict) -> bool:
             return False
         conv = _time if t == "DateRangeFilter" else float
         v = conv(v)
-        ops = {"gt": lambda a, b: a > b, "gte": lambda a, b: a >= b, "lt": lambda a, b: a < b, "lte": lambda a, b: a <= b}
+        ops = {"gt": lambda a, b: a > b, "gte": lambda a, b: a >= b, "lt": lambda a, b: a < b,
+               "lte": lambda a, b: a <= b}
         return all(ops[k](v, conv(b)) for k, b in cfg.items())
     if t in ("StringInFilter", "NumberInFilter"):
         return _value(item, f["field_name"]) in cfg
@@ -306,7 +311,8 @@ class PlanetDouble:
                 raw = dest.read_bytes()
                 entries.append({"path": f"{ITEM_TYPE}/{name}", "size": len(raw),
                                 "media_type": "text/xml" if name.endswith(".xml") else "image/tiff",
-                                "digests": {"md5": hashlib.md5(raw).hexdigest(), "sha256": hashlib.sha256(raw).hexdigest()},
+                                "digests": {"md5": hashlib.md5(raw).hexdigest(),
+                                            "sha256": hashlib.sha256(raw).hexdigest()},
                                 "annotations": {"planet/asset_type": asset, "planet/bundle_type": bundle,
                                                 "planet/item_id": sid, "planet/item_type": ITEM_TYPE}})
         manifest = root / "manifest.json"
@@ -319,7 +325,8 @@ class PlanetDouble:
                "created_on": "2017-06-10T00:00:00Z", "last_message": f"Order {order.state}",
                "_links": {"_self": f"{self.url}/compute/ops/orders/v2/{order.id}"}}
         if order.state == "failed":
-            out["last_message"] = ("Order failed: no assets could be delivered (injected fault)" if order.outcome == "failed"
+            out["last_message"] = ("Order failed: no assets could be delivered (injected fault)"
+                                   if order.outcome == "failed"
                                    else "Order failed: the bundle's assets are not available for the item")
         if order.state == "partial":
             out["last_message"] = "Order partially succeeded: 1 of 3 assets failed (injected fault)"

@@ -159,6 +159,7 @@ def test_cli_planet_search_order_train_predict_then_cache_reuse(tmp_path, double
     assert FAKE_KEY not in first.stdout + first.stderr + second.stdout + second.stderr
 
 
+@pytest.mark.slow
 def test_cli_bad_key_is_one_line_and_a_failed_run(tmp_path, double, scenes, aois, cli_env, tracking_uri, offline_env):
     env = {**cli_env, **offline_env, "PL_API_KEY": "PLAK-wrong-key-000"}
     work = tmp_path / "work"

@@ -23,7 +23,8 @@ from cropseg.errors import ConfigError, SourceError
 from cropseg.scenes import UNCOVERED, aoi_geometry, existing_path, make_ground_truth
 from cropseg.types import DWR_CROP_CLASSES, SceneSet
 
-from .search import RULES, AoiCover, Candidate, build_filter, candidate, choose, describe_filter, parse_time, rank, table
+from .search import (RULES, AoiCover, Candidate, build_filter, candidate, choose, describe_filter, parse_time, rank,
+                     table)
 
 log = logging.getLogger("cropseg.planet")
 ROLES = ("train", "test")
@@ -55,7 +56,8 @@ class PlanetSource:
                 raise ConfigError(f"source.{role}: a mapping with aoi, ground_truth and optionally scene_id")
             unknown = sorted(set(node) - set(ROLE_KEYS))
             if unknown:
-                raise ConfigError(f"source.{role}: unknown option(s) {', '.join(unknown)} (valid: {', '.join(ROLE_KEYS)})")
+                raise ConfigError(f"source.{role}: unknown option(s) {', '.join(unknown)} "
+                                  f"(valid: {', '.join(ROLE_KEYS)})")
             part = {k: (None if _unset(node.get(k)) else node.get(k)) for k in ROLE_KEYS}
             if part["aoi"] is None:
                 raise ConfigError(f"source.{role}.aoi: required (a GeoJSON file or an inline GeoJSON geometry)")
@@ -70,8 +72,9 @@ class PlanetSource:
             if mcc is not None and not 0 <= float(mcc) <= 1:
                 raise ConfigError(f"source.max_cloud_cover: a fraction in 0..1, got {mcc}")
             if part["scene_id"] is not None and not isinstance(part["scene_id"], str):
-                raise ConfigError(f"source.{role}.scene_id: got the number {part['scene_id']!r}; Hydra reads ids like "
-                                  f"20160831_180257_0e26 as numbers, so quote the id: \"source.{role}.scene_id='<id>'\"")
+                raise ConfigError(f"source.{role}.scene_id: got the number {part['scene_id']!r}; Hydra reads ids "
+                                  "like 20160831_180257_0e26 as numbers, so quote the id: "
+                                  f"\"source.{role}.scene_id='<id>'\"")
             self.roles[role] = part
         if select not in RULES:
             raise ConfigError(f"source.select: one of {', '.join(RULES)}, got {select!r}")
@@ -93,7 +96,8 @@ class PlanetSource:
         self.item_type, self.bundle, self.clip = str(item_type), str(bundle), bool(clip)
         self.fallback_bundles = [str(b) for b in fallback_bundles]
         self.filters = [dict(f) for f in filters]
-        self.permission, self.std_quality, self.require_asset = bool(permission_filter), bool(std_quality), bool(require_asset)
+        self.permission, self.std_quality = bool(permission_filter), bool(std_quality)
+        self.require_asset = bool(require_asset)
         self.rule, self.min_coverage = select, float(min_aoi_coverage)
         self.max_candidates, self.search_limit = int(max_candidates), int(search_limit)
         self.gt_opts = dict(attribute=attribute, crop_values=list(crop_values), ignore_values=list(ignore_values),
@@ -153,7 +157,8 @@ class PlanetSource:
             log.info("%s scene %s (given):\n%s", role, cand.id, table([cand], cand.id))
             if cand.coverage < self.min_coverage:
                 raise SourceError(f"source.{role}.scene_id: scene {cand.id} covers only {cand.coverage:.0%} of "
-                                  f"{what} (source.min_aoi_coverage={self.min_coverage:.0%}); pick a scene over the AOI")
+                                  f"{what} (source.min_aoi_coverage={self.min_coverage:.0%}); pick a scene over the "
+                                  "AOI")
             return cand
         cands, text = self.search(api, role)
         log.info("%s: %d Planet %s scenes match (%s)", role, len(cands), self.item_type, text)
@@ -193,9 +198,10 @@ class PlanetSource:
                 raise ConfigError(f"source.{role}.ground_truth: required (a vector file or a class raster)")
             gts[role] = make_ground_truth(path, option=f"{role}.ground_truth", **self.gt_opts)
         api = self.api()
-        scenes, meta, synthetic = {}, {"item_type": self.item_type, "bundle": self.bundle, "api_url": api.api_url}, False
-        for role in ROLES:
-            cand = self.pick(api, role)
+        meta: dict[str, Any] = {"item_type": self.item_type, "bundle": self.bundle, "api_url": api.api_url}
+        scenes, synthetic = {}, False
+        picks = {role: self.pick(api, role) for role in ROLES}  # both chosen before anything is ordered
+        for role, cand in picks.items():
             delivery = self.fetch(api, role, cand, Path(workdir))
             info = {"scene_id": cand.id, "acquired": cand.acquired or None, "cloud_cover": cand.cloud_cover,
                     "aoi_coverage": round(cand.coverage, 4), "item_type": self.item_type,
