@@ -243,6 +243,20 @@ def test_explicit_scene_ids_and_fetch_search_command(double, scenes, aois, tmp_p
     assert "no Planet scenes match" in capsys.readouterr().err
 
 
+def test_fetch_download_fills_the_cache_the_pipeline_reuses(double, scenes, aois, tmp_path, capsys, monkeypatch):
+    from cropseg_plugins.planet.fetch import main
+
+    monkeypatch.setenv("CROPSEG_CACHE_DIR", str(tmp_path / "cache"))
+    args = [o for o in overrides(double, scenes, aois) if o.startswith("source.")]
+    assert main(["download", *args]) == 0
+    out = capsys.readouterr().out
+    assert f"train: scene {scenes['train'].id}, order " in out and "_3B_udm2_clip.tif" in out
+    assert double.counts["orders_created"] == 2
+    ss = make_source(double, scenes, aois).load(tmp_path / "cache" / "planet")  # where `cropseg` looks
+    assert ss.train.metadata["from_cache"] and ss.test.metadata["from_cache"]
+    assert double.counts["orders_created"] == 2
+
+
 # -- loading ---------------------------------------------------------------------------------------------
 
 
@@ -396,8 +410,6 @@ def test_persistent_errors_stop_after_bounded_retries(double, scenes, aois, tmp_
 
 def test_config_errors(tmp_path, aois):
     a = str(aois["train"])
-    with pytest.raises(ConfigError, match=r"source.train.aoi: required"):
-        PlanetSource(train={"aoi": "???", "ground_truth": "gt.geojson"}, test={"aoi": a})
     with pytest.raises(ConfigError, match="unknown option.*scene"):
         PlanetSource(train={"aoi": a, "scene": "x"}, test={"aoi": a})
     with pytest.raises(ConfigError, match="source.select"):
@@ -406,15 +418,19 @@ def test_config_errors(tmp_path, aois):
         PlanetSource(train={"aoi": a}, test={"aoi": a}, start="2017-06-09", end="2017-06-01")
     with pytest.raises(ConfigError, match="max_cloud_cover"):
         PlanetSource(train={"aoi": a, "max_cloud_cover": 5}, test={"aoi": a})
+    # files are read when the source is used, before any request
+    with pytest.raises(ConfigError, match=r"source.train.aoi: required"):
+        PlanetSource(train={"aoi": "???", "ground_truth": "gt.geojson"}, test={"aoi": a}).load(tmp_path)
     with pytest.raises(InputFileError, match=r"missing.geojson: file not found \(source.test.aoi\)"):
-        PlanetSource(train={"aoi": a}, test={"aoi": str(tmp_path / "missing.geojson")})
+        PlanetSource(train={"aoi": a}, test={"aoi": str(tmp_path / "missing.geojson")}).load(tmp_path)
     with pytest.raises(InputFileError, match=r"gt.geojson: file not found \(source.train.ground_truth\)"):
-        PlanetSource(train={"aoi": a, "ground_truth": "gt.geojson"}, test={"aoi": a})
+        PlanetSource(train={"aoi": a, "ground_truth": "gt.geojson"}, test={"aoi": a}).load(tmp_path)
     with pytest.raises(ConfigError, match=r"source.test.aoi: the AOI holds no polygon"):
-        PlanetSource(train={"aoi": a}, test={"aoi": {"type": "Point", "coordinates": [-121.5, 38.3]}})
+        PlanetSource(train={"aoi": a}, test={"aoi": {"type": "Point", "coordinates": [-121.5, 38.3]}}).aoi("test")
     inline = json.loads(aois["test"].read_text())
     from_file = PlanetSource(train={"aoi": a}, test={"aoi": str(aois["test"])}).aoi("test")
     assert PlanetSource(train={"aoi": a}, test={"aoi": inline}).aoi("test").equals(from_file)
+    assert not list(tmp_path.rglob("*.tif"))
 
 
 # -- the README's command for the seed study ----------------------------------------------------------------

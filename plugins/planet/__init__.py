@@ -59,8 +59,6 @@ class PlanetSource:
                 raise ConfigError(f"source.{role}: unknown option(s) {', '.join(unknown)} "
                                   f"(valid: {', '.join(ROLE_KEYS)})")
             part = {k: (None if _unset(node.get(k)) else node.get(k)) for k in ROLE_KEYS}
-            if part["aoi"] is None:
-                raise ConfigError(f"source.{role}.aoi: required (a GeoJSON file or an inline GeoJSON geometry)")
             for k, default in (("start", start), ("end", end), ("max_cloud_cover", max_cloud_cover)):
                 if part[k] is None:
                     part[k] = default
@@ -108,9 +106,6 @@ class PlanetSource:
                              max_polls=max_polls)
         self.download_retries = int(download_retries)
         self._aois: dict[str, Any] = {}
-        for role in ROLES:  # local inputs are checked before anything else happens
-            self.aoi(role)
-            existing_path(self.roles[role]["ground_truth"], f"{role}.ground_truth")
 
     # -- search ----------------------------------------------------------------------------------------
     def api(self) -> Any:
@@ -121,6 +116,8 @@ class PlanetSource:
     def aoi(self, role: str) -> Any:
         """The role's AOI as a shapely geometry in EPSG:4326 (read once)."""
         if role not in self._aois:
+            if self.roles[role]["aoi"] is None:
+                raise ConfigError(f"source.{role}.aoi: required (a GeoJSON file or an inline GeoJSON geometry)")
             self._aois[role] = aoi_geometry(self.roles[role]["aoi"], WGS84, option=f"{role}.aoi")
         return self._aois[role]
 
@@ -191,8 +188,10 @@ class PlanetSource:
 
         from .product import make_scene
 
-        gts = {}
         for role in ROLES:  # local files first: a typo fails before any request
+            self.aoi(role)
+        gts = {}
+        for role in ROLES:
             path = existing_path(self.roles[role]["ground_truth"], f"{role}.ground_truth")
             if path is None:
                 raise ConfigError(f"source.{role}.ground_truth: required (a vector file or a class raster)")

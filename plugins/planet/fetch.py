@@ -78,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.setLevel(logging.INFO)
     try:
         source, cache = _source(args.overrides)
+        for role in ("train", "test"):  # local inputs first
+            source.aoi(role)
         api = source.api()
         return search(source, api) if args.command == "search" else download(source, api, cache)
     except CropsegError as exc:
