@@ -321,23 +321,13 @@ def _describe(refl: Mapping[str, Any]) -> str:
 
 
 def _aoi_window(aoi_path: Path, image: Path, grid: Grid) -> tuple[Any, Any]:
-    """The window of ``grid`` covering the AOI and the AOI clipped to the scene (as the local source does)."""
-    import shapely
-    from rasterio.windows import from_bounds
-
+    """The window of ``grid`` covering the AOI and the AOI clipped to the scene (as the sources do)."""
+    from .scenes import aoi_window
     from .vector import read_aoi
 
     if not aoi_path.exists():
         raise InputFileError(f"{aoi_path}: AOI file not found")
-    geom = read_aoi(aoi_path, grid.crs)
-    west, south, east, north = grid.bounds
-    clipped = geom.intersection(shapely.box(west, south, east, north))
-    if clipped.is_empty or clipped.area == 0:
-        raise InputFileError(f"{aoi_path}: the AOI does not overlap {image}")
-    window = from_bounds(*clipped.bounds, transform=grid.transform).round_offsets().round_lengths()
-    window = window.intersection(from_bounds(west, south, east, north, transform=grid.transform)
-                                 .round_offsets().round_lengths())
-    return window, clipped
+    return aoi_window(grid, read_aoi(aoi_path, grid.crs), image=image, what=aoi_path)
 
 
 __all__ = ["BAND_NAMES", "InferencePipeline", "PipelineSpec", "crs_units", "pipeline_spec", "reflectance_settings"]

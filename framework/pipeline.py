@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -153,7 +152,7 @@ def _default_output_dir() -> Path:
 
 
 def execute(cfg: DictConfig, *, output_dir: Path | None = None, parent_run_id: str | None = None,
-            registry: Registry | None = None) -> RunResult:
+            registry: Registry | None = None, run_name_suffix: str = "") -> RunResult:
     """Run the configured pipeline once and record it in MLflow; see :func:`cropseg.api.run`."""
     t_start = time.perf_counter()
     stages = build_stages(cfg, registry)
@@ -162,9 +161,9 @@ def execute(cfg: DictConfig, *, output_dir: Path | None = None, parent_run_id: s
     tracker = Tracker(tcfg.get("uri"), tcfg.get("experiment", "cropseg"), tcfg.get("artifact_location"))
     out = Path(output_dir or cfg.get("output_dir") or _default_output_dir()).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    parent_run_id = parent_run_id or tcfg.get("parent_run_id") or os.environ.get("CROPSEG_PARENT_RUN_ID")
+    parent_run_id = parent_run_id or tcfg.get("parent_run_id")
     tags = _tags(stages)
-    run_name = tcfg.get("run_name") or f"{stages.names['classifier']}-{stages.names['source']}"
+    run_name = (tcfg.get("run_name") or f"{stages.names['classifier']}-{stages.names['source']}") + run_name_suffix
     with tracker.run(run_name, tags, parent_run_id) as rl:
         log.info("MLflow run %s in %s (experiment %r)", rl.run_id, tracker.uri, tracker.experiment_name)
         try:
@@ -381,6 +380,13 @@ def _log_results(rl: Any, st: Stages, scenes: Any, labels: dict, reports: dict, 
                                         int(cfg.get("preview", {}).get("max_side", 1024))):
         rl.log_artifact(path, "previews")
         outputs[f"preview_{path.stem}"] = path
+    from .mapview import write_map
+
+    title = f"{st.names['classifier']} on {scenes.test.metadata.get('scene_id', 'test scene')}"
+    map_path = write_map(scenes.test, outputs["test_labels"], outputs.get("segments"), out / "map" / "map.html",
+                         int(cfg.get("preview", {}).get("max_side", 1024)), title)
+    rl.log_artifact(map_path, "map")
+    outputs["map"] = map_path
     model_info: dict[str, str] = {}
     if cfg.get("tracking", {}).get("log_model", True):
         model_info = _log_model(rl, st, scenes, out / "model", cfg)

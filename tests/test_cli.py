@@ -32,7 +32,7 @@ EXPECTED_ARTIFACTS = [
     "reports/train_classification_report.json", "reports/classification_reports.json",
     "reports/confusion_matrix.png", "prediction/test_mask.tif", "prediction/test_mask_raw.tif",
     "labels/test_labels.tif", "segments/test_segments.geojson", "previews/rgb.png", "previews/ground_truth.png",
-    "previews/prediction.png", "previews/disagreement.png",
+    "previews/prediction.png", "previews/disagreement.png", "map/map.html",
 ]
 
 
