@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError, CropsegError
-from .tracking import TAG_PREFIX, Tracker
+from .tracking import TAG_PREFIX, Tracker, register_run_model
 
 log = logging.getLogger("cropseg")
 
@@ -199,8 +199,9 @@ def mask_panels(tracker: Tracker, rows: list[Row], path: Path, window: Sequence[
 
 def compare(tracking_uri: str | None = None, experiment: str = "cropseg", sweep: str | None = None,
             rank_by: str = "test_weighted_avg_f1", out_dir: Path | None = None,
-            window: Sequence[int] | None = None) -> dict[str, Any]:
-    """Rank runs and write comparison.csv/.md/.png and masks.png; log them to the sweep's parent run."""
+            window: Sequence[int] | None = None, register: str | None = None) -> dict[str, Any]:
+    """Rank runs and write comparison.csv/.md/.png and masks.png; log them to the sweep's parent run;
+    optionally register the top-ranked run's model as a new version of ``register``."""
     tracker = Tracker(tracking_uri, experiment, create=False)
     parent = tracker.latest_sweep() if sweep == "latest" else sweep
     if sweep == "latest" and parent is None:
@@ -231,8 +232,14 @@ def compare(tracking_uri: str | None = None, experiment: str = "cropseg", sweep:
         best = rows[0]
         if best.status == "FINISHED":
             logger.set_tags({f"{TAG_PREFIX}best_run_id": best.run_id, f"{TAG_PREFIX}best_run": best.name})
+    version = None
+    if register:
+        best = rows[0]
+        if best.status != "FINISHED":
+            raise ConfigError(f"--register {register}: no FINISHED run to register")
+        version = register_run_model(tracker.uri, best.run_id, register)
     return {"rows": rows, "header": header, "body": body, "out_dir": out, "files": files, "parent_run_id": parent,
-            "tracker": tracker}
+            "tracker": tracker, "registered": (register, version) if register else None}
 
 
 def compare_command(argv: Sequence[str]) -> int:
@@ -244,6 +251,8 @@ def compare_command(argv: Sequence[str]) -> int:
     p.add_argument("--rank-by", default="test_weighted_avg_f1", help="metric to rank by (higher is better)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: compare/<timestamp>)")
     p.add_argument("--window", default=None, help="mask panel window COL,ROW[,SIZE] in test-scene pixels")
+    p.add_argument("--register", default=None, metavar="NAME",
+                   help="register the top-ranked run's model in the MLflow Model Registry as NAME")
     args = p.parse_args(list(argv))
     window = None
     if args.window:
@@ -251,9 +260,12 @@ def compare_command(argv: Sequence[str]) -> int:
             window = [int(v) for v in args.window.split(",")]
         except ValueError:
             raise ConfigError(f"--window: expected COL,ROW[,SIZE] integers, got {args.window!r}") from None
-    res = compare(args.tracking_uri, args.experiment, args.sweep, args.rank_by, args.out, window)
+    res = compare(args.tracking_uri, args.experiment, args.sweep, args.rank_by, args.out, window, args.register)
     print(console(res["header"], res["body"]))
     print(f"\nranked by {args.rank_by}; wrote {', '.join(f.name for f in res['files'])} to {res['out_dir']}")
     if res["parent_run_id"]:
         print(f"logged to sweep parent run {res['parent_run_id']}")
+    if res["registered"]:
+        name, version = res["registered"]
+        print(f"registered {res['rows'][0].name} ({res['rows'][0].run_id}) as models:/{name}/{version}")
     return 0

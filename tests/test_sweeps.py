@@ -57,8 +57,9 @@ def test_parallel_sweep_on_fresh_store_then_compare(work, tiny_pair, cli_env, tr
     assert parent.data.tags["cropseg.sweep.finished"] == "4"
 
     out = tmp_path / "cmp"
-    proc = run_cli(["compare", "--sweep", "latest", "--out", str(out)], work, cli_env)
+    proc = run_cli(["compare", "--sweep", "latest", "--out", str(out), "--register", "best-crop"], work, cli_env)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "as models:/best-crop/1" in proc.stdout
     for name in ("comparison.csv", "comparison.md", "comparison.png", "masks.png"):
         assert (out / name).is_file(), name
     with open(out / "comparison.csv") as fh:
@@ -76,6 +77,8 @@ def test_parallel_sweep_on_fresh_store_then_compare(work, tiny_pair, cli_env, tr
     logged = {f.path for f in client.list_artifacts(parent.info.run_id, "comparison")}
     assert {"comparison/comparison.csv", "comparison/masks.png", "comparison/comparison.md"} <= logged
     assert client.get_run(parent.info.run_id).data.tags["cropseg.best_run_id"] == rows[0]["run id"]
+    version = MlflowClient(tracking_uri, registry_uri=tracking_uri).get_model_version("best-crop", "1")
+    assert version.run_id == rows[0]["run id"]
 
 
 def test_sweep_with_a_failing_job(work, tiny_pair, cli_env, tracking_uri, tmp_path):
