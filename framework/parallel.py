@@ -164,6 +164,8 @@ class BlockExecutor:
     def _map_dask(self, fn: Callable[[Any, Any], Any], items: Iterable[Any], context: Any) -> Iterator[Any]:
         client = self.client
         info = client.scheduler_info()["workers"]
+        if not info:
+            log.warning("dask: the scheduler at %s has no workers yet; blocks wait for one", self.config.scheduler)
         slots = sum(int(w.get("nthreads", 1)) for w in info.values()) or 1
         limit = self.config.max_in_flight or 2 * slots
         ctx = client.scatter(context, broadcast=True, hash=False)

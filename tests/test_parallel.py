@@ -140,7 +140,7 @@ def dask_cluster(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    """A SYNTHETIC 200x160 scene (12 blocks of 48 px... and more) and a KNN trained on another one."""
+    """A SYNTHETIC 200x160 test scene (20 blocks of 48 px) and a KNN trained on another tiny scene."""
     d = tmp_path_factory.mktemp("par")
     train = write_tiny_scene(d, name="train", width=120, height=96, seed=1)
     test = write_tiny_scene(d, name="test", width=200, height=160, seed=2, noise=0.04)
