@@ -47,6 +47,19 @@ def _rgb_4326(scene: Scene, max_side: int) -> tuple[np.ndarray, list[list[float]
     return dst.transpose(1, 2, 0), [[lat0, lon0], [lat1, lon1]]
 
 
+def _for_display(gdf, grid, max_side: int):
+    """``gdf`` (in the scene CRS) simplified to the map's resolution, one display pixel being the scene's
+    longer side over ``max_side`` scene pixels, with polygons smaller than a display pixel dropped: the HTML
+    (and the memory to build it) then stays bounded as scenes grow, like the PNG previews. Scenes that fit in
+    ``max_side`` are drawn as they are."""
+    factor = max(grid.width, grid.height) / max_side
+    if factor <= 1 or gdf.empty:
+        return gdf
+    tol = factor * float(np.sqrt(grid.pixel_area))
+    gdf = gdf[gdf.geometry.area >= tol * tol]
+    return gdf.set_geometry(gdf.geometry.simplify(tol, preserve_topology=True))
+
+
 def _truth_layer(scene: Scene, labels: Path, max_side: int):
     """Crop polygons of the ground truth in EPSG:4326: the survey's own polygons when vector, else traced
     from the (decimated) label raster."""
@@ -56,7 +69,7 @@ def _truth_layer(scene: Scene, labels: Path, max_side: int):
         from .vector import ground_truth_for_grid
 
         gdf = ground_truth_for_grid(scene.ground_truth, scene.grid)
-        return gdf[gdf["crop"]].drop(columns="crop").to_crs("EPSG:4326")
+        return _for_display(gdf[gdf["crop"]].drop(columns="crop"), scene.grid, max_side).to_crs("EPSG:4326")
     import rasterio
     import shapely
     from rasterio.features import shapes
@@ -95,6 +108,8 @@ def write_map(scene: Scene, labels: Path, segments: Path | None, out_path: Path,
     ).add_to(m)
     if segments is not None and Path(segments).is_file():
         seg = gpd.read_file(segments)
+        if len(seg):
+            seg = _for_display(seg.to_crs(scene.grid.crs), scene.grid, max_side).to_crs("EPSG:4326")
         if len(seg):
             folium.GeoJson(
                 seg, name="predicted crop segments",
