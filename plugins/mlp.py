@@ -22,7 +22,7 @@ class MLP(SklearnClassifier):
 
     def __init__(self, hidden_layer_sizes: Sequence[int] = (32,), alpha: float = 1e-4,
                  learning_rate_init: float = 0.01, batch_size: int = 1024, max_iter: int = 100,
-                 n_iter_no_change: int = 5, validation_fraction: float = 0.1, class_weight: str | None = None,
+                 n_iter_no_change: int = 3, validation_fraction: float = 0.1, class_weight: str | None = None,
                  grid: Mapping[str, Sequence[Any]] | None = None, cv: str = "spatial", cv_folds: int = 3,
                  scoring: str = "f1_weighted", n_threads: int | None = 1, seed: int = 0):
         super().__init__(grid=grid, cv=cv, cv_folds=cv_folds, scoring=scoring, seed=seed, class_weight=class_weight,
