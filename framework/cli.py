@@ -18,19 +18,43 @@ _HYDRA_INFO_FLAGS = {"--help", "-h", "--hydra-help", "--version", "--info", "-i"
 _FAILURES: list[str] = []
 
 
+def _plugins():  # noqa: ANN202 - lazy imports keep `cropseg --help` fast
+    from .commands import plugins_command
+
+    return plugins_command
+
+
+def _compare():  # noqa: ANN202
+    from .compare import compare_command
+
+    return compare_command
+
+
+def _predict():  # noqa: ANN202
+    from .commands import predict_command
+
+    return predict_command
+
+
+SUBCOMMANDS = {"plugins": _plugins, "compare": _compare, "predict": _predict}
+
+
 def _error(msg: str) -> None:
     print(f"{PROG}: error: {msg}", file=sys.stderr)
 
 
-def _task(cfg) -> None:  # noqa: ANN001 - a DictConfig from Hydra
+def _task(cfg):  # noqa: ANN001, ANN201 - a DictConfig from Hydra; returns the sweep objective
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     from .pipeline import execute
+    from .sweep import parent_run_id
 
-    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    parent = parent_run_id(cfg) if multirun else None
     try:
-        result = execute(cfg)
+        result = execute(cfg, parent_run_id=parent, run_name_suffix=f"#{hc.job.num}" if multirun else "")
     except CropsegError as exc:
         log.error("run failed: %s", exc)
         if not multirun:
@@ -38,12 +62,20 @@ def _task(cfg) -> None:  # noqa: ANN001 - a DictConfig from Hydra
             raise SystemExit(1) from None
         _FAILURES.append(str(exc))
         return None
+    except Exception:  # noqa: BLE001 - in a sweep one broken job must not stop the others
+        if not multirun:
+            raise
+        log.exception("job %s failed", hc.job.num)
+        _FAILURES.append(f"job {hc.job.num} crashed (see its log)")
+        return None
     print()
     print(result.summary())
     print(f"\nMLflow run {result.run_id} FINISHED (experiment id {result.experiment_id})")
     print(f"outputs: {result.output_dir}")
     print(f"open the MLflow UI: {result.ui_hint}")
-    return None
+    objective = cfg.get("sweep", {}).get("objective")
+    value = result.metrics.get(objective) if objective else None
+    return float(value) if value is not None else None
 
 
 def _validate(args: Sequence[str]) -> None:
@@ -59,19 +91,27 @@ def _validate(args: Sequence[str]) -> None:
         parsed = OverridesParser.create().parse_overrides(overrides)
     if any(o.is_sweep_override() and not (o.is_discrete_sweep() or o.is_range_sweep()) for o in parsed):
         return  # e.g. Optuna interval() sweeps: Hydra's sweeper validates them
+    from .tracking import check_reachable, resolve_uri
+
     batches = BasicSweeper.split_arguments(parsed, max_batch_size=None)
+    uris = set()
     for combo in (batches[0] if batches else [[]])[:64]:
         cfg = compose(combo)
         build_stages(cfg)
+        uris.add(resolve_uri(cfg.get("tracking", {}).get("uri")))
+    for uri in uris:  # an unreachable tracking server is reported before any work starts
+        check_reachable(uri)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cropseg`` console script."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] == "plugins":
-        from .commands import plugins_command
-
-        return plugins_command(args[1:])
+    if args and args[0] in SUBCOMMANDS:
+        try:
+            return SUBCOMMANDS[args[0]]()(args[1:])
+        except CropsegError as exc:
+            _error(str(exc))
+            return 2
     try:
         if not any(a.split("=")[0] in _HYDRA_INFO_FLAGS for a in args):
             _validate(args)
@@ -93,8 +133,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 1
     finally:
         sys.argv = saved
-    if _FAILURES:
-        _error(f"{len(_FAILURES)} job(s) of the sweep failed; first: {_FAILURES[0]}")
+    from .sweep import SweepState
+
+    failures = SweepState.failed or _FAILURES
+    SweepState.failed = []
+    if failures:
+        _error(f"{len(failures)} job(s) of the sweep failed; first: {failures[0]}")
         return 1
     return 0
 

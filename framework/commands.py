@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Sequence
 
 from .plugins import STAGES, Registry, get_plugin_manager
+from .types import DWR_CROP_CLASSES
 
 
 def plugins_command(argv: Sequence[str]) -> int:
@@ -33,4 +34,70 @@ def plugins_command(argv: Sequence[str]) -> int:
         print("failed to load:")
         for name, err in sorted(reg.failed.items()):
             print(f"  {name}: {err}")
+    return 0
+
+
+def predict_command(argv: Sequence[str]) -> int:
+    """``cropseg predict MODEL_URI IMAGE``: apply a logged or registered model to a new scene."""
+    import logging
+    import sys
+
+    from .errors import CropsegError
+    from .predict import DEFAULT_EXPERIMENT, predict
+
+    parser = argparse.ArgumentParser(
+        prog="cropseg predict",
+        description="Apply a trained cropseg model to a new 4-band scene: mask GeoTIFF (on the scene's grid), "
+                    "crop segments GeoJSON, crop-area summary, and with --ground-truth a classification report. "
+                    "Recorded as an MLflow run linked to the model's training run.")
+    parser.add_argument("model_uri", help="runs:/<run_id>/model, models:/<name>/<version> or models:/<name>@<alias>")
+    parser.add_argument("image", help="the scene: a 4-band GeoTIFF (blue, green, red, NIR DN)")
+    parser.add_argument("--metadata", help="the scene's Planet metadata XML (DN -> TOA reflectance coefficients)")
+    parser.add_argument("--scale", type=float, help="reflectance = DN * SCALE instead (overrides the model's setting)")
+    parser.add_argument("--aoi", help="predict only inside this AOI (any vector file)")
+    parser.add_argument("--udm", help="usable-data raster (band 1 > 0 = clear)")
+    parser.add_argument("--nodata", type=float, help="DN of missing pixels (default: as in training)")
+    parser.add_argument("--ground-truth", help="vector ground truth for a classification report")
+    parser.add_argument("--attribute", default="CLASS1", help="ground-truth attribute holding the class (CLASS1)")
+    parser.add_argument("--crop-values", default=",".join(DWR_CROP_CLASSES),
+                        help="comma-separated crop values of --attribute (default: %(default)s)")
+    parser.add_argument("--layer", help="layer of a multi-layer ground-truth file")
+    parser.add_argument("--uncovered", default="noncrop", choices=["noncrop", "ignore"],
+                        help="land no ground-truth polygon covers (default: %(default)s)")
+    parser.add_argument("--labeler", help="labeler plugin for the ground truth (default: the model's)")
+    parser.add_argument("--output-dir", help="where to write (default: outputs/predict/<date>/<time>-<id>)")
+    parser.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="experiment of the prediction run "
+                                                                         "(default: %(default)s)")
+    parser.add_argument("--run-name", help="name of the prediction run")
+    parser.add_argument("--block-size", type=int, default=512, help="pixels per block side (default: %(default)s)")
+    args = parser.parse_args(list(argv))
+    for noisy in ("alembic", "mlflow", "pyogrio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # progress to stderr for this command only (as Hydra's job logging does for runs); earlier handlers are
+    # put back afterwards
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", datefmt="%H:%M:%S"))
+    root.handlers = [handler]
+    root.setLevel(logging.INFO)
+    try:
+        result = predict(
+            args.model_uri, args.image, metadata=args.metadata, scale=args.scale, aoi=args.aoi, udm=args.udm,
+            nodata=args.nodata, ground_truth=args.ground_truth, attribute=args.attribute,
+            crop_values=[v.strip() for v in args.crop_values.split(",") if v.strip()], layer=args.layer,
+            uncovered=args.uncovered, labeler=args.labeler, output_dir=args.output_dir,
+            tracking_uri=args.tracking_uri, experiment=args.experiment, run_name=args.run_name,
+            block=args.block_size)
+    except CropsegError as exc:
+        print(f"cropseg: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        root.handlers = saved[0]
+        root.setLevel(saved[1])
+    print()
+    print(result.text())
+    print(f"\nMLflow prediction run {result.run_id} FINISHED (experiment {result.experiment_name!r})")
+    print(f"outputs: {result.output_dir}")
     return 0

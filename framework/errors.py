@@ -51,3 +51,11 @@ class TrackingError(CropsegError, RuntimeError):
 
 class SourceError(CropsegError, RuntimeError):
     """A scene source failed to provide scenes (search, order or download problems)."""
+
+
+class ModelError(CropsegError, LookupError):
+    """A logged or registered model cannot be found or loaded."""
+
+
+class ModelInputError(CropsegError, ValueError):
+    """Data given to a trained model does not fit it (pixel rows, scenes)."""

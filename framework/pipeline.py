@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import pickle
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -45,6 +43,9 @@ class RunResult:
     outputs: dict[str, Path]
     params: dict[str, Any] = field(default_factory=dict)
     ui_hint: str = ""
+    #: the run's MLflow model (``runs:/<run_id>/model``) and its Model Registry version, when logged/registered
+    model_uri: str | None = None
+    model_version: str | None = None
 
     def summary(self) -> str:
         """A plain-text table of the key test metrics."""
@@ -151,17 +152,18 @@ def _default_output_dir() -> Path:
 
 
 def execute(cfg: DictConfig, *, output_dir: Path | None = None, parent_run_id: str | None = None,
-            registry: Registry | None = None) -> RunResult:
+            registry: Registry | None = None, run_name_suffix: str = "") -> RunResult:
     """Run the configured pipeline once and record it in MLflow; see :func:`cropseg.api.run`."""
     t_start = time.perf_counter()
     stages = build_stages(cfg, registry)
     tcfg = cfg.get("tracking", {})
+    _check_registration(tcfg)
     tracker = Tracker(tcfg.get("uri"), tcfg.get("experiment", "cropseg"), tcfg.get("artifact_location"))
     out = Path(output_dir or cfg.get("output_dir") or _default_output_dir()).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    parent_run_id = parent_run_id or tcfg.get("parent_run_id") or os.environ.get("CROPSEG_PARENT_RUN_ID")
+    parent_run_id = parent_run_id or tcfg.get("parent_run_id")
     tags = _tags(stages)
-    run_name = tcfg.get("run_name") or f"{stages.names['classifier']}-{stages.names['source']}"
+    run_name = (tcfg.get("run_name") or f"{stages.names['classifier']}-{stages.names['source']}") + run_name_suffix
     with tracker.run(run_name, tags, parent_run_id) as rl:
         log.info("MLflow run %s in %s (experiment %r)", rl.run_id, tracker.uri, tracker.experiment_name)
         try:
@@ -282,9 +284,9 @@ def _run_stages(cfg: DictConfig, st: Stages, rl: Any, out: Path, t_start: float)
     # -- record ----------------------------------------------------------------------------------------
     metrics["total_seconds"] = time.perf_counter() - t_start
     metrics = {k: v for k, v in metrics.items() if v is not None and np.isfinite(v)}
-    _log_results(rl, st, scenes, labels, reports, outputs, out, metrics, cfg)
+    model_info = _log_results(rl, st, scenes, labels, reports, outputs, out, metrics, cfg)
     return RunResult(run_id=rl.run_id, experiment_id="", tracking_uri="", output_dir=out, metrics=metrics,
-                     outputs=outputs, params=dict(fit.params) if fit else {})
+                     outputs=outputs, params=dict(fit.params) if fit else {}, **model_info)
 
 
 def predict_scene(scene: Scene, features: Features, classifier: Classifier, out_path: Path,
@@ -347,7 +349,7 @@ def apply_filters(mask_path: Path, filters: list[tuple[str, MaskFilter]], out_pa
 
 
 def _log_results(rl: Any, st: Stages, scenes: Any, labels: dict, reports: dict, outputs: dict, out: Path,
-                 metrics: dict[str, float], cfg: DictConfig) -> None:
+                 metrics: dict[str, float], cfg: DictConfig) -> dict[str, str]:
     from . import previews
 
     rl.log_metrics(metrics)
@@ -379,19 +381,47 @@ def _log_results(rl: Any, st: Stages, scenes: Any, labels: dict, reports: dict, 
                                         int(cfg.get("preview", {}).get("max_side", 1024))):
         rl.log_artifact(path, "previews")
         outputs[f"preview_{path.stem}"] = path
+    from .mapview import write_map
+
+    title = f"{st.names['classifier']} on {scenes.test.metadata.get('scene_id', 'test scene')}"
+    map_path = write_map(scenes.test, outputs["test_labels"], outputs.get("segments"), out / "map" / "map.html",
+                         int(cfg.get("preview", {}).get("max_side", 1024)), title)
+    rl.log_artifact(map_path, "map")
+    outputs["map"] = map_path
+    model_info: dict[str, str] = {}
     if cfg.get("tracking", {}).get("log_model", True):
-        model_dir = out / "model"
-        model_dir.mkdir(exist_ok=True)
-        with open(model_dir / "classifier.pkl", "wb") as fh:
-            pickle.dump(st.classifier, fh, protocol=pickle.HIGHEST_PROTOCOL)
-        (model_dir / "pipeline.json").write_text(json.dumps({
-            "classifier": st.names["classifier"], "features": st.names["features"],
-            "feature_names": st.features.names(scenes.test.band_names),
-            "postprocessors": [n for n, _ in st.filters], "cropseg_version": __version__,
-            "postprocessor_config": redact(cfg).get("postprocessor", {}),
-        }, indent=2))
-        rl.log_artifact(model_dir / "classifier.pkl", "model")
-        rl.log_artifact(model_dir / "pipeline.json", "model")
-        outputs["model"] = model_dir / "classifier.pkl"
+        model_info = _log_model(rl, st, scenes, out / "model", cfg)
+        outputs["model"] = out / "model"
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     outputs["metrics"] = out / "metrics.json"
+    return model_info
+
+
+def _check_registration(tcfg: Any) -> None:
+    name = tcfg.get("register_model")
+    if name in (None, ""):
+        return
+    if not tcfg.get("log_model", True):
+        raise ConfigError("tracking.register_model: needs tracking.log_model=true (there is no model to register)")
+    if not isinstance(name, str) or "/" in name or "@" in name or not name.strip():
+        raise ConfigError(f"tracking.register_model: a model name without '/' or '@', got {name!r}")
+
+
+def _log_model(rl: Any, st: Stages, scenes: Any, model_dir: Path, cfg: DictConfig) -> dict[str, str]:
+    """Log the whole inference pipeline as the run's MLflow model (``runs:/<run_id>/model``) and register
+    it when ``tracking.register_model`` names a registered model."""
+    from .inference import InferencePipeline, pipeline_spec
+    from .tracking.model import log_pipeline_model, register_run_model
+
+    spec = pipeline_spec(cfg, st, scenes.train, synthetic=scenes.synthetic, run_id=rl.run_id)
+    pipe = InferencePipeline(spec, st.classifier, st.features, st.filters, st.vectorizers, st.registry)
+    uri = log_pipeline_model(rl.client.tracking_uri, rl.run_id, pipe, pipe.example_rows(scenes.test), model_dir)
+    info = {"model_uri": uri}
+    name = cfg.get("tracking", {}).get("register_model")
+    if name:
+        info["model_version"] = register_run_model(rl.client.tracking_uri, rl.run_id, str(name))
+        rl.set_tags({f"{TAG_PREFIX}registered_model": f"models:/{name}/{info['model_version']}"})
+        log.info("model %s registered as models:/%s/%s", uri, name, info["model_version"])
+    else:
+        log.info("model logged as %s", uri)
+    return info

@@ -137,6 +137,7 @@ def local_overrides(train: TinyScene, test: TinyScene, classifier: str | None = 
         f"source.test_metadata={test.metadata}",
         f"source.train_ground_truth={train.ground_truth}",
         f"source.test_ground_truth={test.ground_truth}",
-        *(["classifier.k_grid=[3,5]"] if classifier is None else [f"classifier={classifier}"]),
         "train.spatial_block=16",
+        # last, so callers can drop it with [:-1] and choose their own
+        *(["classifier.k_grid=[3,5]"] if classifier is None else [f"classifier={classifier}"]),
     ]

@@ -15,28 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from cropseg import hookimpl
-from cropseg.errors import ConfigError, InputFileError
-from cropseg.planet_metadata import parse_metadata
+from cropseg.errors import ConfigError
 from cropseg.raster import check_scene_raster
-from cropseg.types import (
-    DWR_CROP_CLASSES,
-    RasterGroundTruth,
-    Scene,
-    SceneSet,
-    VectorGroundTruth,
-)
-from cropseg.vector import read_aoi
-
-RASTER_SUFFIXES = {".tif", ".tiff", ".img", ".vrt"}
-
-
-def _path(value: Any, option: str) -> Path | None:
-    if value in (None, ""):
-        return None
-    p = Path(str(value)).expanduser()
-    if not p.exists():
-        raise InputFileError(f"{p}: file not found (source.{option})")
-    return p
+from cropseg.scenes import UNCOVERED, aoi_geometry, build_scene, existing_path, make_ground_truth, toa_gains
+from cropseg.types import DWR_CROP_CLASSES, Scene, SceneSet
 
 
 class LocalSource:
@@ -50,7 +32,7 @@ class LocalSource:
                  attribute: str = "CLASS1", crop_values: Sequence[Any] = DWR_CROP_CLASSES,
                  ignore_values: Sequence[int] = (), uncovered: str = "noncrop", layer: str | None = None,
                  udm: str | None = None, train_udm: str | None = None, test_udm: str | None = None):
-        if uncovered not in ("noncrop", "ignore"):
+        if uncovered not in UNCOVERED:
             raise ConfigError(f"source.uncovered: 'noncrop' or 'ignore', got {uncovered!r}")
         if len(bands) != 4:
             raise ConfigError(f"source.bands: four band indexes (blue, green, red, NIR), got {list(bands)}")
@@ -81,53 +63,31 @@ class LocalSource:
     def _ground_truth(self, role: str):
         o = self.opts
         opt = f"{role}_ground_truth" if o[f"{role}_ground_truth"] else "ground_truth"
-        path = _path(o[opt], opt)
+        path = existing_path(o[opt], opt)
         if path is None:
-            raise ConfigError(f"source.ground_truth: required (a vector file or a class raster)")
-        if path.suffix.lower() in RASTER_SUFFIXES:
-            try:
-                crop = tuple(int(v) for v in o["crop_values"])
-            except (TypeError, ValueError):
-                raise ConfigError(f"source.crop_values: a class raster needs integer values, got "
-                                  f"{list(o['crop_values'])}") from None
-            return RasterGroundTruth(path, crop, tuple(int(v) for v in o["ignore_values"]))
-        return VectorGroundTruth(path, o["attribute"], tuple(str(v) for v in o["crop_values"]), o["layer"],
-                                 o["uncovered"])
+            raise ConfigError("source.ground_truth: required (a vector file or a class raster)")
+        return make_ground_truth(path, attribute=o["attribute"], crop_values=o["crop_values"],
+                                 ignore_values=o["ignore_values"], uncovered=o["uncovered"], layer=o["layer"],
+                                 option=opt)
 
     def _scene(self, role: str, image_opt: str, aoi_opt: str, meta_opt: str, udm_opt: str) -> Scene:
-        from rasterio.windows import from_bounds
-
         o = self.opts
-        image = _path(o[image_opt], image_opt)
+        bands = [int(b) for b in o["bands"]]
+        image = existing_path(o[image_opt], image_opt)
         grid = check_scene_raster(image)
-        meta_path = _path(o[meta_opt], meta_opt)
+        meta_path = existing_path(o[meta_opt], meta_opt)
         metadata: dict[str, Any] = {"image": str(image)}
         if meta_path is not None:
-            meta = parse_metadata(meta_path)
-            meta.gains(max(int(b) for b in o["bands"]))  # every selected band has a coefficient
-            gains = tuple(meta.reflectance_coefficients[int(b)] for b in o["bands"])
-            metadata.update(scene_id=meta.scene_id, acquired=meta.acquired.isoformat() if meta.acquired else None,
-                            reflectance="toa_xml")
+            gains, prov = toa_gains(meta_path, bands)
+            metadata.update(prov)
         else:
             gains = (float(o["scale"]),) * 4
             metadata.update(scene_id=image.stem, reflectance=f"scale={o['scale']}")
-        window, aoi = None, None
-        aoi_path = _path(o[aoi_opt], aoi_opt)
-        if aoi_path is not None:
-            import shapely
-
-            aoi = read_aoi(aoi_path, grid.crs)
-            west, south, east, north = grid.bounds
-            clipped = aoi.intersection(shapely.box(west, south, east, north))
-            if clipped.is_empty:
-                raise InputFileError(f"{aoi_path}: the AOI does not overlap {image}")
-            window = from_bounds(*clipped.bounds, transform=grid.transform).round_offsets().round_lengths()
-            window = window.intersection(from_bounds(west, south, east, north, transform=grid.transform)
-                                         .round_offsets().round_lengths())
-            aoi = clipped
-        return Scene(name=role, path=image, gains=gains, bands=tuple(int(b) for b in o["bands"]), window=window,
-                     nodata=o["nodata"], aoi=aoi, usable_path=_path(o[udm_opt], udm_opt),
-                     ground_truth=self._ground_truth(role), metadata=metadata)
+        aoi = aoi_geometry(o[aoi_opt], grid.crs, option=aoi_opt) if o[aoi_opt] else None
+        return build_scene(role, image, gains=gains, bands=bands, nodata=o["nodata"], aoi=aoi,
+                           aoi_what=existing_path(o[aoi_opt], aoi_opt) if aoi is not None else None,
+                           usable=existing_path(o[udm_opt], udm_opt), ground_truth=self._ground_truth(role),
+                           metadata=metadata)
 
 
 @hookimpl

@@ -33,7 +33,7 @@ EXPECTED_ARTIFACTS = [
     "reports/train_classification_report.json", "reports/classification_reports.json",
     "reports/confusion_matrix.png", "prediction/test_mask.tif", "prediction/test_mask_raw.tif",
     "labels/test_labels.tif", "segments/test_segments.geojson", "previews/rgb.png", "previews/ground_truth.png",
-    "previews/prediction.png", "previews/disagreement.png", "model/classifier.pkl", "model/pipeline.json",
+    "previews/prediction.png", "previews/disagreement.png", "map/map.html",
 ]
 
 
@@ -81,6 +81,11 @@ def test_cli_end_to_end_local_source(tmp_path, tiny_pair, cli_env, tracking_uri)
     assert len(tags["cropseg.git_commit"]) in (40, 7) or tags["cropseg.git_commit"] == "unknown"
     arts = all_artifacts(client, run.info.run_id)
     assert not [a for a in EXPECTED_ARTIFACTS if a not in arts], arts
+    # the whole pipeline is the run's MLflow model (runs:/<run_id>/model), not loose run artifacts
+    (model_out,) = client.get_run(run.info.run_id).outputs.model_outputs
+    logged = client.get_logged_model(model_out.model_id)
+    assert logged.name == "model" and logged.source_run_id == run.info.run_id
+    assert "cropseg.registered_model" not in tags  # tracking.register_model is off by default
 
     # the mask is on the test scene's exact grid
     local = Path(client.download_artifacts(run.info.run_id, "prediction/test_mask.tif", str(tmp_path / "dl")))

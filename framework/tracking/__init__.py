@@ -1,4 +1,5 @@
-"""Everything that talks to MLflow: stores, experiments, runs (with sweep parents), and logging.
+"""Everything that talks to MLflow: stores, experiments, runs (with sweep parents), logging, and (in
+:mod:`cropseg.tracking.model`) the pipeline as an MLflow model and the Model Registry.
 
 Runs are driven through :class:`mlflow.MlflowClient` with explicit run ids (no fluent global state), so
 logging works the same in-process, from a notebook, and from process-based Hydra launchers.
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from .errors import CropsegError, TrackingError
+from ..errors import CropsegError, TrackingError
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +58,27 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         raise TrackingError(f"tracking URI {uri}: directory {db.parent} does not exist")
 
 
+@contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Serialise first access to a sqlite store across processes: MLflow creates and migrates a fresh
+    database on first use, and several processes doing that at once corrupt it."""
+    db = _sqlite_path(uri)
+    if db is None:
+        yield
+        return
+    import fcntl
+
+    with open(db.with_name(db.name + ".lock"), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def git_commit(path: Path | None = None) -> str:
     """The commit of the cropseg source tree (``unknown`` outside a git checkout)."""
-    path = path or Path(__file__).resolve().parent.parent
+    path = path or Path(__file__).resolve().parents[2]
     try:
         out = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True,
                              timeout=10, check=False)
@@ -71,18 +90,32 @@ def git_commit(path: Path | None = None) -> str:
 class Tracker:
     """A tracking store plus an experiment in it."""
 
-    def __init__(self, uri: str | None = None, experiment: str = "cropseg", artifact_location: str | None = None):
+    def __init__(self, uri: str | None = None, experiment: str = "cropseg", artifact_location: str | None = None,
+                 create: bool = True):
         from mlflow import MlflowClient
 
-        # MLflow sets its logger to INFO on import; its store-migration chatter is not cropseg's progress
+        # MLflow sets its logger to INFO on import; its store-migration chatter is not cropseg's progress,
+        # nor are its per-file download progress bars
         logging.getLogger("mlflow").setLevel(logging.WARNING)
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         self.uri = resolve_uri(uri)
         check_reachable(self.uri)
         self.client = MlflowClient(tracking_uri=self.uri)
         self.experiment_name = experiment
-        self.experiment_id = self._experiment(experiment, artifact_location)
+        if create:
+            self.experiment_id = self._experiment(experiment, artifact_location)
+        else:
+            with _store_lock(self.uri):
+                exp = self.client.get_experiment_by_name(experiment)
+            if exp is None:
+                raise TrackingError(f"tracking store {self.uri}: no experiment named {experiment!r}")
+            self.experiment_id = exp.experiment_id
 
     def _experiment(self, name: str, artifact_location: str | None) -> str:
+        with _store_lock(self.uri):
+            return self._get_or_create_experiment(name, artifact_location)
+
+    def _get_or_create_experiment(self, name: str, artifact_location: str | None) -> str:
         from mlflow.exceptions import MlflowException
 
         try:
@@ -145,6 +178,46 @@ class Tracker:
     def end_parent(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status)
 
+    def child_runs(self, parent_run_id: str) -> list[Any]:
+        """Every run of the experiment whose parent is ``parent_run_id``."""
+        return self.client.search_runs([self.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'",
+                                       max_results=10000)
+
+    def latest_sweep(self) -> str | None:
+        """The id of the most recently started sweep parent run of the experiment."""
+        runs = self.client.search_runs([self.experiment_id], f"tags.{TAG_PREFIX}sweep = 'true'",
+                                       order_by=["attributes.start_time DESC"], max_results=1)
+        return runs[0].info.run_id if runs else None
+
+    def get_run(self, run_id: str) -> Any:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_run(run_id)
+        except MlflowException:
+            raise TrackingError(f"tracking store {self.uri}: no run {run_id!r}") from None
+
+    def runs(self, parent_run_id: str | None = None) -> list[Any]:
+        """The experiment's runs (not sweep parents), or the children of one sweep."""
+        if parent_run_id:
+            return self.child_runs(parent_run_id)
+        runs = self.client.search_runs([self.experiment_id], max_results=10000)
+        return [r for r in runs if r.data.tags.get(f"{TAG_PREFIX}sweep") != "true"]
+
+    def download(self, run_id: str, artifact_path: str, dst: Path) -> Path | None:
+        """Download one artifact of a run; ``None`` when the run does not have it."""
+        from mlflow.exceptions import MlflowException
+
+        dst.mkdir(parents=True, exist_ok=True)
+        try:
+            return Path(self.client.download_artifacts(run_id, artifact_path, str(dst)))
+        except (MlflowException, OSError):
+            return None
+
+    def logger(self, run_id: str) -> RunLogger:
+        run = self.client.get_run(run_id)
+        return RunLogger(self.client, run_id, run.info.artifact_uri)
+
 
 class RunLogger:
     """Logging into one run, by id."""
@@ -195,3 +268,12 @@ class RunLogger:
 def _clip(value: Any, n: int) -> str:
     s = "None" if value is None else str(value)
     return s if len(s) <= n else s[: n - 3] + "..."
+
+
+def register_run_model(tracking_uri: str, run_id: str, name: str) -> str:
+    """Register run ``run_id``'s logged model as a new version of ``name`` in the Model Registry of
+    ``tracking_uri`` (key test metrics as description and tags); returns the version. See
+    :func:`cropseg.tracking.model.register_run_model`."""
+    from .model import register_run_model as _register
+
+    return _register(tracking_uri, run_id, name)

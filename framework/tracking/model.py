@@ -1,0 +1,262 @@
+"""The trained pipeline as an MLflow pyfunc model, loading it back, and the Model Registry.
+
+A run logs one model (name ``model``, so ``runs:/<run_id>/model``) whose artifacts are the pipeline spec
+(``pipeline.json``: reflectance settings, features and postprocessors by plugin name and options, band
+and CRS expectations) and the fitted classifier (``classifier.pkl``). Loading rebuilds the features and
+postprocessors through the plugin registry (:class:`cropseg.inference.InferencePipeline`), so the
+plugins must be installed where the model is loaded or served (``--env-manager local``).
+
+* ``loaded.predict(df)``: pixel rows (columns ``blue, green, red, nir``: reflectance) -> classes
+  (0 non-crop, 1 crop), no spatial postprocessing. This is what ``mlflow models serve`` answers.
+* ``loaded.unwrap_python_model().predict_scene(image, out_path, metadata=...)``: a whole scene, block
+  by block, with the mask filters: the same mask as the run's ``prediction/test_mask.tif``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from ..errors import ModelError, ModelInputError, TrackingError
+from ..inference import CLASSIFIER_FILE, SPEC_FILE, InferencePipeline
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "model"
+#: run metrics copied onto a registered model version (tags ``cropseg.<metric>`` and the description)
+KEY_METRICS = ("test_weighted_avg_f1", "test_crop_precision", "test_crop_recall", "test_crop_f1", "test_iou")
+_URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+_PROGRESS_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+#: the pyfunc model's code (MLflow "models from code": no pickled Python object in the model)
+MODEL_CODE = Path(__file__).with_name("pyfunc_code.py")
+
+
+@contextmanager
+def mlflow_uri(uri: str) -> Iterator[None]:
+    """Point MLflow's global tracking URI at ``uri`` for the block and restore it (and the
+    ``MLFLOW_TRACKING_URI`` variable MLflow rewrites) afterwards: MLflow's model APIs (``log_model``,
+    ``load_model`` of ``runs:/`` and ``models:/`` URIs) read only the global URI."""
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    saved = {k: os.environ.get(k) for k in (*_URI_ENV, _PROGRESS_ENV)}
+    os.environ.setdefault(_PROGRESS_ENV, "false")  # no download progress bars among cropseg's output
+    try:
+        with _use_tracking_uri(uri):
+            yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+class CropsegPipelineModel(mlflow.pyfunc.PythonModel):
+    """The pyfunc face of :class:`cropseg.inference.InferencePipeline`."""
+
+    pipeline: InferencePipeline
+
+    def load_context(self, context):  # noqa: ANN001, ANN201 - MLflow's PythonModel API
+        self.pipeline = InferencePipeline.load(Path(context.artifacts["pipeline"]),
+                                               Path(context.artifacts["classifier"]))
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> np.ndarray:  # noqa: ANN001
+        """Pixel rows (a DataFrame with the band columns) -> int64 classes (0 non-crop, 1 crop)."""
+        names = list(self.pipeline.spec.band_names)
+        if isinstance(model_input, pd.DataFrame):
+            missing = [n for n in names if n not in model_input.columns]
+            if missing:
+                raise ModelInputError(f"pixel rows: missing column(s) {', '.join(missing)} (expected "
+                                      f"{', '.join(names)})")
+            X = model_input[names].to_numpy(dtype=np.float64)
+        else:
+            X = np.asarray(model_input, dtype=np.float64)
+        return self.pipeline.predict_rows(X)
+
+    def predict_scene(self, image: Path | str, out_path: Path | str, *, metadata: Path | str | None = None,
+                      scale: float | None = None, aoi: Path | str | None = None, udm: Path | str | None = None,
+                      nodata: float | None = None, block: int = 512) -> Path:
+        """Classify a whole scene GeoTIFF block by block and apply the mask filters (see
+        :meth:`cropseg.inference.InferencePipeline.scene` for the options); returns ``out_path``."""
+        scene = self.pipeline.scene(image, metadata=metadata, scale=scale, aoi=aoi, udm=udm, nodata=nodata)
+        return self.pipeline.predict_scene(scene, Path(out_path), block=block)
+
+
+def _requirements(pipeline: InferencePipeline) -> list[str]:
+    from importlib import metadata as md
+
+    reqs = {}
+    for dist in ("cropseg", "mlflow", "scikit-learn", "numpy", "pandas", "rasterio"):
+        try:
+            reqs[dist] = f"{dist}=={md.version(dist)}"
+        except md.PackageNotFoundError:
+            continue
+    for origin in pipeline.spec.plugins.values():
+        parts = origin.split(" ")
+        if len(parts) == 2:
+            reqs.setdefault(parts[0], f"{parts[0]}=={parts[1]}")
+    return sorted(reqs.values())
+
+
+def log_pipeline_model(tracking_uri: str, run_id: str, pipeline: InferencePipeline, example: np.ndarray,
+                       work_dir: Path) -> str:
+    """Log ``pipeline`` into run ``run_id`` as the pyfunc model ``model`` with a signature (reflectance
+    columns -> class) and ``example`` pixel rows as input example. Returns ``runs:/<run_id>/model``."""
+    from mlflow.models import Model, infer_signature
+
+    spec_path, clf_path = pipeline.save(Path(work_dir))
+    example_df = pd.DataFrame(np.asarray(example, dtype=np.float64), columns=list(pipeline.spec.band_names))
+    signature = infer_signature(example_df, pipeline.predict_rows(example_df.to_numpy()))
+    client = mlflow.MlflowClient(tracking_uri)
+    # created here so that it lands in the run's experiment (and its artifact location), not the default one
+    logged = client.create_logged_model(client.get_run(run_id).info.experiment_id, name=MODEL_NAME,
+                                        source_run_id=run_id, model_type="cropseg-pipeline",
+                                        tags={"cropseg.classifier": pipeline.spec.classifier,
+                                              "cropseg.synthetic": str(pipeline.spec.synthetic).lower()})
+    with mlflow_uri(tracking_uri):
+        Model.log(None, name=MODEL_NAME, flavor=mlflow.pyfunc, run_id=run_id, model_id=logged.model_id,
+                  python_model=str(MODEL_CODE),
+                  artifacts={"pipeline": str(spec_path), "classifier": str(clf_path)}, signature=signature,
+                  input_example=example_df, pip_requirements=_requirements(pipeline),
+                  metadata={"cropseg_classifier": pipeline.spec.classifier,
+                            "cropseg_synthetic": pipeline.spec.synthetic})
+    return f"runs:/{run_id}/{MODEL_NAME}"
+
+
+@dataclass
+class LoadedModel:
+    """A cropseg model loaded from a URI, with where it came from."""
+
+    uri: str
+    pyfunc: Any
+    pipeline: InferencePipeline
+    source_run_id: str | None
+    registered_name: str | None = None
+    registered_version: str | None = None
+
+
+def load_pipeline_model(tracking_uri: str, model_uri: str) -> LoadedModel:
+    """Load a cropseg model (``runs:/<id>/model``, ``models:/<name>/<version>``, ``models:/<name>@<alias>``)
+    from the store at ``tracking_uri``; one clear :class:`ModelError` when it cannot be found or is not a
+    cropseg model."""
+    from mlflow.exceptions import MlflowException
+
+    with mlflow_uri(tracking_uri):
+        try:
+            loaded = mlflow.pyfunc.load_model(model_uri)
+        except (MlflowException, OSError, ValueError) as exc:
+            msg = " ".join(str(getattr(exc, "message", exc)).split())[:300] or type(exc).__name__
+            raise ModelError(f"model {model_uri}: cannot be loaded from {tracking_uri}: {msg}") from None
+    python_model = loaded.unwrap_python_model() if hasattr(loaded, "unwrap_python_model") else None
+    if not isinstance(python_model, CropsegPipelineModel):
+        raise ModelError(f"model {model_uri}: not a cropseg pipeline model")
+    run_id = getattr(loaded.metadata, "run_id", None) or python_model.pipeline.spec.source_run_id
+    name = version = None
+    if model_uri.startswith("models:/"):
+        name, version = _registered_version(tracking_uri, model_uri)
+    return LoadedModel(model_uri, loaded, python_model.pipeline, run_id, name, version)
+
+
+def _registered_version(tracking_uri: str, model_uri: str) -> tuple[str | None, str | None]:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    ref = model_uri[len("models:/"):].strip("/")
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    try:
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            return name, str(client.get_model_version_by_alias(name, alias).version)
+        name, _, version = ref.partition("/")
+        if version.isdigit():
+            return name, version
+    except MlflowException:
+        pass
+    return None, None
+
+
+def _logged_model_id(client: Any, run_id: str) -> str:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as exc:
+        raise ModelError(f"run {run_id}: not found ({str(exc).splitlines()[0]})") from None
+    outputs = getattr(run, "outputs", None)
+    for out in reversed(list(getattr(outputs, "model_outputs", None) or [])):
+        if client.get_logged_model(out.model_id).name == MODEL_NAME:
+            return out.model_id
+    raise ModelError(f"run {run_id}: no logged '{MODEL_NAME}' (was it run with tracking.log_model=false?)")
+
+
+def version_description(run: Any) -> tuple[str, dict[str, str]]:
+    """The description and tags of a model version registered from ``run``: its key test metrics and
+    whether it was trained on synthetic data."""
+    m, t = run.data.metrics, run.data.tags
+    synthetic = t.get("cropseg.synthetic", "false") == "true"
+    tags = {"cropseg.source_run_id": run.info.run_id, "cropseg.synthetic": str(synthetic).lower()}
+    for key in ("classifier", "features", "postprocessor", "source"):
+        if f"cropseg.{key}" in t:
+            tags[f"cropseg.{key}"] = t[f"cropseg.{key}"]
+    for key in KEY_METRICS:
+        if key in m:
+            tags[f"cropseg.{key}"] = f"{m[key]:.6g}"
+
+    def fmt(key: str) -> str:
+        return f"{m[key]:.4f}" if key in m else "n/a"
+
+    text = (f"cropseg pipeline from run {run.info.run_id} ({t.get('cropseg.classifier', '?')}; features "
+            f"{t.get('cropseg.features', '?')}; postprocessors {t.get('cropseg.postprocessor', '?')}). "
+            f"Test scene: weighted F1 {fmt('test_weighted_avg_f1')}, crop precision {fmt('test_crop_precision')}, "
+            f"crop recall {fmt('test_crop_recall')}, crop F1 {fmt('test_crop_f1')}, crop IoU {fmt('test_iou')}.")
+    if synthetic:
+        text += " Trained and scored on SYNTHETIC data: the scores say nothing about real imagery."
+    return text, tags
+
+
+def register_run_model(tracking_uri: str, run_id: str, name: str, await_seconds: int = 300) -> str:
+    """Register run ``run_id``'s model as a new version of registered model ``name`` (created if needed),
+    with the run's key test metrics and synthetic flag as the version's description and tags.
+    Returns the version (a string, e.g. ``"1"``): ``models:/<name>/<version>`` loads it."""
+    from mlflow import MlflowClient
+
+    if not name or "/" in name or "@" in name:
+        raise TrackingError(f"register model: bad model name {name!r} (no '/' or '@')")
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    model_id = _logged_model_id(client, run_id)
+    description, tags = version_description(client.get_run(run_id))
+    # the registry resolves the version's models:/<model_id> source through MLflow's global tracking URI
+    with mlflow_uri(tracking_uri):
+        return _create_version(client, run_id, name, model_id, description, tags, await_seconds)
+
+
+def _create_version(client: Any, run_id: str, name: str, model_id: str, description: str, tags: dict[str, str],
+                    await_seconds: int) -> str:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        try:
+            client.create_registered_model(name, description="cropseg crop / non-crop segmentation pipeline")
+        except MlflowException as exc:
+            if getattr(exc, "error_code", "") not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+                raise
+        mv = client.create_model_version(name, source=f"models:/{model_id}", run_id=run_id, tags=tags,
+                                         description=description, await_creation_for=await_seconds,
+                                         model_id=model_id)
+    except MlflowException as exc:
+        raise TrackingError(f"register model {name!r} from run {run_id}: {str(exc).splitlines()[0]}") from None
+    log.debug("registered %s version %s from run %s", name, mv.version, run_id)
+    return str(mv.version)
+
+
+__all__ = ["CLASSIFIER_FILE", "MODEL_NAME", "SPEC_FILE", "CropsegPipelineModel", "LoadedModel",
+           "load_pipeline_model", "log_pipeline_model", "mlflow_uri", "register_run_model", "version_description"]

@@ -1,0 +1,173 @@
+"""Sweeps: parent + child MLflow runs with the in-process and the joblib (process) launchers, a fresh
+sqlite store hit by parallel jobs, a real ``mlflow server``, failing jobs, and ``cropseg compare``."""
+
+from __future__ import annotations
+
+import csv
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from cropseg.testing import local_overrides
+
+
+def run_cli(args, cwd, env, timeout=900):
+    return subprocess.run([sys.executable, "-m", "cropseg.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def sweep_runs(uri: str):
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("cropseg")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("cropseg.sweep") == "true"]
+    children = [r for r in runs if r.data.tags.get("cropseg.sweep") != "true"]
+    return client, parents, children
+
+
+@pytest.fixture
+def work(tmp_path):
+    d = tmp_path / "work"
+    d.mkdir()
+    return d
+
+
+def test_parallel_sweep_on_fresh_store_then_compare(work, tiny_pair, cli_env, tracking_uri, tmp_path):
+    """Four jobs through the joblib launcher (two processes at once) on a store that does not exist yet."""
+    assert not Path(tracking_uri.removeprefix("sqlite:///")).exists()
+    args = ["--multirun", "hydra/launcher=parallel", *local_overrides(*tiny_pair)[:-1],
+            "classifier.k_grid=[3],[5],[7],[9]", "tracking.sweep_name=k-sweep"]
+    proc = run_cli(args, work, cli_env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    client, parents, children = sweep_runs(tracking_uri)
+    assert len(parents) == 1 and parents[0].info.run_name == "k-sweep"
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["cropseg.sweep.launcher"] == "JoblibLauncher"
+    assert len(children) == 4
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert all(c.info.status == "FINISHED" for c in children)
+    assert sorted(c.data.params["fit.k"] for c in children) == ["3", "5", "7", "9"]
+    assert parent.data.tags["cropseg.sweep.finished"] == "4"
+
+    out = tmp_path / "cmp"
+    proc = run_cli(["compare", "--sweep", "latest", "--out", str(out), "--register", "best-crop"], work, cli_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "as models:/best-crop/1" in proc.stdout
+    for name in ("comparison.csv", "comparison.md", "comparison.png", "masks.png"):
+        assert (out / name).is_file(), name
+    with open(out / "comparison.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 4
+    by_id = {c.info.run_id: c for c in children}
+    f1s = [float(r["weighted F1"]) for r in rows]
+    assert f1s == sorted(f1s, reverse=True)
+    for r in rows:  # the table's figures are the runs' logged metrics
+        run = by_id[r["run id"]]
+        assert float(r["weighted F1"]) == pytest.approx(run.data.metrics["test_weighted_avg_f1"])
+        assert float(r["crop precision"]) == pytest.approx(run.data.metrics["test_crop_precision"])
+        assert float(r["crop IoU"]) == pytest.approx(run.data.metrics["test_iou"])
+        assert r["status"] == "FINISHED" and r["fit.k"] == run.data.params["fit.k"]
+    logged = {f.path for f in client.list_artifacts(parent.info.run_id, "comparison")}
+    assert {"comparison/comparison.csv", "comparison/masks.png", "comparison/comparison.md"} <= logged
+    assert client.get_run(parent.info.run_id).data.tags["cropseg.best_run_id"] == rows[0]["run id"]
+    version = MlflowClient(tracking_uri, registry_uri=tracking_uri).get_model_version("best-crop", "1")
+    assert version.run_id == rows[0]["run id"]
+
+
+def test_sweep_with_a_failing_job(work, tiny_pair, cli_env, tracking_uri, tmp_path):
+    """One job's ground truth has no crop polygons: it ends FAILED, the other finishes, exit code 1."""
+    train, test = tiny_pair
+    args = ["--multirun", *local_overrides(train, test), "source.crop_values=[F,V],[X]"]
+    proc = run_cli(args, work, cli_env)
+    assert proc.returncode == 1
+    assert "1 job(s) of the sweep failed" in proc.stderr and "no crop polygons" in proc.stderr
+    _, parents, children = sweep_runs(tracking_uri)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert parents[0].data.tags["cropseg.sweep.failed"] == "1"
+    assert sorted(c.info.status for c in children) == ["FAILED", "FINISHED"]
+    failed = next(c for c in children if c.info.status == "FAILED")
+    assert "no crop polygons" in failed.data.tags["cropseg.error"]
+
+    out = tmp_path / "cmp"
+    proc = run_cli(["compare", "--sweep", parents[0].info.run_id, "--out", str(out)], work, cli_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(out / "comparison.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["status"] for r in rows] == ["FINISHED", "FAILED"]
+    assert "no crop polygons" in rows[1]["error"]
+
+
+def test_compare_errors_are_one_line(work, cli_env):
+    proc = run_cli(["compare", "--experiment", "nope"], work, cli_env)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("cropseg: error:") and "nope" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real ``mlflow server`` on 127.0.0.1 with a sqlite backend and proxied artifacts."""
+    port = _free_port()
+    log = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "2",
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "server-artifacts")],
+        stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("mlflow server did not start: " + (tmp_path / "server.log").read_text()[-2000:])
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def test_parallel_sweep_against_mlflow_server(work, tiny_pair, cli_env, mlflow_server):
+    env = dict(cli_env, MLFLOW_TRACKING_URI=mlflow_server)
+    args = ["--multirun", "hydra/launcher=parallel", *local_overrides(*tiny_pair)[:-1],
+            "classifier.k_grid=[3],[5],[7]"]
+    proc = run_cli(args, work, env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    client, parents, children = sweep_runs(mlflow_server)
+    assert len(parents) == 1 and len(children) == 3
+    assert all(c.info.status == "FINISHED" for c in children)
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
+    arts = {f.path for f in client.list_artifacts(children[0].info.run_id, "prediction")}
+    assert "prediction/test_mask.tif" in arts
+
+
+def test_unreachable_server_fails_before_the_sweep(work, tiny_pair, cli_env):
+    env = dict(cli_env, MLFLOW_TRACKING_URI="http://127.0.0.1:9")
+    proc = run_cli(["--multirun", *local_overrides(*tiny_pair), "classifier.k_grid=[3],[5]"], work, env, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "cropseg: error: tracking server http://127.0.0.1:9 is unreachable: [Errno 111] Connection refused"]
+    assert not (work / "multirun").exists()
