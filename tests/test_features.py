@@ -90,9 +90,10 @@ def test_pipeline_trains_and_predicts_on_the_configured_features(tmp_path, tiny_
     assert run.data.params["features.names"] == "blue,green,red,nir,ndvi,sr"
     assert run.data.tags["cropseg.features"] == "indices"
     model = json.loads((result.output_dir / "model" / "pipeline.json").read_text())
-    assert model["features"] == "indices" and model["feature_names"] == ["blue", "green", "red", "nir", "ndvi", "sr"]
+    assert model["features"]["name"] == "indices" and model["features"]["options"]["indices"] == ["ndvi", "sr"]
+    assert model["feature_names"] == ["blue", "green", "red", "nir", "ndvi", "sr"]
     import pickle
 
-    clf = pickle.loads(result.outputs["model"].read_bytes())
+    clf = pickle.loads((result.output_dir / "model" / "classifier.pkl").read_bytes())
     assert clf.model_.n_features_in_ == 6
     assert result.metrics["test_crop_f1"] > 0.95
