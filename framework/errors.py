@@ -59,3 +59,7 @@ class ModelError(CropsegError, LookupError):
 
 class ModelInputError(CropsegError, ValueError):
     """Data given to a trained model does not fit it (pixel rows, scenes)."""
+
+
+class ClusterError(CropsegError, RuntimeError):
+    """The Dask cluster for parallel block processing cannot be reached or started."""

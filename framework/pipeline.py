@@ -23,10 +23,12 @@ from .config import flatten, instantiate, plugin_options, postprocessor_nodes, r
 from .errors import ConfigError, PluginError
 from .evaluate import classification_report, confusion_from_rasters, iou, report_metrics
 from .plugins import Registry, get_plugin_manager
-from .raster import DEFAULT_BLOCK, block_writer, iter_windows, n_windows, read_with_halo
+from .blocks import FilterContext, PredictContext, filter_block, predict_block
+from .parallel import BlockExecutor, ParallelConfig, current_executor, use_executor
+from .raster import DEFAULT_BLOCK, block_writer, iter_windows, n_windows
 from .sampling import sample_training_pixels
 from .tracking import TAG_PREFIX, Tracker, git_commit
-from .types import IGNORE, Classifier, Features, Labeler, MaskFilter, Scene, Source, Vectorizer
+from .types import Classifier, Features, Labeler, MaskFilter, Scene, Source, Vectorizer
 
 log = logging.getLogger("cropseg")
 
@@ -108,6 +110,7 @@ class Stages:
     vectorizers: list[tuple[str, Vectorizer]]
     registry: Registry
     names: dict[str, str]
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
 
 def build_stages(cfg: DictConfig, registry: Registry | None = None) -> Stages:
@@ -136,7 +139,8 @@ def build_stages(cfg: DictConfig, registry: Registry | None = None) -> Stages:
                               ("features", features, Features), ("classifier", classifier, Classifier)):
         if not isinstance(obj, proto):
             raise PluginError(f"{stage} {names.get(stage)!r} does not implement cropseg.types.{proto.__name__}")
-    return Stages(source, labeler, features, classifier, filters, vectorizers, registry, names)
+    parallel = ParallelConfig.from_config(cfg.get("parallel"))
+    return Stages(source, labeler, features, classifier, filters, vectorizers, registry, names, parallel)
 
 
 def _default_output_dir() -> Path:
@@ -167,7 +171,8 @@ def execute(cfg: DictConfig, *, output_dir: Path | None = None, parent_run_id: s
     with tracker.run(run_name, tags, parent_run_id) as rl:
         log.info("MLflow run %s in %s (experiment %r)", rl.run_id, tracker.uri, tracker.experiment_name)
         try:
-            result = _run_stages(cfg, stages, rl, out, t_start)
+            with BlockExecutor(stages.parallel) as executor, use_executor(executor):
+                result = _run_stages(cfg, stages, rl, out, t_start)
         except BaseException as exc:
             (out / "FAILED.txt").write_text(f"{type(exc).__name__}: {exc}\n")
             raise
@@ -292,22 +297,19 @@ def _run_stages(cfg: DictConfig, st: Stages, rl: Any, out: Path, t_start: float)
 def predict_scene(scene: Scene, features: Features, classifier: Classifier, out_path: Path,
                   block: int = DEFAULT_BLOCK) -> tuple[int, float]:
     """Classify every valid pixel of ``scene`` block by block into a uint8 mask GeoTIFF on its grid
-    (0 non-crop, 1 crop, 255 nodata). Returns (pixels classified, seconds spent in the classifier)."""
+    (0 non-crop, 1 crop, 255 nodata). Returns (pixels classified, seconds spent in the classifier, summed
+    over blocks). Blocks run on the current block executor (:func:`cropseg.parallel.current_executor`:
+    the run's ``parallel`` config, serial by default) and are written in order."""
     grid = scene.grid
-    prog = Progress(f"predict {scene.name}", n_windows(grid.height, grid.width, block))
+    total = n_windows(grid.height, grid.width, block)
+    prog = Progress(f"predict {scene.name}", total)
     n_px, secs = 0, 0.0
-    with scene.reader() as reader, block_writer(out_path, grid) as dst:
-        for w in iter_windows(grid.height, grid.width, block):
-            blk = reader.read(w)
-            mask = np.full(blk.valid.shape, IGNORE, dtype=np.uint8)
-            if blk.valid.any():
-                feats = features.compute(blk.reflectance, scene.band_names)
-                X = feats[:, blk.valid].T
-                t = time.perf_counter()
-                mask[blk.valid] = classifier.predict(np.ascontiguousarray(X))
-                secs += time.perf_counter() - t
-                n_px += X.shape[0]
+    ctx = PredictContext(scene, features, classifier)
+    with block_writer(out_path, grid) as dst:
+        windows = list(iter_windows(grid.height, grid.width, block))
+        for w, (mask, n, s) in zip(windows, current_executor().map(predict_block, windows, ctx, total)):
             dst.write(mask, 1, window=w)
+            n_px, secs = n_px + n, secs + s
             prog.step()
     prog.finish()
     return n_px, secs
@@ -316,7 +318,8 @@ def predict_scene(scene: Scene, features: Features, classifier: Classifier, out_
 def apply_filters(mask_path: Path, filters: list[tuple[str, MaskFilter]], out_path: Path,
                   block: int = DEFAULT_BLOCK) -> Path:
     """Run mask filters in order, block by block with each filter's halo (results equal whole-image
-    filtering). Nodata stays nodata and is seen as non-crop by the filters."""
+    filtering). Nodata stays nodata and is seen as non-crop by the filters. Blocks run on the current
+    block executor, as in :func:`predict_scene`."""
     from .types import Grid
 
     current = mask_path
@@ -324,20 +327,15 @@ def apply_filters(mask_path: Path, filters: list[tuple[str, MaskFilter]], out_pa
         target = out_path if i == len(filters) - 1 else out_path.with_name(f"{out_path.stem}.{name}.tif")
         with rasterio.open(current) as src:
             grid = Grid(src.crs, src.transform, src.width, src.height)
-            prog = Progress(f"{name} {out_path.stem}", n_windows(src.height, src.width, block))
-            with block_writer(target, grid) as dst:
-                for w in iter_windows(src.height, src.width, block):
-                    h = int(flt.halo)
-                    padded = read_with_halo(src, w, h)
-                    nodata = padded == IGNORE
-                    res = np.asarray(flt.apply(np.where(nodata, 0, padded).astype(np.uint8)))
-                    if res.shape != padded.shape:
-                        raise PluginError(f"postprocessor {name!r} changed the block shape {padded.shape} -> {res.shape}")
-                    inner = (slice(h, h + int(w.height)), slice(h, h + int(w.width)))
-                    core = np.where(nodata[inner], IGNORE, res[inner]).astype(np.uint8)
-                    dst.write(core, 1, window=w)
-                    prog.step()
-            prog.finish()
+        total = n_windows(grid.height, grid.width, block)
+        prog = Progress(f"{name} {out_path.stem}", total)
+        ctx = FilterContext(Path(current), name, flt)
+        with block_writer(target, grid) as dst:
+            windows = list(iter_windows(grid.height, grid.width, block))
+            for w, core in zip(windows, current_executor().map(filter_block, windows, ctx, total)):
+                dst.write(core, 1, window=w)
+                prog.step()
+        prog.finish()
         if current != mask_path:
             Path(current).unlink(missing_ok=True)
         current = target

@@ -43,7 +43,14 @@ class KNNClassifier:
         return tuned.fit_result()
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        return self.model_.predict(X).astype(np.uint8)
+        """The fitted KNeighborsClassifier's labels, computed by :func:`cropseg.neighbors.knn_predict`: a
+        cKDTree queried by all the task's threads with a cheap exact vote, several times faster than
+        ``model_.predict``. It agrees with scikit-learn except where training pixels tie in distance at the
+        k-th neighbour (either library may keep a different one of the equidistant pixels); see
+        :mod:`cropseg.neighbors`."""
+        from cropseg.neighbors import knn_predict
+
+        return knn_predict(self.model_, X).astype(np.uint8)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         return self.model_.predict_proba(X)

@@ -1,0 +1,211 @@
+"""The block executor: per-block tasks run in this process or on a Dask distributed cluster.
+
+Raster stages describe their work as a task function plus one item (a window) per block, and a *context*
+(the scene, the fitted classifier, the filters...) that every task needs. :meth:`BlockExecutor.map`
+returns the results in item order, so the driver writes blocks in order with rasterio whatever ran them.
+
+* ``serial``: tasks run one after another in this process.
+* ``dask``: tasks run on a :mod:`dask.distributed` cluster: a ``LocalCluster`` of worker processes on
+  this machine, or the running scheduler at ``parallel.scheduler`` (``tcp://host:8786``) to scale out.
+  The context is sent to the workers once (``Client.scatter(..., broadcast=True)``); workers read their
+  own windows from the files (which must be at the same paths on every worker) and return small
+  results; at most ``max_in_flight`` blocks are pending at once, so memory stays bounded.
+
+Both backends run the very same task functions on the very same inputs, so their results are identical.
+A scene with fewer than ``min_blocks`` blocks runs serially even with the dask backend: starting worker
+processes costs more than such a scene takes.
+
+Tasks that run their own thread pools (a KD-tree query, BLAS) ask :func:`task_threads` how many threads
+they may use: every core in this process; one on a cluster, where each worker thread runs a task.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ClusterError, ConfigError
+
+log = logging.getLogger("cropseg")
+
+BACKENDS = ("serial", "dask")
+_THREADS: contextvars.ContextVar[int | None] = contextvars.ContextVar("cropseg_task_threads", default=None)
+_CURRENT: contextvars.ContextVar[BlockExecutor | None] = contextvars.ContextVar("cropseg_executor", default=None)
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    """The ``parallel`` config section (see conf/config.yaml)."""
+
+    backend: str = "serial"
+    scheduler: str | None = None
+    workers: int | None = None
+    threads_per_worker: int = 1
+    max_in_flight: int | None = None
+    min_blocks: int = 1
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"parallel.backend: one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        for name in ("workers", "max_in_flight"):
+            val = getattr(self, name)
+            if val is not None and (not isinstance(val, int) or isinstance(val, bool) or val < 1):
+                raise ConfigError(f"parallel.{name}: a positive integer or null, got {val!r}")
+        for name in ("threads_per_worker", "min_blocks"):
+            val = getattr(self, name)
+            if not isinstance(val, int) or isinstance(val, bool) or val < 1:
+                raise ConfigError(f"parallel.{name}: a positive integer, got {val!r}")
+        if self.scheduler is not None and (not isinstance(self.scheduler, str) or not self.scheduler.strip()):
+            raise ConfigError(f"parallel.scheduler: a scheduler address such as tcp://host:8786, got {self.scheduler!r}")
+
+    @classmethod
+    def from_config(cls, node: Mapping[str, Any] | None) -> ParallelConfig:
+        """Build from the ``parallel`` config node (``None`` = serial); unknown keys are an error."""
+        if node is None:
+            return cls()
+        opts = dict(node.items())
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(opts) - known)
+        if unknown:
+            raise ConfigError(f"parallel: unknown option {unknown[0]!r} (valid: {', '.join(sorted(known))})")
+        return cls(**opts)
+
+
+def task_threads() -> int:
+    """Threads the current block task may use for its own thread pools: one on a Dask cluster (each of a
+    worker's threads runs a task), every core of this machine otherwise."""
+    n = _THREADS.get()
+    return n if n is not None else (os.cpu_count() or 1)
+
+
+def _run_task(fn: Callable[[Any, Any], Any], context: Any, item: Any, threads: int | None) -> Any:
+    """Run one task with its thread budget (see :func:`task_threads`). Dask's nannies already start
+    workers with OMP/MKL/OpenBLAS_NUM_THREADS=1, so BLAS pools stay single-threaded there."""
+    token = _THREADS.set(threads)
+    try:
+        return fn(context, item)
+    finally:
+        _THREADS.reset(token)
+
+
+class BlockExecutor:
+    """Runs ``fn(context, item)`` for every item and yields the results in item order.
+
+    The Dask client (and a LocalCluster, when no scheduler is given) starts on the first ``map`` that
+    needs it and stops on :meth:`close`; use the executor as a context manager.
+    """
+
+    def __init__(self, config: ParallelConfig | None = None):
+        self.config = config or ParallelConfig()
+        self._client: Any = None
+        self._cluster: Any = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def __enter__(self) -> BlockExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        client, cluster, self._client, self._cluster = self._client, self._cluster, None, None
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+
+    @property
+    def client(self) -> Any:
+        """The ``distributed.Client`` (started on first use)."""
+        if self._client is None:
+            self._client = self._connect()
+        return self._client
+
+    def _connect(self) -> Any:
+        try:
+            from distributed import Client, LocalCluster
+        except ImportError as exc:  # pragma: no cover - a declared dependency
+            raise ClusterError(f"parallel.backend=dask needs dask[distributed]: {exc}") from None
+        cfg = self.config
+        if cfg.scheduler:
+            try:
+                _check_reachable(cfg.scheduler)
+                client = Client(cfg.scheduler, timeout="20s", set_as_default=False)
+            except (OSError, TimeoutError) as exc:
+                raise ClusterError(f"parallel.scheduler: cannot connect to {cfg.scheduler}: "
+                                   f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+            log.info("dask: connected to %s (%d workers)", cfg.scheduler, len(client.scheduler_info()["workers"]))
+            return client
+        workers = cfg.workers or min(os.cpu_count() or 1, 8)
+        self._cluster = LocalCluster(n_workers=workers, threads_per_worker=cfg.threads_per_worker, processes=True,
+                                     host="127.0.0.1", dashboard_address=None, silence_logs=logging.WARNING)
+        log.info("dask: LocalCluster of %d worker processes x %d threads", workers, cfg.threads_per_worker)
+        return Client(self._cluster, set_as_default=False)
+
+    # -- work --------------------------------------------------------------------------------------
+    def uses_cluster(self, n_items: int) -> bool:
+        return self.config.backend == "dask" and n_items >= self.config.min_blocks
+
+    def map(self, fn: Callable[[Any, Any], Any], items: Iterable[Any], context: Any, n_items: int) -> Iterator[Any]:
+        """``fn(context, item)`` for each of the ``n_items`` items, results in order. ``fn`` must be a
+        module-level function (importable on the workers); ``context`` is sent to each worker once."""
+        if not self.uses_cluster(n_items):
+            for item in items:
+                yield _run_task(fn, context, item, None)
+            return
+        yield from self._map_dask(fn, items, context)
+
+    def _map_dask(self, fn: Callable[[Any, Any], Any], items: Iterable[Any], context: Any) -> Iterator[Any]:
+        client = self.client
+        info = client.scheduler_info()["workers"]
+        if not info:
+            log.warning("dask: the scheduler at %s has no workers yet; blocks wait for one", self.config.scheduler)
+        slots = sum(int(w.get("nthreads", 1)) for w in info.values()) or 1
+        limit = self.config.max_in_flight or 2 * slots
+        ctx = client.scatter(context, broadcast=True, hash=False)
+        pending: deque[Any] = deque()
+        try:
+            for item in items:
+                pending.append(client.submit(_run_task, fn, ctx, item, 1, pure=False))
+                if len(pending) >= limit:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for fut in pending:
+                fut.cancel()
+            ctx.release()
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail at once (instead of after the client's retries) when a ``tcp://`` scheduler refuses connections."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(address if "://" in address else f"tcp://{address}")
+    if url.scheme not in ("tcp", "tls") or url.hostname is None or url.port is None:
+        return
+    with socket.create_connection((url.hostname, url.port), timeout=timeout):
+        pass
+
+
+@contextmanager
+def use_executor(executor: BlockExecutor) -> Iterator[BlockExecutor]:
+    """Make ``executor`` the one :func:`current_executor` returns inside the ``with`` block."""
+    token = _CURRENT.set(executor)
+    try:
+        yield executor
+    finally:
+        _CURRENT.reset(token)
+
+
+def current_executor() -> BlockExecutor:
+    """The executor set by :func:`use_executor` (a run's ``parallel`` config), else a serial one."""
+    ex = _CURRENT.get()
+    return ex if ex is not None else BlockExecutor()

@@ -1,0 +1,219 @@
+"""The block executor: config validation, ordering, and prediction / filtering on a real Dask cluster
+(a ``dask scheduler`` and two ``dask worker`` processes on 127.0.0.1) equal to the serial path byte for byte."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from cropseg.errors import ClusterError, ConfigError
+from cropseg.parallel import BlockExecutor, ParallelConfig, current_executor, task_threads, use_executor
+from cropseg.pipeline import apply_filters, predict_scene
+from cropseg.sampling import sample_training_pixels
+from cropseg.testing import TINY_COEFFICIENTS, write_tiny_scene
+from cropseg.types import Scene, VectorGroundTruth
+from cropseg_plugins.bands import BandFeatures
+from cropseg_plugins.knn import KNNClassifier
+from cropseg_plugins.median_blur import MedianBlur
+from cropseg_plugins.rasterize import RasterizeLabeler
+
+DASK = Path(sys.executable).parent / "dask"
+BLOCK = 48
+
+
+# --------------------------------------------------------------------------------------------------
+# config and executor basics
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("opts,match", [
+    ({"backend": "ray"}, "parallel.backend"),
+    ({"workers": 0}, "parallel.workers"),
+    ({"threads_per_worker": 0}, "parallel.threads_per_worker"),
+    ({"max_in_flight": -2}, "parallel.max_in_flight"),
+    ({"min_blocks": "many"}, "parallel.min_blocks"),
+    ({"scheduler": ""}, "parallel.scheduler"),
+    ({"nodes": 3}, "unknown option 'nodes'"),
+])
+def test_bad_parallel_options(opts, match):
+    with pytest.raises(ConfigError, match=match):
+        ParallelConfig.from_config(opts)
+
+
+def test_config_defaults_and_yaml_section():
+    from cropseg.config import compose
+
+    cfg = compose([])
+    pc = ParallelConfig.from_config(cfg.parallel)
+    assert pc.backend == "serial" and pc.scheduler is None and pc.threads_per_worker == 1 and pc.min_blocks == 1
+    assert ParallelConfig.from_config(None) == ParallelConfig()
+
+
+def _square(ctx, item):
+    return ctx * item * item, task_threads()
+
+
+def test_serial_map_keeps_order_and_gives_tasks_every_core():
+    ex = BlockExecutor(ParallelConfig(backend="serial"))
+    out = list(ex.map(_square, range(5), 10, 5))
+    assert [v for v, _ in out] == [0, 10, 40, 90, 160]
+    assert {t for _, t in out} == {task_threads()} and task_threads() >= 1
+
+
+def test_small_scenes_stay_serial_and_current_executor_is_scoped():
+    ex = BlockExecutor(ParallelConfig(backend="dask", min_blocks=100))
+    assert not ex.uses_cluster(99) and ex.uses_cluster(100)
+    assert [v for v, _ in ex.map(_square, [3], 1, 1)] == [9]
+    assert ex._client is None  # never started a cluster
+    assert current_executor().config.backend == "serial"
+    with use_executor(ex):
+        assert current_executor() is ex
+    assert current_executor() is not ex
+
+
+def test_unreachable_scheduler_is_one_clear_error():
+    ex = BlockExecutor(ParallelConfig(backend="dask", scheduler="tcp://127.0.0.1:9"))
+    with pytest.raises(ClusterError, match=r"parallel.scheduler: cannot connect to tcp://127.0.0.1:9"):
+        list(ex.map(_square, [1, 2], 1, 2))
+
+
+# --------------------------------------------------------------------------------------------------
+# a real cluster
+# --------------------------------------------------------------------------------------------------
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    """Workers first, then the scheduler: SIGTERM, then SIGKILL after 10 s."""
+    for p in reversed(procs):
+        if p.poll() is None:
+            p.terminate()
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def dask_cluster(tmp_path_factory):
+    """A ``dask scheduler`` and two single-threaded ``dask worker`` processes on 127.0.0.1; yields the
+    scheduler address. Start-up waits are bounded; every process is stopped at the end, even on failure."""
+    from distributed import Client
+
+    tmp_path = tmp_path_factory.mktemp("dask")
+    sched_file = tmp_path / "scheduler.json"
+    logs = tmp_path / "dask-logs"
+    logs.mkdir()
+    procs: list[subprocess.Popen] = []
+
+    def spawn(name: str, *args: str) -> None:
+        out = open(logs / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        procs.append(subprocess.Popen([str(DASK), *args], stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path))
+        out.close()
+
+    try:
+        spawn("scheduler", "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+              "--scheduler-file", str(sched_file))
+        deadline = time.monotonic() + 60
+        while not sched_file.is_file():
+            if time.monotonic() > deadline or procs[0].poll() is not None:
+                pytest.fail(f"dask scheduler did not start: {(logs / 'scheduler.log').read_text()[-2000:]}")
+            time.sleep(0.2)
+        address = json.loads(sched_file.read_text())["address"]
+        for i in range(2):
+            spawn(f"worker{i}", "worker", address, "--host", "127.0.0.1", "--nthreads", "1", "--no-nanny",
+                  "--no-dashboard", "--name", f"w{i}", "--death-timeout", "60",
+                  "--local-directory", str(tmp_path / f"w{i}"))
+        with Client(address, timeout="30s") as client:
+            client.wait_for_workers(2, timeout=90)
+        yield address
+    finally:
+        _stop(procs)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A SYNTHETIC 200x160 test scene (20 blocks of 48 px) and a KNN trained on another tiny scene."""
+    d = tmp_path_factory.mktemp("par")
+    train = write_tiny_scene(d, name="train", width=120, height=96, seed=1)
+    test = write_tiny_scene(d, name="test", width=200, height=160, seed=2, noise=0.04)
+    scenes = [Scene(name=n, path=t.image, gains=TINY_COEFFICIENTS, nodata=0,
+                    ground_truth=VectorGroundTruth(t.ground_truth)) for n, t in (("train", train), ("test", test))]
+    labels = RasterizeLabeler().label(scenes[0], d / "train_labels.tif")
+    ts = sample_training_pixels(scenes[0], labels, BandFeatures(), max_per_class=2000, seed=0)
+    clf = KNNClassifier(k_grid=5, n_jobs=1)
+    clf.fit(ts.X, ts.y)
+    return scenes[1], clf
+
+
+def _read(path: Path) -> np.ndarray:
+    with rasterio.open(path) as src:
+        return src.read(1)
+
+
+def test_prediction_and_filters_on_a_dask_cluster_equal_the_serial_path(tmp_path, dask_cluster, tiny_model):
+    from distributed import Client, get_task_stream
+
+    scene, clf = tiny_model
+    n_blocks = -(-scene.grid.height // BLOCK) * -(-scene.grid.width // BLOCK)
+    assert n_blocks == 20
+    filters = [("median_blur", MedianBlur(kernel=5)), ("median_blur3", MedianBlur(kernel=3))]
+
+    serial_raw = tmp_path / "serial" / "raw.tif"
+    n_serial, _ = predict_scene(scene, BandFeatures(), clf, serial_raw, BLOCK)
+    serial_final = apply_filters(serial_raw, filters, tmp_path / "serial" / "mask.tif", BLOCK)
+
+    cfg = ParallelConfig(backend="dask", scheduler=dask_cluster, max_in_flight=3)
+    with Client(dask_cluster, timeout="30s") as watcher, get_task_stream(client=watcher) as stream:
+        with BlockExecutor(cfg) as ex, use_executor(ex):
+            dask_raw = tmp_path / "dask" / "raw.tif"
+            n_dask, _ = predict_scene(scene, BandFeatures(), clf, dask_raw, BLOCK)
+            dask_final = apply_filters(dask_raw, filters, tmp_path / "dask" / "mask.tif", BLOCK)
+    workers = {t["worker"] for t in stream.data}
+    n_tasks = len(stream.data)
+
+    assert n_dask == n_serial > 0
+    raw_s, raw_d = _read(serial_raw), _read(dask_raw)
+    assert raw_s.tobytes() == raw_d.tobytes()
+    assert _read(serial_final).tobytes() == _read(dask_final).tobytes()
+    assert dask_raw.read_bytes() == serial_raw.read_bytes() and dask_final.read_bytes() == serial_final.read_bytes()
+    # the masks are not trivial, and the work really ran on both cluster workers
+    assert {0, 1, 255} <= set(np.unique(raw_s).tolist())
+    assert n_tasks >= 3 * n_blocks  # prediction + two filter passes
+    assert len(workers) == 2
+
+
+def test_a_run_on_the_dask_cluster_equals_the_serial_run(tmp_path, dask_cluster, tiny_pair, tracking_uri):
+    """The whole pipeline with ``parallel.backend=dask`` and the cluster's scheduler address writes the same
+    masks and reports the same scores as the serial run."""
+    import cropseg
+    from cropseg.testing import local_overrides
+
+    base = [*local_overrides(*tiny_pair), f"tracking.uri={tracking_uri}", "block_size=16",
+            f"cache_dir={tmp_path / 'cache'}", "tracking.log_model=false", "classifier.k_grid=[5]"]
+    serial = cropseg.run([*base, "parallel.backend=serial"], output_dir=tmp_path / "serial")
+    dask = cropseg.run([*base, "parallel.backend=dask", f"parallel.scheduler={dask_cluster}"],
+                       output_dir=tmp_path / "dask")
+    for key in ("test_mask_raw", "test_mask"):
+        assert dask.outputs[key].read_bytes() == serial.outputs[key].read_bytes()
+    for key in ("test_weighted_avg_f1", "test_crop_f1", "train_weighted_avg_f1", "crop_area_ha", "predict_pixels"):
+        assert dask.metrics[key] == serial.metrics[key]
+    assert serial.metrics["test_weighted_avg_f1"] > 0.9
+
+
+def test_local_cluster_starts_maps_in_order_and_stops():
+    import operator
+
+    ex = BlockExecutor(ParallelConfig(backend="dask", workers=1, max_in_flight=2))
+    with ex:
+        assert list(ex.map(operator.mul, range(7), 3, 7)) == [0, 3, 6, 9, 12, 15, 18]
+        cluster = ex._cluster
+        assert cluster is not None and len(ex.client.scheduler_info()["workers"]) == 1
+    assert ex._client is None and cluster.status.name == "closed"
