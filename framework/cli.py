@@ -120,9 +120,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     import hydra
 
-    from .config import CONFIG_NAME, VERSION_BASE, conf_dir, register_experiments
+    from .config import CONFIG_NAME, VERSION_BASE, conf_dir, register_configs
 
-    register_experiments()
+    register_configs()
     app = hydra.main(version_base=VERSION_BASE, config_path=str(conf_dir()), config_name=CONFIG_NAME)(_task)
     _FAILURES.clear()
     saved = sys.argv

@@ -20,6 +20,16 @@ def plugins_command(argv: Sequence[str]) -> int:
         for name in reg.names(stage):
             info = reg.stages[stage][name]
             print(f"  {name:<{width}}  {info.origin}  ({info.plugin})")
+    from .config import plugin_config_files
+
+    configs, problems = plugin_config_files()
+    if configs or problems:
+        print("configs shipped by plugins:")
+        cwidth = max([len(f"{c.group}/{c.option}") for c in configs] + [4])
+        for c in configs:
+            print(f"  {c.group + '/' + c.option:<{cwidth}}  {c.provider}  ({c.path})")
+        for p in problems:
+            print(f"  warning: {p}")
     if reg.failed:
         print("failed to load:")
         for name, err in sorted(reg.failed.items()):

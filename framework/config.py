@@ -1,15 +1,19 @@
 """Hydra configuration: where configs live, composing them, and turning them into plugin objects.
 
 The primary configs are in the repository's ``conf/`` directory (one group per stage); named studies in
-``experiments/`` are registered as the ``experiment`` group, so ``cropseg +experiment=seed_knn`` works.
+``experiments/`` are registered as the ``experiment`` group, so ``cropseg +experiment=seed_knn`` works, and
+configs shipped by installed plugins (hook ``cropseg_config_dirs``) join their groups, so
+``cropseg classifier=<third-party name>`` works (:func:`register_configs`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +22,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from .errors import ConfigError
 from .plugins import Registry
 
+log = logging.getLogger(__name__)
 VERSION_BASE = "1.3"
 CONFIG_NAME = "config"
 #: Override the config directories (mainly for installed, non-editable copies).
@@ -60,12 +65,92 @@ def register_experiments(directory: Path | None = None) -> list[str]:
     return names
 
 
+@dataclass(frozen=True)
+class PluginConfig:
+    """A config file shipped by a plugin: ``group/option`` from ``path``, provided by ``provider``."""
+
+    group: str
+    option: str
+    path: Path
+    provider: str
+
+
+def plugin_config_files(pm: Any = None) -> tuple[list[PluginConfig], list[str]]:
+    """The ``<group>/<option>.yaml`` files in every directory the installed plugins return from
+    ``cropseg_config_dirs``, minus options cropseg's ``conf/`` (or an earlier plugin) already has.
+    Returns (configs, problems): a problem is a one-line warning about a plugin's directory or file."""
+    from .plugins import get_plugin_manager
+
+    pm = pm if pm is not None else get_plugin_manager()
+    dists = {id(plugin): f"{d.project_name} {d.version}" for plugin, d in pm.list_plugin_distinfo()}
+    base = conf_dir()
+    taken = {f"{p.parent.relative_to(base).as_posix()}/{p.stem}": "cropseg conf/" for p in base.rglob("*.yaml")}
+    taken.update({f"experiment/{p.stem}": "cropseg experiments/" for p in experiments_dir().glob("*.yaml")})
+    configs: list[PluginConfig] = []
+    problems: list[str] = []
+    for impl in pm.hook.cropseg_config_dirs.get_hookimpls():
+        provider = dists.get(id(impl.plugin), impl.plugin_name)
+        try:
+            dirs = list(impl.function() or [])
+        except Exception as exc:  # noqa: BLE001 - third-party code; report and go on
+            problems.append(f"{provider}: cropseg_config_dirs() failed: {type(exc).__name__}: {exc}")
+            continue
+        for d in dirs:
+            d = Path(str(d))
+            if not d.is_dir():
+                problems.append(f"{provider}: config directory {d} does not exist")
+                continue
+            for path in sorted(d.rglob("*.yaml")):
+                rel = path.relative_to(d)
+                if len(rel.parts) < 2:
+                    problems.append(f"{provider}: {path} is not in a group folder (<group>/<option>.yaml)")
+                    continue
+                key = f"{rel.parent.as_posix()}/{path.stem}"
+                if key in taken:
+                    problems.append(f"{provider}: {key} skipped, already provided by {taken[key]}")
+                    continue
+                taken[key] = provider
+                configs.append(PluginConfig(rel.parent.as_posix(), path.stem, path, provider))
+    return configs, problems
+
+
+def register_plugin_configs(pm: Any = None) -> list[PluginConfig]:
+    """Store the plugins' config files in Hydra's ConfigStore (as :func:`register_experiments` does for
+    experiments): group and option from the file's place, package from its ``# @package`` header (default:
+    the group; ``_global_`` for the ``experiment`` group). Problems are logged as warnings."""
+    from hydra.core.config_store import ConfigStore
+
+    configs, problems = plugin_config_files(pm)
+    for p in problems:
+        log.warning("plugin config: %s", p)
+    cs = ConfigStore.instance()
+    stored = []
+    for c in configs:
+        try:
+            text = c.path.read_text()
+            node = OmegaConf.create(text) if text.strip() else OmegaConf.create({})
+        except Exception as exc:  # noqa: BLE001 - a broken third-party file must not break every run
+            log.warning("plugin config: %s: %s skipped: %s", c.provider, c.path, _first_line(exc))
+            continue
+        m = _PACKAGE_HEADER.search(text.split("\n\n", 1)[0])
+        package = m.group(1) if m else ("_global_" if c.group == "experiment" else None)
+        cs.store(group=c.group, name=c.option, node=node, package=package, provider=c.provider)
+        stored.append(c)
+    return stored
+
+
+def register_configs() -> None:
+    """Everything cropseg adds to Hydra's ConfigStore before composing: experiments and plugin configs."""
+    register_experiments()
+    register_plugin_configs()
+
+
 @contextmanager
 def hydra_context(config_dir: Path | None = None) -> Iterator[None]:
     """Initialise Hydra in-process on cropseg's configs (no working-directory change)."""
     from hydra import initialize_config_dir
 
-    register_experiments()
+    register_configs()
     with initialize_config_dir(config_dir=str(config_dir or conf_dir()), version_base=VERSION_BASE,
                                job_name="cropseg"):
         yield

@@ -19,6 +19,9 @@ cropseg_register_postprocessors a mask filter or      :class:`cropseg.types.Mask
 ========================  ==========================  =====================================================
 
 Registering a name twice for the same stage raises :class:`cropseg.errors.DuplicatePluginError`.
+
+Besides the contribution hooks, :func:`cropseg_config_dirs` lets a distribution ship the Hydra configs of
+its plugins (``classifier/<name>.yaml``...), so ``cropseg classifier=<name>`` works once it is installed.
 """
 
 from __future__ import annotations
@@ -69,3 +72,20 @@ def cropseg_register_classifiers(register: Register) -> None:
 def cropseg_register_postprocessors(register: Register) -> None:
     """Register postprocessors: mask filters (mask -> cleaner mask, applied block-wise with a halo) and
     vectorizers (mask GeoTIFF -> polygons GeoJSON with areas)."""
+
+
+@hookspec
+def cropseg_config_dirs() -> list[str]:
+    """Directories of Hydra configs this plugin ships, so its options are selectable by name.
+
+    Each directory holds ``<group>/<option>.yaml`` files, e.g. ``classifier/nearest_centroid.yaml`` (whose
+    ``name`` key names the registered factory) makes ``cropseg classifier=nearest_centroid`` work; the
+    group may be any of cropseg's config groups (``source``, ``labeler``, ``features``, ``classifier``,
+    ``postprocessor``, ``experiment``) or nested (``a/b/option.yaml`` is group ``a/b``). A file's
+    ``# @package`` header is honoured (default: the group, like the files in cropseg's own ``conf/``).
+
+    cropseg stores every file in Hydra's ConfigStore before composing (:func:`cropseg.config.register_configs`).
+    An option that cropseg's own ``conf/`` (or an earlier plugin) already provides is skipped with a warning.
+    Ship the files as package data and return absolute paths, e.g.
+    ``[str(importlib.resources.files(__package__) / "conf")]``.
+    """

@@ -235,7 +235,8 @@ def _run_stages(cfg: DictConfig, st: Stages, rl: Any, out: Path, t_start: float)
     ts = sample_training_pixels(scenes.train, labels["train"], st.features,
                                 max_per_class=None if cap in (None, "all") else int(cap),
                                 seed=int(tcfg.get("seed", cfg.get("seed", 0))),
-                                spatial_block=int(tcfg.get("spatial_block", 128)), block=block)
+                                spatial_block=int(tcfg.get("spatial_block", 128)), block=block,
+                                balance=bool(tcfg.get("balance", False)))
     n_train = len(ts.y)
     log.info("training sample: %d pixels (%d crop) of %d labelled, features %s", n_train, int(ts.y.sum()),
              sum(ts.available.values()), ts.feature_names)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import rasterio
 
-from .errors import LabelError
+from .errors import ConfigError, LabelError
 from .raster import DEFAULT_BLOCK, iter_windows
 from .types import CROP, NONCROP, Features, LabelRaster, Scene
 
@@ -31,10 +31,12 @@ def class_counts(labels: LabelRaster) -> dict[int, int]:
 
 def sample_training_pixels(scene: Scene, labels: LabelRaster, features: Features, *,
                            max_per_class: int | None, seed: int, spatial_block: int = 128,
-                           block: int = DEFAULT_BLOCK) -> TrainingSet:
+                           block: int = DEFAULT_BLOCK, balance: bool = False) -> TrainingSet:
     """Labelled pixels of ``scene``: all of them (``max_per_class=None``) or at most ``max_per_class`` per
-    class, drawn uniformly without replacement with ``seed``. Memory is bounded by the sample, not the
-    scene: chosen pixel indices are drawn up front per class, then collected in one pass over the blocks.
+    class, drawn uniformly without replacement with ``seed``. ``balance=True`` draws the same number of
+    pixels of each class: the smaller class's count (or ``max_per_class`` if that is smaller). Memory is
+    bounded by the sample, not the scene: chosen pixel indices are drawn up front per class, then collected
+    in one pass over the blocks.
 
     ``groups`` numbers square spatial blocks of ``spatial_block`` pixels (for spatially blocked CV).
     """
@@ -43,14 +45,20 @@ def sample_training_pixels(scene: Scene, labels: LabelRaster, features: Features
     if empty:
         raise LabelError(f"{labels.path}: the training labels hold no {' and no '.join(empty)} pixels; a "
                          "classifier needs both classes (check the ground truth and the scene overlap)")
+    if max_per_class is not None and int(max_per_class) < 1:
+        raise ConfigError(f"train.max_per_class: a positive number of pixels or null (all), got {max_per_class!r}")
+    cap = None if max_per_class is None else int(max_per_class)
+    if balance:
+        smallest = min(counts.values())
+        cap = smallest if cap is None else min(cap, smallest)
     rng = np.random.default_rng(seed)
     chosen: dict[int, np.ndarray | None] = {}
     for cls in (NONCROP, CROP):
         n = counts[cls]
-        if max_per_class is None or n <= max_per_class:
+        if cap is None or n <= cap:
             chosen[cls] = None  # take all
         else:
-            chosen[cls] = np.sort(rng.choice(n, size=int(max_per_class), replace=False))
+            chosen[cls] = np.sort(rng.choice(n, size=cap, replace=False))
     seen = {NONCROP: 0, CROP: 0}
     names = features.names(scene.band_names)
     parts_x, parts_y, parts_r, parts_c = [], [], [], []

@@ -126,8 +126,9 @@ def write_tiny_scene(directory: Path, *, name: str = "tiny", width: int = 64, he
     return TinyScene(image, meta, gt, w, h, left, top, res, crop_boxes, hole, noncrop, nodata_from)
 
 
-def local_overrides(train: TinyScene, test: TinyScene) -> list[str]:
-    """Hydra overrides running the ``local`` source on two tiny scenes (a quick KNN grid)."""
+def local_overrides(train: TinyScene, test: TinyScene, classifier: str | None = None) -> list[str]:
+    """Hydra overrides running the ``local`` source on two tiny scenes: 16-pixel spatial CV blocks (a 64x64
+    scene holds 16), and a quick KNN grid, or ``classifier=<classifier>`` with its defaults when given."""
     return [
         "source=local",
         f"source.train_image={train.image}",
@@ -136,5 +137,7 @@ def local_overrides(train: TinyScene, test: TinyScene) -> list[str]:
         f"source.test_metadata={test.metadata}",
         f"source.train_ground_truth={train.ground_truth}",
         f"source.test_ground_truth={test.ground_truth}",
-        "classifier.k_grid=[3,5]",
+        "train.spatial_block=16",
+        # last, so callers can drop it with [:-1] and choose their own
+        *(["classifier.k_grid=[3,5]"] if classifier is None else [f"classifier={classifier}"]),
     ]

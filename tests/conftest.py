@@ -41,3 +41,25 @@ def cli_env(tmp_path: Path, tracking_uri: str) -> dict[str, str]:
     env.update(MLFLOW_TRACKING_URI=tracking_uri, CROPSEG_CACHE_DIR=str(tmp_path / "cache"), PYTHONUNBUFFERED="1")
     env.pop("CROPSEG_BLOCK_PLUGINS", None)
     return env
+
+
+EXAMPLE_PLUGIN = REPO / "examples" / "cropseg-nearest-centroid"
+
+
+@pytest.fixture(scope="session")
+def example_plugin() -> Path:
+    """The example third-party plugin (examples/cropseg-nearest-centroid) pip-installed into this test
+    environment, offline: no dependencies, no build isolation (the environment's setuptools builds it).
+    A plain (not editable) install, so this very process finds its entry point and module at once."""
+    import importlib
+    import shutil
+    import subprocess
+    import sys
+
+    shutil.rmtree(EXAMPLE_PLUGIN / "build", ignore_errors=True)  # setuptools' in-tree build folder (ignored)
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                           "--no-index", "--disable-pip-version-check", str(EXAMPLE_PLUGIN)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    importlib.invalidate_caches()
+    return EXAMPLE_PLUGIN

@@ -24,7 +24,8 @@ EXPECTED_METRICS = [
                  "noncrop_recall", "noncrop_f1", "noncrop_support", "accuracy", "macro_avg_f1",
                  "weighted_avg_precision", "weighted_avg_recall", "weighted_avg_f1", "iou")
 ] + ["crop_area_ha", "crop_area_pixels_ha", "n_polygons", "fit_seconds", "fit_pixels_per_second",
-     "predict_seconds", "predict_pixels_per_second", "cv_score", "total_seconds"]
+     "predict_seconds", "predict_pixels_per_second", "cv_score", "total_seconds",
+     "cv_spatial_f1_weighted", "cv_spatial_f1_weighted_std", "cv_random_f1_weighted", "cv_random_f1_weighted_std"]
 
 EXPECTED_ARTIFACTS = [
     "config/resolved_config.yaml", "reports/test_classification_report.txt",
@@ -70,6 +71,8 @@ def test_cli_end_to_end_local_source(tmp_path, tiny_pair, cli_env, tracking_uri)
     assert run.data.params["classifier.name"] == "knn"
     assert run.data.params["source.train_image"] == str(train.image)
     assert int(run.data.params["fit.k"]) in (3, 5)
+    assert run.data.params["fit.cv"] == "spatial"  # the CV that tuned k; its score is cv_score
+    assert run.data.metrics["cv_score"] == run.data.metrics["cv_spatial_f1_weighted"]
     tags = run.data.tags
     assert tags["cropseg.source"] == "local" and tags["cropseg.classifier"] == "knn"
     assert tags["cropseg.labeler"] == "rasterize" and tags["cropseg.postprocessor"] == "median_blur,vectorize"

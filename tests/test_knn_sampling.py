@@ -41,13 +41,15 @@ def test_knn_implements_the_classifier_interface():
 
 def test_knn_predicts_separable_data():
     X, y = blobs(150, seed=0)
-    clf = KNNClassifier(k_grid=K_GRID, n_jobs=1, seed=0)
+    clf = KNNClassifier(k_grid=K_GRID, n_jobs=1, seed=0, cv="random")
     fit = clf.fit(X, y)
     assert isinstance(fit, FitResult)
     assert fit.params["k"] in K_GRID
     assert fit.params["cv"] == "random"
     assert fit.metrics["cv_score"] == pytest.approx(1.0)
     assert 0.0 <= fit.metrics["cv_score_std"] < 1e-9
+    assert fit.metrics["cv_random_f1_weighted"] == fit.metrics["cv_score"]
+    assert "cv_spatial_f1_weighted" not in fit.metrics  # no groups: no spatial CV to report
     assert set(fit.metrics) >= {f"cv_f1_weighted_k{k}" for k in K_GRID}
     Xt, yt = blobs(100, seed=1)
     pred = clf.predict(Xt)
@@ -57,7 +59,7 @@ def test_knn_predicts_separable_data():
 
 def test_knn_best_k_is_the_best_cv_score():
     X, y = blobs(120, seed=3, sep=2.0)  # overlapping blobs: the k's score differently
-    fit = KNNClassifier(k_grid=(1, 3, 9, 15), n_jobs=1, seed=0).fit(X, y)
+    fit = KNNClassifier(k_grid=(1, 3, 9, 15), n_jobs=1, seed=0, cv="random").fit(X, y)
     scores = {k: fit.metrics[f"cv_f1_weighted_k{k}"] for k in (1, 3, 9, 15)}
     assert fit.params["k"] in scores
     assert scores[fit.params["k"]] == max(scores.values())
@@ -65,11 +67,12 @@ def test_knn_best_k_is_the_best_cv_score():
     assert 0.5 < fit.metrics["cv_score"] < 1.0
 
 
-def test_knn_single_k_skips_cross_validation():
+def test_knn_single_k_with_cv_none_skips_cross_validation():
     X, y = blobs(50, seed=2)
-    clf = KNNClassifier(k_grid=5, n_jobs=1)
+    clf = KNNClassifier(k_grid=5, n_jobs=1, cv="none")
     fit = clf.fit(X, y)
-    assert dict(fit.params) == {"k": 5}
+    assert fit.params["k"] == 5 and fit.params["cv"] == "none"
+    assert not [m for m in fit.metrics if m.startswith("cv_") and m != "cv_seconds"]
     assert clf.model_.n_neighbors == 5
     np.testing.assert_array_equal(clf.predict(X), y)
 
@@ -93,9 +96,14 @@ def test_knn_spatial_cv_uses_the_groups():
     X, y, groups = clustered_groups()
     spatial = KNNClassifier(k_grid=(3, 5), cv="spatial", cv_folds=3, n_jobs=1).fit(X, y, groups)
     random = KNNClassifier(k_grid=(3, 5), cv="random", cv_folds=3, n_jobs=1, seed=0).fit(X, y, groups)
-    assert spatial.params["cv"] == "spatial"
+    assert spatial.params["cv"] == "spatial" and random.params["cv"] == "random"
     assert random.metrics["cv_score"] > 0.95
     assert spatial.metrics["cv_score"] < 0.5
+    # both runs report both CVs of their chosen k; the tuning one is cv_score
+    for fit in (spatial, random):
+        assert fit.metrics["cv_random_f1_weighted"] > 0.95 and fit.metrics["cv_spatial_f1_weighted"] < 0.5
+    assert spatial.metrics["cv_score"] == spatial.metrics["cv_spatial_f1_weighted"]
+    assert random.metrics["cv_score"] == random.metrics["cv_random_f1_weighted"]
 
 
 def test_knn_spatial_cv_needs_groups():
@@ -110,22 +118,26 @@ def test_knn_spatial_cv_needs_groups():
 def test_knn_is_deterministic_under_a_seed():
     X, y = blobs(100, seed=5, sep=1.5)
     Xt, _ = blobs(80, seed=6, sep=1.5)
-    a, b = KNNClassifier(k_grid=K_GRID, n_jobs=1, seed=7), KNNClassifier(k_grid=K_GRID, n_jobs=1, seed=7)
+    a = KNNClassifier(k_grid=K_GRID, n_jobs=1, seed=7, cv="random")
+    b = KNNClassifier(k_grid=K_GRID, n_jobs=1, seed=7, cv="random")
     fa, fb = a.fit(X, y), b.fit(X, y)
     assert dict(fa.params) == dict(fb.params)
-    assert dict(fa.metrics) == dict(fb.metrics)
+    timing = ("cv_seconds", "refit_seconds")
+    assert {k: v for k, v in fa.metrics.items() if k not in timing} == {
+        k: v for k, v in fb.metrics.items() if k not in timing}
     np.testing.assert_array_equal(a.predict(Xt), b.predict(Xt))
 
 
 def test_knn_seed_changes_the_cv_folds():
     X, y = blobs(100, seed=5, sep=1.5)
-    scores = {KNNClassifier(k_grid=K_GRID, n_jobs=1, seed=s).fit(X, y).metrics["cv_score"] for s in range(4)}
+    scores = {KNNClassifier(k_grid=K_GRID, n_jobs=1, seed=s, cv="random").fit(X, y).metrics["cv_score"]
+              for s in range(4)}
     assert len(scores) > 1
 
 
 def test_knn_fitted_model_is_picklable():
     X, y = blobs(60, seed=8)
-    clf = KNNClassifier(k_grid=(3, 5), n_jobs=1)
+    clf = KNNClassifier(k_grid=(3, 5), n_jobs=1, cv="random")
     clf.fit(X, y)
     again = pickle.loads(pickle.dumps(clf))
     np.testing.assert_array_equal(again.predict(X), clf.predict(X))
@@ -141,6 +153,7 @@ def test_knn_fitted_model_is_picklable():
     {"cv": "loo"},
     {"weights": "gaussian"},
     {"cv_folds": 1},
+    {"scoring": "f1_wieghted"},
 ])
 def test_knn_bad_options(opts):
     with pytest.raises(ConfigError):
@@ -246,6 +259,23 @@ def test_sampled_pixels_train_a_knn_that_separates_the_tiny_scene(labelled):
     assert fit.params["k"] in (3, 5) and fit.metrics["cv_score"] > 0.95
     valid = lab != 255
     X = (dn[:, valid].T.astype(np.float32) * np.asarray(TINY_COEFFICIENTS, dtype=np.float32))
-    pred = KNNClassifier(k_grid=3, n_jobs=1)
+    pred = KNNClassifier(k_grid=3, n_jobs=1, cv="none")
     pred.fit(ts.X, ts.y)
     assert np.mean(pred.predict(X) == lab[valid]) > 0.99
+
+
+def test_sample_balance_draws_equal_class_sizes(labelled):
+    """train.balance: as many non-crop as crop pixels (880, the smaller class), all crop pixels taken."""
+    ts = sample(labelled, max_per_class=None, balance=True)
+    assert int(np.sum(ts.y == 1)) == 880 and int(np.sum(ts.y == 0)) == 880
+    ts = sample(labelled, max_per_class=1000, balance=True)  # cap above the smaller class: still 880 each
+    assert int(np.sum(ts.y == 1)) == 880 and int(np.sum(ts.y == 0)) == 880
+    ts = sample(labelled, max_per_class=300, balance=True)  # cap below it: the cap
+    assert int(np.sum(ts.y == 1)) == 300 and int(np.sum(ts.y == 0)) == 300
+    unbalanced = sample(labelled, max_per_class=None, balance=False)
+    assert int(np.sum(unbalanced.y == 0)) == 2704
+
+
+def test_sample_bad_cap_raises(labelled):
+    with pytest.raises(ConfigError, match="max_per_class"):
+        sample(labelled, max_per_class=0)

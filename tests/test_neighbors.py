@@ -109,7 +109,7 @@ def test_empty_input_and_direct_index():
 def test_knn_plugin_predicts_like_its_sklearn_model_and_pickles():
     X, y = reflectance_like(6000, seed=21)
     Xt, _ = reflectance_like(20000, seed=22)
-    clf = KNNClassifier(k_grid=(5, 7), n_jobs=1, seed=0)
+    clf = KNNClassifier(k_grid=(5, 7), cv="random", n_jobs=1, seed=0)
     clf.fit(X, y)
     expected = clf.model_.predict(Xt).astype(np.uint8)
     got = clf.predict(Xt)

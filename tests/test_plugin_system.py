@@ -15,15 +15,15 @@ from cropseg.plugins import STAGES, Registry, get_plugin_manager
 BUILTINS = {
     "source": {"sample", "local"},
     "labeler": {"rasterize", "contours"},
-    "features": {"bands"},
-    "classifier": {"knn"},
+    "features": {"bands", "indices"},
+    "classifier": {"knn", "random_forest", "hist_gradient_boosting", "logistic_regression", "linear_svm", "mlp"},
     "postprocessor": {"median_blur", "vectorize"},
 }
 
 
 def test_builtins_come_through_the_entry_point_group():
     eps = {ep.name: ep.value for ep in metadata.entry_points(group="cropseg")}
-    assert {"sample", "local", "rasterize", "contours", "bands", "knn", "median_blur", "vectorize"} <= set(eps)
+    assert set().union(*BUILTINS.values()) <= set(eps)
     pm = get_plugin_manager()
     reg = Registry.from_plugin_manager(pm)
     for stage, names in BUILTINS.items():
@@ -82,6 +82,8 @@ def test_hookspecs_are_documented_and_typed():
     for hook in STAGES.values():
         fn = getattr(hookspecs, hook)
         assert fn.__doc__ and "register" in fn.__annotations__
+    assert "<group>/<option>.yaml" in hookspecs.cropseg_config_dirs.__doc__
+    assert hookspecs.cropseg_config_dirs.__annotations__["return"] == "list[str]"
 
 
 def test_broken_plugin_is_reported_and_others_stay_usable(tmp_path, monkeypatch):

@@ -38,22 +38,28 @@ def work(tmp_path):
     return d
 
 
+CLASSIFIERS = ["knn", "random_forest", "hist_gradient_boosting", "logistic_regression"]
+
+
 def test_parallel_sweep_on_fresh_store_then_compare(work, tiny_pair, cli_env, tracking_uri, tmp_path):
-    """Four jobs through the joblib launcher (two processes at once) on a store that does not exist yet."""
+    """Four classifiers through the joblib launcher (two processes at once) on a store that does not exist yet."""
     assert not Path(tracking_uri.removeprefix("sqlite:///")).exists()
     args = ["--multirun", "hydra/launcher=parallel", *local_overrides(*tiny_pair)[:-1],
-            "classifier.k_grid=[3],[5],[7],[9]", "tracking.sweep_name=k-sweep"]
+            f"classifier={','.join(CLASSIFIERS)}", "tracking.sweep_name=model-sweep"]
     proc = run_cli(args, work, cli_env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     client, parents, children = sweep_runs(tracking_uri)
-    assert len(parents) == 1 and parents[0].info.run_name == "k-sweep"
+    assert len(parents) == 1 and parents[0].info.run_name == "model-sweep"
     parent = parents[0]
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["cropseg.sweep.launcher"] == "JoblibLauncher"
     assert len(children) == 4
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
     assert all(c.info.status == "FINISHED" for c in children)
-    assert sorted(c.data.params["fit.k"] for c in children) == ["3", "5", "7", "9"]
+    assert sorted(c.data.tags["cropseg.classifier"] for c in children) == sorted(CLASSIFIERS)
+    knn = next(c for c in children if c.data.tags["cropseg.classifier"] == "knn")
+    for kind in ("spatial", "random"):  # both CV scores are reported, not only the tuning one
+        assert 0 < knn.data.metrics[f"cv_{kind}_f1_weighted"] <= 1
     assert parent.data.tags["cropseg.sweep.finished"] == "4"
 
     out = tmp_path / "cmp"
@@ -73,7 +79,7 @@ def test_parallel_sweep_on_fresh_store_then_compare(work, tiny_pair, cli_env, tr
         assert float(r["weighted F1"]) == pytest.approx(run.data.metrics["test_weighted_avg_f1"])
         assert float(r["crop precision"]) == pytest.approx(run.data.metrics["test_crop_precision"])
         assert float(r["crop IoU"]) == pytest.approx(run.data.metrics["test_iou"])
-        assert r["status"] == "FINISHED" and r["fit.k"] == run.data.params["fit.k"]
+        assert r["status"] == "FINISHED" and r["classifier"] == run.data.tags["cropseg.classifier"]
     logged = {f.path for f in client.list_artifacts(parent.info.run_id, "comparison")}
     assert {"comparison/comparison.csv", "comparison/masks.png", "comparison/comparison.md"} <= logged
     assert client.get_run(parent.info.run_id).data.tags["cropseg.best_run_id"] == rows[0]["run id"]
@@ -171,3 +177,33 @@ def test_unreachable_server_fails_before_the_sweep(work, tiny_pair, cli_env):
     assert proc.stderr.strip().splitlines() == [
         "cropseg: error: tracking server http://127.0.0.1:9 is unreachable: [Errno 111] Connection refused"]
     assert not (work / "multirun").exists()
+
+
+def test_sweep_over_the_example_third_party_plugin(example_plugin, work, tiny_pair, cli_env, tracking_uri):
+    args = ["--multirun", *local_overrides(*tiny_pair)[:-1], "classifier=knn,nearest_centroid"]
+    proc = run_cli(args, work, cli_env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    _, parents, children = sweep_runs(tracking_uri)
+    assert len(parents) == 1 and all(c.info.status == "FINISHED" for c in children)
+    tags = {c.data.tags["cropseg.classifier"]: c.data.tags for c in children}
+    assert set(tags) == {"knn", "nearest_centroid"}
+    assert tags["nearest_centroid"]["cropseg.classifier.nearest_centroid.version"].startswith("cropseg-nearest-centroid ")
+
+
+def test_optuna_sweeper_maximises_the_spatial_cv_score(work, tiny_pair, cli_env, tracking_uri):
+    """Hydra's Optuna sweeper tunes KNN's k on the training scene's spatial-CV score, never the test score."""
+    import yaml
+
+    args = ["--multirun", "+experiment=optuna_knn", *local_overrides(*tiny_pair)[:-1], "hydra.sweeper.n_trials=3",
+            "hydra.sweep.dir=optuna-sweep"]
+    proc = run_cli(args, work, cli_env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    _, parents, children = sweep_runs(tracking_uri)
+    assert len(parents) == 1 and parents[0].data.tags["cropseg.sweep.sweeper"] == "OptunaSweeper"
+    assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children)
+    assert all(c.data.params["fit.cv"] == "spatial" for c in children)
+    best = yaml.safe_load((work / "optuna-sweep" / "optimization_results.yaml").read_text())
+    scores = [c.data.metrics["cv_score"] for c in children]
+    assert best["best_value"] == pytest.approx(max(scores))
+    assert best["best_value"] == pytest.approx(
+        max(c.data.metrics["cv_spatial_f1_weighted"] for c in children))

@@ -1,0 +1,33 @@
+"""Every classifier in the registry (built-ins and any installed plugin) and the example plugin pass the
+conformance suite plugin authors subclass (cropseg.conformance)."""
+
+from __future__ import annotations
+
+import pytest
+
+from cropseg.conformance import ClassifierConformance
+from cropseg.plugins import Registry, get_plugin_manager
+
+EXAMPLE = "nearest_centroid"
+REGISTERED = [n for n in Registry.from_plugin_manager(get_plugin_manager()).names("classifier") if n != EXAMPLE]
+BUILTIN_CLASSIFIERS = {"knn", "random_forest", "hist_gradient_boosting", "logistic_regression", "linear_svm", "mlp"}
+
+
+def test_every_builtin_classifier_is_covered():
+    assert BUILTIN_CLASSIFIERS <= set(REGISTERED)
+
+
+class TestRegisteredClassifiers(ClassifierConformance):
+    @pytest.fixture(params=REGISTERED)
+    def classifier_name(self, request):
+        return request.param
+
+
+class TestExamplePlugin(ClassifierConformance):
+    """The example package, pip-installed by the session fixture (collected even before it is installed)."""
+
+    name = EXAMPLE
+
+    @pytest.fixture(autouse=True)
+    def _installed(self, example_plugin):
+        return example_plugin

@@ -1,0 +1,64 @@
+"""The example third-party plugin (examples/cropseg-nearest-centroid), pip-installed into the test
+environment: discovered with its distribution and version, selectable as ``classifier=nearest_centroid``
+through the config it ships, and its own test suite (cropseg's conformance suite) passes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from importlib import metadata
+
+from mlflow import MlflowClient
+
+from cropseg.plugins import Registry, get_plugin_manager
+from cropseg.testing import local_overrides
+
+DIST, VERSION = "cropseg-nearest-centroid", "0.1.0"
+
+
+def cropseg_cli(args, cwd, env):
+    return subprocess.run([sys.executable, "-m", "cropseg.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_installed_and_registered_with_its_distribution(example_plugin):
+    assert metadata.version(DIST) == VERSION
+    eps = {ep.name: ep.value for ep in metadata.entry_points(group="cropseg")}
+    assert eps["nearest_centroid"] == "cropseg_nearest_centroid"
+    info = Registry.from_plugin_manager(get_plugin_manager()).get("classifier", "nearest_centroid")
+    assert (info.distribution, info.version) == (DIST, VERSION)
+
+
+def test_cropseg_plugins_lists_it(example_plugin, tmp_path, cli_env):
+    proc = cropseg_cli(["plugins"], tmp_path, cli_env)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    stages = [ln.rstrip(":") for ln in lines if ln and not ln.startswith(" ")]
+    assert stages[:5] == ["source", "labeler", "features", "classifier", "postprocessor"]
+    entry = next(ln for ln in lines if ln.split() and ln.split()[0] == "nearest_centroid")
+    assert f"{DIST} {VERSION}" in entry
+    assert any("indices" in ln and "cropseg 0.1.0" in ln for ln in lines)
+    assert any(ln.split()[:2] == ["classifier/nearest_centroid", DIST] for ln in lines if ln.split())
+
+
+def test_cli_runs_it_by_name(example_plugin, tmp_path, tiny_pair, cli_env, tracking_uri):
+    train, test = tiny_pair
+    proc = cropseg_cli(local_overrides(train, test, classifier="nearest_centroid"), tmp_path, cli_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("cropseg").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["cropseg.classifier"] == "nearest_centroid"
+    assert run.data.tags["cropseg.classifier.nearest_centroid.version"] == f"{DIST} {VERSION}"
+    assert run.data.params["classifier.metric"] == "euclidean"  # from the config the package ships
+    assert run.data.params["fit.cv"] == "spatial"
+    m = run.data.metrics
+    assert {"cv_score", "cv_spatial_f1_weighted", "cv_random_f1_weighted"} <= set(m)
+    assert m["test_crop_f1"] > 0.9
+
+
+def test_its_own_conformance_suite_passes(example_plugin, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(example_plugin / "tests")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "8 passed" in proc.stdout
