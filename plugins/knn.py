@@ -44,7 +44,7 @@ class KNNClassifier:
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """The fitted KNeighborsClassifier's labels, computed by :func:`cropseg.neighbors.knn_predict`: a
-        cKDTree queried by all the task's threads with a cheap exact vote, several times faster than
+        KD-tree (pykdtree) over Morton-ordered queries with a cheap exact vote, several times faster than
         ``model_.predict``. It agrees with scikit-learn except where training pixels tie in distance at the
         k-th neighbour (either library may keep a different one of the equidistant pixels); see
         :mod:`cropseg.neighbors`."""
