@@ -267,7 +267,7 @@ def child_workers(size: int, workdir: Path) -> dict:
     from cropseg.pipeline import predict_scene
 
     st, scenes, labels, ts, clf = _fitted(size, workdir, "knn", ["classifier.k_grid=[9]"])
-    clf.fit(ts.X, ts.y)
+    clf.fit(ts.X, ts.y, ts.groups)
     out = {}
     ref = None
     for label, cfg in (("serial", ParallelConfig(backend="serial")),

@@ -148,8 +148,8 @@ def tiny_model(tmp_path_factory):
                     ground_truth=VectorGroundTruth(t.ground_truth)) for n, t in (("train", train), ("test", test))]
     labels = RasterizeLabeler().label(scenes[0], d / "train_labels.tif")
     ts = sample_training_pixels(scenes[0], labels, BandFeatures(), max_per_class=2000, seed=0)
-    clf = KNNClassifier(k_grid=5, n_jobs=1)
-    clf.fit(ts.X, ts.y)
+    clf = KNNClassifier(k_grid=5, cv="random", n_jobs=1)
+    clf.fit(ts.X, ts.y, ts.groups)
     return scenes[1], clf
 
 
