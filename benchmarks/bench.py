@@ -1,7 +1,7 @@
 """cropseg benchmarks: side-by-side measurements in one run, printed as a Markdown table.
 
-    .venv/bin/python benchmarks/bench.py            # the full run (~15 minutes on 2 cores)
-    .venv/bin/python benchmarks/bench.py --quick    # smaller scenes (~4 minutes)
+    .venv/bin/python benchmarks/bench.py            # the full run (10-15 minutes on 2 cores)
+    .venv/bin/python benchmarks/bench.py --quick    # smaller scenes (a few minutes)
     .venv/bin/python benchmarks/bench.py --out benchmarks/results.md
 
 Every scene is the bundled SYNTHETIC sample (``source=sample``), generated once into ``--workdir``
@@ -311,7 +311,7 @@ def fmt(x: float, nd: int = 1) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="smaller scenes: a few minutes instead of ~15")
+    ap.add_argument("--quick", action="store_true", help="smaller scenes (500, 1000, 2000 px): a few minutes")
     ap.add_argument("--out", type=Path, help="also write the Markdown report to this file")
     ap.add_argument("--workdir", type=Path, help="scene cache and outputs (default: a temporary directory)")
     ap.add_argument("--sections", default="1,2,3,4,5", help="comma-separated sections to run (default all)")
@@ -451,7 +451,7 @@ def main() -> int:
         c = run_child(["classifiers", "--size", str(base)], workdir)
         emit(f"## 5. Every registered classifier ({base}x{base}, default options, load {load()})")
         emit()
-        emit("| classifier | fit s | predict pixels/s (test scene, serial) | weighted F1 | crop F1 |")
+        emit("| classifier | fit s | predict pixels/s (test scene, serial) | weighted F1 (raw mask) | crop F1 (raw mask) |")
         emit("|---|---:|---:|---:|---:|")
         for r in c["classifiers"]:
             if "skipped" in r:
