@@ -1,25 +1,35 @@
 """Fast exact k-nearest-neighbour prediction for a fitted scikit-learn ``KNeighborsClassifier``.
 
 :func:`knn_predict` gives the same labels as ``model.predict(X)`` (same training set, ``k`` and
-``weights``) several times faster, for the Euclidean metric on dense data:
+``weights``) several times faster, for the Euclidean metric on dense data. What makes it fast:
 
-* the neighbours come from a ``pykdtree`` KD-tree (float64, squared Euclidean distances like
-  scikit-learn's KD-tree) over the model's training pixels, built once per fitted model and queried with
-  OpenMP threads (as many as :func:`cropseg.parallel.task_threads` allows);
-* the queries are sorted along a Morton (Z-order) curve first, so consecutive queries reuse the same tree
-  nodes (about twice as fast as raster order), and the answers put back in the original order;
-* the vote is a count per class (for two classes a sum of 0/1 labels), not ``scipy.stats.mode``.
+* **Morton order.** The queries are sorted along a Morton (Z-order) curve over the training data's
+  bounding box first (and the answers put back in the original order), so consecutive queries are close
+  in feature space and walk the same tree nodes.
+* **Warm-started searches.** Each KD-tree search starts bounded by the previous query's neighbours
+  (their largest distance to this query: at least that many points lie within it), which prunes most of
+  the tree from the root on. The tree and the searches are compiled with numba
+  (:mod:`cropseg._knn_kernel`); scikit-learn's and pykdtree's trees cannot be seeded with a bound.
+* **A vote-shaped search for crop / non-crop.** With two classes and uniform weights (the reference
+  configuration) class 1 wins iff it holds ``m = k // 2 + 1`` of the ``k`` nearest, i.e. iff its ``m``-th
+  nearest point is closer than class 0's ``(k - m + 1)``-th. One tree per class: a small search in the
+  likely winner's tree, then a search in the other tree bounded by that distance, which stops early
+  wherever the other class is far away. No neighbour list is sorted, no ``scipy.stats.mode``.
+* **Threads.** Contiguous chunks of the sorted queries run on threads (the compiled kernels release the
+  GIL), as many as :func:`cropseg.parallel.task_threads` allows.
 
 Pixel vectors are not deduplicated: on PlanetScope-like data (and the bundled sample) nearly every
 pixel's 4-band vector is distinct, so finding repeats would cost more than it saves.
 
 The vote follows scikit-learn exactly: ties between classes go to the first class in ``classes_``
 (uniform weights: ``scipy.stats.mode`` keeps the smallest; ``weights="distance"``: weights ``1 / d``, and a
-pixel at distance 0 from training pixels gets weight 1 for those and 0 for the others). Labels can differ
-from scikit-learn's only where several training pixels are equally far from a pixel at the ``k``-th
-neighbour's distance (e.g. duplicated training vectors): both libraries then keep ``k`` of the
-equidistant pixels, but not necessarily the same ones, and when those carry different classes the vote
-can differ.
+pixel at distance 0 from training pixels gets weight 1 for those and 0 for the others). Distances are
+float64 squared Euclidean summed over the features in order, as scikit-learn's KD-tree computes them.
+Labels can differ from scikit-learn's only where several training pixels are equally far from a pixel
+at the ``k``-th neighbour's distance (the ``k``-th and ``(k+1)``-th nearest tie, e.g. duplicated training
+vectors): both libraries then keep ``k`` of the equidistant pixels, but not necessarily the same ones,
+and when those carry different classes the vote can differ (the two-class search gives such a tie to
+class 0).
 
 Any other configuration (another metric, callable weights, several outputs, sparse input) falls back to
 ``model.predict``.
@@ -27,21 +37,28 @@ Any other configuration (another metric, callable weights, several outputs, spar
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
 _LOCK = threading.Lock()
 _INDEXES: weakref.WeakKeyDictionary[Any, KNNIndex] = weakref.WeakKeyDictionary()
+LEAF_SIZE = 16
+MIN_CHUNK = 20_000  # queries per thread below which a second thread costs more than it saves
 
 
 class KNNIndex:
-    """A KD-tree over training vectors ``X`` with class indices ``y`` (0..n_classes-1): exact votes."""
+    """KD-trees over training vectors ``X`` with class indices ``y`` (0..n_classes-1): exact votes.
+
+    Two classes with uniform weights get one tree per class (:func:`cropseg._knn_kernel.vote_binary`);
+    anything else one tree over all points (:func:`cropseg._knn_kernel.vote`)."""
 
     def __init__(self, X: np.ndarray, y: np.ndarray, n_classes: int, k: int, weights: str = "uniform"):
-        from pykdtree.kdtree import KDTree
+        from . import _knn_kernel as kernel
 
         if weights not in ("uniform", "distance"):
             raise ValueError(f"weights must be 'uniform' or 'distance', got {weights!r}")
@@ -49,8 +66,17 @@ class KNNIndex:
         if not 1 <= k <= len(X):
             raise ValueError(f"k must be in 1..{len(X)} (the training pixels), got {k}")
         self.k, self.weights, self.n_classes = int(k), weights, int(n_classes)
-        self.y = np.ascontiguousarray(y, dtype=np.intp)
-        self.tree = KDTree(X, leafsize=16)
+        y = np.asarray(y, dtype=np.int64)
+        m = self.k // 2 + 1
+        counts = np.bincount(y, minlength=self.n_classes)
+        self.binary = (self.n_classes == 2 and weights == "uniform"
+                       and counts[0] >= self.k - m + 1 and counts[1] >= m)
+        if self.binary:
+            self._trees = [self._tree(kernel, X[y == c]) for c in (0, 1)]
+        else:
+            pts, perm, *nodes = kernel.build_tree(X, LEAF_SIZE)
+            self._trees = [(pts, *nodes)]
+            self._labels = np.ascontiguousarray(y[perm])
         nf = X.shape[1]
         self._lo = X.min(axis=0)
         self._scale = (255.0 / np.maximum(X.max(axis=0) - self._lo, 1e-12))
@@ -60,63 +86,51 @@ class KNNIndex:
         spread = sum(((v >> np.uint64(i)) & np.uint64(1)) << np.uint64(i * nf) for i in range(bits))
         self._spread = np.asarray(spread, dtype=code_type)
 
+    @staticmethod
+    def _tree(kernel: Any, X: np.ndarray) -> tuple[np.ndarray, ...]:
+        pts, _perm, *nodes = kernel.build_tree(np.ascontiguousarray(X), LEAF_SIZE)
+        return (pts, *nodes)
+
     def _order(self, X: np.ndarray) -> np.ndarray:
         """An order of the rows of ``X`` along a Morton (Z-order) curve over the training data's bounding
-        box: consecutive queries then walk the same tree nodes, which about halves the query time."""
+        box: consecutive queries are then close, and each search starts from a tight bound."""
         q = np.clip((X - self._lo) * self._scale, 0, 255).astype(np.intp) >> (8 - self._bits)
         code = self._spread[q[:, 0]]
         for d in range(1, X.shape[1]):
             code |= self._spread[q[:, d]] << code.dtype.type(d)
         return np.argsort(code)
 
-    def kneighbors(self, X: np.ndarray, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Distances and indices (n, k) of the ``k`` nearest training vectors of each row of ``X``, sorted by
-        distance; ``threads`` caps the OpenMP threads of the query (``None``: the library's default)."""
-        X = np.asarray(X, dtype=np.float64)
-        order = self._order(X)
-        if threads is None:
-            d, i = self.tree.query(np.ascontiguousarray(X[order]), k=self.k)
-        else:
-            from threadpoolctl import threadpool_limits
+    def _vote(self, Q: np.ndarray, out: np.ndarray) -> None:
+        from . import _knn_kernel as kernel
 
-            with threadpool_limits(limits=max(1, threads), user_api="openmp"):
-                d, i = self.tree.query(np.ascontiguousarray(X[order]), k=self.k)
-        if self.k == 1:
-            d, i = d[:, None], i[:, None]
-        dist, ind = np.empty_like(d), np.empty(i.shape, dtype=np.intp)
-        dist[order], ind[order] = d, i
-        return dist, ind
+        if self.binary:
+            (p0, *n0), (p1, *n1) = self._trees
+            kernel.vote_binary(Q, p0, *n0, p1, *n1, self.k, out)
+        else:
+            pts, *nodes = self._trees[0]
+            kernel.vote(Q, pts, self._labels, *nodes, self.k, self.n_classes, self.weights == "distance", out)
 
     def predict(self, X: np.ndarray, threads: int | None = None) -> np.ndarray:
-        """Class index (into the model's ``classes_``) per row of ``X`` (n, f)."""
+        """Class index (into the model's ``classes_``) per row of ``X`` (n, f); ``threads`` threads work on
+        contiguous chunks of the sorted rows (``None``: every core)."""
+        X = np.asarray(X)
         if len(X) == 0:
             return np.empty(0, dtype=np.intp)
-        d, i = self.kneighbors(X, threads)
-        return self._vote(self.y[i], _distance_weights(d) if self.weights == "distance" else None)
-
-    def _vote(self, labels: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
-        """The class with the largest (weighted) count per row; ties go to the smallest class index."""
-        if self.n_classes == 2:
-            if weights is None:
-                ones = labels.sum(axis=1)
-                return (2 * ones > labels.shape[1]).astype(np.intp)
-            w1 = np.where(labels == 1, weights, 0.0).sum(axis=1)
-            w0 = np.where(labels == 0, weights, 0.0).sum(axis=1)
-            return (w1 > w0).astype(np.intp)
-        scores = np.zeros((labels.shape[0], self.n_classes))
-        rows = np.broadcast_to(np.arange(labels.shape[0])[:, None], labels.shape)
-        np.add.at(scores, (rows, labels), 1.0 if weights is None else weights)
-        return scores.argmax(axis=1)
-
-
-def _distance_weights(dist: np.ndarray) -> np.ndarray:
-    """scikit-learn's ``weights="distance"``: 1/d, or 1 for exact matches and 0 for the rest of their row."""
-    with np.errstate(divide="ignore"):
-        w = 1.0 / dist
-    inf = np.isinf(w)
-    rows = inf.any(axis=1)
-    w[rows] = inf[rows]
-    return w
+        order = self._order(X)
+        Q = np.ascontiguousarray(X[order], dtype=np.float64)
+        voted = np.empty(len(Q), dtype=np.int64)
+        want = (os.cpu_count() or 1) if threads is None else max(1, threads)
+        n_chunks = max(1, min(want, len(Q) // MIN_CHUNK))
+        if n_chunks == 1:
+            self._vote(Q, voted)
+        else:
+            cuts = np.linspace(0, len(Q), n_chunks + 1).astype(np.intp)
+            with ThreadPoolExecutor(n_chunks, thread_name_prefix="cropseg-knn") as pool:
+                list(pool.map(lambda i: self._vote(Q[cuts[i]:cuts[i + 1]], voted[cuts[i]:cuts[i + 1]]),
+                              range(n_chunks)))
+        out = np.empty(len(Q), dtype=np.intp)
+        out[order] = voted
+        return out
 
 
 def supports(model: Any) -> bool:

@@ -117,3 +117,18 @@ def test_knn_plugin_predicts_like_its_sklearn_model_and_pickles():
     assert np.mean(got == expected) >= 0.999
     again = pickle.loads(pickle.dumps(clf))  # a pickled model (MLflow artifact, Dask worker) predicts alike
     np.testing.assert_array_equal(again.predict(Xt), got)
+
+
+def test_reference_configuration_uses_the_two_class_search_and_small_classes_fall_back():
+    X, y = reflectance_like(8000, seed=31)
+    Xt, _ = reflectance_like(30000, seed=32)
+    model = KNeighborsClassifier(n_neighbors=9).fit(X, y)
+    assert KNNIndex(model._fit_X, model._y, 2, 9).binary
+    assert not KNNIndex(model._fit_X, model._y, 2, 9, weights="distance").binary
+    # a class with fewer training pixels than its share of a winning vote (m = 5 of k = 9): one shared tree
+    few = np.concatenate([np.flatnonzero(y == 0)[:400], np.flatnonzero(y == 1)[:3]])
+    small = KNeighborsClassifier(n_neighbors=9).fit(X[few], y[few])
+    assert not KNNIndex(small._fit_X, small._y, 2, 9).binary
+    np.testing.assert_array_equal(knn_predict(small, Xt), small.predict(Xt))
+    # one thread or several (chunks of the sorted queries): the same labels
+    np.testing.assert_array_equal(knn_predict(model, Xt, threads=1), knn_predict(model, Xt, threads=3))
