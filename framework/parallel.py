@@ -4,12 +4,15 @@ Raster stages describe their work as a task function plus one item (a window) pe
 (the scene, the fitted classifier, the filters...) that every task needs. :meth:`BlockExecutor.map`
 returns the results in item order, so the driver writes blocks in order with rasterio whatever ran them.
 
-* ``serial``: tasks run one after another in this process.
-* ``dask``: tasks run on a :mod:`dask.distributed` cluster: a ``LocalCluster`` of worker processes on
-  this machine, or the running scheduler at ``parallel.scheduler`` (``tcp://host:8786``) to scale out.
-  The context is sent to the workers once (``Client.scatter(..., broadcast=True)``); workers read their
-  own windows from the files (which must be at the same paths on every worker) and return small
+* ``dask`` (the run config's default): tasks run on a :mod:`dask.distributed` cluster: a ``LocalCluster``
+  on this machine, of threads in this process (``processes=false``, the default: no start-up, nothing
+  copied; reading windows, the KNN kernel, scikit-learn, OpenCV release the GIL) or of worker processes
+  (``processes=true``), or the running scheduler at ``parallel.scheduler`` (``tcp://host:8786``) to scale
+  out. The context is sent to the workers once (``Client.scatter(..., broadcast=True)``); workers read
+  their own windows from the files (which must be at the same paths on every worker) and return small
   results; at most ``max_in_flight`` blocks are pending at once, so memory stays bounded.
+* ``serial``: tasks run one after another in this process (the single-process reference path, and the
+  default of :class:`ParallelConfig` for library calls outside a run).
 
 Both backends run the very same task functions on the very same inputs, so their results are identical.
 A scene with fewer than ``min_blocks`` blocks runs serially even with the dask backend: starting worker
@@ -47,6 +50,7 @@ class ParallelConfig:
     scheduler: str | None = None
     workers: int | None = None
     threads_per_worker: int = 1
+    processes: bool = False
     max_in_flight: int | None = None
     min_blocks: int = 1
 
@@ -61,6 +65,8 @@ class ParallelConfig:
             val = getattr(self, name)
             if not isinstance(val, int) or isinstance(val, bool) or val < 1:
                 raise ConfigError(f"parallel.{name}: a positive integer, got {val!r}")
+        if not isinstance(self.processes, bool):
+            raise ConfigError(f"parallel.processes: true or false, got {self.processes!r}")
         if self.scheduler is not None and (not isinstance(self.scheduler, str) or not self.scheduler.strip()):
             raise ConfigError(f"parallel.scheduler: a scheduler address such as tcp://host:8786, got {self.scheduler!r}")
 
@@ -143,9 +149,14 @@ class BlockExecutor:
             log.info("dask: connected to %s (%d workers)", cfg.scheduler, len(client.scheduler_info()["workers"]))
             return client
         workers = cfg.workers or min(os.cpu_count() or 1, 8)
-        self._cluster = LocalCluster(n_workers=workers, threads_per_worker=cfg.threads_per_worker, processes=True,
-                                     host="127.0.0.1", dashboard_address=None, silence_logs=logging.WARNING)
-        log.info("dask: LocalCluster of %d worker processes x %d threads", workers, cfg.threads_per_worker)
+        if cfg.processes:
+            self._cluster = LocalCluster(n_workers=workers, threads_per_worker=cfg.threads_per_worker, processes=True,
+                                         host="127.0.0.1", dashboard_address=None, silence_logs=logging.WARNING)
+            log.info("dask: LocalCluster of %d worker processes x %d threads", workers, cfg.threads_per_worker)
+        else:  # one in-process worker (in-process comms, no network) with a thread per `workers`
+            self._cluster = LocalCluster(n_workers=1, threads_per_worker=workers * cfg.threads_per_worker,
+                                         processes=False, dashboard_address=None, silence_logs=logging.WARNING)
+            log.info("dask: in-process LocalCluster of %d threads", workers * cfg.threads_per_worker)
         return Client(self._cluster, set_as_default=False)
 
     # -- work --------------------------------------------------------------------------------------

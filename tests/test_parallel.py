@@ -52,8 +52,13 @@ def test_config_defaults_and_yaml_section():
 
     cfg = compose([])
     pc = ParallelConfig.from_config(cfg.parallel)
-    assert pc.backend == "serial" and pc.scheduler is None and pc.threads_per_worker == 1 and pc.min_blocks == 1
-    assert ParallelConfig.from_config(None) == ParallelConfig()
+    # runs process blocks in parallel by default: a Dask LocalCluster of threads in this process
+    assert pc.backend == "dask" and pc.scheduler is None and pc.processes is False and pc.min_blocks == 1
+    assert pc.threads_per_worker == 1
+    # library calls outside a run (no config) stay single-process
+    assert ParallelConfig.from_config(None) == ParallelConfig() and ParallelConfig().backend == "serial"
+    with pytest.raises(ConfigError, match="parallel.processes"):
+        ParallelConfig.from_config({"processes": "yes"})
 
 
 def _square(ctx, item):
@@ -208,12 +213,51 @@ def test_a_run_on_the_dask_cluster_equals_the_serial_run(tmp_path, dask_cluster,
     assert serial.metrics["test_weighted_avg_f1"] > 0.9
 
 
-def test_local_cluster_starts_maps_in_order_and_stops():
-    import operator
+def _where(ctx, item):
+    import os
+    import threading
 
-    ex = BlockExecutor(ParallelConfig(backend="dask", workers=1, max_in_flight=2))
+    return item * ctx, os.getpid(), threading.current_thread().name, task_threads()
+
+
+@pytest.mark.parametrize("processes", [True, False])
+def test_local_cluster_starts_maps_in_order_and_stops(processes):
+    import os
+
+    ex = BlockExecutor(ParallelConfig(backend="dask", workers=2, max_in_flight=2, processes=processes))
     with ex:
-        assert list(ex.map(operator.mul, range(7), 3, 7)) == [0, 3, 6, 9, 12, 15, 18]
+        out = list(ex.map(_where, range(7), 3, 7))
+        assert [v for v, *_ in out] == [0, 3, 6, 9, 12, 15, 18]
         cluster = ex._cluster
-        assert cluster is not None and len(ex.client.scheduler_info()["workers"]) == 1
+        info = ex.client.scheduler_info()["workers"]
+        # worker processes, or one in-process worker with a thread per worker
+        assert len(info) == (2 if processes else 1)
+        assert sum(w["nthreads"] for w in info.values()) == 2
+        pids = {pid for _, pid, _, _ in out}
+        assert (os.getpid() not in pids) if processes else (pids == {os.getpid()})
+        if not processes:  # tasks ran on the cluster's threads, not on this (the driver's) thread
+            import threading
+
+            assert threading.current_thread().name not in {name for _, _, name, _ in out}
+        assert {t for *_, t in out} == {1}  # each task is single-threaded on a cluster
     assert ex._client is None and cluster.status.name == "closed"
+
+
+def test_a_default_run_equals_the_serial_run(tmp_path, tiny_pair, tracking_uri):
+    """The run config's default (``parallel.backend=dask``, an in-process LocalCluster) writes the same
+    masks and scores as ``parallel.backend=serial``."""
+    import cropseg
+    from cropseg.testing import local_overrides
+
+    base = [*local_overrides(*tiny_pair), f"tracking.uri={tracking_uri}", "block_size=16",
+            f"cache_dir={tmp_path / 'cache'}", "tracking.log_model=false", "classifier.k_grid=[5]"]
+    default = cropseg.run(base, output_dir=tmp_path / "default")
+    serial = cropseg.run([*base, "parallel.backend=serial"], output_dir=tmp_path / "serial")
+    import mlflow
+
+    logged = mlflow.MlflowClient(tracking_uri).get_run(default.run_id).data.params
+    assert logged["parallel.backend"] == "dask" and logged["parallel.processes"] == "False"
+    for key in ("test_mask_raw", "test_mask"):
+        assert default.outputs[key].read_bytes() == serial.outputs[key].read_bytes()
+    for key in ("test_weighted_avg_f1", "crop_area_ha", "predict_pixels"):
+        assert default.metrics[key] == serial.metrics[key]
