@@ -44,6 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+from sklearn.neighbors import KNeighborsClassifier
 
 _LOCK = threading.Lock()
 _INDEXES: weakref.WeakKeyDictionary[Any, KNNIndex] = weakref.WeakKeyDictionary()
@@ -156,9 +157,19 @@ def knn_predict(model: Any, X: np.ndarray, threads: int | None = None) -> np.nda
     """``model.predict(X)`` for a fitted ``KNeighborsClassifier``, computed with :class:`KNNIndex`
     (``threads`` query threads; default: :func:`cropseg.parallel.task_threads`)."""
     if not supports(model) or not isinstance(X, np.ndarray) or X.ndim != 2:
-        return model.predict(X)
+        return KNeighborsClassifier.predict(model, X)
     if threads is None:
         from .parallel import task_threads
 
         threads = task_threads()
     return model.classes_[index_for(model).predict(X, threads=threads)]
+
+
+
+class FastKNeighborsClassifier(KNeighborsClassifier):
+    """scikit-learn's ``KNeighborsClassifier`` (same parameters, ``fit``, ``kneighbors``, ``predict_proba``)
+    whose ``predict`` is :func:`knn_predict`: the same labels but for distance ties at the ``k``-th
+    neighbour, several times faster; cross-validation folds score with it too."""
+
+    def predict(self, X: Any) -> np.ndarray:
+        return knn_predict(self, X if isinstance(X, np.ndarray) else np.asarray(X))

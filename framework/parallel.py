@@ -111,6 +111,7 @@ class BlockExecutor:
         self.config = config or ParallelConfig()
         self._client: Any = None
         self._cluster: Any = None
+        self._restore_log: tuple[logging.Logger, int] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def __enter__(self) -> BlockExecutor:
@@ -125,6 +126,10 @@ class BlockExecutor:
             client.close()
         if cluster is not None:
             cluster.close()
+        if self._restore_log is not None:
+            logger, level = self._restore_log
+            self._restore_log = None
+            logger.setLevel(level)
 
     @property
     def client(self) -> Any:
@@ -154,6 +159,10 @@ class BlockExecutor:
                                          host="127.0.0.1", dashboard_address=None, silence_logs=logging.WARNING)
             log.info("dask: LocalCluster of %d worker processes x %d threads", workers, cfg.threads_per_worker)
         else:  # one in-process worker (in-process comms, no network) with a thread per `workers`
+            # its scheduler and worker log every start, comm and stop at INFO into this process's log
+            dist_log = logging.getLogger("distributed")
+            self._restore_log = (dist_log, dist_log.level)
+            dist_log.setLevel(max(logging.WARNING, dist_log.getEffectiveLevel()))
             self._cluster = LocalCluster(n_workers=1, threads_per_worker=workers * cfg.threads_per_worker,
                                          processes=False, dashboard_address=None, silence_logs=logging.WARNING)
             log.info("dask: in-process LocalCluster of %d threads", workers * cfg.threads_per_worker)
