@@ -38,6 +38,9 @@ from .errors import ClusterError, ConfigError
 log = logging.getLogger("cropseg")
 
 BACKENDS = ("serial", "dask")
+# without a dashboard the scheduler still serves its health/metrics routes, on port 8787 by default: a
+# random loopback port instead, so concurrent runs (sweep jobs) neither collide nor warn
+_NO_FIXED_PORT = {"dashboard_address": "127.0.0.1:0"}
 _THREADS: contextvars.ContextVar[int | None] = contextvars.ContextVar("cropseg_task_threads", default=None)
 _CURRENT: contextvars.ContextVar[BlockExecutor | None] = contextvars.ContextVar("cropseg_executor", default=None)
 
@@ -156,7 +159,8 @@ class BlockExecutor:
         workers = cfg.workers or min(os.cpu_count() or 1, 8)
         if cfg.processes:
             self._cluster = LocalCluster(n_workers=workers, threads_per_worker=cfg.threads_per_worker, processes=True,
-                                         host="127.0.0.1", dashboard_address=None, silence_logs=logging.WARNING)
+                                         host="127.0.0.1", dashboard_address=None, silence_logs=logging.WARNING,
+                                         scheduler_kwargs=_NO_FIXED_PORT)
             log.info("dask: LocalCluster of %d worker processes x %d threads", workers, cfg.threads_per_worker)
         else:  # one in-process worker (in-process comms, no network) with a thread per `workers`
             # its scheduler and worker log every start, comm and stop at INFO into this process's log
@@ -164,7 +168,8 @@ class BlockExecutor:
             self._restore_log = (dist_log, dist_log.level)
             dist_log.setLevel(max(logging.WARNING, dist_log.getEffectiveLevel()))
             self._cluster = LocalCluster(n_workers=1, threads_per_worker=workers * cfg.threads_per_worker,
-                                         processes=False, dashboard_address=None, silence_logs=logging.WARNING)
+                                         processes=False, dashboard_address=None, silence_logs=logging.WARNING,
+                                         scheduler_kwargs=_NO_FIXED_PORT)
             log.info("dask: in-process LocalCluster of %d threads", workers * cfg.threads_per_worker)
         return Client(self._cluster, set_as_default=False)
 
