@@ -78,6 +78,24 @@ def build_tree(X, leafsize):
     return pts, perm, start[:nodes], end[:nodes], sdim[:nodes], sval[:nodes], left[:nodes], right[:nodes]
 
 
+@nb.njit(cache=True, nogil=True)
+def morton_codes(X, lo, scale, bits, out):
+    """The Morton (Z-order) code of each row of ``X``: each of the first ``64 // bits`` features is scaled
+    to 0..255 over the training data's range (``lo``, ``scale``), its top ``bits`` bits interleaved."""
+    n, D = X.shape
+    dims = min(D, 64 // bits)
+    shift = 8 - bits
+    for i in range(n):
+        c = np.uint64(0)
+        for d in range(dims):
+            v = (X[i, d] - lo[d]) * scale[d]
+            q = 0 if not v > 0.0 else (255 if v > 255.0 else int(v))  # NaN -> 0
+            q >>= shift
+            for b in range(bits):
+                c |= np.uint64((q >> b) & 1) << np.uint64(b * dims + d)
+        out[i] = c
+
+
 @nb.njit(inline="always")
 def _sqdist(pts, i, q, D):
     if D == 4:  # the four PlanetScope bands: straight-line code, same summation order as the loop

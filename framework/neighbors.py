@@ -15,8 +15,8 @@
   nearest point is closer than class 0's ``(k - m + 1)``-th. One tree per class: a small search in the
   likely winner's tree, then a search in the other tree bounded by that distance, which stops early
   wherever the other class is far away. No neighbour list is sorted, no ``scipy.stats.mode``.
-* **Threads.** Contiguous chunks of the sorted queries run on threads (the compiled kernels release the
-  GIL), as many as :func:`cropseg.parallel.task_threads` allows.
+* **Threads.** Contiguous chunks of the rows are sorted and voted on threads (the compiled kernels
+  release the GIL), as many as :func:`cropseg.parallel.task_threads` allows.
 
 Pixel vectors are not deduplicated: on PlanetScope-like data (and the bundled sample) nearly every
 pixel's 4-band vector is distinct, so finding repeats would cost more than it saves.
@@ -78,14 +78,9 @@ class KNNIndex:
             pts, perm, *nodes = kernel.build_tree(X, LEAF_SIZE)
             self._trees = [(pts, *nodes)]
             self._labels = np.ascontiguousarray(y[perm])
-        nf = X.shape[1]
         self._lo = X.min(axis=0)
-        self._scale = (255.0 / np.maximum(X.max(axis=0) - self._lo, 1e-12))
-        self._bits = bits = max(1, min(8, 64 // nf))
-        code_type = np.uint32 if bits * nf <= 32 else np.uint64
-        v = np.arange(1 << bits, dtype=np.uint64)
-        spread = sum(((v >> np.uint64(i)) & np.uint64(1)) << np.uint64(i * nf) for i in range(bits))
-        self._spread = np.asarray(spread, dtype=code_type)
+        self._scale = 255.0 / np.maximum(X.max(axis=0) - self._lo, 1e-12)
+        self._bits = max(1, min(8, 64 // X.shape[1]))
 
     @staticmethod
     def _tree(kernel: Any, X: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -95,11 +90,11 @@ class KNNIndex:
     def _order(self, X: np.ndarray) -> np.ndarray:
         """An order of the rows of ``X`` along a Morton (Z-order) curve over the training data's bounding
         box: consecutive queries are then close, and each search starts from a tight bound."""
-        q = np.clip((X - self._lo) * self._scale, 0, 255).astype(np.intp) >> (8 - self._bits)
-        code = self._spread[q[:, 0]]
-        for d in range(1, X.shape[1]):
-            code |= self._spread[q[:, d]] << code.dtype.type(d)
-        return np.argsort(code)
+        from . import _knn_kernel as kernel
+
+        codes = np.empty(len(X), dtype=np.uint64)
+        kernel.morton_codes(X, self._lo, self._scale, self._bits, codes)
+        return np.argsort(codes, kind="stable")
 
     def _vote(self, Q: np.ndarray, out: np.ndarray) -> None:
         from . import _knn_kernel as kernel
@@ -111,26 +106,29 @@ class KNNIndex:
             pts, *nodes = self._trees[0]
             kernel.vote(Q, pts, self._labels, *nodes, self.k, self.n_classes, self.weights == "distance", out)
 
-    def predict(self, X: np.ndarray, threads: int | None = None) -> np.ndarray:
-        """Class index (into the model's ``classes_``) per row of ``X`` (n, f); ``threads`` threads work on
-        contiguous chunks of the sorted rows (``None``: every core)."""
-        X = np.asarray(X)
-        if len(X) == 0:
-            return np.empty(0, dtype=np.intp)
+    def _predict_rows(self, X: np.ndarray, out: np.ndarray) -> None:
         order = self._order(X)
         Q = np.ascontiguousarray(X[order], dtype=np.float64)
         voted = np.empty(len(Q), dtype=np.int64)
-        want = (os.cpu_count() or 1) if threads is None else max(1, threads)
-        n_chunks = max(1, min(want, len(Q) // MIN_CHUNK))
-        if n_chunks == 1:
-            self._vote(Q, voted)
-        else:
-            cuts = np.linspace(0, len(Q), n_chunks + 1).astype(np.intp)
-            with ThreadPoolExecutor(n_chunks, thread_name_prefix="cropseg-knn") as pool:
-                list(pool.map(lambda i: self._vote(Q[cuts[i]:cuts[i + 1]], voted[cuts[i]:cuts[i + 1]]),
-                              range(n_chunks)))
-        out = np.empty(len(Q), dtype=np.intp)
+        self._vote(Q, voted)
         out[order] = voted
+
+    def predict(self, X: np.ndarray, threads: int | None = None) -> np.ndarray:
+        """Class index (into the model's ``classes_``) per row of ``X`` (n, f); ``threads`` threads each sort
+        and vote a contiguous chunk of the rows (``None``: every core)."""
+        X = np.asarray(X)
+        out = np.empty(len(X), dtype=np.intp)
+        if len(X) == 0:
+            return out
+        want = (os.cpu_count() or 1) if threads is None else max(1, threads)
+        n_chunks = max(1, min(want, len(X) // MIN_CHUNK))
+        if n_chunks == 1:
+            self._predict_rows(X, out)
+            return out
+        cuts = np.linspace(0, len(X), n_chunks + 1).astype(np.intp)
+        with ThreadPoolExecutor(n_chunks, thread_name_prefix="cropseg-knn") as pool:
+            list(pool.map(lambda i: self._predict_rows(X[cuts[i]:cuts[i + 1]], out[cuts[i]:cuts[i + 1]]),
+                          range(n_chunks)))
         return out
 
 
