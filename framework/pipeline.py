@@ -299,7 +299,7 @@ def predict_scene(scene: Scene, features: Features, classifier: Classifier, out_
     """Classify every valid pixel of ``scene`` block by block into a uint8 mask GeoTIFF on its grid
     (0 non-crop, 1 crop, 255 nodata). Returns (pixels classified, seconds spent in the classifier, summed
     over blocks). Blocks run on the current block executor (:func:`cropseg.parallel.current_executor`:
-    the run's ``parallel`` config, serial by default) and are written in order."""
+    the run's ``parallel`` config; serial outside a run) and are written in order."""
     grid = scene.grid
     total = n_windows(grid.height, grid.width, block)
     prog = Progress(f"predict {scene.name}", total)
