@@ -43,6 +43,7 @@ def predict_command(argv: Sequence[str]) -> int:
     import sys
 
     from .errors import CropsegError
+    from .parallel import ParallelConfig
     from .predict import DEFAULT_EXPERIMENT, predict
 
     parser = argparse.ArgumentParser(
@@ -71,6 +72,11 @@ def predict_command(argv: Sequence[str]) -> int:
                                                                          "(default: %(default)s)")
     parser.add_argument("--run-name", help="name of the prediction run")
     parser.add_argument("--block-size", type=int, default=512, help="pixels per block side (default: %(default)s)")
+    par = parser.add_mutually_exclusive_group()
+    par.add_argument("--serial", action="store_true", help="blocks one after another in this process (default: in "
+                                                          "parallel on an in-process Dask LocalCluster)")
+    par.add_argument("--scheduler", help="run blocks on the Dask cluster at this scheduler address (tcp://host:8786)")
+    parser.add_argument("--workers", type=int, help="threads of the in-process LocalCluster (default: one per core)")
     args = parser.parse_args(list(argv))
     for noisy in ("alembic", "mlflow", "pyogrio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -83,13 +89,16 @@ def predict_command(argv: Sequence[str]) -> int:
     root.handlers = [handler]
     root.setLevel(logging.INFO)
     try:
+        parallel = ParallelConfig.from_config(
+            {"backend": "dask", "scheduler": args.scheduler, "workers": args.workers} if not args.serial
+            else {"backend": "serial"})
         result = predict(
             args.model_uri, args.image, metadata=args.metadata, scale=args.scale, aoi=args.aoi, udm=args.udm,
             nodata=args.nodata, ground_truth=args.ground_truth, attribute=args.attribute,
             crop_values=[v.strip() for v in args.crop_values.split(",") if v.strip()], layer=args.layer,
             uncovered=args.uncovered, labeler=args.labeler, output_dir=args.output_dir,
             tracking_uri=args.tracking_uri, experiment=args.experiment, run_name=args.run_name,
-            block=args.block_size)
+            block=args.block_size, parallel=parallel)
     except CropsegError as exc:
         print(f"cropseg: error: {exc}", file=sys.stderr)
         return 1

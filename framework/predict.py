@@ -4,8 +4,9 @@ The model comes from MLflow (``runs:/<id>/model``, ``models:/<name>/<version>``,
 the scene is a local 4-band GeoTIFF (optional Planet metadata XML, AOI, usable-data raster). The mask is
 written block by block on the scene's grid, then filtered and vectorised as in training; optional
 vector ground truth gives a classification report. Every prediction is its own MLflow run, tagged with
-the model URI and the run that trained the model, ending FINISHED or FAILED. Outputs are assembled in a
-hidden staging folder and moved into place only when everything succeeded.
+the model URI and the run that trained the model, ending FINISHED or FAILED. Blocks run in parallel as in
+a run (an in-process Dask LocalCluster by default; serially, or on a scheduler's cluster on request).
+Outputs are assembled in a hidden staging folder and moved into place only when everything succeeded.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import rasterio
 from . import __version__
 from .errors import ConfigError, InputFileError
 from .evaluate import classification_report, confusion_from_rasters, iou, report_metrics
+from .parallel import BlockExecutor, ParallelConfig, use_executor
 from .raster import DEFAULT_BLOCK, atomic_path, iter_windows
 from .tracking import TAG_PREFIX, Tracker, git_commit, resolve_uri
 from .types import CROP, DWR_CROP_CLASSES, NONCROP, VectorGroundTruth
@@ -79,8 +81,11 @@ def predict(model_uri: str, image: str | Path, *, metadata: str | Path | None = 
             crop_values: Sequence[Any] = DWR_CROP_CLASSES, layer: str | None = None, uncovered: str = "noncrop",
             labeler: str | None = None, output_dir: str | Path | None = None, tracking_uri: str | None = None,
             experiment: str = DEFAULT_EXPERIMENT, run_name: str | None = None,
-            block: int = DEFAULT_BLOCK) -> PredictResult:
+            block: int = DEFAULT_BLOCK, parallel: ParallelConfig | None = None) -> PredictResult:
     """Predict crop / non-crop on ``image`` with the model at ``model_uri``; see the module docstring.
+
+    ``parallel`` says how blocks run (:class:`cropseg.parallel.ParallelConfig`); default: as a run's
+    default config, on an in-process Dask LocalCluster of one thread per core.
 
     Bad input raises a :class:`cropseg.CropsegError` (the model URI before any run exists; the scene,
     AOI and ground truth inside the prediction run, which then ends FAILED) and leaves no outputs but a
@@ -93,6 +98,7 @@ def predict(model_uri: str, image: str | Path, *, metadata: str | Path | None = 
         raise ConfigError(f"uncovered: 'noncrop' or 'ignore', got {uncovered!r}")
     if block < 16:
         raise ConfigError(f"block size: at least 16 pixels, got {block}")
+    parallel = parallel or ParallelConfig(backend="dask")
     uri = resolve_uri(tracking_uri)
     tracker = Tracker(uri, experiment)
     model = load_pipeline_model(uri, model_uri)
@@ -127,10 +133,13 @@ def predict(model_uri: str, image: str | Path, *, metadata: str | Path | None = 
             rl.log_params({"model_uri": model_uri, "image": str(image), "metadata": metadata, "scale": scale,
                            "aoi": aoi, "udm": udm, "nodata": scene.nodata, "ground_truth": ground_truth,
                            "attribute": attribute if gt else None, "crop_values": ",".join(map(str, crop_values))
-                           if gt else None, "block_size": block, "reflectance": scene.metadata.get("reflectance")})
+                           if gt else None, "block_size": block, "reflectance": scene.metadata.get("reflectance"),
+                           "parallel.backend": parallel.backend, "parallel.scheduler": parallel.scheduler,
+                           "parallel.workers": parallel.workers})
             rl.set_tags({f"{TAG_PREFIX}scene_id": scene.metadata.get("scene_id", image.stem),
                          f"{TAG_PREFIX}synthetic": str(scene.metadata["synthetic"]).lower()})
-            summary, metrics, files, report_text = _predict_into(pipe, scene, stage, block, labeler)
+            with BlockExecutor(parallel) as executor, use_executor(executor):
+                summary, metrics, files, report_text = _predict_into(pipe, scene, stage, block, labeler)
             summary.update(model_uri=model_uri, source_run_id=model.source_run_id,
                            registered_model=tags.get(f"{TAG_PREFIX}registered_model"),
                            model_synthetic=pipe.spec.synthetic)

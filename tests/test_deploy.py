@@ -204,6 +204,8 @@ def test_predict_new_scene_from_the_registry(trained, new_scene, tmp_path, capsy
     assert tags["cropseg.model_uri"] == f"models:/{REGISTERED}/1"
     assert tags["cropseg.source_run_id"] == trained["run"].info.run_id
     assert tags["cropseg.registered_model"] == f"{REGISTERED}/1" and tags["cropseg.synthetic"] == "true"
+    # blocks ran on the default in-process Dask cluster; the mask equals the serial one (model.predict_scene)
+    assert run.data.params["parallel.backend"] == "dask"
     assert run.data.metrics["eval_weighted_avg_f1"] == pytest.approx(expected["weighted avg"]["f1-score"])
     assert run.data.metrics["crop_pixels"] == summary["crop_pixels"]
     arts = {f.path for d in ("prediction", "segments", "reports", "labels") for f in client.list_artifacts(run.info.run_id, d)}
@@ -211,6 +213,21 @@ def test_predict_new_scene_from_the_registry(trained, new_scene, tmp_path, capsy
     assert {f"prediction/{mask_path.name}", f"segments/{seg_path.name}", "summary.json",
             "reports/classification_report.txt"} <= arts
     assert not list(tmp_path.glob(".pred.partial-*"))
+
+
+def test_predict_serially_or_with_bad_parallel_options(trained, new_scene, tmp_path, capfd):
+    from cropseg.parallel import ParallelConfig
+    from cropseg.predict import predict
+
+    res = predict(f"models:/{REGISTERED}/1", new_scene.analytic, metadata=new_scene.metadata_xml,
+                  tracking_uri=trained["uri"], output_dir=tmp_path / "serial", block=48,
+                  parallel=ParallelConfig(backend="serial"))
+    model = load_pipeline_model(trained["uri"], f"models:/{REGISTERED}/1").pyfunc.unwrap_python_model()
+    again = model.predict_scene(new_scene.analytic, tmp_path / "again.tif", metadata=new_scene.metadata_xml)
+    assert np.array_equal(_read(res.outputs["mask"])[0], _read(again)[0])
+    line = _one_line(capfd, main(["predict", f"models:/{REGISTERED}/1", str(new_scene.analytic), "--workers", "0",
+                                  "--tracking-uri", trained["uri"], "--output-dir", str(tmp_path / "w0")]))
+    assert "parallel.workers" in line
 
 
 def test_predict_inside_an_aoi(trained, new_scene, tmp_path):
@@ -334,10 +351,13 @@ def _bad_scene_case(kind: str, tmp_path: Path, new_scene) -> tuple[list[str], st
             "does not overlap"
     if kind == "no-metadata":
         return [str(new_scene.analytic)], "--metadata"
+    if kind == "scheduler":  # nothing listens on port 9: the blocks cannot run
+        return [str(new_scene.analytic), "--metadata", str(new_scene.metadata_xml), "--scheduler",
+                "tcp://127.0.0.1:9"], "parallel.scheduler: cannot connect to tcp://127.0.0.1:9"
     raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("kind", ["bands", "degrees", "aoi", "no-metadata"])
+@pytest.mark.parametrize("kind", ["bands", "degrees", "aoi", "no-metadata", "scheduler"])
 def test_bad_scene_is_one_line_and_run_failed(trained, new_scene, tmp_path, capfd, kind):
     args, expected = _bad_scene_case(kind, tmp_path, new_scene)
     out = tmp_path / "out"
