@@ -225,6 +225,7 @@ def test_predict_serially_or_with_bad_parallel_options(trained, new_scene, tmp_p
     model = load_pipeline_model(trained["uri"], f"models:/{REGISTERED}/1").pyfunc.unwrap_python_model()
     again = model.predict_scene(new_scene.analytic, tmp_path / "again.tif", metadata=new_scene.metadata_xml)
     assert np.array_equal(_read(res.outputs["mask"])[0], _read(again)[0])
+    capfd.readouterr()  # the library calls' logging, not the command's output
     line = _one_line(capfd, main(["predict", f"models:/{REGISTERED}/1", str(new_scene.analytic), "--workers", "0",
                                   "--tracking-uri", trained["uri"], "--output-dir", str(tmp_path / "w0")]))
     assert "parallel.workers" in line
