@@ -37,7 +37,6 @@ Any other configuration (another metric, callable weights, several outputs, spar
 
 from __future__ import annotations
 
-import os
 import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
@@ -120,7 +119,11 @@ class KNNIndex:
         out = np.empty(len(X), dtype=np.intp)
         if len(X) == 0:
             return out
-        want = (os.cpu_count() or 1) if threads is None else max(1, threads)
+        if threads is None:
+            from .parallel import available_cores
+
+            threads = available_cores()
+        want = max(1, threads)
         n_chunks = max(1, min(want, len(X) // MIN_CHUNK))
         if n_chunks == 1:
             self._predict_rows(X, out)

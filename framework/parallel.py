@@ -86,11 +86,20 @@ class ParallelConfig:
         return cls(**opts)
 
 
+def available_cores() -> int:
+    """The cores this process may run on: its CPU affinity (what Slurm, taskset or a container's cpuset
+    allow) where the platform reports it, else the machine's count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def task_threads() -> int:
     """Threads the current block task may use for its own thread pools: one on a Dask cluster (each of a
-    worker's threads runs a task), every core of this machine otherwise."""
+    worker's threads runs a task), every core this process may use otherwise."""
     n = _THREADS.get()
-    return n if n is not None else (os.cpu_count() or 1)
+    return n if n is not None else available_cores()
 
 
 def _run_task(fn: Callable[[Any, Any], Any], context: Any, item: Any, threads: int | None) -> Any:
@@ -156,7 +165,7 @@ class BlockExecutor:
                                    f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
             log.info("dask: connected to %s (%d workers)", cfg.scheduler, len(client.scheduler_info()["workers"]))
             return client
-        workers = cfg.workers or min(os.cpu_count() or 1, 8)
+        workers = cfg.workers or min(available_cores(), 8)
         if cfg.processes:
             self._cluster = LocalCluster(n_workers=workers, threads_per_worker=cfg.threads_per_worker, processes=True,
                                          host="127.0.0.1", dashboard_address=None, silence_logs=logging.WARNING,

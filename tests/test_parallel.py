@@ -261,3 +261,25 @@ def test_a_default_run_equals_the_serial_run(tmp_path, tiny_pair, tracking_uri):
         assert default.outputs[key].read_bytes() == serial.outputs[key].read_bytes()
     for key in ("test_weighted_avg_f1", "crop_area_ha", "predict_pixels"):
         assert default.metrics[key] == serial.metrics[key]
+
+
+def test_cores_follow_the_process_cpu_affinity():
+    """Slurm, taskset and cpusets restrict a process to some cores: task threads and the LocalCluster's
+    default size follow the affinity, not the machine's count."""
+    import os
+
+    from cropseg.parallel import available_cores
+
+    if not hasattr(os, "sched_getaffinity"):
+        assert available_cores() == (os.cpu_count() or 1)
+        return
+    before = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(before)})
+        assert available_cores() == 1 and task_threads() == 1
+        with BlockExecutor(ParallelConfig(backend="dask")) as ex:
+            list(ex.map(_square, [1], 1, 1))
+            assert sum(w["nthreads"] for w in ex.client.scheduler_info()["workers"].values()) == 1
+    finally:
+        os.sched_setaffinity(0, before)
+    assert available_cores() == len(before)
