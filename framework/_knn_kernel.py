@@ -220,9 +220,10 @@ def vote(Q, pts, labels, start, end, sdim, sval, left, right, k, n_classes, dist
 
 
 @nb.njit(cache=True, nogil=True)
-def vote_binary(Q, p0, s0, e0, sd0, sv0, l0, r0, p1, s1, e1, sd1, sv1, l1, r1, k, out):
-    """The uniform ``k``-nearest-neighbour vote between two classes, with one tree per class
-    (``p0...`` class 0, ``p1...`` class 1): writes 0 or 1 per row of ``Q`` to ``out``.
+def vote_binary(Q, pts, start, end, sdim, sval, left, right, k, out):
+    """The uniform ``k``-nearest-neighbour vote between two classes, with one tree per class: each tree
+    argument is a pair (class 0's, class 1's) of :func:`build_tree`'s arrays. Writes 0 or 1 per row of
+    ``Q`` to ``out``.
 
     Class 1 wins a uniform vote of the ``k`` nearest iff it holds at least ``m = k // 2 + 1`` of them (a tie,
     even ``k``, goes to class 0 as in scikit-learn), that is iff ``a < b`` where ``a`` is the distance to
@@ -235,13 +236,11 @@ def vote_binary(Q, p0, s0, e0, sd0, sv0, l0, r0, p1, s1, e1, sd1, sv1, l1, r1, k
     nq, D = Q.shape
     m = k // 2 + 1
     need = (k - m + 1, m)  # points of class 0 / class 1 a search needs
-    kk = max(m, k - m + 1)
+    kk = max(need)
     hd = np.empty(kk)
     hi = np.full(kk, -1, np.int64)
-    prev0 = np.empty(need[0], np.int64)
-    prev1 = np.empty(m, np.int64)
-    have0 = False
-    have1 = False
+    prev = np.empty((2, kk), np.int64)  # per class: the last neighbours found in its tree
+    have = np.zeros(2, np.bool_)
     node_stack = np.empty(_STACK, np.int64)
     rd_stack = np.empty(_STACK)
     off_stack = np.zeros((_STACK, D))
@@ -251,38 +250,26 @@ def vote_binary(Q, p0, s0, e0, sd0, sv0, l0, r0, p1, s1, e1, sd1, sv1, l1, r1, k
     for j in range(nq):
         for d in range(D):
             q[d] = Q[j, d]
-        n1, n2 = need[first], need[1 - first]
-        if first == 1:
-            bound = _bound_from(p1, prev1, n1, q, D) if have1 else np.inf
-        else:
-            bound = _bound_from(p0, prev0, n1, q, D) if have0 else np.inf
+        other = 1 - first
+        n1, n2 = need[first], need[other]
+        bound = _bound_from(pts[first], prev[first], n1, q, D) if have[first] else np.inf
         for t in range(n1):
             hd[t] = bound
             hi[t] = -1
-        if first == 1:
-            _search(q, p1, s1, e1, sd1, sv1, l1, r1, n1, hd, hi, node_stack, rd_stack, off_stack, off)
-            prev1[:] = hi[:n1]
-            have1 = True
-        else:
-            _search(q, p0, s0, e0, sd0, sv0, l0, r0, n1, hd, hi, node_stack, rd_stack, off_stack, off)
-            prev0[:] = hi[:n1]
-            have0 = True
+        _search(q, pts[first], start[first], end[first], sdim[first], sval[first], left[first], right[first],
+                n1, hd, hi, node_stack, rd_stack, off_stack, off)
+        prev[first, :n1] = hi[:n1]
+        have[first] = True
         dist_first = hd[n1 - 1]
         # the other class wins iff it has n2 points closer than dist_first (class 0: or equally close)
         lim = np.nextafter(dist_first, np.inf) if first == 1 else dist_first
         for t in range(n2):
             hd[t] = lim
             hi[t] = -1
-        if first == 1:
-            _search(q, p0, s0, e0, sd0, sv0, l0, r0, n2, hd, hi, node_stack, rd_stack, off_stack, off)
-        else:
-            _search(q, p1, s1, e1, sd1, sv1, l1, r1, n2, hd, hi, node_stack, rd_stack, off_stack, off)
+        _search(q, pts[other], start[other], end[other], sdim[other], sval[other], left[other], right[other],
+                n2, hd, hi, node_stack, rd_stack, off_stack, off)
         if hi[n2 - 1] >= 0:  # found: the other class wins, and its neighbours start the next search
-            if first == 1:
-                prev0[:] = hi[:n2]
-                have0 = True
-            else:
-                prev1[:] = hi[:n2]
-                have1 = True
-            first = 1 - first
+            prev[other, :n2] = hi[:n2]
+            have[other] = True
+            first = other
         out[j] = first

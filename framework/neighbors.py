@@ -98,9 +98,8 @@ class KNNIndex:
     def _vote(self, Q: np.ndarray, out: np.ndarray) -> None:
         from . import _knn_kernel as kernel
 
-        if self.binary:
-            (p0, *n0), (p1, *n1) = self._trees
-            kernel.vote_binary(Q, p0, *n0, p1, *n1, self.k, out)
+        if self.binary:  # each tree array as a pair (class 0's, class 1's)
+            kernel.vote_binary(Q, *zip(*self._trees), self.k, out)
         else:
             pts, *nodes = self._trees[0]
             kernel.vote(Q, pts, self._labels, *nodes, self.k, self.n_classes, self.weights == "distance", out)
@@ -164,7 +163,6 @@ def knn_predict(model: Any, X: np.ndarray, threads: int | None = None) -> np.nda
 
         threads = task_threads()
     return model.classes_[index_for(model).predict(X, threads=threads)]
-
 
 
 class FastKNeighborsClassifier(KNeighborsClassifier):
