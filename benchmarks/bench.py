@@ -215,7 +215,8 @@ def child_classifiers(size: int, workdir: Path) -> dict:
     test scene block by block (serial), weighted / crop F1 against the test labels. Plus the KNN reference
     side by side: its scikit-learn model's predict vs cropseg's, on the same pixels."""
     from cropseg.evaluate import classification_report as report, confusion_from_rasters
-    from cropseg.pipeline import build_stages, predict_scene
+    from cropseg.pipeline import build_stages
+    from cropseg.scene_ops import predict_scene
     from cropseg.config import compose
     from cropseg.raster import iter_windows
 
@@ -275,7 +276,7 @@ def child_workers(size: int, workdir: Path) -> dict:
     LocalCluster (threads) and LocalClusters of 1 and 2 single-threaded worker processes (cluster start-up
     timed apart)."""
     from cropseg.parallel import BlockExecutor, ParallelConfig, use_executor
-    from cropseg.pipeline import predict_scene
+    from cropseg.scene_ops import predict_scene
 
     st, scenes, labels, ts, clf = _fitted(size, workdir, "knn", ["classifier.k_grid=[9]"])
     clf.fit(ts.X, ts.y, ts.groups)

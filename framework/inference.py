@@ -279,7 +279,7 @@ class InferencePipeline:
                       raw_path: Path | None = None) -> Path:
         """Classify ``scene`` block by block and apply the mask filters: a uint8 GeoTIFF on the scene's
         grid (0 non-crop, 1 crop, 255 nodata). The unfiltered mask goes to ``raw_path`` when given."""
-        from .pipeline import apply_filters, predict_scene
+        from .scene_ops import apply_filters, predict_scene
 
         out_path = Path(out_path)
         keep_raw = raw_path is not None

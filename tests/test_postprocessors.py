@@ -17,7 +17,7 @@ import shapely
 from rasterio.transform import from_origin
 
 from cropseg.errors import ConfigError
-from cropseg.pipeline import apply_filters
+from cropseg.scene_ops import apply_filters
 from cropseg.types import IGNORE, MaskFilter, Vectorizer
 from cropseg_plugins.median_blur import MedianBlur
 from cropseg_plugins.vectorize import Vectorize
