@@ -36,7 +36,20 @@ def _predict():  # noqa: ANN202
     return predict_command
 
 
-SUBCOMMANDS = {"plugins": _plugins, "compare": _compare, "predict": _predict}
+def _sample_design():  # noqa: ANN202
+    from .area_sample import sample_design_command
+
+    return sample_design_command
+
+
+def _estimate_area():  # noqa: ANN202
+    from .area_sample import estimate_area_command
+
+    return estimate_area_command
+
+
+SUBCOMMANDS = {"plugins": _plugins, "compare": _compare, "predict": _predict, "sample-design": _sample_design,
+               "estimate-area": _estimate_area}
 
 
 def _error(msg: str) -> None:

@@ -277,3 +277,32 @@ def register_run_model(tracking_uri: str, run_id: str, name: str) -> str:
     from .model import register_run_model as _register
 
     return _register(tracking_uri, run_id, name)
+
+
+def log_area_estimate(tracker: Tracker, run_name: str, *, params: Mapping[str, Any], metrics: Mapping[str, float],
+                      tables: Mapping[str, Any], files: list[Path], sample: Any, sample_source: str,
+                      tags: Mapping[str, Any] | None = None) -> str:
+    """Record an area estimate from a labelled reference sample as one run of ``tracker``'s experiment:
+    params, metrics, the tables (``log_table``), report files, and the sample as an input dataset
+    (context ``reference_sample``). Returns the run id; the run ends FINISHED, or FAILED on error."""
+    import warnings
+
+    import mlflow.data
+    from mlflow.entities import DatasetInput, InputTag
+
+    all_tags = {f"{TAG_PREFIX}kind": "area_estimate", f"{TAG_PREFIX}git_commit": git_commit(), **(tags or {})}
+    with tracker.run(run_name, all_tags) as rl:
+        rl.log_params(params)
+        rl.log_metrics(metrics)
+        for name, table in tables.items():
+            rl.log_table(table, name)
+        for f in files:
+            rl.log_artifact(f, "area")
+        frame = sample.drop(columns="geometry").assign(lon=sample.geometry.to_crs("EPSG:4326").x,
+                                                       lat=sample.geometry.to_crs("EPSG:4326").y)
+        with warnings.catch_warnings():  # MLflow registers the local-file source twice and says so
+            warnings.simplefilter("ignore", UserWarning)
+            ds = mlflow.data.from_pandas(frame.astype(str), source=sample_source, name=Path(sample_source).name)
+        rl.client.log_inputs(rl.run_id, [DatasetInput(ds._to_mlflow_entity(),
+                                                      tags=[InputTag("mlflow.data.context", "reference_sample")])])
+        return rl.run_id
