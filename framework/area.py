@@ -44,8 +44,8 @@ class SampleError(CropsegError, ValueError):
     """A reference sample cannot support the estimators (too few labelled points in a stratum...)."""
 
 
-def cochran_sample_size(weights: Sequence[float], user_accuracies: Sequence[float], target_se: float,
-                        population: float | None = None) -> int:
+def cochran_sample_size(weights: Sequence[float] | np.ndarray, user_accuracies: Sequence[float] | np.ndarray,
+                        target_se: float, population: float | None = None) -> int:
     """Total sample size for stratified random sampling that gives standard error ``target_se`` of the
     estimated overall accuracy (Olofsson et al. 2014 eq. 13, Cochran 1977 eq. 5.25), which for a
     two-class map is also the standard error of the estimated area proportion of either class.
@@ -66,7 +66,7 @@ def cochran_sample_size(weights: Sequence[float], user_accuracies: Sequence[floa
     return max(1, int(math.ceil(float(np.sum(w * s)) ** 2 / denom)))
 
 
-def allocate(n: int, sizes: Sequence[int], method: str = "proportional", minimum: int = 50) -> np.ndarray:
+def allocate(n: int, sizes: Sequence[int] | np.ndarray, method: str = "proportional", minimum: int = 50) -> np.ndarray:
     """Split a total sample size ``n`` among strata of ``sizes`` pixels.
 
     ``proportional``: ``n_i`` proportional to the stratum area; ``equal``: the same number per stratum;
@@ -323,7 +323,8 @@ class AreaEstimate:
         return "\n".join(lines)
 
 
-def error_counts(map_classes: Sequence[int], reference_classes: Sequence[int], q: int) -> np.ndarray:
+def error_counts(map_classes: Sequence[int] | np.ndarray, reference_classes: Sequence[int] | np.ndarray,
+                 q: int) -> np.ndarray:
     """``q`` x ``q`` sample counts (rows map class, columns reference class) from integer class codes."""
     m = np.asarray(map_classes, dtype=np.int64)
     r = np.asarray(reference_classes, dtype=np.int64)

@@ -111,7 +111,7 @@ def read_mask(path: Path | str, exclude: Path | str | None = None, block: int = 
         return MaskInfo(p, src.crs, src.transform, src.width, src.height, strata, area)
 
 
-def draw_positions(mask: MaskInfo, n_per_stratum: Sequence[int], seed: int, exclude: Path | str | None = None,
+def draw_positions(mask: MaskInfo, n_per_stratum: Sequence[int] | np.ndarray, seed: int, exclude: Path | str | None = None,
                    block: int = BLOCK) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A stratified random sample without replacement: ``n_per_stratum[h]`` pixels of stratum ``h``, each
     pixel of a stratum equally likely. Ranks are drawn within each stratum up front; a windowed pass
@@ -517,7 +517,7 @@ def estimate_area_command(argv: Sequence[str]) -> int:
                                    params={"mask": args.mask, "sample": args.sample,
                                            "reference_field": args.reference_field, "crop_values": ",".join(crop),
                                            "noncrop_values": ",".join(noncrop)},
-                                   metrics=_estimate_metrics(est), tables=_estimate_tables(est),
+                                   metrics=estimate_metrics(est), tables=_estimate_tables(est),
                                    files=[Path(tmpd) / n for n in files], sample=lab.frame,
                                    sample_source=str(Path(args.sample).resolve()))
         out.mkdir(parents=True, exist_ok=True)
@@ -530,7 +530,7 @@ def estimate_area_command(argv: Sequence[str]) -> int:
     return 0
 
 
-def _estimate_metrics(est: AreaEstimate) -> dict[str, float]:
+def estimate_metrics(est: AreaEstimate) -> dict[str, float]:
     m: dict[str, float] = {"overall_accuracy": est.overall_accuracy, "overall_accuracy_se": est.overall_accuracy_se,
                            "sample_size": float(est.counts.sum())}
     for k, c in enumerate(est.classes):
@@ -547,9 +547,9 @@ def _estimate_metrics(est: AreaEstimate) -> dict[str, float]:
     return {k: v for k, v in m.items() if np.isfinite(v)}
 
 
-def _estimate_tables(est: AreaEstimate) -> dict[str, dict[str, list[Any]]]:
+def _estimate_tables(est: AreaEstimate) -> dict[str, dict[str, Any]]:
     p = est.proportions
-    matrix = {"map_class": list(est.classes), **{f"reference_{c}": [float(v) for v in p[:, j]]
+    matrix: dict[str, Any] = {"map_class": list(est.classes), **{f"reference_{c}": [float(v) for v in p[:, j]]
                                                   for j, c in enumerate(est.classes)},
               "sample_points": [int(v) for v in est.n_i]}
     acc: dict[str, list[Any]] = {"class": [], "measure": [], "estimate": [], "se": [], "ci95_low": [], "ci95_high": []}
@@ -569,4 +569,4 @@ def _estimate_tables(est: AreaEstimate) -> dict[str, dict[str, list[Any]]]:
 
 
 __all__ = ["CLASSES", "MaskInfo", "SampleDesign", "area_metrics", "design_sample", "draw_positions",
-           "estimate_area", "read_labelled_sample", "read_mask", "simulate_protocol", "write_sample"]
+           "estimate_area", "estimate_metrics", "read_labelled_sample", "read_mask", "simulate_protocol", "write_sample"]

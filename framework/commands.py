@@ -65,6 +65,8 @@ def predict_command(argv: Sequence[str]) -> int:
     parser.add_argument("--layer", help="layer of a multi-layer ground-truth file")
     parser.add_argument("--uncovered", default="noncrop", choices=["noncrop", "ignore"],
                         help="land no ground-truth polygon covers (default: %(default)s)")
+    parser.add_argument("--reference-sample", help="labelled sample of this scene's mask (cropseg sample-design; "
+                                                   "'reference' 1 crop / 0 non-crop) for the error-adjusted area")
     parser.add_argument("--labeler", help="labeler plugin for the ground truth (default: the model's)")
     parser.add_argument("--output-dir", help="where to write (default: outputs/predict/<date>/<time>-<id>)")
     parser.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
@@ -98,7 +100,7 @@ def predict_command(argv: Sequence[str]) -> int:
             crop_values=[v.strip() for v in args.crop_values.split(",") if v.strip()], layer=args.layer,
             uncovered=args.uncovered, labeler=args.labeler, output_dir=args.output_dir,
             tracking_uri=args.tracking_uri, experiment=args.experiment, run_name=args.run_name,
-            block=args.block_size, parallel=parallel)
+            block=args.block_size, parallel=parallel, reference_sample=args.reference_sample)
     except CropsegError as exc:
         print(f"cropseg: error: {exc}", file=sys.stderr)
         return 1

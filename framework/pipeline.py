@@ -19,6 +19,7 @@ import rasterio
 from omegaconf import DictConfig
 
 from . import __version__
+from .area_sample import area_metrics
 from .config import flatten, instantiate, plugin_options, postprocessor_nodes, redact
 from .errors import ConfigError, PluginError
 from .evaluate import classification_report, confusion_from_rasters, iou, report_metrics
@@ -62,6 +63,12 @@ class RunResult:
             ("test weighted F1 (before postprocessing)", m.get("test_raw_weighted_avg_f1")),
             ("train weighted F1", m.get("train_weighted_avg_f1")),
             ("crop area (ha, polygons)", m.get("crop_area_ha")),
+            ("mapped crop area (ha, labelled pixels)", m.get("area_mapped_crop_ha")),
+            ("reference crop area (ha)", m.get("area_reference_crop_ha")),
+            ("mapped - reference (ha)", m.get("area_difference_ha")),
+            (f"error-adjusted crop area (ha, n={m.get('area_sample_size', 0):.0f})", m.get("area_adjusted_crop_ha")),
+            ("  95% CI low (ha)", m.get("area_adjusted_crop_ci_low_ha")),
+            ("  95% CI high (ha)", m.get("area_adjusted_crop_ci_high_ha")),
             ("crop polygons", m.get("n_polygons")),
             ("fit seconds", m.get("fit_seconds")),
             ("predict pixels / second", m.get("predict_pixels_per_second")),
@@ -264,6 +271,12 @@ def _run_stages(cfg: DictConfig, st: Stages, rl: Any, out: Path, t_start: float)
         metrics.update(crop_area_ha=res.area_ha, n_polygons=float(res.n_polygons),
                        vectorize_seconds=time.perf_counter() - t)
         log.info("%s: %d polygons, %.1f ha of crop", name, res.n_polygons, res.area_ha)
+
+    # -- crop area: mapped vs reference, and the good-practice protocol simulated on the test scene ----
+    ecfg = cfg.get("evaluate") or {}
+    metrics.update(area_metrics(outputs["test_mask"], labels["test"].path, ecfg.get("area_sample_size"),
+                                allocation=str(ecfg.get("area_allocation", "minimum")), seed=int(cfg.get("seed", 0)),
+                                report_dir=out / "reports"))
 
     # -- record ----------------------------------------------------------------------------------------
     metrics["total_seconds"] = time.perf_counter() - t_start

@@ -70,6 +70,14 @@ class PredictResult:
             lines.append(f"crop area (pixels)   {s['crop_area_ha_pixels']:,.2f} ha")
         if s.get("crop_area_ha_polygons") is not None:
             lines.append(f"crop area (polygons) {s['crop_area_ha_polygons']:,.2f} ha in {s['n_polygons']:,} polygons")
+        if s.get("area_estimate"):
+            crop = s["area_estimate"]["classes_detail"]["crop"]
+            a = crop["area_ha"]
+            lines.append(f"crop area (error-adjusted, {s['area_estimate']['sample_size']} reference points) "
+                         f"{a['estimate']:,.2f} ha +- {a['ci95'][1] - a['estimate']:,.2f} ha (95% CI "
+                         f"{a['ci95'][0]:,.2f} - {a['ci95'][1]:,.2f}); user's accuracy "
+                         f"{crop['user_accuracy']['estimate']:.3f} +- "
+                         f"{crop['user_accuracy']['ci95'][1] - crop['user_accuracy']['estimate']:.3f}")
         if self.report_text:
             lines += ["", f"classification report against {s['ground_truth']}:", self.report_text.rstrip()]
         return "\n".join(lines)
@@ -81,8 +89,12 @@ def predict(model_uri: str, image: str | Path, *, metadata: str | Path | None = 
             crop_values: Sequence[Any] = DWR_CROP_CLASSES, layer: str | None = None, uncovered: str = "noncrop",
             labeler: str | None = None, output_dir: str | Path | None = None, tracking_uri: str | None = None,
             experiment: str = DEFAULT_EXPERIMENT, run_name: str | None = None,
-            block: int = DEFAULT_BLOCK, parallel: ParallelConfig | None = None) -> PredictResult:
+            block: int = DEFAULT_BLOCK, parallel: ParallelConfig | None = None,
+            reference_sample: str | Path | None = None) -> PredictResult:
     """Predict crop / non-crop on ``image`` with the model at ``model_uri``; see the module docstring.
+
+    ``reference_sample``: a labelled stratified sample of this scene's mask (``cropseg sample-design``,
+    field ``reference``: 1 crop, 0 non-crop) for the error-adjusted crop area (:mod:`cropseg.area`).
 
     ``parallel`` says how blocks run (:class:`cropseg.parallel.ParallelConfig`); default: as a run's
     default config, on an in-process Dask LocalCluster of one thread per core.
@@ -98,6 +110,8 @@ def predict(model_uri: str, image: str | Path, *, metadata: str | Path | None = 
         raise ConfigError(f"uncovered: 'noncrop' or 'ignore', got {uncovered!r}")
     if block < 16:
         raise ConfigError(f"block size: at least 16 pixels, got {block}")
+    if reference_sample is not None and not Path(reference_sample).expanduser().is_file():
+        raise InputFileError(f"{reference_sample}: reference sample file not found")
     parallel = parallel or ParallelConfig(backend="dask")
     uri = resolve_uri(tracking_uri)
     tracker = Tracker(uri, experiment)
@@ -140,6 +154,8 @@ def predict(model_uri: str, image: str | Path, *, metadata: str | Path | None = 
                          f"{TAG_PREFIX}synthetic": str(scene.metadata["synthetic"]).lower()})
             with BlockExecutor(parallel) as executor, use_executor(executor):
                 summary, metrics, files, report_text = _predict_into(pipe, scene, stage, block, labeler)
+            if reference_sample is not None:
+                _area_estimate(Path(reference_sample).expanduser(), files, summary, metrics, stage)
             summary.update(model_uri=model_uri, source_run_id=model.source_run_id,
                            registered_model=tags.get(f"{TAG_PREFIX}registered_model"),
                            model_synthetic=pipe.spec.synthetic)
@@ -216,6 +232,20 @@ def _predict_into(pipe: Any, scene: Any, stage: Path, block: int, labeler_name: 
                        evaluation={"report": rep, "confusion_matrix": cm.tolist(), "crop_iou": iou(cm),
                                    "label_counts": dict(labels.counts)})
     return summary, metrics, files, report_text
+
+
+def _area_estimate(sample: Path, files: dict[str, Path], summary: dict[str, Any], metrics: dict[str, float],
+                   stage: Path) -> None:
+    from .area_sample import estimate_metrics, estimate_area
+
+    est = estimate_area(files["mask"], sample)
+    summary["area_estimate"] = {**est.to_dict(), "sample": str(sample)}
+    metrics.update({f"area_{k}": v for k, v in estimate_metrics(est).items()})
+    files["area_txt"] = stage / "reports" / "area_estimate.txt"
+    with atomic_path(files["area_txt"]) as tmp:
+        tmp.write_text(est.text() + "\n")
+    log.info("error-adjusted crop area %.2f ha (SE %.2f) from %d reference points", est.area_ha()[1],
+             est.area_se_ha()[1], int(est.counts.sum()))
 
 
 def _labeler(pipe: Any, name: str | None) -> Any:

@@ -302,7 +302,8 @@ def log_area_estimate(tracker: Tracker, run_name: str, *, params: Mapping[str, A
                                                        lat=sample.geometry.to_crs("EPSG:4326").y)
         with warnings.catch_warnings():  # MLflow registers the local-file source twice and says so
             warnings.simplefilter("ignore", UserWarning)
-            ds = mlflow.data.from_pandas(frame.astype(str), source=sample_source, name=Path(sample_source).name)
+            ds = mlflow.data.from_pandas(  # type: ignore[attr-defined]
+                frame.astype(str), source=sample_source, name=Path(sample_source).name)
         rl.client.log_inputs(rl.run_id, [DatasetInput(ds._to_mlflow_entity(),
                                                       tags=[InputTag("mlflow.data.context", "reference_sample")])])
         return rl.run_id
