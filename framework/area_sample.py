@@ -111,11 +111,17 @@ def read_mask(path: Path | str, exclude: Path | str | None = None, block: int = 
         return MaskInfo(p, src.crs, src.transform, src.width, src.height, strata, area)
 
 
-def draw_positions(mask: MaskInfo, n_per_stratum: Sequence[int] | np.ndarray, seed: int, exclude: Path | str | None = None,
-                   block: int = BLOCK) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def draw_positions(mask: MaskInfo, n_per_stratum: Sequence[int] | np.ndarray, seed: int,
+                   exclude: Path | str | None = None, block: int = BLOCK) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A stratified random sample without replacement: ``n_per_stratum[h]`` pixels of stratum ``h``, each
     pixel of a stratum equally likely. Ranks are drawn within each stratum up front; a windowed pass
     finds the pixels holding them. Returns (rows, cols, strata) sorted by row and column."""
+    return _draw(mask, n_per_stratum, seed, exclude, block)[:3]
+
+
+def _draw(mask: MaskInfo, n_per_stratum: Sequence[int] | np.ndarray, seed: int, exclude: Path | str | None,
+          block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`draw_positions`, plus the values of the ``exclude`` raster at the drawn pixels."""
     rng = np.random.default_rng(seed)
     ranks = []
     for h, n_h in enumerate(n_per_stratum):
@@ -127,11 +133,13 @@ def draw_positions(mask: MaskInfo, n_per_stratum: Sequence[int] | np.ndarray, se
     rows: list[np.ndarray] = []
     cols: list[np.ndarray] = []
     strata: list[np.ndarray] = []
+    values: list[np.ndarray] = []
     with rasterio.open(mask.path) as src:
         tsrc = rasterio.open(exclude) if exclude is not None else None
         try:
             for w in iter_windows(src.height, src.width, block):
-                blk = _strata_block(src.read(1, window=w), tsrc.read(1, window=w) if tsrc else None).ravel()
+                tblk = tsrc.read(1, window=w).ravel() if tsrc else None
+                blk = _strata_block(src.read(1, window=w).ravel(), tblk)
                 for h in (0, 1):
                     flat = np.flatnonzero(blk == h)
                     lo, hi = np.searchsorted(ranks[h], [offsets[h], offsets[h] + len(flat)])
@@ -140,15 +148,16 @@ def draw_positions(mask: MaskInfo, n_per_stratum: Sequence[int] | np.ndarray, se
                         rows.append(pos // int(w.width) + int(w.row_off))
                         cols.append(pos % int(w.width) + int(w.col_off))
                         strata.append(np.full(hi - lo, h, dtype=np.int64))
+                        values.append(tblk[pos].astype(np.int64) if tblk is not None else np.full(hi - lo, -1))
                     offsets[h] += len(flat)
         finally:
             if tsrc is not None:
                 tsrc.close()
     if not rows:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
-    r, c, s = np.concatenate(rows), np.concatenate(cols), np.concatenate(strata)
+        return tuple(np.zeros(0, np.int64) for _ in range(4))  # type: ignore[return-value]
+    r, c, s, v = np.concatenate(rows), np.concatenate(cols), np.concatenate(strata), np.concatenate(values)
     order = np.lexsort((c, r))
-    return r[order], c[order], s[order]
+    return r[order], c[order], s[order], v[order]
 
 
 @dataclass
@@ -291,9 +300,14 @@ def read_labelled_sample(sample: Path | str, mask: MaskInfo, reference_field: st
     if not all(t == "Point" for t in gdf.geometry.geom_type):
         raise InputFileError(f"{path}: every feature of a sample must be a point")
     pts = gdf.to_crs(mask.crs)
-    inv = ~mask.transform
-    cols_f, rows_f = inv * (np.asarray(pts.geometry.x), np.asarray(pts.geometry.y))
-    rows, cols = np.floor(rows_f).astype(np.int64), np.floor(cols_f).astype(np.int64)
+    from rasterio.transform import rowcol
+
+    xs, ys = np.asarray(pts.geometry.x, dtype=np.float64), np.asarray(pts.geometry.y, dtype=np.float64)
+    finite = np.isfinite(xs) & np.isfinite(ys)  # points the CRS transformation cannot map
+    rows, cols = np.full(len(xs), -1, dtype=np.int64), np.full(len(xs), -1, dtype=np.int64)
+    if finite.any():
+        rr, cc = rowcol(mask.transform, xs[finite], ys[finite])
+        rows[finite], cols[finite] = np.asarray(rr, dtype=np.int64), np.asarray(cc, dtype=np.int64)
     inside = (rows >= 0) & (rows < mask.height) & (cols >= 0) & (cols < mask.width)
     if not inside.any():
         raise CRSMismatchError(f"{path}: none of its {len(gdf)} points falls inside {mask.path} (sample CRS "
@@ -315,9 +329,8 @@ def read_labelled_sample(sample: Path | str, mask: MaskInfo, reference_field: st
     with rasterio.open(mask.path) as src:
         idx = np.flatnonzero(inside)
         if len(idx):
-            vals = np.fromiter((v[0] for v in src.sample(
-                zip(np.asarray(pts.geometry.x)[idx], np.asarray(pts.geometry.y)[idx]), indexes=1)), dtype=np.int64,
-                count=len(idx))
+            vals = np.fromiter((v[0] for v in src.sample(zip(xs[idx], ys[idx]), indexes=1)), dtype=np.int64,
+                               count=len(idx))
             map_class[idx] = vals
     if "stratum" in gdf.columns:
         stored = [_code(v) for v in gdf["stratum"]]
@@ -371,14 +384,10 @@ def simulate_protocol(mask_path: Path | str, truth_path: Path | str, n: int, *, 
                       minimum: int = 50, seed: int = 0, block: int = BLOCK) -> AreaEstimate:
     """Draw a stratified sample of ``n`` pixels of the mask (over pixels labelled in the truth raster),
     take reference labels from ``truth_path`` and estimate, as a person following the protocol would."""
-    design = design_sample(mask_path, n=n, allocation=allocation, minimum=minimum, seed=seed, exclude=truth_path,
-                           block=block)
-    with rasterio.open(truth_path) as src:
-        ref = np.fromiter((v[0] for v in src.sample(
-            zip(*rasterio.transform.xy(src.transform, design.rows, design.cols, offset="center")), indexes=1)),
-            dtype=np.int64, count=len(design.rows))
-    counts = error_counts(design.strata, ref, 2)
-    return AreaEstimate(list(CLASSES), counts, design.mask.counts, design.mask.pixel_area_ha)
+    mask = read_mask(mask_path, truth_path, block)
+    per = allocate(int(n), mask.counts, allocation, minimum)
+    _, _, strata, ref = _draw(mask, per, seed, truth_path, block)
+    return AreaEstimate(list(CLASSES), error_counts(strata, ref, 2), mask.counts, mask.pixel_area_ha)
 
 
 def area_metrics(mask_path: Path, truth_path: Path, sample_size: int | None, *, allocation: str = "minimum",
