@@ -290,7 +290,7 @@ def test_run_reports_area_and_predict_uses_a_reference_sample(tmp_path, tiny_pai
 
     train, test = tiny_pair
     result = cropseg.run([*local_overrides(train, test), f"tracking.uri={tracking_uri}",
-                          "evaluate.area_sample_size=120", "postprocessor=[median_blur]"],
+                          "evaluate.area_sample_size=120", "postprocessor=[median_blur]", "classifier.k_grid=[3]"],
                          output_dir=tmp_path / "run")
     m = result.metrics
     assert m["area_mapped_crop_ha"] - m["area_reference_crop_ha"] == pytest.approx(m["area_difference_ha"])
