@@ -63,7 +63,7 @@ def cochran_sample_size(weights: Sequence[float] | np.ndarray, user_accuracies: 
     w = w / w.sum()
     s = np.sqrt(u * (1 - u))
     denom = target_se ** 2 + (float(np.sum(w * s ** 2)) / population if population else 0.0)
-    return max(1, int(math.ceil(float(np.sum(w * s)) ** 2 / denom)))
+    return max(1, math.ceil(float(np.sum(w * s)) ** 2 / denom))
 
 
 def allocate(n: int, sizes: Sequence[int] | np.ndarray, method: str = "proportional", minimum: int = 50) -> np.ndarray:
@@ -290,8 +290,8 @@ class AreaEstimate:
         """A plain-text report: error matrix in area proportions, accuracies and areas with 95 % CIs."""
         q = len(self.classes)
         w = max(12, *(len(c) for c in self.classes))
-        lines = [f"stratified estimates (Olofsson et al. 2014) from {int(self.counts.sum())} labelled points; "
-                 f"95% CI = estimate +- {self.z} SE"]
+        lines = [(f"stratified estimates (Olofsson et al. 2014) from {int(self.counts.sum())} labelled points; "
+                  f"95% CI = estimate +- {self.z} SE")]
         if self.excluded:
             lines.append("excluded points: " + ", ".join(f"{k} {v}" for k, v in self.excluded.items())
                          + (" (codes: " + ", ".join(f"{k!r} x{v}" for k, v in self.other_codes.items()) + ")"
@@ -313,8 +313,8 @@ class AreaEstimate:
             lines.append(f"{c:<{w}}  {ua[k]:>8.3f} +- {self.z * ua_se[k]:.3f}  {pa[k]:>8.3f} +- "
                          f"{self.z * pa_se[k]:.3f}")
         if self.pixel_area_ha is not None:
-            lines += ["", f"{'class':<{w}}  {'mapped ha':>14}  {'error-adjusted ha':>18}  {'SE ha':>12}  "
-                          f"{'95% CI ha':>27}"]
+            lines += ["", (f"{'class':<{w}}  {'mapped ha':>14}  {'error-adjusted ha':>18}  {'SE ha':>12}  "
+                           f"{'95% CI ha':>27}")]
             a, s, m = self.area_ha(), self.area_se_ha(), self.mapped_ha()
             for k, c in enumerate(self.classes):
                 lo, hi = a[k] - self.z * s[k], a[k] + self.z * s[k]
@@ -331,4 +331,4 @@ def error_counts(map_classes: Sequence[int] | np.ndarray, reference_classes: Seq
     return np.bincount(m * q + r, minlength=q * q)[: q * q].reshape(q, q)
 
 
-__all__ = ["ALLOCATIONS", "AreaEstimate", "SampleError", "Z95", "allocate", "cochran_sample_size", "error_counts"]
+__all__ = ["ALLOCATIONS", "Z95", "AreaEstimate", "SampleError", "allocate", "cochran_sample_size", "error_counts"]

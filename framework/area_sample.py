@@ -31,7 +31,14 @@ from typing import Any
 import numpy as np
 import rasterio
 
-from .area import ALLOCATIONS, AreaEstimate, SampleError, allocate, cochran_sample_size, error_counts
+from .area import (
+    ALLOCATIONS,
+    AreaEstimate,
+    SampleError,
+    allocate,
+    cochran_sample_size,
+    error_counts,
+)
 from .errors import ConfigError, CRSMismatchError, InputFileError, RasterFormatError
 from .raster import atomic_path, iter_windows, open_raster
 from .types import IGNORE

@@ -11,12 +11,17 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
-from rasterio.transform import from_origin
-
 from cropseg.area import AreaEstimate, SampleError, allocate, cochran_sample_size
-from cropseg.area_sample import design_sample, estimate_area, read_mask, simulate_protocol, write_sample
+from cropseg.area_sample import (
+    design_sample,
+    estimate_area,
+    read_mask,
+    simulate_protocol,
+    write_sample,
+)
 from cropseg.cli import main
 from cropseg.errors import CRSMismatchError, InputFileError, RasterFormatError
+from rasterio.transform import from_origin
 
 # -- Olofsson et al. 2014, section 5 (worked example) --------------------------------------------------------
 # Olofsson, P., Foody, G.M., Herold, M., Stehman, S.V., Woodcock, C.E., Wulder, M.A. (2014). Good practices
@@ -88,8 +93,8 @@ def test_too_few_points_in_a_stratum_is_named():
 
 # -- SYNTHETIC mask and truth rasters (EPSG:32610, 3 m pixels) -------------------------------------------------
 def _write(path: Path, a: np.ndarray, crs: str = "EPSG:32610", count: int = 1) -> Path:
-    prof = dict(driver="GTiff", width=a.shape[-1], height=a.shape[-2], count=count, dtype=a.dtype.name, crs=crs,
-                transform=from_origin(630_000, 4_240_000, 3, 3), nodata=255)
+    prof = {"driver": "GTiff", "width": a.shape[-1], "height": a.shape[-2], "count": count, "dtype": a.dtype.name,
+            "crs": crs, "transform": from_origin(630_000, 4_240_000, 3, 3), "nodata": 255}
     with rasterio.open(path, "w", **prof) as dst:
         dst.write(a if a.ndim == 3 else a[None])
     return path
