@@ -397,11 +397,26 @@ def simulate_protocol(mask_path: Path | str, truth_path: Path | str, n: int, *, 
     return AreaEstimate(list(CLASSES), error_counts(strata, ref, 2), mask.counts, mask.pixel_area_ha)
 
 
+def check_area_config(ecfg: Any) -> None:
+    """Validate the ``evaluate`` config group's area keys before a run starts."""
+    ecfg = ecfg or {}
+    n = ecfg.get("area_sample_size")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 4):
+        raise ConfigError(f"evaluate.area_sample_size: null or a whole number of at least 4 points, got {n!r}")
+    alloc = ecfg.get("area_allocation", "minimum")
+    if alloc not in ALLOCATIONS:
+        raise ConfigError(f"evaluate.area_allocation: one of {', '.join(ALLOCATIONS)}, got {alloc!r}")
+
+
 def area_metrics(mask_path: Path, truth_path: Path, sample_size: int | None, *, allocation: str = "minimum",
                  seed: int = 0, report_dir: Path | None = None) -> dict[str, float]:
     """Metrics of a run: mapped and reference crop area over the pixels labelled in the truth raster and
     their difference; with ``sample_size``, the protocol simulated on the scene (error-adjusted crop
     area, its SE and 95 % CI, whether the CI holds the reference area). Reports go to ``report_dir``."""
+    with rasterio.open(mask_path) as src:
+        if src.crs is None or src.crs.is_geographic:
+            log.warning("crop area metrics skipped: the test scene's CRS (%s) is not projected", src.crs)
+            return {}
     mapped = read_mask(mask_path, exclude=truth_path)
     truth = read_mask(truth_path, exclude=mask_path)
     ref_ha = float(truth.counts[1] * truth.pixel_area_ha)
@@ -584,5 +599,6 @@ def _estimate_tables(est: AreaEstimate) -> dict[str, dict[str, Any]]:
     return {"area/error_matrix_proportions.json": matrix, "area/estimates.json": acc}
 
 
-__all__ = ["CLASSES", "MaskInfo", "SampleDesign", "area_metrics", "design_sample", "draw_positions",
-           "estimate_area", "estimate_metrics", "read_labelled_sample", "read_mask", "simulate_protocol", "write_sample"]
+__all__ = ["CLASSES", "MaskInfo", "SampleDesign", "area_metrics", "check_area_config", "design_sample",
+           "draw_positions", "estimate_area", "estimate_metrics", "read_labelled_sample", "read_mask",
+           "simulate_protocol", "write_sample"]

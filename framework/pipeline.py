@@ -19,7 +19,7 @@ import rasterio
 from omegaconf import DictConfig
 
 from . import __version__
-from .area_sample import area_metrics
+from .area_sample import area_metrics, check_area_config
 from .config import flatten, instantiate, plugin_options, postprocessor_nodes, redact
 from .errors import ConfigError, PluginError
 from .evaluate import classification_report, confusion_from_rasters, iou, report_metrics
@@ -126,6 +126,7 @@ def build_stages(cfg: DictConfig, registry: Registry | None = None) -> Stages:
         if not isinstance(obj, proto):
             raise PluginError(f"{stage} {names.get(stage)!r} does not implement cropseg.types.{proto.__name__}")
     parallel = ParallelConfig.from_config(cfg.get("parallel"))
+    check_area_config(cfg.get("evaluate"))
     return Stages(source, labeler, features, classifier, filters, vectorizers, registry, names, parallel)
 
 

@@ -269,9 +269,16 @@ def test_bad_input_is_one_line(synthetic, labelled, tmp_path, capsys):
     assert "drawn from another map" in _bad(["estimate-area", mask, str(d / "other_map.geojson"), *common], capsys)
     assert "sample file not found" in _bad(["estimate-area", mask, str(d / "nope.geojson"), *common], capsys)
     assert "--sample-size" in _bad(["sample-design", mask, "--sample-size", "0"], capsys)
+    assert "reference sample file not found" in _bad(["predict", "runs:/0/model", mask, "--reference-sample",
+                                                      str(d / "nope.geojson"), *common], capsys)
     # nothing that looks like a result was written
     assert not (d / "out").exists() and not (d / "mlflow.db").exists()
     assert not list(Path(synthetic["dir"]).glob("classes_sample*"))
+
+
+def test_area_config_is_checked_before_a_run(capsys):
+    assert "evaluate.area_sample_size" in _bad(["evaluate.area_sample_size=1"], capsys)
+    assert "evaluate.area_allocation" in _bad(["evaluate.area_allocation=optimal"], capsys)
 
 
 def test_library_errors(synthetic, tmp_path):
