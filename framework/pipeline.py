@@ -22,6 +22,7 @@ from . import __version__
 from .config import flatten, instantiate, plugin_options, postprocessor_nodes, redact
 from .errors import ConfigError, PluginError
 from .evaluate import classification_report, confusion_from_rasters, iou, report_metrics
+from .lineage import TESTING, TRAINING, scene_refs
 from .plugins import Registry, get_plugin_manager
 from .scene_ops import Progress, apply_filters, predict_scene
 from .parallel import BlockExecutor, ParallelConfig, use_executor
@@ -61,8 +62,10 @@ class RunResult:
             ("test crop IoU", m.get("test_iou")),
             ("test weighted F1 (before postprocessing)", m.get("test_raw_weighted_avg_f1")),
             ("train weighted F1", m.get("train_weighted_avg_f1")),
-            ("crop area (ha, polygons)", m.get("crop_area_ha")),
-            ("crop polygons", m.get("n_polygons")),
+            ("crop area, all crop pixels (ha)", m.get("crop_area_pixels_ha")),
+            ("crop area, kept polygons (ha)", m.get("crop_area_ha")),
+            ("crop polygons kept", m.get("n_polygons")),
+            ("crop polygons dropped (small)", m.get("n_polygons_dropped")),
             ("fit seconds", m.get("fit_seconds")),
             ("predict pixels / second", m.get("predict_pixels_per_second")),
             ("total seconds", m.get("total_seconds")),
@@ -72,7 +75,14 @@ class RunResult:
         for name, val in rows:
             if val is None:
                 continue
-            txt = f"{val:,.0f}" if name in ("crop polygons",) else f"{val:,.4f}" if abs(val) < 100 else f"{val:,.1f}"
+            if name.startswith("crop polygons"):
+                txt = f"{val:,.0f}"
+            elif "(ha)" in name or "seconds" in name:
+                txt = f"{val:,.2f}"
+            elif "pixels / second" in name:
+                txt = f"{val:,.0f}"
+            else:
+                txt = f"{val:.4f}"
             lines.append(f"{name:<{width}}  {txt}")
         return "\n".join(lines)
 
@@ -197,6 +207,7 @@ def _run_stages(cfg: DictConfig, st: Stages, rl: Any, out: Path, t_start: float)
                     for k, v in sc.metadata.items() if v is not None},
                  **{f"{TAG_PREFIX}source.{k}": v for k, v in scenes.metadata.items() if v is not None}})
     metrics["source_seconds"] = time.perf_counter() - t
+    rl.log_datasets([*scene_refs(scenes.train, TRAINING), *scene_refs(scenes.test, TESTING)])
 
     # -- labels ------------------------------------------------------------------------------------
     labels = {}
@@ -210,9 +221,8 @@ def _run_stages(cfg: DictConfig, st: Stages, rl: Any, out: Path, t_start: float)
     outputs["test_labels"] = labels["test"].path
 
     # -- training sample and fit -------------------------------------------------------------------
-    cap = tcfg.get("max_per_class")
-    ts = sample_training_pixels(scenes.train, labels["train"], st.features,
-                                max_per_class=None if cap in (None, "all") else int(cap),
+    caps = {k: None if tcfg.get(k) in (None, "all") else int(tcfg.get(k)) for k in ("max_pixels", "max_per_class")}
+    ts = sample_training_pixels(scenes.train, labels["train"], st.features, **caps,
                                 seed=int(tcfg.get("seed", cfg.get("seed", 0))),
                                 spatial_block=int(tcfg.get("spatial_block", 128)), block=block,
                                 balance=bool(tcfg.get("balance", False)))
@@ -220,6 +230,10 @@ def _run_stages(cfg: DictConfig, st: Stages, rl: Any, out: Path, t_start: float)
     log.info("training sample: %d pixels (%d crop) of %d labelled, features %s", n_train, int(ts.y.sum()),
              sum(ts.available.values()), ts.feature_names)
     rl.log_params({"features.names": ",".join(ts.feature_names), "train.n_pixels": n_train})
+    fractions = ts.crop_fractions()
+    metrics.update(fractions)
+    log.info("crop share: %.1f%% of the labelled training pixels, %.1f%% of the sample",
+             100 * fractions["train_labelled_crop_fraction"], 100 * fractions["train_sample_crop_fraction"])
     t = time.perf_counter()
     fit = st.classifier.fit(ts.X, ts.y, ts.groups)
     fit_s = time.perf_counter() - t
@@ -227,6 +241,7 @@ def _run_stages(cfg: DictConfig, st: Stages, rl: Any, out: Path, t_start: float)
     metrics.update(fit_seconds=fit_s, fit_pixels_per_second=n_train / max(fit_s, 1e-9), train_pixels=float(n_train))
     if fit is not None:
         rl.log_params({f"fit.{k}": v for k, v in fit.params.items()})
+        rl.set_tags({f"{TAG_PREFIX}{k}": v for k, v in getattr(fit, "tags", {}).items()})
         metrics.update({k: float(v) for k, v in fit.metrics.items()})
     del ts
 
@@ -261,9 +276,11 @@ def _run_stages(cfg: DictConfig, st: Stages, rl: Any, out: Path, t_start: float)
         t = time.perf_counter()
         res = vec.vectorize(outputs["test_mask"], out / "segments" / "test_segments.geojson")
         outputs["segments"] = res.path
+        dropped = int(getattr(res, "n_dropped", 0))
         metrics.update(crop_area_ha=res.area_ha, n_polygons=float(res.n_polygons),
-                       vectorize_seconds=time.perf_counter() - t)
-        log.info("%s: %d polygons, %.1f ha of crop", name, res.n_polygons, res.area_ha)
+                       n_polygons_dropped=float(dropped), vectorize_seconds=time.perf_counter() - t)
+        log.info("%s: %d polygons, %.2f ha of crop (%d smaller polygons dropped, %.2f ha)", name,
+                 res.n_polygons, res.area_ha, dropped, float(getattr(res, "area_dropped_ha", 0.0)))
 
     # -- record ----------------------------------------------------------------------------------------
     metrics["total_seconds"] = time.perf_counter() - t_start

@@ -143,9 +143,28 @@ class Tuned:
     best: dict[str, Any]
     params: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    #: one line per tuned hyperparameter whose chosen value is the smallest or largest of its grid
+    edge_warnings: list[str] = field(default_factory=list)
 
     def fit_result(self) -> FitResult:
-        return FitResult(params=dict(self.params), metrics=dict(self.metrics))
+        tags = {"warning.grid_edge": "; ".join(self.edge_warnings)} if self.edge_warnings else {}
+        return FitResult(params=dict(self.params), metrics=dict(self.metrics), tags=tags)
+
+
+def grid_edges(grid: Mapping[str, Sequence[Any]] | None, best: Mapping[str, Any], where: str) -> list[str]:
+    """A warning for every numeric hyperparameter of ``grid`` (two or more values) whose chosen value in
+    ``best`` is the smallest or largest candidate: the CV score may still improve beyond the grid."""
+    out = []
+    for name, values in dict(grid or {}).items():
+        nums = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+        if len(nums) != len(values) or len(set(nums)) < 2 or name not in best:
+            continue
+        chosen, lo, hi = best[name], min(nums), max(nums)
+        if chosen in (lo, hi):
+            side = "largest" if chosen == hi else "smallest"
+            out.append(f"{where}: chosen {name}={chosen} is the {side} value of its grid ({lo}..{hi}); the CV "
+                       f"score may improve beyond it: widen the grid")
+    return out
 
 
 def tune(build: Callable[..., Any], grid: Mapping[str, Sequence[Any]] | None, X: np.ndarray, y: np.ndarray,
@@ -208,7 +227,10 @@ def tune(build: Callable[..., Any], grid: Mapping[str, Sequence[Any]] | None, X:
     params.update({k: _loggable(v) for k, v in best.items()})
     params.update(cv=spec.cv, cv_folds=spec.folds, cv_scoring=spec.scoring)
     metrics = {k: v for k, v in metrics.items() if math.isfinite(v)}
-    return Tuned(estimator, best, params, metrics)
+    edges = grid_edges(grid, best, spec.where) if len(candidates) > 1 else []
+    for line in edges:
+        log.warning("%s", line)
+    return Tuned(estimator, best, params, metrics, edges)
 
 
 def _loggable(value: Any) -> Any:

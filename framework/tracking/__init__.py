@@ -14,7 +14,7 @@ import time
 import traceback
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -263,6 +263,26 @@ class RunLogger:
 
     def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_datasets(self, refs: Sequence[Any]) -> None:
+        """Record data inputs (:class:`cropseg.lineage.DataRef`) as MLflow dataset inputs: name, source
+        (the file), digest, and the context (``training``/``testing``/``prediction``) as the
+        ``mlflow.data.context`` input tag, as ``mlflow.log_input`` does; plus a ``cropseg.data.<context>``
+        tag holding the combined digest of each context's inputs."""
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.data.sources import LocalArtifactDatasetSource
+        from mlflow.entities import DatasetInput, InputTag
+
+        from ..lineage import combined_digest
+
+        inputs = []
+        for ref in refs:
+            ds = MetaDataset(LocalArtifactDatasetSource(Path(ref.source).as_uri()), name=ref.name, digest=ref.digest)
+            inputs.append(DatasetInput(ds._to_mlflow_entity(), tags=[
+                InputTag("mlflow.data.context", ref.context), InputTag(f"{TAG_PREFIX}kind", ref.kind)]))
+        if inputs:
+            self.client.log_inputs(self.run_id, datasets=inputs)
+        self.set_tags({f"{TAG_PREFIX}data.{c}": combined_digest(list(refs), c) for c in sorted({r.context for r in refs})})
 
 
 def _clip(value: Any, n: int) -> str:
