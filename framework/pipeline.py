@@ -23,6 +23,7 @@ from .config import flatten, instantiate, plugin_options, postprocessor_nodes, r
 from .errors import ConfigError, PluginError
 from .evaluate import classification_report, confusion_from_rasters, iou, report_metrics
 from .lineage import TESTING, TRAINING, scene_refs
+from .naming import chosen_label, run_label
 from .plugins import Registry, get_plugin_manager
 from .scene_ops import Progress, apply_filters, predict_scene
 from .parallel import BlockExecutor, ParallelConfig, use_executor
@@ -156,8 +157,10 @@ def execute(cfg: DictConfig, *, output_dir: Path | None = None, parent_run_id: s
     out.mkdir(parents=True, exist_ok=True)
     parent_run_id = parent_run_id or tcfg.get("parent_run_id")
     tags = _tags(stages)
-    run_name = (tcfg.get("run_name") or f"{stages.names['classifier']}-{stages.names['source']}") + run_name_suffix
+    run_name = (tcfg.get("run_name") or run_label(stages.names["classifier"], "", stages.names["features"])) \
+        + run_name_suffix
     with tracker.run(run_name, tags, parent_run_id) as rl:
+        rl.name_suffix = run_name_suffix
         log.info("MLflow run %s in %s (experiment %r)", rl.run_id, tracker.uri, tracker.experiment_name)
         try:
             with BlockExecutor(stages.parallel) as executor, use_executor(executor):
@@ -183,6 +186,10 @@ def _tags(stages: Stages) -> dict[str, str]:
                 tags[f"{TAG_PREFIX}{stage}.{n}.version"] = info.origin
     tags[f"{TAG_PREFIX}synthetic"] = str(bool(getattr(stages.source, "synthetic", False))).lower()
     return tags
+
+
+def tcfg_run_name(cfg: DictConfig) -> str | None:
+    return (cfg.get("tracking") or {}).get("run_name")
 
 
 def _run_stages(cfg: DictConfig, st: Stages, rl: Any, out: Path, t_start: float) -> RunResult:
@@ -241,7 +248,11 @@ def _run_stages(cfg: DictConfig, st: Stages, rl: Any, out: Path, t_start: float)
     metrics.update(fit_seconds=fit_s, fit_pixels_per_second=n_train / max(fit_s, 1e-9), train_pixels=float(n_train))
     if fit is not None:
         rl.log_params({f"fit.{k}": v for k, v in fit.params.items()})
-        rl.set_tags({f"{TAG_PREFIX}{k}": v for k, v in getattr(fit, "tags", {}).items()})
+        fit_tags = dict(getattr(fit, "tags", {}))
+        rl.set_tags({f"{TAG_PREFIX}{k}": v for k, v in fit_tags.items()})
+        if not tcfg_run_name(cfg):  # the name now says what the fit chose: knn k=9 | bands
+            chosen = fit_tags.get("chosen") or chosen_label(dict(fit.params))
+            rl.rename(run_label(st.names["classifier"], chosen, st.names["features"]) + rl.name_suffix)
         metrics.update({k: float(v) for k, v in fit.metrics.items()})
     del ts
 

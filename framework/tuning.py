@@ -147,7 +147,11 @@ class Tuned:
     edge_warnings: list[str] = field(default_factory=list)
 
     def fit_result(self) -> FitResult:
+        from .naming import chosen_label
+
         tags = {"warning.grid_edge": "; ".join(self.edge_warnings)} if self.edge_warnings else {}
+        if self.best:
+            tags["chosen"] = chosen_label(self.best)
         return FitResult(params=dict(self.params), metrics=dict(self.metrics), tags=tags)
 
 
@@ -185,6 +189,7 @@ def tune(build: Callable[..., Any], grid: Mapping[str, Sequence[Any]] | None, X:
     params: dict[str, Any] = {}
     t0 = time.perf_counter()
     scores: dict[str, CVScore] = {}
+    results: list[CVScore] = []
     if spec.cv == "none":
         if len(candidates) > 1:
             raise ConfigError(f"{spec.where}.cv=none: the grid holds {len(candidates)} candidates; "
@@ -192,7 +197,6 @@ def tune(build: Callable[..., Any], grid: Mapping[str, Sequence[Any]] | None, X:
         best = candidates[0]
     else:
         tuning_cv = splitter(spec.cv, spec, y, groups)
-        results = []
         for cand in candidates:
             s = cv_score(lambda c=cand: build(**c), X, y, tuning_cv, spec.scoring,
                          groups if spec.cv == "spatial" else None, fit_params)
@@ -227,7 +231,9 @@ def tune(build: Callable[..., Any], grid: Mapping[str, Sequence[Any]] | None, X:
     params.update({k: _loggable(v) for k, v in best.items()})
     params.update(cv=spec.cv, cv_folds=spec.folds, cv_scoring=spec.scoring)
     metrics = {k: v for k, v in metrics.items() if math.isfinite(v)}
-    edges = grid_edges(grid, best, spec.where) if len(candidates) > 1 else []
+    # a chosen value on the edge of its grid warns, unless another candidate scored the same (a plateau)
+    plateau = spec.cv != "none" and sum(r.mean == scores[spec.cv].mean for r in results) > 1
+    edges = grid_edges(grid, best, spec.where) if len(candidates) > 1 and not plateau else []
     for line in edges:
         log.warning("%s", line)
     return Tuned(estimator, best, params, metrics, edges)

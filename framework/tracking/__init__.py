@@ -204,6 +204,16 @@ class Tracker:
         runs = self.client.search_runs([self.experiment_id], max_results=10000)
         return [r for r in runs if r.data.tags.get(f"{TAG_PREFIX}sweep") != "true"]
 
+    @staticmethod
+    def dataset_inputs(run: Any, context: str | None = None) -> list[tuple[str, str]]:
+        """(name, digest) of the run's dataset inputs, those logged with ``context`` when given."""
+        out = []
+        for d in getattr(getattr(run, "inputs", None), "dataset_inputs", None) or []:
+            ctx = next((t.value for t in d.tags if t.key == "mlflow.data.context"), None)
+            if context is None or ctx == context:
+                out.append((d.dataset.name, d.dataset.digest))
+        return out
+
     def download(self, run_id: str, artifact_path: str, dst: Path) -> Path | None:
         """Download one artifact of a run; ``None`` when the run does not have it."""
         from mlflow.exceptions import MlflowException
@@ -226,6 +236,11 @@ class RunLogger:
         self.client = client
         self.run_id = run_id
         self.artifact_uri = artifact_uri
+        #: appended to the name by :meth:`rename` callers (a sweep job's ``#N``)
+        self.name_suffix = ""
+
+    def rename(self, name: str) -> None:
+        self.client.update_run(self.run_id, name=name[:250])
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param

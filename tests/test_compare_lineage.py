@@ -1,0 +1,192 @@
+"""Readable comparisons and data lineage (issue 12): runs log their train/test scenes and ground truth as
+MLflow dataset inputs (checked through a real ``mlflow server``'s REST API), ``cropseg compare`` groups
+runs by test data, warns when they differ, fits its table in the given width and names runs readably.
+Scenes are tiny and SYNTHETIC (cropseg.testing)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+import cropseg
+from cropseg.compare import Row, compare, config_label, console, group_rows
+from cropseg.testing import local_overrides, write_tiny_scene
+
+FAST = ["tracking.log_model=false", "postprocessor=[median_blur]", "parallel.backend=serial"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A real ``mlflow server`` (sqlite backend, proxied artifacts) on a free loopback port."""
+    d = tmp_path_factory.mktemp("server")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{d / 'server.db'}", "--artifacts-destination", str(d / "artifacts"),
+         "--workers", "1"], stdout=open(d / "server.log", "w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=2):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError("mlflow server did not start: " + (d / "server.log").read_text()[-2000:])
+                time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def runs(server, tmp_path_factory):
+    """Three tiny runs against the server: knn and knn with indices on test scene A, knn on test scene B."""
+    d = tmp_path_factory.mktemp("lineage")
+    train = write_tiny_scene(d, name="train", seed=1)
+    test_a = write_tiny_scene(d, name="test_a", seed=2)
+    test_b = write_tiny_scene(d, name="test_b", seed=5)
+    base = [f"tracking.uri={server}", "tracking.experiment=lineage", f"cache_dir={d / 'cache'}", *FAST]
+    results = {
+        "a_bands": cropseg.run([*local_overrides(train, test_a), *base], output_dir=d / "o1"),
+        "a_indices": cropseg.run([*local_overrides(train, test_a), "features=indices", *base], output_dir=d / "o2"),
+        "b_bands": cropseg.run([*local_overrides(train, test_b), *base], output_dir=d / "o3"),
+    }
+    return server, results, (train, test_a, test_b)
+
+
+def _rest(url: str, path: str, payload: dict) -> dict:
+    req = urllib.request.Request(url + path, data=json.dumps(payload).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+def test_each_run_shows_its_datasets_through_the_rest_api(runs):
+    url, results, (train, test_a, test_b) = runs
+    exp = json.loads(urllib.request.urlopen(f"{url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=lineage",
+                                            timeout=30).read())["experiment"]
+    found = _rest(url, "/api/2.0/mlflow/runs/search", {"experiment_ids": [exp["experiment_id"]]})["runs"]
+    assert len(found) == 3
+    by_id = {r["info"]["run_id"]: r for r in found}
+    digests = {}
+    for key, res in results.items():
+        inputs = by_id[res.run_id]["inputs"]["dataset_inputs"]
+        ctx = {(i["dataset"]["source"], next(t["value"] for t in i["tags"] if t["key"] == "mlflow.data.context"))
+               for i in inputs}
+        test = test_a if key.startswith("a") else test_b
+        for path, context in ((train.image, "training"), (train.ground_truth, "training"),
+                              (test.image, "testing"), (test.ground_truth, "testing")):
+            assert (json.dumps({"uri": path.resolve().as_uri()}), context) in ctx, (key, path)
+        assert all(len(i["dataset"]["digest"]) == 16 for i in inputs)
+        digests[key] = {i["dataset"]["name"]: i["dataset"]["digest"] for i in inputs}
+    # same files, same digests; another test scene, another digest
+    assert digests["a_bands"] == digests["a_indices"]
+    a_test = {n: v for n, v in digests["a_bands"].items() if n.startswith("testing scene")}
+    b_test = {n: v for n, v in digests["b_bands"].items() if n.startswith("testing scene")}
+    assert set(a_test.values()).isdisjoint(b_test.values())
+
+
+def test_run_names_carry_chosen_hyperparameters_and_features(runs):
+    url, results, _ = runs
+    from mlflow import MlflowClient
+
+    client = MlflowClient(url)
+    names = {k: client.get_run(r.run_id).info.run_name for k, r in results.items()}
+    k_a = results["a_bands"].params["k"]
+    assert names["a_bands"] == f"knn k={k_a} | bands"
+    assert names["a_indices"].startswith("knn k=") and names["a_indices"].endswith("| indices")
+
+
+def test_compare_groups_by_test_data_and_warns(runs, tmp_path):
+    url, results, _ = runs
+    proc = subprocess.run([sys.executable, "-m", "cropseg.cli", "compare", "--tracking-uri", url, "--experiment",
+                           "lineage", "--out", str(tmp_path / "cmp"), "--width", "120"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "warning: the runs were tested on 2 different test data sets" in proc.stderr
+    lines = proc.stdout.split("\nranked by")[0].splitlines()
+    assert max(len(ln) for ln in lines) <= 120
+    group_lines = [ln for ln in lines if ln.startswith("test group ")]
+    assert [ln.split(",")[0] for ln in group_lines] == ["test group A", "test group B"]
+    assert "test_a" in group_lines[0] and "test_b" in group_lines[1]
+    with open(tmp_path / "cmp" / "comparison.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    by_id = {r["run id"]: r for r in rows}
+    a, ai, b = (by_id[results[k].run_id] for k in ("a_bands", "a_indices", "b_bands"))
+    assert a["test group"] == ai["test group"] == "A" and b["test group"] == "B"
+    assert b["rank"] == "1" and {a["rank"], ai["rank"]} == {"1", "2"}  # ranked within each group
+    assert a["config"].startswith("knn k=") and a["config"].endswith("| bands")
+    assert ai["config"].endswith("| indices")
+    assert "source.test_image" in rows[0] and "classifier.k_grid" in rows[0]  # the CSV keeps every param
+    # no single best run across different test data: registering is refused, one group can be chosen
+    proc = subprocess.run([sys.executable, "-m", "cropseg.cli", "compare", "--tracking-uri", url, "--experiment",
+                           "lineage", "--out", str(tmp_path / "cmp2"), "--register", "x"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "different test data" in proc.stderr and "--test-data" in proc.stderr
+    res = compare(url, "lineage", out_dir=tmp_path / "cmp3", test_data=a["test data digest"][:8])
+    assert res["warning"] is None and {r.run_id for r in res["rows"]} == {results["a_bands"].run_id,
+                                                                          results["a_indices"].run_id}
+
+
+def _row(i: int, clf: str, feats: str, chosen: str, params: dict[str, str], f1: float, digest: str = "d1") -> Row:
+    stages = {"source": "sample", "labeler": "rasterize", "features": feats, "classifier": clf,
+              "postprocessor": "median_blur,vectorize"}
+    base = {"fit.cv": "spatial", "fit.cv_folds": "3", "source.size": "1000", "postprocessor.median_blur.kernel": "5"}
+    return Row(f"{i:032x}", f"{clf}#{i}", "FINISHED", stages, {**base, **params},
+               {"test_weighted_avg_f1": f1, "test_crop_f1": f1 - 0.01, "fit_seconds": 12.345,
+                "predict_pixels_per_second": 1234567.0}, "", test_digest=digest, chosen=chosen)
+
+
+SWEEP = [  # a four-classifier x two-feature sweep as its runs log it
+    (clf, feats, chosen, params)
+    for clf, chosen, params in [
+        ("knn", "k=9", {"classifier.k_grid": "[3, 5, 7, 9]", "fit.k": "9"}),
+        ("mlp", "alpha=0.0001", {"classifier.alpha_grid": "[0.0001, 0.001]", "classifier.hidden_layer_sizes": "[64, 32]",
+                                 "fit.alpha": "0.0001", "fit.n_iter": "200"}),
+        ("random_forest", "max_depth=20", {"classifier.n_estimators": "200", "fit.max_depth": "20"}),
+        ("hist_gradient_boosting", "learning_rate=0.1", {"classifier.max_iter": "300", "fit.learning_rate": "0.1"}),
+    ]
+    for feats in ("bands", "indices")
+]
+
+
+def test_sweep_table_fits_160_columns_and_tells_every_run_apart():
+    rows = [_row(i, c, f, ch, p, 0.7 + i / 100) for i, (c, f, ch, p) in enumerate(SWEEP)]
+    groups = group_rows(rows)
+    for r in rows:
+        r.config = config_label(r, rows)
+    text = console(rows, groups)
+    assert max(len(ln) for ln in text.splitlines()) <= 160
+    assert len({r.config for r in rows}) == len(rows)  # every run told apart
+    knn = next(r for r in rows if r.stages["classifier"] == "knn" and r.stages["features"] == "bands")
+    assert knn.config == "knn k=9 | bands"  # identical params (fit.cv, source.size, blur) are left out
+    mlp = next(r for r in rows if r.stages["classifier"] == "mlp" and r.stages["features"] == "indices")
+    assert mlp.config == "mlp alpha=0.0001 | indices"
+    assert "12.3" in text and "1,234,567" in text and "0.770" in text  # fixed precision
+    assert "test group" not in text  # one test data set: no groups shown
+
+
+def test_config_shows_options_that_differ_between_runs():
+    rows = [_row(0, "mlp", "indices", "alpha=0.0001", {"postprocessor.median_blur.kernel": "7"}, 0.8),
+            _row(1, "mlp", "indices", "alpha=0.001", {}, 0.7)]
+    for r in rows:
+        r.config = config_label(r, rows)
+    assert rows[0].config == "mlp alpha=0.0001 | indices | median_blur kernel=7"
+    assert rows[1].config == "mlp alpha=0.001 | indices | median_blur kernel=5"
