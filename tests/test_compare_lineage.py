@@ -1,5 +1,6 @@
 """Readable comparisons and data lineage (issue 12): runs log their train/test scenes and ground truth as
-MLflow dataset inputs (checked through a real ``mlflow server``'s REST API), ``cropseg compare`` groups
+MLflow dataset inputs (tests/test_sweeps.py checks them through a real ``mlflow server``'s REST API),
+``cropseg compare`` groups
 runs by test data, warns when they differ, fits its table in the given width and names runs readably.
 Scenes are tiny and SYNTHETIC (cropseg.testing)."""
 
@@ -7,106 +8,57 @@ from __future__ import annotations
 
 import csv
 import json
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
+from mlflow import MlflowClient
 
 import cropseg
+from cropseg.cli import main
 from cropseg.compare import Row, compare, config_label, console, group_rows
 from cropseg.testing import local_overrides, write_tiny_scene
 
 FAST = ["tracking.log_model=false", "postprocessor=[median_blur]", "parallel.backend=serial"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """A real ``mlflow server`` (sqlite backend, proxied artifacts) on a free loopback port."""
-    d = tmp_path_factory.mktemp("server")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{d / 'server.db'}", "--artifacts-destination", str(d / "artifacts"),
-         "--workers", "1"], stdout=open(d / "server.log", "w"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError("mlflow server did not start: " + (d / "server.log").read_text()[-2000:])
-                time.sleep(0.5)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
-@pytest.fixture(scope="module")
-def runs(server, tmp_path_factory):
-    """Three tiny runs against the server: knn and knn with indices on test scene A, knn on test scene B."""
+def runs(tmp_path_factory):
+    """Three tiny runs: knn with bands and with indices on test scene A, knn with bands on test scene B."""
     d = tmp_path_factory.mktemp("lineage")
     train = write_tiny_scene(d, name="train", seed=1)
     test_a = write_tiny_scene(d, name="test_a", seed=2)
     test_b = write_tiny_scene(d, name="test_b", seed=5)
-    base = [f"tracking.uri={server}", "tracking.experiment=lineage", f"cache_dir={d / 'cache'}", *FAST]
+    uri = f"sqlite:///{d / 'mlflow.db'}"
+    base = [f"tracking.uri={uri}", "tracking.experiment=lineage", f"cache_dir={d / 'cache'}", *FAST]
     results = {
         "a_bands": cropseg.run([*local_overrides(train, test_a), *base], output_dir=d / "o1"),
         "a_indices": cropseg.run([*local_overrides(train, test_a), "features=indices", *base], output_dir=d / "o2"),
         "b_bands": cropseg.run([*local_overrides(train, test_b), *base], output_dir=d / "o3"),
     }
-    return server, results, (train, test_a, test_b)
+    return uri, results, (train, test_a, test_b)
 
 
-def _rest(url: str, path: str, payload: dict) -> dict:
-    req = urllib.request.Request(url + path, data=json.dumps(payload).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read())
-
-
-def test_each_run_shows_its_datasets_through_the_rest_api(runs):
-    url, results, (train, test_a, test_b) = runs
-    exp = json.loads(urllib.request.urlopen(f"{url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=lineage",
-                                            timeout=30).read())["experiment"]
-    found = _rest(url, "/api/2.0/mlflow/runs/search", {"experiment_ids": [exp["experiment_id"]]})["runs"]
-    assert len(found) == 3
-    by_id = {r["info"]["run_id"]: r for r in found}
+def test_runs_log_their_scenes_and_ground_truth_as_dataset_inputs(runs):
+    uri, results, (train, test_a, test_b) = runs
+    client = MlflowClient(uri)
     digests = {}
     for key, res in results.items():
-        inputs = by_id[res.run_id]["inputs"]["dataset_inputs"]
-        ctx = {(i["dataset"]["source"], next(t["value"] for t in i["tags"] if t["key"] == "mlflow.data.context"))
-               for i in inputs}
+        run = client.get_run(res.run_id)
         test = test_a if key.startswith("a") else test_b
-        for path, context in ((train.image, "training"), (train.ground_truth, "training"),
-                              (test.image, "testing"), (test.ground_truth, "testing")):
-            assert (json.dumps({"uri": path.resolve().as_uri()}), context) in ctx, (key, path)
-        assert all(len(i["dataset"]["digest"]) == 16 for i in inputs)
-        digests[key] = {i["dataset"]["name"]: i["dataset"]["digest"] for i in inputs}
-    # same files, same digests; another test scene, another digest
+        got = {(json.loads(i.dataset.source)["uri"], next(t.value for t in i.tags if t.key == "mlflow.data.context"))
+               for i in run.inputs.dataset_inputs}
+        assert got == {(p.resolve().as_uri(), ctx) for p, ctx in ((train.image, "training"),
+                       (train.ground_truth, "training"), (test.image, "testing"), (test.ground_truth, "testing"))}
+        digests[key] = {i.dataset.name: i.dataset.digest for i in run.inputs.dataset_inputs}
+        assert run.data.tags["cropseg.data.testing"]
+    # the same files give the same digests; another test scene another one
     assert digests["a_bands"] == digests["a_indices"]
-    a_test = {n: v for n, v in digests["a_bands"].items() if n.startswith("testing scene")}
-    b_test = {n: v for n, v in digests["b_bands"].items() if n.startswith("testing scene")}
-    assert set(a_test.values()).isdisjoint(b_test.values())
+    a_test = {v for n, v in digests["a_bands"].items() if n.startswith("testing")}
+    b_test = {v for n, v in digests["b_bands"].items() if n.startswith("testing")}
+    assert a_test.isdisjoint(b_test)
 
 
 def test_run_names_carry_chosen_hyperparameters_and_features(runs):
     url, results, _ = runs
-    from mlflow import MlflowClient
-
     client = MlflowClient(url)
     names = {k: client.get_run(r.run_id).info.run_name for k, r in results.items()}
     k_a = results["a_bands"].params["k"]
@@ -114,14 +66,14 @@ def test_run_names_carry_chosen_hyperparameters_and_features(runs):
     assert names["a_indices"].startswith("knn k=") and names["a_indices"].endswith("| indices")
 
 
-def test_compare_groups_by_test_data_and_warns(runs, tmp_path):
+def test_compare_groups_by_test_data_and_warns(runs, tmp_path, capsys):
     url, results, _ = runs
-    proc = subprocess.run([sys.executable, "-m", "cropseg.cli", "compare", "--tracking-uri", url, "--experiment",
-                           "lineage", "--out", str(tmp_path / "cmp"), "--width", "120"],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "warning: the runs were tested on 2 different test data sets" in proc.stderr
-    lines = proc.stdout.split("\nranked by")[0].splitlines()
+    code = main(["compare", "--tracking-uri", url, "--experiment", "lineage", "--out", str(tmp_path / "cmp"),
+                 "--width", "120"])
+    out, err = capsys.readouterr()
+    assert code == 0, err[-3000:]
+    assert "warning: the runs were tested on 2 different test data sets" in err
+    lines = out.split("\nranked by")[0].splitlines()
     assert max(len(ln) for ln in lines) <= 120
     group_lines = [ln for ln in lines if ln.startswith("test group ")]
     assert [ln.split(",")[0] for ln in group_lines] == ["test group A", "test group B"]
@@ -136,10 +88,10 @@ def test_compare_groups_by_test_data_and_warns(runs, tmp_path):
     assert ai["config"].endswith("| indices")
     assert "source.test_image" in rows[0] and "classifier.k_grid" in rows[0]  # the CSV keeps every param
     # no single best run across different test data: registering is refused, one group can be chosen
-    proc = subprocess.run([sys.executable, "-m", "cropseg.cli", "compare", "--tracking-uri", url, "--experiment",
-                           "lineage", "--out", str(tmp_path / "cmp2"), "--register", "x"],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2 and "different test data" in proc.stderr and "--test-data" in proc.stderr
+    code = main(["compare", "--tracking-uri", url, "--experiment", "lineage", "--out", str(tmp_path / "cmp2"),
+                 "--register", "x"])
+    err = capsys.readouterr().err
+    assert code == 2 and "different test data" in err and "--test-data" in err
     res = compare(url, "lineage", out_dir=tmp_path / "cmp3", test_data=a["test data digest"][:8])
     assert res["warning"] is None and {r.run_id for r in res["rows"]} == {results["a_bands"].run_id,
                                                                           results["a_indices"].run_id}
