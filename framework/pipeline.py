@@ -24,7 +24,7 @@ from .errors import ConfigError, PluginError
 from .evaluate import classification_report, confusion_from_rasters, iou, report_metrics
 from .lineage import TESTING, TRAINING, scene_refs
 from .naming import chosen_label, run_label
-from .plugins import Registry, get_plugin_manager
+from .plugins import Registry, check_labeler_fits, get_plugin_manager
 from .scene_ops import Progress, apply_filters, predict_scene
 from .parallel import BlockExecutor, ParallelConfig, use_executor
 from .raster import DEFAULT_BLOCK, iter_windows
@@ -129,6 +129,9 @@ def build_stages(cfg: DictConfig, registry: Registry | None = None) -> Stages:
                               ("features", features, Features), ("classifier", classifier, Classifier)):
         if not isinstance(obj, proto):
             raise PluginError(f"{stage} {names.get(stage)!r} does not implement cropseg.types.{proto.__name__}")
+    kinds = getattr(source, "ground_truth_kinds", None)
+    for what, kind in (kinds() if callable(kinds) else {}).items():  # before any scene is loaded
+        check_labeler_fits(registry, names["labeler"], kind, what)
     parallel = ParallelConfig.from_config(cfg.get("parallel"))
     return Stages(source, labeler, features, classifier, filters, vectorizers, registry, names, parallel)
 

@@ -135,6 +135,30 @@ def cv_score(build: Callable[[], Any], X: np.ndarray, y: np.ndarray, cv: Any, sc
     return CVScore(float(np.mean(scores)), float(np.std(scores)), time.perf_counter() - t)
 
 
+#: ``predict_all(X_train, y_train, X_test, candidates)``: one prediction array per candidate, e.g. every k
+#: of a KNN grid from a single neighbour query (see :func:`tune`)
+PredictAll = Callable[[np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]], list[np.ndarray]]
+
+
+def cv_scores_all(predict_all: PredictAll, candidates: list[dict[str, Any]], X: np.ndarray, y: np.ndarray,
+                  cv: Any, scoring: str, groups: np.ndarray | None) -> list[CVScore] | None:
+    """CV scores of every candidate from one ``predict_all`` call per fold; ``None`` when ``scoring``
+    needs more than predicted labels (e.g. ``roc_auc``), so the caller scores candidates one by one."""
+    from sklearn.metrics import get_scorer
+
+    scorer = get_scorer(scoring)
+    if getattr(scorer, "_response_method", None) != "predict":
+        return None
+    t = time.perf_counter()
+    folds: list[list[float]] = [[] for _ in candidates]
+    for train, test in cv.split(X, y, groups):
+        preds = predict_all(X[train], y[train], X[test], candidates)
+        for j, pred in enumerate(preds):
+            folds[j].append(scorer._sign * scorer._score_func(y[test], pred, **scorer._kwargs))
+    each = (time.perf_counter() - t) / len(candidates)
+    return [CVScore(float(np.mean(f)), float(np.std(f)), each) for f in folds]
+
+
 @dataclass
 class Tuned:
     """What :func:`tune` returns: the refitted estimator, the chosen candidate and what to log."""
@@ -173,7 +197,7 @@ def grid_edges(grid: Mapping[str, Sequence[Any]] | None, best: Mapping[str, Any]
 
 def tune(build: Callable[..., Any], grid: Mapping[str, Sequence[Any]] | None, X: np.ndarray, y: np.ndarray,
          groups: np.ndarray | None, spec: CVSpec, *, fit_params: Mapping[str, Any] | None = None,
-         allowed: Sequence[str] | None = None) -> Tuned:
+         allowed: Sequence[str] | None = None, predict_all: PredictAll | None = None) -> Tuned:
     """Pick the best candidate of ``grid`` by the CV ``spec.cv`` names, refit it on all of ``X``, and score
     it with the other CV too.
 
@@ -182,6 +206,10 @@ def tune(build: Callable[..., Any], grid: Mapping[str, Sequence[Any]] | None, X:
     ``cv_<scoring>_<candidate>`` for every candidate when there are several, ``cv_score``/``cv_score_std``
     (the tuning CV), ``cv_<kind>_<scoring>``/``..._std`` for spatial and random, ``cv_seconds`` and
     ``refit_seconds``. Params: the chosen values, ``cv`` (the CV that tuned), ``cv_folds``, ``cv_scoring``.
+
+    ``predict_all`` (optional, without ``fit_params``) scores every candidate of a fold at once (a KNN grid
+    from one query of the largest k); the scores are those of fitting each candidate on the fold. A chosen
+    value on the edge of a numeric grid warns (log, and the ``warning.grid_edge`` tag of the fit result).
     """
     candidates = expand_grid(grid, spec.where, allowed)
     y = np.asarray(y)
@@ -197,7 +225,18 @@ def tune(build: Callable[..., Any], grid: Mapping[str, Sequence[Any]] | None, X:
         best = candidates[0]
     else:
         tuning_cv = splitter(spec.cv, spec, y, groups)
-        for cand in candidates:
+        cv_groups = groups if spec.cv == "spatial" else None
+        at_once = None
+        if predict_all is not None and len(candidates) > 1 and not fit_params:
+            at_once = cv_scores_all(predict_all, candidates, np.asarray(X), y, tuning_cv, spec.scoring, cv_groups)
+        for n, cand in enumerate(candidates):
+            if at_once is not None:
+                results.append(at_once[n])
+                if len(candidates) > 1:
+                    metrics[f"cv_{spec.scoring}_{candidate_key(cand)}"] = at_once[n].mean
+                log.info("%s: %s cv %s %s = %.4f ± %.4f", spec.where, spec.cv, spec.scoring,
+                         candidate_key(cand) or "defaults", at_once[n].mean, at_once[n].std)
+                continue
             s = cv_score(lambda c=cand: build(**c), X, y, tuning_cv, spec.scoring,
                          groups if spec.cv == "spatial" else None, fit_params)
             results.append(s)
