@@ -173,10 +173,12 @@ def compose(overrides: Sequence[str] = (), config_dir: Path | None = None) -> Di
             m = re.search(r"full_key: (\S+)", str(exc))
             if not (m and "not in struct" in str(exc)):
                 raise
-            key = m.group(1)
-            i = next((j for j, o in enumerate(overrides) if _override_key(o) == key), None)
+            full = m.group(1)
+            i = next((j for j, o in enumerate(overrides)
+                      if _override_key(o) == full or _override_key(o).startswith(full + ".")), None)
             if i is None:
                 raise
+            key = _override_key(overrides[i])
             plus = [*overrides[:i], "+" + overrides[i].lstrip("+"), *overrides[i + 1:]]
             with hydra_errors():
                 cfg = hcompose(config_name=CONFIG_NAME, overrides=plus)
