@@ -322,7 +322,7 @@ def _log_results(rl: Any, st: Stages, scenes: Any, labels: dict, reports: dict, 
                 table["class"].append(cls)
                 for col, src in (("precision", "precision"), ("recall", "recall"), ("f1", "f1-score"),
                                  ("support", "support")):
-                    table[col].append(float(vals[src]))
+                    table[col].append(int(vals[src]) if col == "support" else float(vals[src]))
     for f in sorted(rep_dir.iterdir()):
         rl.log_artifact(f, "reports")
     rl.log_table(table, "reports/classification_reports.json")
