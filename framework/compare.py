@@ -138,14 +138,23 @@ def group_rows(rows: list[Row]) -> dict[str, list[Row]]:
     """Runs by test-data digest, the largest group first, lettered A, B, ... (sets each row's ``group``);
     the order of the rows within a group is kept."""
     by: dict[str, list[Row]] = {}
+    # a run that failed before its test data was recorded has no scores to compare: it joins the
+    # largest group rather than forming one of its own
+    stray = [r for r in rows if r.test_digest == "unknown" and r.status != "FINISHED"]
     for r in rows:
-        by.setdefault(r.test_digest, []).append(r)
-    out = {}
+        if r not in stray:
+            by.setdefault(r.test_digest, []).append(r)
+    out: dict[str, list[Row]] = {}
     for i, (_, members) in enumerate(sorted(by.items(), key=lambda kv: (-len(kv[1]), kv[0]))):
-        letter = chr(ord("A") + i) if i < 26 else f"G{i + 1}"
+        out[chr(ord("A") + i) if i < 26 else f"G{i + 1}"] = members
+    if stray:
+        first = next(iter(out), "A")
+        out.setdefault(first, [])
+        order = {id(r): n for n, r in enumerate(rows)}
+        out[first] = sorted(out[first] + stray, key=lambda r: order[id(r)])
+    for letter, members in out.items():
         for r in members:
             r.group = letter
-        out[letter] = members
     return out
 
 

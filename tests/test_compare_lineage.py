@@ -142,3 +142,17 @@ def test_config_shows_options_that_differ_between_runs():
         r.config = config_label(r, rows)
     assert rows[0].config == "mlp alpha=0.0001 | indices | median_blur kernel=7"
     assert rows[1].config == "mlp alpha=0.001 | indices | median_blur kernel=5"
+
+
+def test_groups_by_test_data_digest_and_ranks_within_each():
+    rows = [_row(0, "knn", "bands", "k=9", {}, 0.9, digest="big"), _row(1, "knn", "bands", "k=7", {}, 0.8, digest="small"),
+            _row(2, "mlp", "bands", "alpha=0.001", {}, 0.7, digest="big")]
+    failed_early = _row(3, "mlp", "bands", "", {}, 0.0, digest="unknown")
+    failed_early.status, failed_early.error = "FAILED", "source.image: file not found"
+    groups = group_rows([*rows, failed_early])
+    assert {k: [r.run_id[-1] for r in v] for k, v in groups.items()} == {"A": ["0", "2", "3"], "B": ["1"]}
+    for r in [*rows, failed_early]:
+        r.config = config_label(r, [*rows, failed_early])
+    text = console([*groups["A"], *groups["B"]], groups)
+    assert text.count("test group ") == 2 and "digest big" in text and "digest small" in text
+    assert "FAILED: source.image: file not found" in text
