@@ -184,9 +184,10 @@ def compose(overrides: Sequence[str] = (), config_dir: Path | None = None) -> Di
                 cfg = hcompose(config_name=CONFIG_NAME, overrides=plus)
             _check_added_key(cfg, key, overrides[:i] + overrides[i + 1:], config_dir, always=True)
             raise  # not reached: _check_added_key raises for a key the config did not have
-        for o in overrides:
+        for o in overrides:  # (a plugin's options are checked against its signature when stages are built)
             key = _override_key(o)
-            if o.startswith("+") and not o.startswith("++") and "." in key:
+            if o.startswith("+") and not o.startswith("++") and "." in key and \
+                    key.split(".")[0] not in PLUGIN_SECTIONS:
                 _check_added_key(cfg, key, [x for x in overrides if x is not o], config_dir)
         return cfg
 
