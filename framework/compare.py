@@ -145,7 +145,10 @@ def group_rows(rows: list[Row]) -> dict[str, list[Row]]:
         if r not in stray:
             by.setdefault(r.test_digest, []).append(r)
     out: dict[str, list[Row]] = {}
-    for i, (_, members) in enumerate(sorted(by.items(), key=lambda kv: (-len(kv[1]), kv[0]))):
+    def order(kv: tuple[str, list[Row]]) -> tuple[bool, int, str]:  # groups with scores first, larger first
+        return (not any(r.status == "FINISHED" for r in kv[1]), -len(kv[1]), kv[0])
+
+    for i, (_, members) in enumerate(sorted(by.items(), key=order)):
         out[chr(ord("A") + i) if i < 26 else f"G{i + 1}"] = members
     if stray:
         first = next(iter(out), "A")
@@ -355,9 +358,10 @@ def compare(tracking_uri: str | None = None, experiment: str = "cropseg", sweep:
     for r in rows:
         r.config = config_label(r, rows, shown)
     warning = None
-    if len(groups) > 1:
-        warning = (f"the runs were tested on {len(groups)} different test data sets (groups "
-                   f"{', '.join(groups)}); scores of different groups are not comparable, so each group is ranked "
+    scored = [g for g, members in groups.items() if any(r.status == "FINISHED" for r in members)]
+    if len(scored) > 1:
+        warning = (f"the runs were tested on {len(scored)} different test data sets (groups "
+                   f"{', '.join(scored)}); scores of different groups are not comparable, so each group is ranked "
                    "on its own (--test-data DIGEST keeps one)")
         log.warning("%s", warning)
     header, body = table(rows, sorted({k for r in rows for k in r.params}))
@@ -373,15 +377,15 @@ def compare(tracking_uri: str | None = None, experiment: str = "cropseg", sweep:
         panels = mask_panels(tracker, next(iter(groups.values())), out / "masks.png", window, Path(tmp))
     if panels:
         files.append(panels)
-    if register and len(groups) > 1:
-        raise ConfigError(f"--register {register}: the runs were tested on {len(groups)} different test data "
+    if register and len(scored) > 1:
+        raise ConfigError(f"--register {register}: the runs were tested on {len(scored)} different test data "
                           "sets, so there is no single best run; pick one with --test-data DIGEST")
     if parent:
         logger = tracker.logger(parent)
         for f in files:
             logger.log_artifact(f, "comparison")
         best = rows[0]
-        if best.status == "FINISHED" and len(groups) == 1:
+        if best.status == "FINISHED" and len(scored) == 1:
             logger.set_tags({f"{TAG_PREFIX}best_run_id": best.run_id, f"{TAG_PREFIX}best_run": best.name})
     version = None
     if register:

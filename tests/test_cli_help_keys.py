@@ -32,7 +32,7 @@ def test_help_lists_subcommands_and_common_overrides_before_hydras_help(inproc, 
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
     hydra_part = out.index("Powered by Hydra")
-    assert set(SUBCOMMANDS) == {"predict", "compare", "plugins"} | set(SUBCOMMANDS)  # every registered one
+    assert {"predict", "compare", "plugins"} <= set(SUBCOMMANDS)
     for name in SUBCOMMANDS:
         assert f"\n  {name} " in out[:hydra_part], name
     for override in ("classifier=", "source.size=200", "+experiment=seed_knn", "--multirun"):
