@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -64,6 +65,20 @@ def test_run_names_carry_chosen_hyperparameters_and_features(runs):
     k_a = results["a_bands"].params["k"]
     assert names["a_bands"] == f"knn k={k_a} | bands"
     assert names["a_indices"].startswith("knn k=") and names["a_indices"].endswith("| indices")
+    assert client.get_run(results["a_bands"].run_id).data.tags["cropseg.chosen"] == f"k={k_a}"
+
+
+def test_run_summary_prints_areas_in_hectares_with_two_decimals_and_counts_as_integers():
+    from cropseg.pipeline import RunResult
+
+    res = RunResult("r", "1", "sqlite://", Path("."), {"crop_area_pixels_ha": 48.8043, "crop_area_ha": 371.0,
+                                                       "n_polygons": 21.0, "n_polygons_dropped": 657.0,
+                                                       "test_weighted_avg_f1": 0.81234}, {})
+    values = dict(line.rsplit(None, 1) for line in res.summary().splitlines()[2:])
+    values = {k.strip(): v for k, v in values.items()}
+    assert values["crop area, all crop pixels (ha)"] == "48.80" and values["crop area, kept polygons (ha)"] == "371.00"
+    assert values["crop polygons kept"] == "21" and values["crop polygons dropped (small)"] == "657"
+    assert values["test weighted F1"] == "0.8123"
 
 
 def test_compare_groups_by_test_data_and_warns(runs, tmp_path, capsys):
