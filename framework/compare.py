@@ -153,8 +153,8 @@ def group_rows(rows: list[Row]) -> dict[str, list[Row]]:
     if stray:
         first = next(iter(out), "A")
         out.setdefault(first, [])
-        order = {id(r): n for n, r in enumerate(rows)}
-        out[first] = sorted(out[first] + stray, key=lambda r: order[id(r)])
+        position = {id(r): n for n, r in enumerate(rows)}
+        out[first] = sorted(out[first] + stray, key=lambda r: position[id(r)])
     for letter, members in out.items():
         for r in members:
             r.group = letter

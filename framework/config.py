@@ -224,24 +224,24 @@ def _check_added_key(cfg: DictConfig, key: str, others: Sequence[str], config_di
         else:
             from .plugins import check_options
 
-            node = cfg.get(section)
-            if node is not None and node.get("name"):
-                check_options(f"{section}.{node.get('name')}", registry.get(section, str(node.get("name"))).factory,
-                              plugin_options(node))
+            stage_node = cfg.get(section)
+            if stage_node is not None and stage_node.get("name"):
+                check_options(f"{section}.{stage_node.get('name')}",
+                              registry.get(section, str(stage_node.get("name"))).factory, plugin_options(stage_node))
         if not always:
             return
     with hydra_errors():
         base = hcompose(config_name=CONFIG_NAME, overrides=list(others))
     parts = key.split(".")
-    node: Any = base
+    cur: Any = base
     for i, part in enumerate(parts):
-        if not isinstance(node, DictConfig):
+        if not isinstance(cur, DictConfig):
             break
-        if part not in node:
+        if part not in cur:
             parent = ".".join(parts[:i])
             where = f"{parent} has" if parent else "top-level keys:"
-            raise ConfigError(f"{key}: no such key ({where} {', '.join(str(k) for k in node.keys())})")
-        node = node.get(part)
+            raise ConfigError(f"{key}: no such key ({where} {', '.join(str(k) for k in cur.keys())})")
+        cur = cur.get(part)
     if always:
         raise ConfigError(f"{key}: cannot override this key")
 

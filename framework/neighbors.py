@@ -169,7 +169,7 @@ def kneighbors_labels(X: np.ndarray, y: np.ndarray, Q: np.ndarray, k: int,
     n_chunks = max(1, min(max(1, threads), len(Q) // MIN_CHUNK))
     cuts = np.linspace(0, len(Q), n_chunks + 1).astype(np.intp)
     with ThreadPoolExecutor(n_chunks, thread_name_prefix="cropseg-knn") as pool:
-        list(pool.map(lambda i: rows(cuts[i], cuts[i + 1]), range(n_chunks)))
+        list(pool.map(lambda i: rows(int(cuts[i]), int(cuts[i + 1])), range(n_chunks)))
     return dist, lab
 
 

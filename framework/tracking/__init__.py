@@ -14,6 +14,7 @@ import time
 import traceback
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -284,15 +285,18 @@ class RunLogger:
         (the file), digest, and the context (``training``/``testing``/``prediction``) as the
         ``mlflow.data.context`` input tag, as ``mlflow.log_input`` does; plus a ``cropseg.data.<context>``
         tag holding the combined digest of each context's inputs."""
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
         from mlflow.data.meta_dataset import MetaDataset
-        from mlflow.data.sources import LocalArtifactDatasetSource
         from mlflow.entities import DatasetInput, InputTag
 
         from ..lineage import combined_digest
 
         inputs = []
         for ref in refs:
-            ds = MetaDataset(LocalArtifactDatasetSource(Path(ref.source).as_uri()), name=ref.name, digest=ref.digest)
+            with warnings.catch_warnings():  # file:// matches two equivalent local-artifact source types
+                warnings.simplefilter("ignore", UserWarning)
+                source = resolve_dataset_source(Path(ref.source).as_uri())
+            ds = MetaDataset(source, name=ref.name, digest=ref.digest)  # type: ignore[abstract]
             inputs.append(DatasetInput(ds._to_mlflow_entity(), tags=[
                 InputTag("mlflow.data.context", ref.context), InputTag(f"{TAG_PREFIX}kind", ref.kind)]))
         if inputs:
