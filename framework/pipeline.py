@@ -160,8 +160,8 @@ def execute(cfg: DictConfig, *, output_dir: Path | None = None, parent_run_id: s
     out.mkdir(parents=True, exist_ok=True)
     parent_run_id = parent_run_id or tcfg.get("parent_run_id")
     tags = _tags(stages)
-    run_name = (tcfg.get("run_name") or run_label(stages.names["classifier"], "", stages.names["features"])) \
-        + run_name_suffix
+    run_name = tcfg.get("run_name") + run_name_suffix if tcfg.get("run_name") else \
+        " ".join(p for p in (run_label(stages.names["classifier"], "", stages.names["features"]), run_name_suffix) if p)
     with tracker.run(run_name, tags, parent_run_id) as rl:
         rl.name_suffix = run_name_suffix
         log.info("MLflow run %s in %s (experiment %r)", rl.run_id, tracker.uri, tracker.experiment_name)
@@ -255,7 +255,8 @@ def _run_stages(cfg: DictConfig, st: Stages, rl: Any, out: Path, t_start: float)
         rl.set_tags({f"{TAG_PREFIX}{k}": v for k, v in fit_tags.items()})
         if not tcfg_run_name(cfg):  # the name now says what the fit chose: knn k=9 | bands
             chosen = fit_tags.get("chosen") or chosen_label(dict(fit.params))
-            rl.rename(run_label(st.names["classifier"], chosen, st.names["features"]) + rl.name_suffix)
+            rl.rename(" ".join(p for p in (run_label(st.names["classifier"], chosen, st.names["features"]),
+                                           rl.name_suffix) if p))
         metrics.update({k: float(v) for k, v in fit.metrics.items()})
     del ts
 
