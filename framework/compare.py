@@ -120,7 +120,7 @@ def config_label(row: Row, rows: list[Row], shown: list[str] | None = None) -> s
         for key in shown:
             if key.startswith(f"{stage}.") and key in row.params and _differs(rows, key, row):
                 leaf = key[len(stage) + 1:]
-                if stage == "classifier" and leaf.endswith("_grid") and row.chosen:
+                if stage == "classifier" and leaf.endswith("_grid") and opts[0]:
                     continue  # the chosen value is shown; its grid is in the CSV
                 if stage == "postprocessor":  # postprocessor.median_blur.kernel -> median_blur kernel=7
                     leaf = leaf.replace(".", " ", 1)
