@@ -204,7 +204,8 @@ def _fitted(size: int, workdir: Path, name: str, overrides: list[str] = ()):
     scenes = st.source.load(workdir / "cache" / "sample")
     labels = {r: st.labeler.label(s, workdir / f"labels-{size}-{r}.tif") for r, s in
               (("train", scenes.train), ("test", scenes.test))}
-    ts = sample_training_pixels(scenes.train, labels["train"], st.features, max_per_class=int(cfg.train.max_per_class),
+    caps = {k: None if cfg.train.get(k) is None else int(cfg.train.get(k)) for k in ("max_pixels", "max_per_class")}
+    ts = sample_training_pixels(scenes.train, labels["train"], st.features, **caps,
                                 seed=0, spatial_block=int(cfg.train.spatial_block))
     clf = instantiate(st.registry, "classifier", cfg.classifier)
     return st, scenes, labels, ts, clf
@@ -417,7 +418,7 @@ def main() -> int:
                  f"{r['weighted_f1']:.4f} |")
         emit()
         emit("Peak RSS is that of the run's process and its children (the default `parallel.backend=serial` "
-             "starts none). The training sample is capped at `train.max_per_class` pixels per class, so the "
+             "starts none). The training sample is capped at `train.max_pixels` pixels in all, so the "
              "k-tuning CV fit takes about the same time at every size; everything else (labels, sampling pass, "
              "prediction of both scenes, filters, evaluation, polygons) grows with the pixels. Generating the "
              "synthetic scenes happens once per size, before the timed runs.")

@@ -273,3 +273,31 @@ def vote_binary(Q, pts, start, end, sdim, sval, left, right, k, out):
             have[other] = True
             first = other
         out[j] = first
+
+
+@nb.njit(cache=True, nogil=True)
+def kneighbors(Q, pts, labels, start, end, sdim, sval, left, right, k, out_d, out_labels):
+    """For each row of ``Q`` (best sorted so that consecutive rows are close) its ``k`` nearest points of
+    the tree, nearest first: squared distances to ``out_d`` and labels to ``out_labels`` (both (nq, k)).
+    Warm-started like :func:`vote`; cross-validation votes every k of a grid from one such query."""
+    nq, D = Q.shape
+    hd = np.empty(k)
+    hi = np.full(k, -1, np.int64)
+    prev = np.empty(k, np.int64)
+    node_stack = np.empty(_STACK, np.int64)
+    rd_stack = np.empty(_STACK)
+    off_stack = np.zeros((_STACK, D))
+    off = np.zeros(D)
+    q = np.empty(D)
+    for j in range(nq):
+        for d in range(D):
+            q[d] = Q[j, d]
+        bound = _bound_from(pts, prev, k, q, D) if j > 0 else np.inf
+        for t in range(k):
+            hd[t] = bound
+            hi[t] = -1
+        _search(q, pts, start, end, sdim, sval, left, right, k, hd, hi, node_stack, rd_stack, off_stack, off)
+        for t in range(k):
+            out_d[j, t] = hd[t]
+            out_labels[j, t] = labels[hi[t]]
+            prev[t] = hi[t]

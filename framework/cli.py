@@ -50,6 +50,37 @@ def _estimate_area():  # noqa: ANN202
 
 SUBCOMMANDS = {"plugins": _plugins, "compare": _compare, "predict": _predict, "sample-design": _sample_design,
                "estimate-area": _estimate_area}
+#: one line per subcommand for ``cropseg --help`` (a subcommand registered above without one is still listed)
+SUBCOMMAND_HELP = {
+    "predict": "apply a logged or registered model to a new scene (cropseg predict MODEL_URI IMAGE)",
+    "compare": "rank tracked runs by a test-scene metric, grouped by test data (table, CSV, chart)",
+    "plugins": "list the installed plugins per stage and the configs they ship",
+    "sample-design": "draw a stratified random sample of a mask for area estimation (Olofsson et al. 2014)",
+    "estimate-area": "error-adjusted crop area with 95% CI from a labelled sample of a mask",
+}
+COMMON_OVERRIDES = [
+    ("source=sample|local|planet", "where the train and test scenes come from (source.size=200: a tiny sample)"),
+    ("classifier=knn|random_forest|mlp|...", "the pixel classifier (cropseg plugins lists them all)"),
+    ("features=bands|indices", "per-pixel features"),
+    ("labeler=rasterize|contours", "ground truth -> crop / non-crop labels"),
+    ("classifier.k_grid=[5,7,9]", "a classifier option (an unknown one lists the valid options)"),
+    ("postprocessor.median_blur.kernel=7", "a postprocessor option (min_area_ha, simplify for vectorize)"),
+    ("train.max_pixels=20000 train.balance=true", "training sample size and class balance"),
+    ("+experiment=seed_knn", "a named study from experiments/"),
+    ("--multirun classifier=knn,mlp", "a sweep, one MLflow child run per combination"),
+]
+
+
+def usage() -> str:
+    """What ``cropseg --help`` prints before Hydra's own help."""
+    width = max(len(n) for n in SUBCOMMANDS)
+    lines = ["usage: cropseg [OVERRIDES...]          run the pipeline (Hydra app; its help follows below)",
+             "       cropseg SUBCOMMAND [--help]", "", "subcommands:"]
+    lines += [f"  {n:<{width}}  {SUBCOMMAND_HELP.get(n, '')}".rstrip() for n in SUBCOMMANDS]
+    width = max(len(o) for o, _ in COMMON_OVERRIDES)
+    lines += ["", "most used overrides:"]
+    lines += [f"  {o:<{width}}  {h}" for o, h in COMMON_OVERRIDES]
+    return "\n".join(lines) + "\n\n" + "-" * 40 + " Hydra's help " + "-" * 40 + "\n"
 
 
 def _error(msg: str) -> None:
@@ -125,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except CropsegError as exc:
             _error(str(exc))
             return 2
+    if any(a in ("--help", "-h") for a in args):
+        print(usage())
     try:
         if not any(a.split("=")[0] in _HYDRA_INFO_FLAGS for a in args):
             _validate(args)

@@ -58,10 +58,15 @@ def predict_command(argv: Sequence[str]) -> int:
     parser.add_argument("--aoi", help="predict only inside this AOI (any vector file)")
     parser.add_argument("--udm", help="usable-data raster (band 1 > 0 = clear)")
     parser.add_argument("--nodata", type=float, help="DN of missing pixels (default: as in training)")
-    parser.add_argument("--ground-truth", help="vector ground truth for a classification report")
+    parser.add_argument("--ground-truth", help="ground truth for a classification report: a vector file (crop "
+                                               "values of --attribute) or a class raster (.tif/.img/.vrt: crop "
+                                               "pixel values; its nodata and --ignore-values are ignored)")
     parser.add_argument("--attribute", default="CLASS1", help="ground-truth attribute holding the class (CLASS1)")
     parser.add_argument("--crop-values", default=",".join(DWR_CROP_CLASSES),
-                        help="comma-separated crop values of --attribute (default: %(default)s)")
+                        help="comma-separated crop values of --attribute, or crop pixel values of a class "
+                             "raster (default: %(default)s)")
+    parser.add_argument("--ignore-values", default="",
+                        help="comma-separated class-raster pixel values to leave out of the scores")
     parser.add_argument("--layer", help="layer of a multi-layer ground-truth file")
     parser.add_argument("--uncovered", default="noncrop", choices=["noncrop", "ignore"],
                         help="land no ground-truth polygon covers (default: %(default)s)")
@@ -98,6 +103,7 @@ def predict_command(argv: Sequence[str]) -> int:
             args.model_uri, args.image, metadata=args.metadata, scale=args.scale, aoi=args.aoi, udm=args.udm,
             nodata=args.nodata, ground_truth=args.ground_truth, attribute=args.attribute,
             crop_values=[v.strip() for v in args.crop_values.split(",") if v.strip()], layer=args.layer,
+            ignore_values=_ints(args.ignore_values, "--ignore-values"),
             uncovered=args.uncovered, labeler=args.labeler, output_dir=args.output_dir,
             tracking_uri=args.tracking_uri, experiment=args.experiment, run_name=args.run_name,
             block=args.block_size, parallel=parallel, reference_sample=args.reference_sample)
@@ -112,3 +118,12 @@ def predict_command(argv: Sequence[str]) -> int:
     print(f"\nMLflow prediction run {result.run_id} FINISHED (experiment {result.experiment_name!r})")
     print(f"outputs: {result.output_dir}")
     return 0
+
+
+def _ints(text: str, option: str) -> list[int]:
+    from .errors import ConfigError
+
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{option}: comma-separated integers, got {text!r}") from None

@@ -1,4 +1,11 @@
-"""``cropseg compare``: rank tracked runs against ground truth, as tables, a chart and mask panels."""
+"""``cropseg compare``: rank tracked runs against ground truth, as tables, a chart and mask panels.
+
+Runs are grouped by their test data (the digest of the test scene and ground truth each run logged as
+MLflow dataset inputs) and ranked within each group: scores on different test data are not comparable,
+so a comparison spanning several groups warns and ranks the groups apart. Each run is shown by one
+readable config line (stage choices, chosen hyperparameters, the options that differ between the compared
+runs); the CSV keeps every parameter.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +13,9 @@ import argparse
 import csv
 import logging
 import math
+import sys
 import tempfile
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError, CropsegError
+from .naming import chosen_label, fmt_value
 from .tracking import TAG_PREFIX, Tracker, register_run_model
 
 log = logging.getLogger("cropseg")
@@ -49,32 +59,106 @@ class Row:
     params: dict[str, str]
     metrics: dict[str, float]
     error: str
+    #: digest of the run's test data (scene and ground truth) and what it was, for the group's heading
+    test_digest: str = "unknown"
+    test_data: str = "test data not recorded"
+    #: the hyperparameters its fit chose (``k=9``), the readable config line and the test group letter
+    chosen: str = ""
+    config: str = ""
+    group: str = "A"
 
 
 def collect(tracker: Tracker, parent_run_id: str | None) -> list[Row]:
     rows = []
     for r in tracker.runs(parent_run_id):
+        tags = r.data.tags
+        inputs = tracker.dataset_inputs(r, "testing")
+        digest = tags.get(f"{TAG_PREFIX}data.testing") or "+".join(sorted(d for _, d in inputs))[:33]
+        described = ", ".join(name for name, _ in inputs) or tags.get(f"{TAG_PREFIX}test.scene_id", "")
         rows.append(Row(
             run_id=r.info.run_id, name=r.info.run_name or r.info.run_id[:8], status=r.info.status,
-            stages={s: r.data.tags.get(f"{TAG_PREFIX}{s}", "") for s in STAGE_TAGS},
+            stages={s: tags.get(f"{TAG_PREFIX}{s}", "") for s in STAGE_TAGS},
             params=dict(r.data.params), metrics=dict(r.data.metrics),
-            error=r.data.tags.get(f"{TAG_PREFIX}error", ""),
+            error=tags.get(f"{TAG_PREFIX}error", ""),
+            test_digest=digest or "unknown", test_data=described or "test data not recorded",
+            chosen=tags.get(f"{TAG_PREFIX}chosen", ""),
         ))
     return rows
 
 
 def key_params(rows: list[Row]) -> list[str]:
-    """Params whose values differ between the compared runs (plus fitted hyperparameters)."""
+    """Params whose values differ between the compared runs (paths and bookkeeping left out)."""
     keys = sorted({k for r in rows for k in r.params})
     out = []
     for k in keys:
         if k.startswith(_NOISE) or (k.startswith(STAGE_PREFIXES) and k.endswith(".name")):
             continue  # paths and bookkeeping; plugin names have their own columns
-        values = {r.params.get(k) for r in rows}
-        if len(values) > 1 or k.startswith("fit."):
+        if len({r.params.get(k) for r in rows}) > 1:
             out.append(k)
     return out
 
+
+def _differs(rows: list[Row], key: str, row: Row) -> bool:
+    """Whether param ``key`` takes different values among the compared runs; a stage option
+    (``classifier.alpha``) only among the runs with the same plugin in that stage."""
+    stage = key.split(".", 1)[0]
+    peers = [r for r in rows if stage not in STAGE_TAGS or r.stages.get(stage) == row.stages.get(stage)]
+    return len({r.params.get(key) for r in peers}) > 1
+
+
+def config_label(row: Row, rows: list[Row], shown: list[str] | None = None) -> str:
+    """One readable line per run: its stage choices and the options that tell it apart from the other
+    compared runs, e.g. ``mlp alpha=1e-04 | indices | median_blur kernel=7``. The classifier (with the
+    hyperparameters its fit chose) and the features are always named; another stage only when the runs
+    differ in it. Generic: stage names come from the ``cropseg.<stage>`` tags, options from the params."""
+    shown = key_params(rows) if shown is None else shown
+    parts = []
+    for stage in ("classifier", "features", "source", "labeler", "postprocessor"):
+        opts = []
+        if stage == "classifier":
+            opts.append(row.chosen or chosen_label({k[4:]: v for k, v in row.params.items() if k.startswith("fit.")}))
+        for key in shown:
+            if key.startswith(f"{stage}.") and key in row.params and _differs(rows, key, row):
+                leaf = key[len(stage) + 1:]
+                if stage == "classifier" and leaf.endswith("_grid") and opts[0]:
+                    continue  # the chosen value is shown; its grid is in the CSV
+                if stage == "postprocessor":  # postprocessor.median_blur.kernel -> median_blur kernel=7
+                    leaf = leaf.replace(".", " ", 1)
+                opts.append(f"{leaf}={fmt_value(row.params[key])}")
+        named = stage in ("classifier", "features") or len({r.stages.get(stage) for r in rows}) > 1
+        if named or opts:
+            parts.append(" ".join(p for p in ((row.stages.get(stage, "") or "?") if named else "", *opts) if p))
+    others = [k for k in shown if not k.startswith(STAGE_PREFIXES) and not k.startswith("fit.")
+              and k in row.params and _differs(rows, k, row)]
+    parts += [f"{k}={fmt_value(row.params[k])}" for k in others]
+    return " | ".join(parts)
+
+
+def group_rows(rows: list[Row]) -> dict[str, list[Row]]:
+    """Runs by test-data digest, the largest group first, lettered A, B, ... (sets each row's ``group``);
+    the order of the rows within a group is kept."""
+    by: dict[str, list[Row]] = {}
+    # a run that failed before its test data was recorded has no scores to compare: it joins the
+    # largest group rather than forming one of its own
+    stray = [r for r in rows if r.test_digest == "unknown" and r.status != "FINISHED"]
+    for r in rows:
+        if r not in stray:
+            by.setdefault(r.test_digest, []).append(r)
+    out: dict[str, list[Row]] = {}
+    def order(kv: tuple[str, list[Row]]) -> tuple[bool, int, str]:  # groups with scores first, larger first
+        return (not any(r.status == "FINISHED" for r in kv[1]), -len(kv[1]), kv[0])
+
+    for i, (_, members) in enumerate(sorted(by.items(), key=order)):
+        out[chr(ord("A") + i) if i < 26 else f"G{i + 1}"] = members
+    if stray:
+        first = next(iter(out), "A")
+        out.setdefault(first, [])
+        position = {id(r): n for n, r in enumerate(rows)}
+        out[first] = sorted(out[first] + stray, key=lambda r: position[id(r)])
+    for letter, members in out.items():
+        for r in members:
+            r.group = letter
+    return out
 
 
 def rank(rows: list[Row], by: str) -> list[Row]:
@@ -86,37 +170,86 @@ def rank(rows: list[Row], by: str) -> list[Row]:
     return sorted(rows, key=key)
 
 
+def _ranks(rows: list[Row]) -> dict[str, int]:
+    """Rank within each test group (the rows come ranked)."""
+    seen: dict[str, int] = {}
+    out = {}
+    for r in rows:
+        seen[r.group] = seen.get(r.group, 0) + 1
+        out[r.run_id] = seen[r.group]
+    return out
+
+
 def table(rows: list[Row], params: list[str]) -> tuple[list[str], list[list[Any]]]:
-    header = ["rank", "run", "run id", "status", *STAGE_TAGS, *params, *[label for _, label in METRIC_COLUMNS],
-              "error"]
-    body = []
-    for i, r in enumerate(rows, 1):
-        body.append([i, r.name, r.run_id, r.status, *[r.stages[s] for s in STAGE_TAGS],
-                     *[r.params.get(p, "") for p in params],
-                     *[r.metrics.get(m, "") for m, _ in METRIC_COLUMNS], r.error])
+    """The CSV: every run with its test group, readable config, stages, all metrics and ``params`` (all of
+    them, for the CSV)."""
+    header = ["rank", "test group", "test data", "test data digest", "run", "config", "run id", "status",
+              *STAGE_TAGS, *[label for _, label in METRIC_COLUMNS], "error", *params]
+    ranks = _ranks(rows)
+    body = [[ranks[r.run_id], r.group, r.test_data, r.test_digest, r.name, r.config, r.run_id, r.status,
+             *[r.stages[s] for s in STAGE_TAGS], *[r.metrics.get(m, "") for m, _ in METRIC_COLUMNS], r.error,
+             *[r.params.get(p, "") for p in params]] for r in rows]
     return header, body
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4f}"
-    return str(v)
+#: console and Markdown metric columns: metric, header, format
+CONSOLE_METRICS = [
+    ("test_crop_precision", "crop P", "{:.3f}"), ("test_crop_recall", "crop R", "{:.3f}"),
+    ("test_crop_f1", "crop F1", "{:.3f}"), ("test_weighted_avg_f1", "wF1", "{:.3f}"), ("test_iou", "IoU", "{:.3f}"),
+    ("cv_score", "CV", "{:.3f}"), ("fit_seconds", "fit s", "{:.1f}"), ("predict_pixels_per_second", "px/s", "{:,.0f}"),
+]
+DEFAULT_WIDTH = 160
 
 
-def markdown(header: list[str], body: list[list[Any]]) -> str:
+def _metric(v: Any, fmt: str) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return fmt.format(v)
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(1, width - 1)] + "~"
+
+
+def markdown(rows: list[Row]) -> str:
+    ranks = _ranks(rows)
+    header = ["test group", "rank", "config", "run id", "status", *[h for _, h, _ in CONSOLE_METRICS], "error"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    for row in body:
-        lines.append("| " + " | ".join(_fmt(v).replace("|", "\\|") for v in row) + " |")
+    for r in rows:
+        cells = [r.group, str(ranks[r.run_id]), r.config, r.run_id[:8], r.status,
+                 *[_metric(r.metrics.get(m), f) for m, _, f in CONSOLE_METRICS], r.error]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def console(header: list[str], body: list[list[Any]]) -> str:
-    keep = [i for i, h in enumerate(header) if h not in ("run id", "labeler", "features", "postprocessor", "error")]
-    cells = [[header[i] for i in keep]] + [[_fmt(row[i]) for i in keep] for row in body]
-    widths = [max(len(c[j]) for c in cells) for j in range(len(keep))]
-    out = ["  ".join(c.ljust(w) for c, w in zip(cells[0], widths)), "  ".join("-" * w for w in widths)]
-    out += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells[1:]]
-    return "\n".join(out)
+def console(rows: list[Row], groups: dict[str, list[Row]], width: int = DEFAULT_WIDTH) -> str:
+    """The ranked runs, no line longer than ``width``: rank, readable config (clipped with ``~`` when too
+    long), short run id, status (when any run did not finish) and the key metrics with fixed precision;
+    one section per test group, each ranked on its own."""
+    ranks = _ranks(rows)
+    show_status = any(r.status != "FINISHED" for r in rows)
+    head = ["#", "config", "run id", *(["status"] if show_status else []), *[h for _, h, _ in CONSOLE_METRICS]]
+    cells = {r.run_id: [str(ranks[r.run_id]), r.config, r.run_id[:8], *([r.status] if show_status else []),
+                        *[_metric(r.metrics.get(m), f) for m, _, f in CONSOLE_METRICS]] for r in rows}
+    widths = [max([len(head[j])] + [len(c[j]) for c in cells.values()]) for j in range(len(head))]
+    fixed = sum(w for j, w in enumerate(widths) if j != 1) + 2 * (len(head) - 1)
+    widths[1] = max(12, min(widths[1], width - fixed))
+    left = {1, 2, 3} if show_status else {1, 2}
+
+    def line(values: list[str]) -> str:
+        return "  ".join(_clip(v, w).ljust(w) if j in left else _clip(v, w).rjust(w)
+                         for j, (v, w) in enumerate(zip(values, widths))).rstrip()
+
+    text = []
+    for letter, members in groups.items():
+        if len(groups) > 1:
+            text.append(_clip(f"test group {letter}, {len(members)} run(s): {members[0].test_data} "
+                              f"(digest {members[0].test_digest})", width))
+        text += [line(head), "  ".join("-" * w for w in widths)]
+        text += [line(cells[r.run_id]) for r in members]
+        text += [_clip(f"  {r.run_id[:8]} {r.status}: {r.error}", width) for r in members if r.error]
+        text.append("")
+    return "\n".join(text).rstrip() + "\n"
 
 
 def chart(rows: list[Row], path: Path) -> Path:
@@ -131,9 +264,11 @@ def chart(rows: list[Row], path: Path) -> Path:
     x = np.arange(len(done))
     for i, (m, label) in enumerate(metrics):
         ax.bar(x + i * width, [r.metrics.get(m, np.nan) for r in done], width, label=label)
-    ax.set_xticks(x + 0.4 - width / 2, [r.name for r in done], rotation=20, ha="right", fontsize=8)
+    multi = len({r.group for r in done}) > 1
+    labels = [textwrap.fill((f"[{r.group}] " if multi else "") + r.config, 30) for r in done]
+    ax.set_xticks(x + 0.4 - width / 2, labels, rotation=20, ha="right", fontsize=7)
     ax.set_ylim(0, 1)
-    ax.set_ylabel("test scene")
+    ax.set_ylabel("test data" + (" ([A], [B]: different, not comparable)" if multi else ""))
     ax.legend(fontsize=8, ncol=len(metrics), loc="upper center", bbox_to_anchor=(0.5, 1.12), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -176,7 +311,7 @@ def mask_panels(tracker: Tracker, rows: list[Row], path: Path, window: Sequence[
         for (tv, pv), (colour, _) in DISAGREEMENT.items():
             img[(truth == tv) & (pred == pv)] = colour
         f1 = r.metrics.get("test_weighted_avg_f1", float("nan"))
-        panels.append((f"{r.name}\nweighted F1 {f1:.3f}", img))
+        panels.append((f"{textwrap.fill(r.config, 40)}\nweighted F1 {f1:.3f}", img))
     if len(panels) < 2:
         return None
     n = len(panels)
@@ -199,38 +334,58 @@ def mask_panels(tracker: Tracker, rows: list[Row], path: Path, window: Sequence[
 
 def compare(tracking_uri: str | None = None, experiment: str = "cropseg", sweep: str | None = None,
             rank_by: str = "test_weighted_avg_f1", out_dir: Path | None = None,
-            window: Sequence[int] | None = None, register: str | None = None) -> dict[str, Any]:
-    """Rank runs and write comparison.csv/.md/.png and masks.png; log them to the sweep's parent run;
-    optionally register the top-ranked run's model as a new version of ``register``."""
+            window: Sequence[int] | None = None, register: str | None = None,
+            test_data: str | None = None) -> dict[str, Any]:
+    """Rank runs within each test-data group and write comparison.csv/.md/.png and masks.png; log them to
+    the sweep's parent run; optionally register the top-ranked run's model as a new version of
+    ``register`` (only when every run was tested on the same data). ``test_data``: keep only the runs
+    whose test-data digest starts with it."""
     tracker = Tracker(tracking_uri, experiment, create=False)
     parent = tracker.latest_sweep() if sweep == "latest" else sweep
     if sweep == "latest" and parent is None:
         raise ConfigError(f"--sweep latest: no sweep in experiment {experiment!r} of {tracker.uri}")
     if parent:
         tracker.get_run(parent)
-    rows = rank(collect(tracker, parent), rank_by)
+    rows = collect(tracker, parent)
+    if test_data:
+        rows = [r for r in rows if r.test_digest.startswith(test_data)]
     if not rows:
-        raise ConfigError(f"no runs to compare in experiment {experiment!r}" + (f" under sweep {parent}" if parent else ""))
-    params = key_params(rows)
-    header, body = table(rows, params)
+        raise ConfigError(f"no runs to compare in experiment {experiment!r}" + (f" under sweep {parent}" if parent else "")
+                          + (f" with test data {test_data}" if test_data else ""))
+    groups = group_rows(rank(rows, rank_by))
+    rows = [r for members in groups.values() for r in members]
+    shown = key_params(rows)
+    for r in rows:
+        r.config = config_label(r, rows, shown)
+    warning = None
+    scored = [g for g, members in groups.items() if any(r.status == "FINISHED" for r in members)]
+    if len(scored) > 1:
+        warning = (f"the runs were tested on {len(scored)} different test data sets (groups "
+                   f"{', '.join(scored)}); scores of different groups are not comparable, so each group is ranked "
+                   "on its own (--test-data DIGEST keeps one)")
+        log.warning("%s", warning)
+    header, body = table(rows, sorted({k for r in rows for k in r.params}))
     out = Path(out_dir or Path("compare") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")).resolve()
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "comparison.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(header)
         w.writerows(body)
-    (out / "comparison.md").write_text(markdown(header, body))
+    (out / "comparison.md").write_text(("> **warning:** " + warning + "\n\n" if warning else "") + markdown(rows))
     files = [out / "comparison.csv", out / "comparison.md", chart(rows, out / "comparison.png")]
-    with tempfile.TemporaryDirectory() as tmp:
-        panels = mask_panels(tracker, rows, out / "masks.png", window, Path(tmp))
+    with tempfile.TemporaryDirectory() as tmp:  # the same test scene in every panel: the first group's
+        panels = mask_panels(tracker, next(iter(groups.values())), out / "masks.png", window, Path(tmp))
     if panels:
         files.append(panels)
+    if register and len(scored) > 1:
+        raise ConfigError(f"--register {register}: the runs were tested on {len(scored)} different test data "
+                          "sets, so there is no single best run; pick one with --test-data DIGEST")
     if parent:
         logger = tracker.logger(parent)
         for f in files:
             logger.log_artifact(f, "comparison")
         best = rows[0]
-        if best.status == "FINISHED":
+        if best.status == "FINISHED" and len(scored) == 1:
             logger.set_tags({f"{TAG_PREFIX}best_run_id": best.run_id, f"{TAG_PREFIX}best_run": best.name})
     version = None
     if register:
@@ -238,31 +393,42 @@ def compare(tracking_uri: str | None = None, experiment: str = "cropseg", sweep:
         if best.status != "FINISHED":
             raise ConfigError(f"--register {register}: no FINISHED run to register")
         version = register_run_model(tracker.uri, best.run_id, register)
-    return {"rows": rows, "header": header, "body": body, "out_dir": out, "files": files, "parent_run_id": parent,
-            "tracker": tracker, "registered": (register, version) if register else None}
+    return {"rows": rows, "groups": groups, "header": header, "body": body, "out_dir": out, "files": files,
+            "parent_run_id": parent, "tracker": tracker, "warning": warning,
+            "registered": (register, version) if register else None}
 
 
 def compare_command(argv: Sequence[str]) -> int:
-    """``cropseg compare``: rank tracked runs by a test-scene metric."""
+    """``cropseg compare``: rank tracked runs by a test-scene metric, within groups of runs tested on the
+    same data."""
     p = argparse.ArgumentParser(prog="cropseg compare", description=compare_command.__doc__)
     p.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
     p.add_argument("--experiment", default="cropseg", help="MLflow experiment (default: cropseg)")
     p.add_argument("--sweep", default=None, help="a sweep's parent run id, or 'latest' (default: all runs)")
     p.add_argument("--rank-by", default="test_weighted_avg_f1", help="metric to rank by (higher is better)")
+    p.add_argument("--test-data", default=None, metavar="DIGEST",
+                   help="only runs whose test-data digest starts with DIGEST (shown in the group headings)")
+    p.add_argument("--width", type=int, default=DEFAULT_WIDTH,
+                   help="widest line of the printed table (default: %(default)s); the CSV has every column")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: compare/<timestamp>)")
     p.add_argument("--window", default=None, help="mask panel window COL,ROW[,SIZE] in test-scene pixels")
     p.add_argument("--register", default=None, metavar="NAME",
                    help="register the top-ranked run's model in the MLflow Model Registry as NAME")
     args = p.parse_args(list(argv))
+    if args.width < 60:
+        raise ConfigError(f"--width: at least 60 characters, got {args.width}")
     window = None
     if args.window:
         try:
             window = [int(v) for v in args.window.split(",")]
         except ValueError:
             raise ConfigError(f"--window: expected COL,ROW[,SIZE] integers, got {args.window!r}") from None
-    res = compare(args.tracking_uri, args.experiment, args.sweep, args.rank_by, args.out, window, args.register)
-    print(console(res["header"], res["body"]))
-    print(f"\nranked by {args.rank_by}; wrote {', '.join(f.name for f in res['files'])} to {res['out_dir']}")
+    res = compare(args.tracking_uri, args.experiment, args.sweep, args.rank_by, args.out, window, args.register,
+                  args.test_data)
+    if res["warning"]:
+        print(f"cropseg: warning: {res['warning']}", file=sys.stderr)
+    print(console(res["rows"], res["groups"], args.width))
+    print(f"ranked by {args.rank_by}; wrote {', '.join(f.name for f in res['files'])} to {res['out_dir']}")
     if res["parent_run_id"]:
         print(f"logged to sweep parent run {res['parent_run_id']}")
     if res["registered"]:

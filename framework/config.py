@@ -157,12 +157,93 @@ def hydra_context(config_dir: Path | None = None) -> Iterator[None]:
 
 
 def compose(overrides: Sequence[str] = (), config_dir: Path | None = None) -> DictConfig:
-    """Compose the run configuration with Hydra, as the CLI would, turning Hydra errors into one line."""
+    """Compose the run configuration with Hydra, as the CLI would, turning Hydra errors into one line.
+
+    An override of a key the config does not have fails with the same line with or without ``+``: a stage
+    option (``classifier.kk=3``, ``+classifier.kk=3``) gets the plugin's list of valid options, any other
+    key (``train.foo=1``, ``+train.foo=1``) the keys of its section."""
     from hydra import compose as hcompose
 
+    overrides = list(overrides)
     with hydra_context(config_dir):
-        with hydra_errors():
-            return hcompose(config_name=CONFIG_NAME, overrides=list(overrides))
+        try:
+            with hydra_errors():
+                cfg = hcompose(config_name=CONFIG_NAME, overrides=overrides)
+        except ConfigError as exc:
+            m = re.search(r"full_key: (\S+)", str(exc))
+            if not (m and "not in struct" in str(exc)):
+                raise
+            full = m.group(1)
+            i = next((j for j, o in enumerate(overrides)
+                      if _override_key(o) == full or _override_key(o).startswith(full + ".")), None)
+            if i is None:
+                raise
+            key = _override_key(overrides[i])
+            plus = [*overrides[:i], "+" + overrides[i].lstrip("+"), *overrides[i + 1:]]
+            with hydra_errors():
+                cfg = hcompose(config_name=CONFIG_NAME, overrides=plus)
+            _check_added_key(cfg, key, overrides[:i] + overrides[i + 1:], config_dir, always=True)
+            raise  # not reached: _check_added_key raises for a key the config did not have
+        for o in overrides:  # (a plugin's options are checked against its signature when stages are built)
+            key = _override_key(o)
+            if o.startswith("+") and not o.startswith("++") and "." in key and \
+                    key.split(".")[0] not in PLUGIN_SECTIONS:
+                _check_added_key(cfg, key, [x for x in overrides if x is not o], config_dir)
+        return cfg
+
+
+def _override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+#: config sections whose options a plugin defines (checked against the plugin's signature)
+PLUGIN_SECTIONS = ("source", "labeler", "features", "classifier", "postprocessor")
+
+
+def _check_added_key(cfg: DictConfig, key: str, others: Sequence[str], config_dir: Path | None,
+                     always: bool = False) -> None:
+    """Raise one :class:`ConfigError` line for an override adding ``key`` that the config without it lacks:
+    the plugin's option check for a stage option, else the valid keys of its section."""
+    from hydra import compose as hcompose
+
+    section, _, rest = key.partition(".")
+    if section == "hydra":
+        return
+    if section in PLUGIN_SECTIONS:
+        from .plugins import get_plugin_manager
+
+        block = list(cfg.get("plugins", {}).get("block", []) or [])
+        registry = Registry.from_plugin_manager(get_plugin_manager(block=block))
+        if section == "postprocessor":
+            for name, node in postprocessor_nodes(cfg):
+                if rest.split(".")[0] in (name, *[k for k, v in cfg.postprocessor.items() if v is node]):
+                    from .plugins import check_options
+
+                    check_options(f"postprocessor.{name}", registry.get("postprocessor", name).factory,
+                                  plugin_options(node))
+        else:
+            from .plugins import check_options
+
+            stage_node = cfg.get(section)
+            if stage_node is not None and stage_node.get("name"):
+                check_options(f"{section}.{stage_node.get('name')}",
+                              registry.get(section, str(stage_node.get("name"))).factory, plugin_options(stage_node))
+        if not always:
+            return
+    with hydra_errors():
+        base = hcompose(config_name=CONFIG_NAME, overrides=list(others))
+    parts = key.split(".")
+    cur: Any = base
+    for i, part in enumerate(parts):
+        if not isinstance(cur, DictConfig):
+            break
+        if part not in cur:
+            parent = ".".join(parts[:i])
+            where = f"{parent} has" if parent else "top-level keys:"
+            raise ConfigError(f"{key}: no such key ({where} {', '.join(str(k) for k in cur.keys())})")
+        cur = cur.get(part)
+    if always:
+        raise ConfigError(f"{key}: cannot override this key")
 
 
 @contextmanager

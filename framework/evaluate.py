@@ -39,8 +39,31 @@ def classification_report(cm: np.ndarray) -> tuple[dict[str, Any], str]:
     w = np.asarray(cm, dtype=np.float64).ravel()
     kwargs = {"labels": [0, 1], "target_names": list(CLASS_NAMES), "sample_weight": w, "zero_division": 0}
     as_dict = skreport(y_true, y_pred, output_dict=True, digits=4, **kwargs)
-    text = skreport(y_true, y_pred, digits=4, **kwargs)
-    return as_dict, text
+    for vals in as_dict.values():  # supports are pixel counts (the weights make them floats)
+        if isinstance(vals, dict):
+            vals["support"] = int(round(vals["support"]))
+    return as_dict, report_text(as_dict)
+
+
+def report_text(report: dict[str, Any], digits: int = 4) -> str:
+    """scikit-learn's text layout of a classification report dict, supports as integers."""
+    rows = [k for k, v in report.items() if isinstance(v, dict) and not k.endswith(" avg")]
+    avgs = [k for k in ("macro avg", "weighted avg") if k in report]
+    width = max(len(k) for k in [*rows, *avgs, "accuracy"])
+    cols = ("precision", "recall", "f1-score", "support")
+    out = " " * width + " " + "".join(f" {h:>9}" for h in cols) + "\n\n"
+    line = "{:>{w}s} " + f" {{:>9.{digits}f}}" * 3 + " {:>9d}\n"
+    for k in rows:
+        v = report[k]
+        out += line.format(k, v["precision"], v["recall"], v["f1-score"], int(v["support"]), w=width)
+    out += "\n"
+    if "accuracy" in report:
+        support = int(report[avgs[0]]["support"]) if avgs else 0
+        out += f"{'accuracy':>{width}s} " + " " * 20 + f" {report['accuracy']:>9.{digits}f} {support:>9d}\n"
+    for k in avgs:
+        v = report[k]
+        out += line.format(k, v["precision"], v["recall"], v["f1-score"], int(v["support"]), w=width)
+    return out
 
 
 def iou(cm: np.ndarray) -> float:

@@ -134,6 +134,45 @@ class KNNIndex:
         return out
 
 
+def kneighbors_labels(X: np.ndarray, y: np.ndarray, Q: np.ndarray, k: int,
+                      threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Squared distances and labels (class indices ``y``) of the ``k`` nearest rows of ``X`` to each row of
+    ``Q``, nearest first, both (len(Q), k): one KD-tree, Morton-ordered warm-started searches, threaded
+    chunks. Cross-validation votes every k of a grid from one such query."""
+    from . import _knn_kernel as kernel
+
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    k = min(int(k), len(X))
+    pts, perm, *nodes = kernel.build_tree(X, LEAF_SIZE)
+    labels = np.ascontiguousarray(np.asarray(y, dtype=np.int64)[perm])
+    lo = X.min(axis=0)
+    scale = 255.0 / np.maximum(X.max(axis=0) - lo, 1e-12)
+    bits = max(1, min(8, 64 // X.shape[1]))
+    Q = np.asarray(Q, dtype=np.float64)
+    dist = np.empty((len(Q), k))
+    lab = np.empty((len(Q), k), dtype=np.int64)
+
+    def rows(a: int, b: int) -> None:
+        part = np.ascontiguousarray(Q[a:b])
+        codes = np.empty(len(part), dtype=np.uint64)
+        kernel.morton_codes(part, lo, scale, bits, codes)
+        order = np.argsort(codes, kind="stable")
+        d_out = np.empty((len(part), k))
+        l_out = np.empty((len(part), k), dtype=np.int64)
+        kernel.kneighbors(np.ascontiguousarray(part[order]), pts, labels, *nodes, k, d_out, l_out)
+        dist[a + order], lab[a + order] = d_out, l_out
+
+    if threads is None:
+        from .parallel import task_threads
+
+        threads = task_threads()
+    n_chunks = max(1, min(max(1, threads), len(Q) // MIN_CHUNK))
+    cuts = np.linspace(0, len(Q), n_chunks + 1).astype(np.intp)
+    with ThreadPoolExecutor(n_chunks, thread_name_prefix="cropseg-knn") as pool:
+        list(pool.map(lambda i: rows(int(cuts[i]), int(cuts[i + 1])), range(n_chunks)))
+    return dist, lab
+
+
 def supports(model: Any) -> bool:
     """Whether :func:`knn_predict` reproduces ``model.predict`` (else it falls back to it)."""
     metric = getattr(model, "effective_metric_", None)

@@ -23,7 +23,9 @@ from .area_sample import area_metrics, check_area_config
 from .config import flatten, instantiate, plugin_options, postprocessor_nodes, redact
 from .errors import ConfigError, PluginError
 from .evaluate import classification_report, confusion_from_rasters, iou, report_metrics
-from .plugins import Registry, get_plugin_manager
+from .lineage import TESTING, TRAINING, scene_refs
+from .naming import chosen_label, run_label
+from .plugins import Registry, check_labeler_fits, get_plugin_manager
 from .scene_ops import Progress, apply_filters, predict_scene
 from .parallel import BlockExecutor, ParallelConfig, use_executor
 from .raster import DEFAULT_BLOCK, iter_windows
@@ -62,14 +64,16 @@ class RunResult:
             ("test crop IoU", m.get("test_iou")),
             ("test weighted F1 (before postprocessing)", m.get("test_raw_weighted_avg_f1")),
             ("train weighted F1", m.get("train_weighted_avg_f1")),
-            ("crop area (ha, polygons)", m.get("crop_area_ha")),
+            ("crop area, all crop pixels (ha)", m.get("crop_area_pixels_ha")),
+            ("crop area, kept polygons (ha)", m.get("crop_area_ha")),
+            ("crop polygons kept", m.get("n_polygons")),
+            ("crop polygons dropped (small)", m.get("n_polygons_dropped")),
             ("mapped crop area (ha, labelled pixels)", m.get("area_mapped_crop_ha")),
             ("reference crop area (ha)", m.get("area_reference_crop_ha")),
             ("mapped - reference (ha)", m.get("area_difference_ha")),
             (f"error-adjusted crop area (ha, n={m.get('area_sample_size', 0):.0f})", m.get("area_adjusted_crop_ha")),
             ("  95% CI low (ha)", m.get("area_adjusted_crop_ci_low_ha")),
             ("  95% CI high (ha)", m.get("area_adjusted_crop_ci_high_ha")),
-            ("crop polygons", m.get("n_polygons")),
             ("fit seconds", m.get("fit_seconds")),
             ("predict pixels / second", m.get("predict_pixels_per_second")),
             ("total seconds", m.get("total_seconds")),
@@ -79,7 +83,14 @@ class RunResult:
         for name, val in rows:
             if val is None:
                 continue
-            txt = f"{val:,.0f}" if name in ("crop polygons",) else f"{val:,.4f}" if abs(val) < 100 else f"{val:,.1f}"
+            if name.startswith("crop polygons"):
+                txt = f"{val:,.0f}"
+            elif "(ha" in name or "seconds" in name:
+                txt = f"{val:,.2f}"
+            elif "pixels / second" in name:
+                txt = f"{val:,.0f}"
+            else:
+                txt = f"{val:.4f}"
             lines.append(f"{name:<{width}}  {txt}")
         return "\n".join(lines)
 
@@ -125,6 +136,9 @@ def build_stages(cfg: DictConfig, registry: Registry | None = None) -> Stages:
                               ("features", features, Features), ("classifier", classifier, Classifier)):
         if not isinstance(obj, proto):
             raise PluginError(f"{stage} {names.get(stage)!r} does not implement cropseg.types.{proto.__name__}")
+    kinds = getattr(source, "ground_truth_kinds", None)
+    for what, kind in (kinds() if callable(kinds) else {}).items():  # before any scene is loaded
+        check_labeler_fits(registry, names["labeler"], kind, what)
     parallel = ParallelConfig.from_config(cfg.get("parallel"))
     check_area_config(cfg.get("evaluate"))
     return Stages(source, labeler, features, classifier, filters, vectorizers, registry, names, parallel)
@@ -154,8 +168,10 @@ def execute(cfg: DictConfig, *, output_dir: Path | None = None, parent_run_id: s
     out.mkdir(parents=True, exist_ok=True)
     parent_run_id = parent_run_id or tcfg.get("parent_run_id")
     tags = _tags(stages)
-    run_name = (tcfg.get("run_name") or f"{stages.names['classifier']}-{stages.names['source']}") + run_name_suffix
+    run_name = tcfg.get("run_name") + run_name_suffix if tcfg.get("run_name") else \
+        " ".join(p for p in (run_label(stages.names["classifier"], "", stages.names["features"]), run_name_suffix) if p)
     with tracker.run(run_name, tags, parent_run_id) as rl:
+        rl.name_suffix = run_name_suffix
         log.info("MLflow run %s in %s (experiment %r)", rl.run_id, tracker.uri, tracker.experiment_name)
         try:
             with BlockExecutor(stages.parallel) as executor, use_executor(executor):
@@ -183,6 +199,10 @@ def _tags(stages: Stages) -> dict[str, str]:
     return tags
 
 
+def tcfg_run_name(cfg: DictConfig) -> str | None:
+    return (cfg.get("tracking") or {}).get("run_name")
+
+
 def _run_stages(cfg: DictConfig, st: Stages, rl: Any, out: Path, t_start: float) -> RunResult:
     block = int(cfg.get("block_size", DEFAULT_BLOCK))
     tcfg = cfg.get("train", {})
@@ -205,6 +225,7 @@ def _run_stages(cfg: DictConfig, st: Stages, rl: Any, out: Path, t_start: float)
                     for k, v in sc.metadata.items() if v is not None},
                  **{f"{TAG_PREFIX}source.{k}": v for k, v in scenes.metadata.items() if v is not None}})
     metrics["source_seconds"] = time.perf_counter() - t
+    rl.log_datasets([*scene_refs(scenes.train, TRAINING), *scene_refs(scenes.test, TESTING)])
 
     # -- labels ------------------------------------------------------------------------------------
     labels = {}
@@ -218,9 +239,8 @@ def _run_stages(cfg: DictConfig, st: Stages, rl: Any, out: Path, t_start: float)
     outputs["test_labels"] = labels["test"].path
 
     # -- training sample and fit -------------------------------------------------------------------
-    cap = tcfg.get("max_per_class")
-    ts = sample_training_pixels(scenes.train, labels["train"], st.features,
-                                max_per_class=None if cap in (None, "all") else int(cap),
+    caps = {k: None if tcfg.get(k) in (None, "all") else int(tcfg.get(k)) for k in ("max_pixels", "max_per_class")}
+    ts = sample_training_pixels(scenes.train, labels["train"], st.features, **caps,
                                 seed=int(tcfg.get("seed", cfg.get("seed", 0))),
                                 spatial_block=int(tcfg.get("spatial_block", 128)), block=block,
                                 balance=bool(tcfg.get("balance", False)))
@@ -228,6 +248,10 @@ def _run_stages(cfg: DictConfig, st: Stages, rl: Any, out: Path, t_start: float)
     log.info("training sample: %d pixels (%d crop) of %d labelled, features %s", n_train, int(ts.y.sum()),
              sum(ts.available.values()), ts.feature_names)
     rl.log_params({"features.names": ",".join(ts.feature_names), "train.n_pixels": n_train})
+    fractions = ts.crop_fractions()
+    metrics.update(fractions)
+    log.info("crop share: %.1f%% of the labelled training pixels, %.1f%% of the sample",
+             100 * fractions["train_labelled_crop_fraction"], 100 * fractions["train_sample_crop_fraction"])
     t = time.perf_counter()
     fit = st.classifier.fit(ts.X, ts.y, ts.groups)
     fit_s = time.perf_counter() - t
@@ -235,6 +259,12 @@ def _run_stages(cfg: DictConfig, st: Stages, rl: Any, out: Path, t_start: float)
     metrics.update(fit_seconds=fit_s, fit_pixels_per_second=n_train / max(fit_s, 1e-9), train_pixels=float(n_train))
     if fit is not None:
         rl.log_params({f"fit.{k}": v for k, v in fit.params.items()})
+        fit_tags = dict(getattr(fit, "tags", {}))
+        rl.set_tags({f"{TAG_PREFIX}{k}": v for k, v in fit_tags.items()})
+        if not tcfg_run_name(cfg):  # the name now says what the fit chose: knn k=9 | bands
+            chosen = fit_tags.get("chosen") or chosen_label(dict(fit.params))
+            rl.rename(" ".join(p for p in (run_label(st.names["classifier"], chosen, st.names["features"]),
+                                           rl.name_suffix) if p))
         metrics.update({k: float(v) for k, v in fit.metrics.items()})
     del ts
 
@@ -269,9 +299,11 @@ def _run_stages(cfg: DictConfig, st: Stages, rl: Any, out: Path, t_start: float)
         t = time.perf_counter()
         res = vec.vectorize(outputs["test_mask"], out / "segments" / "test_segments.geojson")
         outputs["segments"] = res.path
+        dropped = int(getattr(res, "n_dropped", 0))
         metrics.update(crop_area_ha=res.area_ha, n_polygons=float(res.n_polygons),
-                       vectorize_seconds=time.perf_counter() - t)
-        log.info("%s: %d polygons, %.1f ha of crop", name, res.n_polygons, res.area_ha)
+                       n_polygons_dropped=float(dropped), vectorize_seconds=time.perf_counter() - t)
+        log.info("%s: %d polygons, %.2f ha of crop (%d smaller polygons dropped, %.2f ha)", name,
+                 res.n_polygons, res.area_ha, dropped, float(getattr(res, "area_dropped_ha", 0.0)))
 
     # -- crop area: mapped vs reference, and the good-practice protocol simulated on the test scene ----
     ecfg = cfg.get("evaluate") or {}
@@ -305,7 +337,7 @@ def _log_results(rl: Any, st: Stages, scenes: Any, labels: dict, reports: dict, 
                 table["class"].append(cls)
                 for col, src in (("precision", "precision"), ("recall", "recall"), ("f1", "f1-score"),
                                  ("support", "support")):
-                    table[col].append(float(vals[src]))
+                    table[col].append(int(vals[src]) if col == "support" else float(vals[src]))
     for f in sorted(rep_dir.iterdir()):
         rl.log_artifact(f, "reports")
     rl.log_table(table, "reports/classification_reports.json")

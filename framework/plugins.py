@@ -150,6 +150,33 @@ class Registry:
         return info.factory(**dict(options))
 
 
+#: ground-truth kinds: polygons in a vector file, or a class raster
+GROUND_TRUTH_KINDS = ("vector", "raster")
+
+
+def ground_truth_kind_of(path: Any) -> str:
+    """``raster`` for a class raster file (.tif/.tiff/.img/.vrt), else ``vector``."""
+    from pathlib import Path as _Path
+
+    return "raster" if _Path(str(path)).suffix.lower() in {".tif", ".tiff", ".img", ".vrt"} else "vector"
+
+
+def check_labeler_fits(registry: Registry, labeler: str, kind: str | None, what: str) -> None:
+    """Raise one :class:`ConfigError` line when labeler ``labeler`` cannot read ``kind`` ground truth
+    (a labeler lists what it reads in a ``ground_truth_kinds`` class attribute; default: both), naming the
+    labelers that can. ``what`` names the ground truth (option and file) in the message."""
+    if kind is None:
+        return
+    accepts = getattr(registry.get("labeler", labeler).factory, "ground_truth_kinds", GROUND_TRUTH_KINDS)
+    if kind in accepts:
+        return
+    fits = [n for n in registry.names("labeler")
+            if kind in getattr(registry.get("labeler", n).factory, "ground_truth_kinds", GROUND_TRUTH_KINDS)]
+    needs = " or ".join("polygons (a vector file)" if k == "vector" else "a class raster" for k in accepts)
+    use = " or ".join(f"labeler={n}" for n in fits) or "a labeler that reads it"
+    raise ConfigError(f"labeler={labeler} needs {needs}, but {what} is a {kind} file: use {use}")
+
+
 def check_options(where: str, factory: Callable[..., Any], options: Mapping[str, Any]) -> None:
     """Raise :class:`ConfigError` if ``options`` holds a key ``factory`` does not accept."""
     try:

@@ -3,7 +3,8 @@
 The model comes from MLflow (``runs:/<id>/model``, ``models:/<name>/<version>``, ``models:/<name>@<alias>``);
 the scene is a local 4-band GeoTIFF (optional Planet metadata XML, AOI, usable-data raster). The mask is
 written block by block on the scene's grid, then filtered and vectorised as in training; optional
-vector ground truth gives a classification report. Every prediction is its own MLflow run, tagged with
+ground truth (a vector file or a class raster, as the local source reads them) gives a classification
+report; it is labelled before anything is predicted, so a bad file fails at once. Every prediction is its own MLflow run, tagged with
 the model URI and the run that trained the model, ending FINISHED or FAILED. Blocks run in parallel as in
 a run (an in-process Dask LocalCluster by default; serially, or on a scheduler's cluster on request).
 Outputs are assembled in a hidden staging folder and moved into place only when everything succeeded.
@@ -32,7 +33,9 @@ from .evaluate import classification_report, confusion_from_rasters, iou, report
 from .parallel import BlockExecutor, ParallelConfig, use_executor
 from .raster import DEFAULT_BLOCK, atomic_path, iter_windows
 from .tracking import TAG_PREFIX, Tracker, git_commit, resolve_uri
-from .types import CROP, DWR_CROP_CLASSES, NONCROP, VectorGroundTruth
+from .lineage import PREDICTION, scene_refs
+from .scenes import make_ground_truth
+from .types import CROP, DWR_CROP_CLASSES, NONCROP
 
 log = logging.getLogger("cropseg")
 
@@ -87,6 +90,7 @@ def predict(model_uri: str, image: str | Path, *, metadata: str | Path | None = 
             aoi: str | Path | None = None, udm: str | Path | None = None, nodata: float | None = None,
             ground_truth: str | Path | None = None, attribute: str = "CLASS1",
             crop_values: Sequence[Any] = DWR_CROP_CLASSES, layer: str | None = None, uncovered: str = "noncrop",
+            ignore_values: Sequence[int] = (),
             labeler: str | None = None, output_dir: str | Path | None = None, tracking_uri: str | None = None,
             experiment: str = DEFAULT_EXPERIMENT, run_name: str | None = None,
             block: int = DEFAULT_BLOCK, parallel: ParallelConfig | None = None,
@@ -141,7 +145,10 @@ def predict(model_uri: str, image: str | Path, *, metadata: str | Path | None = 
                 gt_path = Path(ground_truth).expanduser()
                 if not gt_path.exists():
                     raise InputFileError(f"{gt_path}: ground truth file not found")
-                gt = VectorGroundTruth(gt_path, attribute, tuple(str(v) for v in crop_values), layer, uncovered)
+                # as the local source reads it: a vector file or a class raster (crop and ignored values)
+                gt = make_ground_truth(gt_path, attribute=attribute, crop_values=crop_values,
+                                       ignore_values=ignore_values, uncovered=uncovered, layer=layer,
+                                       option="--ground-truth")
             scene = pipe.scene(image, metadata=metadata, scale=scale, aoi=aoi, udm=udm, nodata=nodata,
                                ground_truth=gt)
             rl.log_params({"model_uri": model_uri, "image": str(image), "metadata": metadata, "scale": scale,
@@ -152,6 +159,7 @@ def predict(model_uri: str, image: str | Path, *, metadata: str | Path | None = 
                            "parallel.workers": parallel.workers})
             rl.set_tags({f"{TAG_PREFIX}scene_id": scene.metadata.get("scene_id", image.stem),
                          f"{TAG_PREFIX}synthetic": str(scene.metadata["synthetic"]).lower()})
+            rl.log_datasets(scene_refs(scene, PREDICTION))
             with BlockExecutor(parallel) as executor, use_executor(executor):
                 summary, metrics, files, report_text = _predict_into(pipe, scene, stage, block, labeler)
             if reference_sample is not None:
@@ -182,6 +190,14 @@ def _predict_into(pipe: Any, scene: Any, stage: Path, block: int, labeler_name: 
                   ) -> tuple[dict[str, Any], dict[str, float], dict[str, Path], str | None]:
     stem = scene.metadata.get("scene_id") or scene.path.stem
     files: dict[str, Path] = {}
+    labels = None
+    if scene.ground_truth is not None:  # labels first: a bad ground truth fails before any prediction
+        lab = _labeler(pipe, labeler_name, scene.ground_truth)
+        t = time.perf_counter()
+        labels = lab.label(scene, stage / "labels" / f"{stem}_labels.tif")
+        files["labels"] = labels.path
+        log.info("ground truth %s: %d crop, %d non-crop, %d ignored pixels (%.1f s)", scene.ground_truth.path,
+                 labels.counts["crop"], labels.counts["noncrop"], labels.counts["ignore"], time.perf_counter() - t)
     t = time.perf_counter()
     files["mask"] = pipe.predict_scene(scene, stage / "prediction" / f"{stem}_mask.tif", block=block)
     predict_s = time.perf_counter() - t
@@ -213,10 +229,7 @@ def _predict_into(pipe: Any, scene: Any, stage: Path, block: int, labeler_name: 
         metrics.update(crop_area_ha=float(res.area_ha), n_polygons=float(res.n_polygons))
     log.info("%s: %d crop of %d classified pixels", stem, counts[1], n_px)
     report_text = None
-    if scene.ground_truth is not None:
-        lab = _labeler(pipe, labeler_name)
-        labels = lab.label(scene, stage / "labels" / f"{stem}_labels.tif")
-        files["labels"] = labels.path
+    if labels is not None:
         cm = confusion_from_rasters(labels.path, files["mask"])
         rep, report_text = classification_report(cm)
         metrics.update(report_metrics(rep, "eval"))
@@ -248,13 +261,17 @@ def _area_estimate(sample: Path, files: dict[str, Path], summary: dict[str, Any]
              est.area_se_ha()[1], int(est.counts.sum()))
 
 
-def _labeler(pipe: Any, name: str | None) -> Any:
-    from .plugins import Registry, get_plugin_manager
+def _labeler(pipe: Any, name: str | None, gt: Any) -> Any:
+    """The labeler for the ground truth: ``name``, else the model's; one that cannot read this kind of
+    ground truth fails naming those that can."""
+    from .plugins import Registry, check_labeler_fits, get_plugin_manager, ground_truth_kind_of
 
     registry = pipe.registry or Registry.from_plugin_manager(get_plugin_manager())
     spec = pipe.spec.labeler or {"name": "rasterize", "options": {}}
-    if name and name != spec["name"]:
-        return registry.create("labeler", name, {})
+    chosen = name or spec["name"]
+    check_labeler_fits(registry, chosen, ground_truth_kind_of(gt.path), f"--ground-truth {gt.path}")
+    if chosen != spec["name"]:
+        return registry.create("labeler", chosen, {})
     return registry.create("labeler", spec["name"], spec.get("options", {}))
 
 

@@ -1,4 +1,4 @@
-"""Drawing training pixels from a labelled scene: stratified, capped per class, seeded, block by block."""
+"""Drawing training pixels from a labelled scene: stratified, capped, seeded, block by block."""
 
 from __future__ import annotations
 
@@ -24,19 +24,61 @@ class TrainingSet:
     feature_names: list[str]
     available: dict[str, int]
 
+    def crop_fractions(self) -> dict[str, float]:
+        """Crop share of the labelled pixels and of the sample (what the cap kept of the proportions)."""
+        total = sum(self.available.values())
+        return {"train_labelled_crop_fraction": self.available["crop"] / total if total else float("nan"),
+                "train_sample_crop_fraction": float(np.mean(self.y == CROP)) if len(self.y) else float("nan")}
+
 
 def class_counts(labels: LabelRaster) -> dict[int, int]:
     return {NONCROP: int(labels.counts["noncrop"]), CROP: int(labels.counts["crop"])}
 
 
-def sample_training_pixels(scene: Scene, labels: LabelRaster, features: Features, *,
-                           max_per_class: int | None, seed: int, spatial_block: int = 128,
-                           block: int = DEFAULT_BLOCK, balance: bool = False) -> TrainingSet:
-    """Labelled pixels of ``scene``: all of them (``max_per_class=None``) or at most ``max_per_class`` per
-    class, drawn uniformly without replacement with ``seed``. ``balance=True`` draws the same number of
-    pixels of each class: the smaller class's count (or ``max_per_class`` if that is smaller). Memory is
-    bounded by the sample, not the scene: chosen pixel indices are drawn up front per class, then collected
-    in one pass over the blocks.
+def allocate(counts: dict[int, int], *, max_pixels: int | None = None, max_per_class: int | None = None,
+             balance: bool = False) -> dict[int, int]:
+    """How many pixels of each class to draw from ``counts`` (labelled pixels per class).
+
+    By default one cap, ``max_pixels``, bounds the total and the sample keeps the labelled class proportions
+    (stratified; largest-remainder rounding, every present class keeps at least one pixel). ``balance=True``
+    draws the same number of each class: the smaller class's count, at most ``max_pixels // 2``.
+    ``max_per_class`` (off by default) caps each class on top of that; set below a class's share it changes
+    the class proportions, as any per-class cap does.
+    """
+    for opt, value in (("max_pixels", max_pixels), ("max_per_class", max_per_class)):
+        if value is not None and int(value) < 1:
+            raise ConfigError(f"train.{opt}: a positive number of pixels or null (no cap), got {value!r}")
+    if balance:
+        each = min(counts.values())
+        if max_pixels is not None:
+            each = min(each, max(1, int(max_pixels) // len(counts)))
+        take = {c: each for c in counts}
+    elif max_pixels is not None and sum(counts.values()) > int(max_pixels):
+        total = sum(counts.values())
+        exact = {c: int(max_pixels) * n / total for c, n in counts.items()}
+        take = {c: min(counts[c], max(1 if counts[c] else 0, int(v))) for c, v in exact.items()}
+        short = int(max_pixels) - sum(take.values())
+        for c in sorted(counts, key=lambda c: exact[c] - int(exact[c]), reverse=True):
+            if short <= 0:
+                break
+            if take[c] < counts[c]:
+                take[c] += 1
+                short -= 1
+    else:
+        take = dict(counts)
+    if max_per_class is not None:
+        take = {c: min(n, int(max_per_class)) for c, n in take.items()}
+    return take
+
+
+def sample_training_pixels(scene: Scene, labels: LabelRaster, features: Features, *, seed: int,
+                           max_pixels: int | None = None, max_per_class: int | None = None,
+                           spatial_block: int = 128, block: int = DEFAULT_BLOCK,
+                           balance: bool = False) -> TrainingSet:
+    """Labelled pixels of ``scene``, drawn uniformly without replacement within each class with ``seed``;
+    how many of each class :func:`allocate` says (all of them when no cap applies; by default the labelled
+    class proportions under one ``max_pixels`` cap on the total). Memory is bounded by the sample, not the
+    scene: chosen pixel indices are drawn up front per class, then collected in one pass over the blocks.
 
     ``groups`` numbers square spatial blocks of ``spatial_block`` pixels (for spatially blocked CV).
     """
@@ -45,20 +87,15 @@ def sample_training_pixels(scene: Scene, labels: LabelRaster, features: Features
     if empty:
         raise LabelError(f"{labels.path}: the training labels hold no {' and no '.join(empty)} pixels; a "
                          "classifier needs both classes (check the ground truth and the scene overlap)")
-    if max_per_class is not None and int(max_per_class) < 1:
-        raise ConfigError(f"train.max_per_class: a positive number of pixels or null (all), got {max_per_class!r}")
-    cap = None if max_per_class is None else int(max_per_class)
-    if balance:
-        smallest = min(counts.values())
-        cap = smallest if cap is None else min(cap, smallest)
+    take_n = allocate(counts, max_pixels=max_pixels, max_per_class=max_per_class, balance=balance)
     rng = np.random.default_rng(seed)
     chosen: dict[int, np.ndarray | None] = {}
     for cls in (NONCROP, CROP):
         n = counts[cls]
-        if cap is None or n <= cap:
+        if take_n[cls] >= n:
             chosen[cls] = None  # take all
         else:
-            chosen[cls] = np.sort(rng.choice(n, size=cap, replace=False))
+            chosen[cls] = np.sort(rng.choice(n, size=take_n[cls], replace=False))
     seen = {NONCROP: 0, CROP: 0}
     names = features.names(scene.band_names)
     parts_x, parts_y, parts_r, parts_c = [], [], [], []

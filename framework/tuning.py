@@ -135,6 +135,30 @@ def cv_score(build: Callable[[], Any], X: np.ndarray, y: np.ndarray, cv: Any, sc
     return CVScore(float(np.mean(scores)), float(np.std(scores)), time.perf_counter() - t)
 
 
+#: ``predict_all(X_train, y_train, X_test, candidates)``: one prediction array per candidate, e.g. every k
+#: of a KNN grid from a single neighbour query (see :func:`tune`)
+PredictAll = Callable[[np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]], list[np.ndarray]]
+
+
+def cv_scores_all(predict_all: PredictAll, candidates: list[dict[str, Any]], X: np.ndarray, y: np.ndarray,
+                  cv: Any, scoring: str, groups: np.ndarray | None) -> list[CVScore] | None:
+    """CV scores of every candidate from one ``predict_all`` call per fold; ``None`` when ``scoring``
+    needs more than predicted labels (e.g. ``roc_auc``), so the caller scores candidates one by one."""
+    from sklearn.metrics import get_scorer
+
+    scorer = get_scorer(scoring)
+    if getattr(scorer, "_response_method", None) != "predict":
+        return None
+    t = time.perf_counter()
+    folds: list[list[float]] = [[] for _ in candidates]
+    for train, test in cv.split(X, y, groups):
+        preds = predict_all(X[train], y[train], X[test], candidates)
+        for j, pred in enumerate(preds):
+            folds[j].append(scorer._sign * scorer._score_func(y[test], pred, **scorer._kwargs))
+    each = (time.perf_counter() - t) / len(candidates)
+    return [CVScore(float(np.mean(f)), float(np.std(f)), each) for f in folds]
+
+
 @dataclass
 class Tuned:
     """What :func:`tune` returns: the refitted estimator, the chosen candidate and what to log."""
@@ -143,14 +167,37 @@ class Tuned:
     best: dict[str, Any]
     params: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    #: one line per tuned hyperparameter whose chosen value is the smallest or largest of its grid
+    edge_warnings: list[str] = field(default_factory=list)
 
     def fit_result(self) -> FitResult:
-        return FitResult(params=dict(self.params), metrics=dict(self.metrics))
+        from .naming import chosen_label
+
+        tags = {"warning.grid_edge": "; ".join(self.edge_warnings)} if self.edge_warnings else {}
+        if self.best:
+            tags["chosen"] = chosen_label(self.best)
+        return FitResult(params=dict(self.params), metrics=dict(self.metrics), tags=tags)
+
+
+def grid_edges(grid: Mapping[str, Sequence[Any]] | None, best: Mapping[str, Any], where: str) -> list[str]:
+    """A warning for every numeric hyperparameter of ``grid`` (two or more values) whose chosen value in
+    ``best`` is the smallest or largest candidate: the CV score may still improve beyond the grid."""
+    out = []
+    for name, values in dict(grid or {}).items():
+        nums = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+        if len(nums) != len(values) or len(set(nums)) < 2 or name not in best:
+            continue
+        chosen, lo, hi = best[name], min(nums), max(nums)
+        if chosen in (lo, hi):
+            side = "largest" if chosen == hi else "smallest"
+            out.append(f"{where}: chosen {name}={chosen} is the {side} value of its grid ({lo}..{hi}); the CV "
+                       f"score may improve beyond it: widen the grid")
+    return out
 
 
 def tune(build: Callable[..., Any], grid: Mapping[str, Sequence[Any]] | None, X: np.ndarray, y: np.ndarray,
          groups: np.ndarray | None, spec: CVSpec, *, fit_params: Mapping[str, Any] | None = None,
-         allowed: Sequence[str] | None = None) -> Tuned:
+         allowed: Sequence[str] | None = None, predict_all: PredictAll | None = None) -> Tuned:
     """Pick the best candidate of ``grid`` by the CV ``spec.cv`` names, refit it on all of ``X``, and score
     it with the other CV too.
 
@@ -159,6 +206,10 @@ def tune(build: Callable[..., Any], grid: Mapping[str, Sequence[Any]] | None, X:
     ``cv_<scoring>_<candidate>`` for every candidate when there are several, ``cv_score``/``cv_score_std``
     (the tuning CV), ``cv_<kind>_<scoring>``/``..._std`` for spatial and random, ``cv_seconds`` and
     ``refit_seconds``. Params: the chosen values, ``cv`` (the CV that tuned), ``cv_folds``, ``cv_scoring``.
+
+    ``predict_all`` (optional, without ``fit_params``) scores every candidate of a fold at once (a KNN grid
+    from one query of the largest k); the scores are those of fitting each candidate on the fold. A chosen
+    value on the edge of a numeric grid warns (log, and the ``warning.grid_edge`` tag of the fit result).
     """
     candidates = expand_grid(grid, spec.where, allowed)
     y = np.asarray(y)
@@ -166,6 +217,7 @@ def tune(build: Callable[..., Any], grid: Mapping[str, Sequence[Any]] | None, X:
     params: dict[str, Any] = {}
     t0 = time.perf_counter()
     scores: dict[str, CVScore] = {}
+    results: list[CVScore] = []
     if spec.cv == "none":
         if len(candidates) > 1:
             raise ConfigError(f"{spec.where}.cv=none: the grid holds {len(candidates)} candidates; "
@@ -173,8 +225,18 @@ def tune(build: Callable[..., Any], grid: Mapping[str, Sequence[Any]] | None, X:
         best = candidates[0]
     else:
         tuning_cv = splitter(spec.cv, spec, y, groups)
-        results = []
-        for cand in candidates:
+        cv_groups = groups if spec.cv == "spatial" else None
+        at_once = None
+        if predict_all is not None and len(candidates) > 1 and not fit_params:
+            at_once = cv_scores_all(predict_all, candidates, np.asarray(X), y, tuning_cv, spec.scoring, cv_groups)
+        for n, cand in enumerate(candidates):
+            if at_once is not None:
+                results.append(at_once[n])
+                if len(candidates) > 1:
+                    metrics[f"cv_{spec.scoring}_{candidate_key(cand)}"] = at_once[n].mean
+                log.info("%s: %s cv %s %s = %.4f ± %.4f", spec.where, spec.cv, spec.scoring,
+                         candidate_key(cand) or "defaults", at_once[n].mean, at_once[n].std)
+                continue
             s = cv_score(lambda c=cand: build(**c), X, y, tuning_cv, spec.scoring,
                          groups if spec.cv == "spatial" else None, fit_params)
             results.append(s)
@@ -208,7 +270,12 @@ def tune(build: Callable[..., Any], grid: Mapping[str, Sequence[Any]] | None, X:
     params.update({k: _loggable(v) for k, v in best.items()})
     params.update(cv=spec.cv, cv_folds=spec.folds, cv_scoring=spec.scoring)
     metrics = {k: v for k, v in metrics.items() if math.isfinite(v)}
-    return Tuned(estimator, best, params, metrics)
+    # a chosen value on the edge of its grid warns, unless another candidate scored the same (a plateau)
+    plateau = spec.cv != "none" and sum(r.mean == scores[spec.cv].mean for r in results) > 1
+    edges = grid_edges(grid, best, spec.where) if len(candidates) > 1 and not plateau else []
+    for line in edges:
+        log.warning("%s", line)
+    return Tuned(estimator, best, params, metrics, edges)
 
 
 def _loggable(value: Any) -> Any:

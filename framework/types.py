@@ -259,6 +259,8 @@ class FitResult:
 
     params: Mapping[str, Any] = field(default_factory=dict)
     metrics: Mapping[str, float] = field(default_factory=dict)
+    #: run tags to set (without the ``cropseg.`` prefix), e.g. ``warning.grid_edge`` from tuning
+    tags: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -268,6 +270,9 @@ class VectorResult:
     path: Path
     n_polygons: int
     area_ha: float
+    #: polygons left out (e.g. below a minimum area) and their area
+    n_dropped: int = 0
+    area_dropped_ha: float = 0.0
 
 
 # --------------------------------------------------------------------------------------------------

@@ -24,6 +24,9 @@ SHIFT = 4  # fractional bits for sub-pixel vertex positions in cv2.fillPoly
 
 
 class ContoursLabeler:
+    #: polygons only: OpenCV fills their outlines
+    ground_truth_kinds = ("vector",)
+
     def __init__(self, block_size: int = 512):
         self.block_size = block_size
 

@@ -41,6 +41,19 @@ class LocalSource:
         self.opts = dict(locals())
         self.opts.pop("self")
 
+    def ground_truth_kinds(self) -> dict[str, str]:
+        """``{option: "vector" | "raster"}`` for each ground truth this source will read, known before any
+        scene is loaded (the pipeline checks that the labeler can read them)."""
+        from cropseg.plugins import ground_truth_kind_of
+
+        o = self.opts
+        out = {}
+        for role in ("train", "test"):
+            opt = f"{role}_ground_truth" if o[f"{role}_ground_truth"] else "ground_truth"
+            if o[opt]:
+                out[f"source.{opt} ({o[opt]})"] = ground_truth_kind_of(o[opt])
+        return out
+
     def load(self, workdir: Path) -> SceneSet:
         o = self.opts
         if o["image"] and (o["train_image"] or o["test_image"]):

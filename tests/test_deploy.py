@@ -377,3 +377,71 @@ def test_register_without_model_is_a_config_error(tmp_path):
         cropseg.run(["tracking.log_model=false", "tracking.register_model=x",
                      f"tracking.uri=sqlite:///{tmp_path / 'm.db'}"], output_dir=tmp_path / "o")
     assert not (tmp_path / "m.db").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# issue 12: class-raster ground truth, checked before anything is predicted; the scene as dataset input
+# --------------------------------------------------------------------------------------------------
+
+
+def _predict_args(trained, new_scene, out: Path, *extra: str) -> list[str]:
+    return ["predict", f"models:/{REGISTERED}/1", str(new_scene.analytic), "--metadata", str(new_scene.metadata_xml),
+            "--output-dir", str(out), "--tracking-uri", trained["uri"], "--serial", *extra]
+
+
+def test_predict_scores_against_a_class_raster_as_against_the_polygons(trained, new_scene, tmp_path, capsys):
+    vec_out = tmp_path / "vector"
+    assert main(_predict_args(trained, new_scene, vec_out, "--ground-truth", str(new_scene.ground_truth))) == 0
+    vec = json.loads((vec_out / "summary.json").read_text())
+    # the same truth as a land-cover style class raster: 7 = crop, 2 = other land, 0 = nodata (not scored)
+    labels, prof = _read(vec_out / vec["outputs"]["labels"])
+    classes = tmp_path / "landcover.tif"
+    with rasterio.open(classes, "w", **dict(prof, nodata=0)) as dst:
+        dst.write(np.select([labels == 1, labels == 0], [7, 2], 0).astype(np.uint8), 1)
+    capsys.readouterr()
+    ras_out = tmp_path / "raster"
+    assert main(_predict_args(trained, new_scene, ras_out, "--ground-truth", str(classes), "--crop-values", "7")) == 0
+    printed = capsys.readouterr().out
+    ras = json.loads((ras_out / "summary.json").read_text())
+    assert ras["evaluation"]["report"] == vec["evaluation"]["report"]
+    assert ras["evaluation"]["label_counts"] == vec["evaluation"]["label_counts"]
+    support = ras["evaluation"]["report"]["crop"]["support"]
+    assert isinstance(support, int) and f" {support}\n" in printed  # supports print as integers
+    run = trained["client"].get_run(_last_prediction_run(trained["client"]).info.run_id)
+    logged = {(i.dataset.name.split()[1], next(t.value for t in i.tags if t.key == "mlflow.data.context"))
+              for i in run.inputs.dataset_inputs}
+    assert logged == {("scene", "prediction"), ("ground", "prediction")}
+
+
+@pytest.mark.parametrize("kind", ["garbage-raster", "garbage-vector", "contours-on-raster"])
+def test_bad_ground_truth_is_refused_before_predicting(trained, new_scene, tmp_path, capfd, kind):
+    extra = []
+    if kind == "garbage-raster":
+        bad = tmp_path / "classes.tif"
+        bad.write_text("not a raster")
+        expected = "classes.tif"
+        extra = ["--crop-values", "1"]
+    elif kind == "garbage-vector":
+        bad = tmp_path / "fields.geojson"
+        bad.write_text("{not json")
+        expected = "fields.geojson"
+    else:
+        bad = tmp_path / "classes.tif"
+        with rasterio.open(new_scene.analytic) as src:
+            profile = dict(src.profile, count=1, dtype="uint8", nodata=0)
+        with rasterio.open(bad, "w", **profile) as dst:
+            dst.write(np.ones((1, profile["height"], profile["width"]), dtype=np.uint8))
+        expected = "use labeler=rasterize"
+        extra = ["--crop-values", "1", "--labeler", "contours"]
+    out = tmp_path / "out"
+    t = time.perf_counter()
+    code = main(_predict_args(trained, new_scene, out, "--ground-truth", str(bad), *extra))
+    seconds = time.perf_counter() - t
+    err = capfd.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("cropseg: error:")]
+    assert code != 0 and "Traceback" not in err and len(lines) == 1 and expected in lines[0], err
+    assert "classified pixels" not in err  # the scene was never predicted (logged right after predicting)
+    print(f"refused in {seconds:.1f} s")  # measured, not asserted (see the report)
+    _no_results(out)
+    run = _last_prediction_run(trained["client"])
+    assert run.info.status == "FAILED" and "predict_seconds" not in run.data.metrics  # nothing was predicted

@@ -279,3 +279,65 @@ def test_sample_balance_draws_equal_class_sizes(labelled):
 def test_sample_bad_cap_raises(labelled):
     with pytest.raises(ConfigError, match="max_per_class"):
         sample(labelled, max_per_class=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# issue 12: one stratified cap on the total, class fractions, grid edges, every k from one query
+# --------------------------------------------------------------------------------------------------
+
+
+def test_sample_cap_keeps_the_labelled_class_proportions(labelled):
+    labelled_crop = 880 / (880 + 2704)
+    for cap in (300, 1001, 3000):
+        ts = sample(labelled, max_pixels=cap)
+        assert len(ts.y) == cap
+        fractions = ts.crop_fractions()
+        assert fractions["train_labelled_crop_fraction"] == pytest.approx(labelled_crop)
+        assert abs(fractions["train_sample_crop_fraction"] - labelled_crop) < 0.01  # within 1 percentage point
+    everything = sample(labelled, max_pixels=10_000)  # a cap above the labelled pixels takes them all
+    assert len(everything.y) == 3584
+
+
+def test_balance_still_means_equal_classes_under_the_total_cap(labelled):
+    ts = sample(labelled, max_pixels=500, balance=True)
+    assert int(np.sum(ts.y == 0)) == int(np.sum(ts.y == 1)) == 250
+    assert ts.crop_fractions()["train_sample_crop_fraction"] == 0.5
+
+
+def test_sample_bad_total_cap_raises(labelled):
+    with pytest.raises(ConfigError, match="train.max_pixels"):
+        sample(labelled, max_pixels=0)
+
+
+def test_knn_warns_when_the_chosen_k_is_on_the_edge_of_its_grid(caplog):
+    # noisy labels: the vote over more neighbours keeps improving, so the largest k of the grid wins
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(600, 2)).astype(np.float32)
+    y = ((X[:, 0] > 0) ^ (rng.random(600) < 0.3)).astype(np.uint8)
+    with caplog.at_level("WARNING"):
+        fit = KNNClassifier(k_grid=[1, 3, 5], cv="random").fit(X, y)
+    assert fit.params["k"] == 5
+    assert "k=5 is the largest value of its grid (1..5)" in fit.tags["warning.grid_edge"]
+    assert any("largest value of its grid" in r.getMessage() for r in caplog.records)
+    assert fit.tags["chosen"] == "k=5"
+    inner = KNNClassifier(k_grid=[1, 25, 351], cv="random").fit(X, y)  # the best k inside the grid: no warning
+    assert inner.params["k"] == 25 and "warning.grid_edge" not in inner.tags
+
+
+def test_knn_cv_scores_every_k_from_one_query_as_fitting_each_k():
+    from cropseg.tuning import CVSpec, tune
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(900, 4))
+    y = ((X[:, 0] + 0.5 * X[:, 1] > 0) ^ (rng.random(900) < 0.2)).astype(np.uint8)
+    groups = rng.integers(0, 12, size=900)
+    for weights in ("uniform", "distance"):
+        clf = KNNClassifier(k_grid=[3, 7, 15, 31], weights=weights)
+        spec = CVSpec(cv="spatial", folds=3, seed=0, where="classifier.knn")
+        at_once = tune(clf._estimator, {"k": clf.k_grid}, X, y, groups, spec, predict_all=clf._predict_all)
+        one_by_one = tune(clf._estimator, {"k": clf.k_grid}, X, y, groups, spec)
+        keys = [k for k in one_by_one.metrics if k.startswith("cv_f1_weighted_k")]
+        assert len(keys) == 4
+        for k in keys:
+            assert at_once.metrics[k] == pytest.approx(one_by_one.metrics[k], abs=1e-12), (weights, k)
+        assert at_once.best == one_by_one.best

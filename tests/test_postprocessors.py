@@ -150,7 +150,7 @@ def test_vectorize_field_across_block_seams_is_one_polygon(tmp_path, block):
     mask = np.zeros((100, 90), dtype=np.uint8)
     mask[10:70, 5:80] = 1  # a 60 x 75 pixel field crossing several seams for block 16/23
     src = write_mask(tmp_path / "mask.tif", mask)
-    res = Vectorize(block_size=block).vectorize(src, tmp_path / "fields.geojson")
+    res = Vectorize(min_area_ha=0, block_size=block).vectorize(src, tmp_path / "fields.geojson")
     assert res.n_polygons == 1
     assert res.area_ha == pytest.approx(60 * 75 * PIXEL_HA, abs=1e-9)
     gdf = polygons_in_utm(res.path)
@@ -170,7 +170,7 @@ def test_vectorize_irregular_field_with_hole_across_seams(tmp_path, block):
     mask[28:40, 4:50] = 1
     mask[30:36, 10:40] = 0  # the hole: inside the field, crossing the seams at columns 16, 24, 32
     src = write_mask(tmp_path / "mask.tif", mask)
-    res = Vectorize(block_size=block).vectorize(src, tmp_path / "fields.geojson")
+    res = Vectorize(min_area_ha=0, block_size=block).vectorize(src, tmp_path / "fields.geojson")
     n_crop = int(mask.sum())
     assert res.n_polygons == 1
     assert res.area_ha == pytest.approx(n_crop * PIXEL_HA, abs=1e-9)
@@ -187,7 +187,7 @@ def test_vectorize_output_is_rfc7946_geojson_inside_the_raster(tmp_path):
     mask = (rng.random((80, 70)) < 0.3).astype(np.uint8)
     mask[:, 60:] = IGNORE
     src = write_mask(tmp_path / "mask.tif", mask)
-    res = Vectorize(block_size=32).vectorize(src, tmp_path / "out" / "fields.geojson")
+    res = Vectorize(min_area_ha=0, block_size=32).vectorize(src, tmp_path / "out" / "fields.geojson")
     data = json.loads(res.path.read_text())
     assert data["type"] == "FeatureCollection"
     assert len(data["features"]) == res.n_polygons > 1
@@ -213,8 +213,8 @@ def test_vectorize_random_mask_does_not_depend_on_block_size(tmp_path, connectiv
     rng = np.random.default_rng(11)
     mask = (rng.random((90, 75)) < 0.45).astype(np.uint8)
     src = write_mask(tmp_path / "mask.tif", mask)
-    whole = Vectorize(connectivity=connectivity, block_size=1024).vectorize(src, tmp_path / "whole.geojson")
-    blocks = Vectorize(connectivity=connectivity, block_size=16).vectorize(src, tmp_path / "blocks.geojson")
+    whole = Vectorize(min_area_ha=0, connectivity=connectivity, block_size=1024).vectorize(src, tmp_path / "whole.geojson")
+    blocks = Vectorize(min_area_ha=0, connectivity=connectivity, block_size=16).vectorize(src, tmp_path / "blocks.geojson")
     assert blocks.n_polygons == whole.n_polygons
     assert blocks.area_ha == pytest.approx(whole.area_ha, abs=1e-6)
 
@@ -225,9 +225,9 @@ def test_vectorize_connectivity8_diagonal_chain_across_a_seam_is_one_polygon(tmp
     for i in range(10, 24):  # a diagonal chain crossing the block seam at row/column 16
         mask[i, i] = 1
     src = write_mask(tmp_path / "mask.tif", mask)
-    whole = Vectorize(connectivity=8, block_size=1024).vectorize(src, tmp_path / "whole.geojson")
+    whole = Vectorize(min_area_ha=0, connectivity=8, block_size=1024).vectorize(src, tmp_path / "whole.geojson")
     assert whole.n_polygons == 1
-    blocks = Vectorize(connectivity=8, block_size=16).vectorize(src, tmp_path / "blocks.geojson")
+    blocks = Vectorize(min_area_ha=0, connectivity=8, block_size=16).vectorize(src, tmp_path / "blocks.geojson")
     assert blocks.n_polygons == 1
     assert blocks.area_ha == pytest.approx(14 * PIXEL_HA, abs=1e-9)
 
@@ -238,7 +238,7 @@ def test_vectorize_connectivity4_keeps_corner_touching_fields_apart(tmp_path):
     mask[16:26, 16:26] = 1  # touches the first only at a corner, on the seam of block 16
     src = write_mask(tmp_path / "mask.tif", mask)
     for block in (16, 1024):
-        res = Vectorize(connectivity=4, block_size=block).vectorize(src, tmp_path / f"f{block}.geojson")
+        res = Vectorize(min_area_ha=0, connectivity=4, block_size=block).vectorize(src, tmp_path / f"f{block}.geojson")
         assert res.n_polygons == 2
         assert res.area_ha == pytest.approx(200 * PIXEL_HA, abs=1e-9)
 
@@ -249,9 +249,12 @@ def test_vectorize_min_area_drops_small_polygons(tmp_path):
     mask[50:53, 50:53] = 1  # 9 px = 0.0081 ha
     mask[50:60, 5:15] = 1  # 100 px = 0.09 ha
     src = write_mask(tmp_path / "mask.tif", mask)
-    everything = Vectorize(block_size=16).vectorize(src, tmp_path / "all.geojson")
-    assert everything.n_polygons == 3
+    everything = Vectorize(min_area_ha=0, block_size=16).vectorize(src, tmp_path / "all.geojson")
+    assert everything.n_polygons == 3 and everything.n_dropped == 0
     assert everything.area_ha == pytest.approx(1309 * PIXEL_HA, abs=1e-9)
+    default = Vectorize(block_size=16).vectorize(src, tmp_path / "default.geojson")  # 0.1 ha: a small field
+    assert (default.n_polygons, default.n_dropped) == (1, 2)
+    assert default.area_ha + default.area_dropped_ha == pytest.approx(everything.area_ha, abs=1e-9)
     big = Vectorize(min_area_ha=0.01, block_size=16).vectorize(src, tmp_path / "big.geojson")
     assert big.n_polygons == 2
     assert big.area_ha == pytest.approx(1300 * PIXEL_HA, abs=1e-9)
@@ -265,7 +268,7 @@ def test_vectorize_empty_mask(tmp_path):
     mask = np.zeros((50, 40), dtype=np.uint8)
     mask[:, 30:] = IGNORE
     src = write_mask(tmp_path / "mask.tif", mask)
-    res = Vectorize(block_size=16).vectorize(src, tmp_path / "none.geojson")
+    res = Vectorize(min_area_ha=0, block_size=16).vectorize(src, tmp_path / "none.geojson")
     assert res.n_polygons == 0
     assert res.area_ha == 0.0
     data = json.loads(res.path.read_text())
@@ -280,7 +283,7 @@ def test_vectorize_geographic_mask_areas_in_metres(tmp_path):
     mask = np.zeros((100, 100), dtype=np.uint8)
     mask[20:70, 10:90] = 1
     src = write_mask(tmp_path / "mask.tif", mask, crs="EPSG:4326", transform=transform)
-    res = Vectorize(block_size=32).vectorize(src, tmp_path / "f.geojson")
+    res = Vectorize(min_area_ha=0, block_size=32).vectorize(src, tmp_path / "f.geojson")
     assert res.n_polygons == 1
     field = shapely.box(w + 10 * d, n - 70 * d, w + 90 * d, n - 20 * d)
     expected_m2 = gpd.GeoSeries([field], crs="EPSG:4326").to_crs("EPSG:32610").area.iloc[0]

@@ -4,6 +4,7 @@ sqlite store hit by parallel jobs, a real ``mlflow server``, failing jobs, and `
 from __future__ import annotations
 
 import csv
+import json
 import socket
 import subprocess
 import sys
@@ -168,6 +169,21 @@ def test_parallel_sweep_against_mlflow_server(work, tiny_pair, cli_env, mlflow_s
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
     arts = {f.path for f in client.list_artifacts(children[0].info.run_id, "prediction")}
     assert "prediction/test_mask.tif" in arts
+    # data lineage as the MLflow UI sees it (REST): each run's train/test scenes and ground truth
+    exp_id = children[0].info.experiment_id
+    req = urllib.request.Request(f"{mlflow_server}/api/2.0/mlflow/runs/search", method="POST",
+                                 data=json.dumps({"experiment_ids": [exp_id]}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        found = {r["info"]["run_id"]: r for r in json.loads(resp.read())["runs"]}
+    for c in children:
+        inputs = found[c.info.run_id]["inputs"]["dataset_inputs"]
+        seen = {(json.loads(i["dataset"]["source"])["uri"], i["dataset"]["digest"],
+                 next(t["value"] for t in i["tags"] if t["key"] == "mlflow.data.context")) for i in inputs}
+        want = {(p.resolve().as_uri(), ctx) for scene, ctx in zip(tiny_pair, ("training", "testing"))
+                for p in (scene.image, scene.ground_truth)}
+        assert {(uri, ctx) for uri, _, ctx in seen} == want
+        assert all(len(digest) == 16 for _, digest, _ in seen)
 
 
 def test_unreachable_server_fails_before_the_sweep(work, tiny_pair, cli_env):

@@ -14,7 +14,8 @@ import time
 import traceback
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -204,6 +205,16 @@ class Tracker:
         runs = self.client.search_runs([self.experiment_id], max_results=10000)
         return [r for r in runs if r.data.tags.get(f"{TAG_PREFIX}sweep") != "true"]
 
+    @staticmethod
+    def dataset_inputs(run: Any, context: str | None = None) -> list[tuple[str, str]]:
+        """(name, digest) of the run's dataset inputs, those logged with ``context`` when given."""
+        out = []
+        for d in getattr(getattr(run, "inputs", None), "dataset_inputs", None) or []:
+            ctx = next((t.value for t in d.tags if t.key == "mlflow.data.context"), None)
+            if context is None or ctx == context:
+                out.append((d.dataset.name, d.dataset.digest))
+        return out
+
     def download(self, run_id: str, artifact_path: str, dst: Path) -> Path | None:
         """Download one artifact of a run; ``None`` when the run does not have it."""
         from mlflow.exceptions import MlflowException
@@ -226,6 +237,11 @@ class RunLogger:
         self.client = client
         self.run_id = run_id
         self.artifact_uri = artifact_uri
+        #: appended to the name by :meth:`rename` callers (a sweep job's ``#N``)
+        self.name_suffix = ""
+
+    def rename(self, name: str) -> None:
+        self.client.update_run(self.run_id, name=name[:250])
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
@@ -263,6 +279,29 @@ class RunLogger:
 
     def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_datasets(self, refs: Sequence[Any]) -> None:
+        """Record data inputs (:class:`cropseg.lineage.DataRef`) as MLflow dataset inputs: name, source
+        (the file), digest, and the context (``training``/``testing``/``prediction``) as the
+        ``mlflow.data.context`` input tag, as ``mlflow.log_input`` does; plus a ``cropseg.data.<context>``
+        tag holding the combined digest of each context's inputs."""
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+
+        from ..lineage import combined_digest
+
+        inputs = []
+        for ref in refs:
+            with warnings.catch_warnings():  # file:// matches two equivalent local-artifact source types
+                warnings.simplefilter("ignore", UserWarning)
+                source = resolve_dataset_source(Path(ref.source).as_uri())
+            ds = MetaDataset(source, name=ref.name, digest=ref.digest)  # type: ignore[abstract]
+            inputs.append(DatasetInput(ds._to_mlflow_entity(), tags=[
+                InputTag("mlflow.data.context", ref.context), InputTag(f"{TAG_PREFIX}kind", ref.kind)]))
+        if inputs:
+            self.client.log_inputs(self.run_id, datasets=inputs)
+        self.set_tags({f"{TAG_PREFIX}data.{c}": combined_digest(list(refs), c) for c in sorted({r.context for r in refs})})
 
 
 def _clip(value: Any, n: int) -> str:

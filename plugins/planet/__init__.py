@@ -183,6 +183,13 @@ class PlanetSource:
         return fetch(api, cache, request, what=f"{role} scene {cand.id} ({self.bundle})",
                      download_retries=self.download_retries)
 
+    def ground_truth_kinds(self) -> dict[str, str]:
+        """``{option: "vector" | "raster"}`` of each role's ground truth, before anything is fetched."""
+        from cropseg.plugins import ground_truth_kind_of
+
+        return {f"source.{r}.ground_truth ({self.roles[r]['ground_truth']})": ground_truth_kind_of(self.roles[r]["ground_truth"])
+                for r in ROLES if self.roles[r].get("ground_truth")}
+
     def load(self, workdir: Path) -> SceneSet:
         from shapely.geometry import mapping
 
