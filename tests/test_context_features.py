@@ -135,7 +135,8 @@ def test_every_classifier_fits_and_predicts_on_context_features(scene_and_labels
     scene, labels, d = scene_and_labels
     feats = ContextFeatures()
     ts = sample_training_pixels(scene, labels, feats, max_per_class=400, seed=0, spatial_block=32)
-    clf = Registry.from_plugin_manager(get_plugin_manager()).create("classifier", name, {})
+    opts = {"k_grid": [3, 5]} if name == "knn" else {}
+    clf = Registry.from_plugin_manager(get_plugin_manager()).create("classifier", name, opts)
     clf.fit(ts.X, ts.y, ts.groups)
     out = d / f"{name}.tif"
     n_px, _ = predict_scene(scene, feats, clf, out, block=32)
@@ -177,6 +178,14 @@ def test_run_predict_and_served_rows(tmp_path, tiny_pair, tracking_uri, capfd):
     import pandas as pd
 
     rows = pd.DataFrame([[0.05, 0.08, 0.06, 0.4]], columns=list(BAND_NAMES))
-    with pytest.raises(Exception, match=r"features \('context'\) are spatial.*cropseg predict") as err:
+    with pytest.raises(ModelInputError, match=r"features \('context'\) are spatial.*cropseg predict"):
         loaded.pyfunc.predict(rows)
-    assert isinstance(err.value, ModelInputError) or "cropseg predict" in str(err.value)
+    # served (MLflow's scoring server app, in process): HTTP 400 with that message, not a generic error
+    from fastapi.testclient import TestClient
+    from mlflow.pyfunc import scoring_server
+
+    with TestClient(scoring_server.init(loaded.pyfunc)) as http:
+        answer = http.post("/invocations", json={"dataframe_split": {"columns": list(BAND_NAMES),
+                                                                     "data": rows.to_numpy().tolist()}})
+    assert answer.status_code == 400
+    assert "are spatial" in answer.json()["message"] and "cropseg predict" in answer.json()["message"]
