@@ -78,6 +78,13 @@ def test_bad_options_are_one_line_config_errors(kwargs, match):
     assert "\n" not in str(err.value)
 
 
+def test_bad_options_stop_a_run_before_any_work(tmp_path, tracking_uri):
+    with pytest.raises(ConfigError, match=r"features.context.radii: .*got -2"):
+        cropseg.run(["features=context", "features.radii=[3,-2]", f"tracking.uri={tracking_uri}"],
+                    output_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.tif"))
+
+
 def test_a_band_the_scene_lacks_is_named():
     with pytest.raises(ConfigError, match="features.context.bands: the scene has no 'nir' band"):
         ContextFeatures(bands=["nir"], indices=[]).compute(np.zeros((3, 4, 4), np.float32), ("blue", "green", "red"))
