@@ -55,10 +55,9 @@ def _quant_bits(radius: int) -> int:
 class ContextFeatures:
     """Focal statistics per band and index (see the module docstring)."""
 
-    def __init__(self, radii: Sequence[int] | int = (3, 10), stats: Sequence[str] | str = ("mean", "std"),
-                 bands: Sequence[str] | str | None = ("blue", "green", "red", "nir"),
-                 indices: Sequence[str] | str | None = ("ndvi",), include_bands: bool = True,
-                 include_indices: bool = True, savi_l: float = 0.5):
+    def __init__(self, radii: Sequence[int] | int = (5,), stats: Sequence[str] | str = ("mean", "std"),
+                 bands: Sequence[str] | str | None = (), indices: Sequence[str] | str | None = ("ndvi",),
+                 include_bands: bool = True, include_indices: bool = False, savi_l: float = 0.5):
         rad = _as_list(radii)
         if not rad:
             raise ConfigError(f"{OPTION}.radii: at least one radius (pixels) is needed")

@@ -45,7 +45,8 @@ def test_statistics_match_a_brute_force_reference_with_nodata_and_edges():
     valid = rng.random((13, 11)) > 0.3
     valid[:5, :5] = False  # a hole bigger than a radius-1 window: those windows hold no valid pixel
     refl[:, ~valid] = 0.0
-    f = ContextFeatures(radii=[1, 3], stats=["mean", "std", "min", "max"], bands=["red", "nir"], indices=["ndvi"])
+    f = ContextFeatures(radii=[1, 3], stats=["mean", "std", "min", "max"], bands=["red", "nir"], indices=["ndvi"],
+                        include_indices=True)
     out = f.compute(refl, BAND_NAMES, valid=valid)
     names = f.names(BAND_NAMES)
     assert names[:5] == ["blue", "green", "red", "nir", "ndvi"]
@@ -85,6 +86,11 @@ def test_bad_options_stop_a_run_before_any_work(tmp_path, tracking_uri):
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.tif"))
 
 
+def test_default_features():
+    f = ContextFeatures()
+    assert f.names(BAND_NAMES) == [*BAND_NAMES, "ndvi_mean_r5", "ndvi_std_r5"] and f.halo == 5
+
+
 def test_a_band_the_scene_lacks_is_named():
     with pytest.raises(ConfigError, match="features.context.bands: the scene has no 'nir' band"):
         ContextFeatures(bands=["nir"], indices=[]).compute(np.zeros((3, 4, 4), np.float32), ("blue", "green", "red"))
@@ -118,7 +124,7 @@ def _scene_features(scene: Scene, feats: ContextFeatures, block: int) -> np.ndar
 
 def test_features_and_training_pixels_do_not_depend_on_the_block_size(scene_and_labels):
     scene, labels, _ = scene_and_labels
-    feats = ContextFeatures(radii=[2, 7], stats=["mean", "std", "min", "max"])
+    feats = ContextFeatures(radii=[2, 7], stats=["mean", "std", "min", "max"], bands=BAND_NAMES, include_indices=True)
     whole = _scene_features(scene, feats, 512)
     for block in (16, 23):
         assert np.array_equal(_scene_features(scene, feats, block), whole), block  # bit for bit
@@ -159,13 +165,14 @@ def test_run_predict_and_served_rows(tmp_path, tiny_pair, tracking_uri, capfd):
     """features=context end to end: names logged, `cropseg predict` reproduces the run's test mask pixel for
     pixel from the logged model, and the pyfunc model refuses pixel rows with one clear message."""
     train, test = tiny_pair
-    result = cropseg.run([*local_overrides(train, test), "features=context", "features.radii=[2,4]",
-                          "block_size=24", f"tracking.uri={tracking_uri}"], output_dir=tmp_path / "out")
+    result = cropseg.run([*local_overrides(train, test), "features=context", "features.radii=[4,2]",
+                          "features.include_indices=true", "block_size=24", f"tracking.uri={tracking_uri}"],
+                         output_dir=tmp_path / "out")
     client = MlflowClient(tracking_uri)
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
     names = run.data.params["features.names"].split(",")
-    assert names[:5] == ["blue", "green", "red", "nir", "ndvi"] and "ndvi_std_r4" in names and len(names) == 25
+    assert names == ["blue", "green", "red", "nir", "ndvi", "ndvi_mean_r2", "ndvi_std_r2", "ndvi_mean_r4", "ndvi_std_r4"]
     spec = json.loads((result.output_dir / "model" / "pipeline.json").read_text())
     assert spec["features"]["name"] == "context" and spec["feature_names"] == names
 
