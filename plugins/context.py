@@ -30,6 +30,7 @@ import numpy as np
 from cropseg import hookimpl
 from cropseg.errors import ConfigError
 from cropseg.spectral import check_indices, compute_indices
+from cropseg.types import BAND_NAMES
 
 STATS = ("mean", "std", "min", "max")
 OPTION = "features.context"
@@ -77,6 +78,9 @@ class ContextFeatures:
         if len(set(st)) != len(st):
             raise ConfigError(f"{OPTION}.stats: a statistic is listed twice: {st!r}")
         bnd = [str(b).lower() for b in _as_list(bands)]
+        unknown_bands = [b for b in bnd if b not in BAND_NAMES]
+        if unknown_bands:
+            raise ConfigError(f"{OPTION}.bands: unknown band {unknown_bands[0]!r} (known: {', '.join(BAND_NAMES)})")
         if len(set(bnd)) != len(bnd):
             raise ConfigError(f"{OPTION}.bands: a band is listed twice: {bnd!r}")
         idx = check_indices(_as_list(indices), f"{OPTION}.indices")

@@ -71,6 +71,7 @@ def test_statistics_match_a_brute_force_reference_with_nodata_and_edges():
     ({"radii": [3, 3]}, r"radii: a radius is listed twice"),
     ({"stats": ["mean", "median"]}, r"stats: unknown statistic 'median' \(known: mean, std, min, max\)"),
     ({"indices": ["evi"]}, r"indices: unknown index 'evi'"),
+    ({"bands": ["swir"]}, r"bands: unknown band 'swir' \(known: blue, green, red, nir\)"),
     ({"bands": [], "indices": []}, r"no bands and no indices"),
 ])
 def test_bad_options_are_one_line_config_errors(kwargs, match):
