@@ -423,6 +423,22 @@ def main() -> int:
              "prediction of both scenes, filters, evaluation, polygons) grows with the pixels. Generating the "
              "synthetic scenes happens once per size, before the timed runs.")
         emit()
+        # spatial features: blocks are read with a halo (max radius), memory must stay bounded as well;
+        # hist_gradient_boosting keeps the 16x run short (the features' memory is the question here)
+        extra = "features=context;classifier=hist_gradient_boosting"
+        ctx = {sz: run_child(["cropseg", "--size", str(sz), "--extra", extra], workdir) for sz in (sizes[0], sizes[-1])}
+        c1 = ctx[sizes[0]]
+        emit(f"`features=context` (default radii and statistics) with `classifier=hist_gradient_boosting`, 1x and "
+             f"16x (load {load()}):")
+        emit()
+        emit("| scene | pixels (x) | wall s | wall / 1x | CV fit s | peak RSS MB | RSS / 1x | crop F1 |")
+        emit("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for s, r in ctx.items():
+            emit(f"| {s}x{s} features=context | {(s / sizes[0]) ** 2:.0f}x | {fmt(r['wall_seconds'])} | "
+                 f"{r['wall_seconds'] / c1['wall_seconds']:.2f} | {fmt(r['fit_seconds'])} | "
+                 f"{fmt(r['peak_rss_tree_mb'], 0)} | {r['peak_rss_tree_mb'] / c1['peak_rss_tree_mb']:.2f} | "
+                 f"{r['crop_f1']:.4f} |")
+        emit()
 
     if 3 in sections:
         size = sizes[-1] if 2 in sections else base

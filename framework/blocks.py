@@ -15,6 +15,7 @@ import numpy as np
 from rasterio.windows import Window
 
 from .errors import PluginError
+from .featurize import window_features
 from .raster import read_with_halo
 from .types import IGNORE, Classifier, Features, MaskFilter, Scene
 
@@ -32,14 +33,13 @@ def predict_block(ctx: PredictContext, window: Window) -> tuple[np.ndarray, int,
     """Classify the valid pixels of one window: (uint8 mask with 255 nodata, pixels classified, seconds
     spent in the classifier)."""
     with ctx.scene.reader() as reader:
-        blk = reader.read(window)
-    mask = np.full(blk.valid.shape, IGNORE, dtype=np.uint8)
-    if not blk.valid.any():
+        feats, valid = window_features(reader, ctx.features, window, ctx.scene.band_names)
+    mask = np.full(valid.shape, IGNORE, dtype=np.uint8)
+    if not valid.any():
         return mask, 0, 0.0
-    feats = ctx.features.compute(blk.reflectance, ctx.scene.band_names)
-    X = np.ascontiguousarray(feats[:, blk.valid].T)
+    X = np.ascontiguousarray(feats[:, valid].T)
     t = time.perf_counter()
-    mask[blk.valid] = ctx.classifier.predict(X)
+    mask[valid] = ctx.classifier.predict(X)
     return mask, int(X.shape[0]), time.perf_counter() - t
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError, CRSMismatchError, InputFileError, ModelInputError, PluginError, RasterFormatError
+from .featurize import feature_halo
 from .plugins import Registry, get_plugin_manager
 from .raster import DEFAULT_BLOCK, atomic_path, iter_windows, open_raster
 from .types import BAND_NAMES, Classifier, Features, Grid, MaskFilter, Scene, Vectorizer, VectorResult
@@ -191,6 +192,11 @@ class InferencePipeline:
         return cls.from_spec(spec, classifier, registry)
 
     # -- pixel rows ------------------------------------------------------------------------------------
+    @property
+    def accepts_pixel_rows(self) -> bool:
+        """False when the features look at neighbourhoods (a ``halo``): pixel rows carry no neighbours."""
+        return feature_halo(self.features) == 0
+
     def predict_rows(self, reflectance: np.ndarray) -> np.ndarray:
         """Classes (0 non-crop, 1 crop) of pixel rows ``(n, bands)`` of reflectance in ``band_names``
         order, computed in float32 exactly as for scene blocks."""
@@ -200,6 +206,11 @@ class InferencePipeline:
                                   f"{', '.join(self.spec.band_names)}, got {X.shape}")
         if not np.isfinite(X).all():
             raise ModelInputError("pixel rows: reflectance values must be finite numbers")
+        if not self.accepts_pixel_rows:
+            raise ModelInputError(
+                f"pixel rows: this model's features ({self.spec.features.get('name')!r}) are spatial (statistics "
+                f"over up to {feature_halo(self.features)} pixels around each pixel), so single pixel rows cannot "
+                "be classified; classify a scene with `cropseg predict` instead")
         if len(X) == 0:
             return np.zeros(0, dtype=np.int64)
         feats = self.features.compute(np.ascontiguousarray(X.T)[:, :, None], tuple(self.spec.band_names))

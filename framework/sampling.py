@@ -8,6 +8,7 @@ import numpy as np
 import rasterio
 
 from .errors import ConfigError, LabelError
+from .featurize import window_features
 from .raster import DEFAULT_BLOCK, iter_windows
 from .types import CROP, NONCROP, Features, LabelRaster, Scene
 
@@ -120,8 +121,7 @@ def sample_training_pixels(scene: Scene, labels: LabelRaster, features: Features
                 seen[cls] += k
             if not take.any():
                 continue
-            blk = reader.read(w)
-            feats = features.compute(blk.reflectance, scene.band_names)
+            feats, _ = window_features(reader, features, w, scene.band_names)
             rr, cc = np.nonzero(take)
             parts_x.append(feats[:, rr, cc].T.astype(np.float32))
             parts_y.append(lab[rr, cc])

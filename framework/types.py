@@ -302,7 +302,13 @@ class Labeler(Protocol):
 
 @runtime_checkable
 class Features(Protocol):
-    """Turns a block of reflectance ``(bands, h, w)`` into features ``(n_features, h, w)`` float32."""
+    """Turns a block of reflectance ``(bands, h, w)`` into features ``(n_features, h, w)`` float32.
+
+    Spatial features (whose value at a pixel depends on its neighbours) also declare ``halo: int``, the
+    pixels of context they need per side, and accept ``compute(reflectance, band_names, valid=mask)``: the
+    framework then reads every block grown by ``halo`` (pixels outside the scene or invalid marked so in
+    ``valid``) and crops the result (:mod:`cropseg.featurize`). Models on them cannot classify pixel rows.
+    """
 
     def names(self, band_names: Sequence[str]) -> list[str]:
         ...

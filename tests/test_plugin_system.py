@@ -15,7 +15,7 @@ from cropseg.plugins import STAGES, Registry, get_plugin_manager
 BUILTINS = {
     "source": {"sample", "local"},
     "labeler": {"rasterize", "contours"},
-    "features": {"bands", "indices"},
+    "features": {"bands", "indices", "context"},
     "classifier": {"knn", "random_forest", "hist_gradient_boosting", "logistic_regression", "linear_svm", "mlp"},
     "postprocessor": {"median_blur", "vectorize"},
 }

@@ -25,6 +25,8 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from ..errors import ModelError, ModelInputError, TrackingError
 from ..inference import CLASSIFIER_FILE, SPEC_FILE, InferencePipeline
@@ -60,6 +62,11 @@ def mlflow_uri(uri: str) -> Iterator[None]:
                 os.environ[k] = v
 
 
+class ServedInputError(MlflowException, ModelInputError):
+    """Pixel rows the model refuses, raised by the pyfunc model: a :class:`ModelInputError` that MLflow's
+    scoring server answers with HTTP 400 and this message."""
+
+
 class CropsegPipelineModel(mlflow.pyfunc.PythonModel):
     """The pyfunc face of :class:`cropseg.inference.InferencePipeline`."""
 
@@ -80,7 +87,10 @@ class CropsegPipelineModel(mlflow.pyfunc.PythonModel):
             X = model_input[names].to_numpy(dtype=np.float64)
         else:
             X = np.asarray(model_input, dtype=np.float64)
-        return self.pipeline.predict_rows(X)
+        try:
+            return self.pipeline.predict_rows(X)
+        except ModelInputError as exc:  # served: a 400 answer carrying this message
+            raise ServedInputError(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
 
     def predict_scene(self, image: Path | str, out_path: Path | str, *, metadata: Path | str | None = None,
                       scale: float | None = None, aoi: Path | str | None = None, udm: Path | str | None = None,
@@ -115,7 +125,10 @@ def log_pipeline_model(tracking_uri: str, run_id: str, pipeline: InferencePipeli
 
     spec_path, clf_path = pipeline.save(Path(work_dir))
     example_df = pd.DataFrame(np.asarray(example, dtype=np.float64), columns=list(pipeline.spec.band_names))
-    signature = infer_signature(example_df, pipeline.predict_rows(example_df.to_numpy()))
+    # a model on spatial features refuses pixel rows: its signature still says rows in, one int64 class out
+    classes = pipeline.predict_rows(example_df.to_numpy()) if pipeline.accepts_pixel_rows else \
+        np.zeros(len(example_df), dtype=np.int64)
+    signature = infer_signature(example_df, classes)
     client = mlflow.MlflowClient(tracking_uri)
     # created here so that it lands in the run's experiment (and its artifact location), not the default one
     logged = client.create_logged_model(client.get_run(run_id).info.experiment_id, name=MODEL_NAME,

@@ -1,0 +1,40 @@
+"""Features of one window of a scene, read with the halo of context the feature plugin asks for.
+
+A :class:`cropseg.types.Features` plugin that looks at neighbourhoods (e.g. ``context``) declares
+``halo`` (pixels of context per side) and accepts ``compute(reflectance, band_names, valid=...)``. Its
+blocks are then read grown by ``halo`` pixels: pixels outside the scene's grid and invalid pixels are
+marked invalid (the plugin leaves them out of its statistics), and the features are cropped back to the
+window, so block-wise features equal whole-scene features whatever the block size. Pixel features
+(``halo`` absent or 0) read just the window, as before. Used by training-pixel sampling and prediction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from rasterio.windows import Window
+
+from .types import Features, SceneReader, _inside_mask
+
+
+def feature_halo(features: Features) -> int:
+    """Pixels of context per side the features need (0 for per-pixel features)."""
+    return int(getattr(features, "halo", 0) or 0)
+
+
+def window_features(reader: SceneReader, features: Features, window: Window,
+                    band_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Features ``(n_features, h, w)`` float32 of ``window`` and its valid mask ``(h, w)``."""
+    halo = feature_halo(features)
+    if halo == 0:
+        blk = reader.read(window)
+        return features.compute(blk.reflectance, band_names), blk.valid
+    h, w = int(window.height), int(window.width)
+    big = Window(int(window.col_off) - halo, int(window.row_off) - halo, w + 2 * halo, h + 2 * halo)
+    blk = reader.read(big)
+    # the scene is its grid: file pixels beyond a scene's window (an AOI crop) do not count either
+    valid = blk.valid & _inside_mask(big, reader.grid.height, reader.grid.width)
+    feats = features.compute(blk.reflectance, band_names, valid=valid)  # type: ignore[call-arg]
+    inner = (slice(halo, halo + h), slice(halo, halo + w))
+    return np.ascontiguousarray(feats[:, inner[0], inner[1]]), valid[inner]
