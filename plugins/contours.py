@@ -9,6 +9,7 @@ touches, so fields grow by up to one pixel along their right and bottom edges. C
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,8 @@ class ContoursLabeler:
                     cv2.fillPoly(out, [np.round(px * (1 << SHIFT)).astype(np.int32)], CROP, cv2.LINE_8, SHIFT)
             return out
 
-        return write_label_raster(scene, out_path, burn, self.block_size)
+        result = write_label_raster(scene, out_path, burn, self.block_size)
+        return replace(result, notes={"repaired_geometries": float(gdf.attrs.get("repaired_geometries", 0))})
 
 
 @hookimpl

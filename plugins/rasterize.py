@@ -8,6 +8,7 @@ with nearest-neighbour resampling and its values mapped to crop / non-crop / ign
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +53,8 @@ class RasterizeLabeler:
             return rasterize(shapes, out_shape=shape, transform=transform, fill=fill, dtype="uint8",
                              all_touched=self.all_touched)
 
-        return write_label_raster(scene, out_path, burn, self.block_size)
+        result = write_label_raster(scene, out_path, burn, self.block_size)
+        return replace(result, notes={"repaired_geometries": float(gdf.attrs.get("repaired_geometries", 0))})
 
     def _raster(self, scene: Scene, gt: RasterGroundTruth, out_path: Path) -> LabelRaster:
         from rasterio.enums import Resampling

@@ -1,0 +1,55 @@
+"""Checks before any work: what can be checked cheaply is checked before the MLflow run starts and
+before any scene is read, so bad input gives one line and leaves nothing behind.
+
+:func:`preflight` runs from :func:`cropseg.pipeline.execute` after the stages are built (option values
+are already type- and range-checked by then, see :mod:`cropseg.schema`): the output directory is
+writable, the tracking store is readable, the Dask scheduler answers, and the source's own cheap input
+checks pass (its optional ``check(workdir)`` method: files exist and open, band counts, CRS, grids,
+ground truth overlapping the scenes, sizes that fit on disk).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .errors import InputFileError
+
+
+def check_output_dir(path: Path, option: str = "output_dir") -> Path:
+    """Create ``path`` (and parents) and make sure a file can be written in it; one clear
+    :class:`InputFileError` when it is a file, lies under a file, or is read-only / not writable."""
+    path = Path(path)
+    for parent in [path, *path.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                where = "is a file" if parent == path else f"lies under {parent}, which is a file"
+                raise InputFileError(f"{path}: the output directory ({option}) {where}")
+            break
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".cropseg-write-check-"):
+            pass
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            reason = f"not writable ({reason})"
+        raise InputFileError(f"{path}: cannot write the output directory ({option}): {reason}") from None
+    return path
+
+
+def preflight(stages: Any, out: Path, cache: Path, tracking_uri: str | None) -> None:
+    """Every cheap check before a run starts (see the module docstring)."""
+    from .parallel import check_scheduler
+    from .tracking import check_reachable, resolve_uri
+
+    check_output_dir(out)
+    check_output_dir(cache, "cache_dir")
+    check_reachable(resolve_uri(tracking_uri))
+    check_scheduler(stages.parallel)
+    check = getattr(stages.source, "check", None)
+    if callable(check):
+        check(cache)
