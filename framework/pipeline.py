@@ -23,7 +23,7 @@ from .config import flatten, instantiate, plugin_options, postprocessor_nodes, r
 from .errors import ConfigError, LabelError, PluginError
 from .evaluate import classification_report, confusion_from_rasters, iou, report_metrics
 from .plugins import Registry, get_plugin_manager
-from .preflight import preflight
+from .preflight import check_destinations, check_inputs
 from .scene_ops import Progress, apply_filters, predict_scene
 from .parallel import BlockExecutor, ParallelConfig, use_executor
 from .raster import DEFAULT_BLOCK, iter_windows
@@ -145,7 +145,7 @@ def execute(cfg: DictConfig, *, output_dir: Path | None = None, parent_run_id: s
     tcfg = cfg.get("tracking", {})
     _check_registration(tcfg)
     out = Path(output_dir or cfg.get("output_dir") or _default_output_dir()).resolve()
-    preflight(stages, out, _cache_dir(cfg, stages), tcfg.get("uri"))
+    check_destinations(out, _cache_dir(cfg, stages), tcfg.get("uri"))
     tracker = Tracker(tcfg.get("uri"), tcfg.get("experiment", "cropseg"), tcfg.get("artifact_location"))
     parent_run_id = parent_run_id or tcfg.get("parent_run_id")
     tags = _tags(stages)
@@ -192,6 +192,7 @@ def _run_stages(cfg: DictConfig, st: Stages, rl: Any, out: Path, t_start: float)
 
     # -- source ------------------------------------------------------------------------------------
     cache = _cache_dir(cfg, st)
+    check_inputs(st, cache)
     t = time.perf_counter()
     scenes = st.source.load(cache)
     log.info("source %s: train %s (%dx%d px), test %s (%dx%d px)%s", st.names["source"],

@@ -1,11 +1,12 @@
 """Checks before any work: what can be checked cheaply is checked before the MLflow run starts and
 before any scene is read, so bad input gives one line and leaves nothing behind.
 
-:func:`preflight` runs from :func:`cropseg.pipeline.execute` after the stages are built (option values
-are already type- and range-checked by then, see :mod:`cropseg.schema`): the output directory is
-writable, the tracking store is readable, the Dask scheduler answers, and the source's own cheap input
-checks pass (its optional ``check(workdir)`` method: files exist and open, band counts, CRS, grids,
-ground truth overlapping the scenes, sizes that fit on disk).
+:func:`cropseg.pipeline.execute` runs them after the stages are built (option values are already type-
+and range-checked by then, see :mod:`cropseg.schema`): :func:`check_destinations` before the MLflow run
+exists (the output directory is writable, the tracking store readable), :func:`check_inputs` as the run's
+first step (the Dask scheduler answers; the source's optional ``check(workdir)``: files exist and open,
+band counts, CRS, grids, ground truth overlapping the scenes, sizes that fit on disk), so an input error
+ends a FAILED run that records it.
 """
 
 from __future__ import annotations
@@ -41,14 +42,21 @@ def check_output_dir(path: Path, option: str = "output_dir") -> Path:
     return path
 
 
-def preflight(stages: Any, out: Path, cache: Path, tracking_uri: str | None) -> None:
-    """Every cheap check before a run starts (see the module docstring)."""
-    from .parallel import check_scheduler
+def check_destinations(out: Path, cache: Path, tracking_uri: str | None) -> None:
+    """Before the MLflow run exists: where the run writes (output and cache directories) is writable and
+    the tracking store is reachable and readable (neither could record a failure otherwise)."""
     from .tracking import check_reachable, resolve_uri
 
     check_output_dir(out)
     check_output_dir(cache, "cache_dir")
     check_reachable(resolve_uri(tracking_uri))
+
+
+def check_inputs(stages: Any, cache: Path) -> None:
+    """First thing in a run, before any scene is read: the Dask scheduler answers and the source's own
+    cheap input checks pass (its optional ``check(workdir)``)."""
+    from .parallel import check_scheduler
+
     check_scheduler(stages.parallel)
     check = getattr(stages.source, "check", None)
     if callable(check):

@@ -108,13 +108,7 @@ def build_scene(role: str, image: Path, *, gains: Sequence[float], bands: Sequen
                 expected_bands: int = 4) -> Scene:
     """A file-backed scene: ``image`` checked (band count, georeferencing), restricted to the window of
     ``aoi`` (shapely, in the image CRS) when given."""
-    grid = check_scene_raster(image, bands=expected_bands)
-    with open_raster(image, what="scene") as src:
-        count = src.count
-    wrong = [int(b) for b in bands if not 1 <= int(b) <= count]
-    if wrong:
-        raise RasterFormatError(f"source.bands={[int(b) for b in bands]}: {image} has {count} bands (1..{count}); "
-                                f"no band {wrong[0]}")
+    grid = check_scene_raster(image, bands=expected_bands, indexes=bands)
     window = None
     if aoi is not None:
         window, aoi = aoi_window(grid, aoi, image=image, what=aoi_what or f"{role} AOI")

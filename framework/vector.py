@@ -91,10 +91,11 @@ def read_vector(path: Path | str, *, layer: str | None = None, bbox: tuple | Non
     _check_declared_crs(p)
     gdf = gdf[gdf.geometry.notna() & ~gdf.geometry.is_empty]
     if len(gdf):
-        finite = np.isfinite(gdf.geometry.bounds.to_numpy()).all(axis=1)
-        if not finite.all():
-            raise InputFileError(f"{p}: {int((~finite).sum())} feature(s) have NaN or infinite coordinates "
-                                 f"(first: feature #{int(np.argmin(finite))})")
+        coords, index = shapely.get_coordinates(gdf.geometry.values, return_index=True)
+        bad = np.unique(index[~np.isfinite(coords).all(axis=1)])
+        if bad.size:
+            raise InputFileError(f"{p}: {bad.size} feature(s) have NaN or infinite coordinates "
+                                 f"(first: feature #{int(bad[0])})")
     return gdf
 
 
@@ -206,9 +207,8 @@ def _explain(gt: VectorGroundTruth, grid: Grid) -> GroundTruthError:
         cols = ", ".join(c for c in inside.columns if c != "geometry") or "none"
         return GroundTruthError(f"{path}: no attribute {gt.attribute!r} (attributes: {cols})")
     seen = sorted({str(v).strip() for v in inside[gt.attribute].dropna()})[:12]
-    return GroundTruthError(f"{path}: none of the {len(inside)} polygon(s) overlapping the scene is crop "
-                            f"({gt.attribute} in {sorted(str(v) for v in gt.crop_values)}; found: "
-                            f"{', '.join(seen) or 'none'})")
+    return GroundTruthError(f"{path}: no crop polygons ({gt.attribute} in {sorted(str(v) for v in gt.crop_values)}) "
+                            f"among the {len(inside)} polygon(s) overlapping the scene (found: {', '.join(seen) or 'none'})")
 
 
 def _distance_km(gdf: gpd.GeoDataFrame, scene_box: shapely.Geometry, grid: Grid) -> float:

@@ -82,7 +82,7 @@ class LocalSource:
         o = self.opts
         bands = [int(b) for b in o["bands"]]
         image = existing_path(o[image_opt], image_opt)
-        grid = check_scene_raster(image)
+        grid = check_scene_raster(image, indexes=bands)
         meta_path = existing_path(o[meta_opt], meta_opt)
         metadata: dict[str, Any] = {"image": str(image)}
         if meta_path is not None:
