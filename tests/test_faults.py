@@ -134,17 +134,36 @@ def files(tmp_path_factory):
 # -- helpers --------------------------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="session")
+def store(tmp_path_factory) -> str:
+    """One real sqlite MLflow store for the suite (created once); each test uses its own experiment."""
+    return f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
+
+
 @pytest.fixture
-def env(monkeypatch, tmp_path, tracking_uri):
+def tracking_uri(store) -> str:
+    return store
+
+
+@pytest.fixture
+def env(monkeypatch, tmp_path, store, request):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     monkeypatch.setenv("CROPSEG_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(sys.modules[__name__], "EXPERIMENT", _experiment(request))
     return tmp_path
+
+
+EXPERIMENT = "cropseg"
+
+
+def _experiment(request) -> str:
+    return "faults-" + "".join(c if c.isalnum() else "-" for c in request.node.name)[:120]
 
 
 def _args(files, *extra: str, out: Path | None = None) -> list[str]:
     return [*local_overrides(files["train"], files["test"]), "train.max_per_class=300",
-            *([f"output_dir={out}"] if out else []), *extra]
+            f"tracking.experiment={EXPERIMENT}", *([f"output_dir={out}"] if out else []), *extra]
 
 
 def _set(args: list[str], key: str, value) -> list[str]:
@@ -160,9 +179,9 @@ def one_line_error(capfd, code: int) -> str:
     return lines[0]
 
 
-def run_statuses(tracking_uri: str) -> list[str]:
+def run_statuses(tracking_uri: str, experiment: str | None = None) -> list[str]:
     client = MlflowClient(tracking_uri)
-    exp = client.get_experiment_by_name("cropseg")
+    exp = client.get_experiment_by_name(experiment or EXPERIMENT)
     return [] if exp is None else [r.info.status for r in client.search_runs([exp.experiment_id])]
 
 
@@ -199,7 +218,7 @@ def test_bad_option_value_is_one_line_before_any_run(env, capfd, files, tracking
 
 @pytest.mark.parametrize("size", ["100000", "[64,100000]"])
 def test_sample_scene_beyond_the_limit_is_refused_up_front(env, capfd, tracking_uri, size):
-    line = one_line_error(capfd, main([f"source.size={size}"]))
+    line = one_line_error(capfd, main([f"source.size={size}", f"tracking.experiment={EXPERIMENT}"]))
     assert "source.size" in line and "at most 20000" in line
     assert run_statuses(tracking_uri) == [] and not (env / "cache").exists()
 
@@ -313,16 +332,17 @@ def test_k_larger_than_the_training_sample_is_refused_with_the_reason(env, capfd
 
 
 @pytest.fixture(scope="session")
-def awkward_run(files, tmp_path_factory):
+def awkward_run(files, store, tmp_path_factory):
     """One run on awkward-but-valid inputs: a float training scene with NaN and +-inf pixels, a test
     ground truth in UTM (EPSG:32610) instead of lon/lat, a self-intersecting crop polygon in the training
     ground truth, a 1001-pixel median kernel (beyond OpenCV's 8-bit limit)."""
     from cropseg import run
 
     d = tmp_path_factory.mktemp("awkward")
-    uri = f"sqlite:///{d / 'mlflow.db'}"
+    uri = store
     args = _set(_set(_args(files, out=d / "out"), "source.train_image", files["nan"]),
                 "source.test_ground_truth", files["gt_utm"])
+    args = _set(args, "tracking.experiment", "faults-awkward")
     args = _set(args, "source.train_ground_truth", files["gt_bowtie"])
     args += [f"tracking.uri={uri}", f"cache_dir={d / 'cache'}", "postprocessor.median_blur.kernel=1001",
              "tracking.log_model=true"]
@@ -330,6 +350,7 @@ def awkward_run(files, tmp_path_factory):
     return result, uri
 
 
+@pytest.mark.slow
 def test_nan_pixels_a_utm_ground_truth_and_a_bowtie_run_to_finished(awkward_run):
     result, uri = awkward_run
     run_ = MlflowClient(uri).get_run(result.run_id)
@@ -344,6 +365,7 @@ def test_nan_pixels_a_utm_ground_truth_and_a_bowtie_run_to_finished(awkward_run)
     assert run_.data.metrics["test_ground_truth_repaired_geometries"] == 0.0
 
 
+@pytest.mark.slow
 def test_cropseg_predict_marks_nan_pixels_255(awkward_run, files, tmp_path, capfd):
     result, uri = awkward_run
     code = main(["predict", result.model_uri, str(files["nan"]), "--metadata", str(files["train"].metadata),
@@ -356,6 +378,7 @@ def test_cropseg_predict_marks_nan_pixels_255(awkward_run, files, tmp_path, capf
     assert set(np.unique(m[12:40, 12:40])) <= {0, 1}
 
 
+@pytest.mark.slow
 def test_cropseg_predict_on_a_truncated_scene_is_one_line(awkward_run, files, tmp_path, capfd):
     result, uri = awkward_run
     code = main(["predict", result.model_uri, str(files["truncated"]), "--metadata", str(files["train"].metadata),
@@ -366,6 +389,7 @@ def test_cropseg_predict_on_a_truncated_scene_is_one_line(awkward_run, files, tm
     assert not (tmp_path / "pred" / "prediction").exists()
 
 
+@pytest.mark.slow
 def test_same_scene_as_train_and_test_is_a_warning_and_a_tag(env, files, tracking_uri, caplog):
     """A constant scene (every valid pixel the same DN) used as both training and test scene: it runs to
     FINISHED, and the reuse is a warning in the log and an MLflow tag."""
@@ -383,10 +407,13 @@ def test_same_scene_as_train_and_test_is_a_warning_and_a_tag(env, files, trackin
 # -- the contract through real subprocesses ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["option", "store", "ground_truth"])
-def test_one_line_contract_in_a_real_subprocess(tmp_path, files, cli_env, tracking_uri, case):
+def test_one_line_contract_in_a_real_subprocess(tmp_path, files, cli_env, store, request, case):
     out = tmp_path / "out"
-    args = _args(files, out=out)
+    exp = _experiment(request)
+    args = [*_args(files, out=out), f"tracking.experiment={exp}"]
+    cli_env["MLFLOW_TRACKING_URI"] = store
     if case == "option":
         args.append("classifier.k_grid=[abc]")
     elif case == "store":
@@ -399,7 +426,7 @@ def test_one_line_contract_in_a_real_subprocess(tmp_path, files, cli_env, tracki
     assert "Traceback" not in proc.stderr
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("cropseg: error:")]
     assert len(errors) == 1, proc.stderr[-3000:]
-    statuses = run_statuses(tracking_uri)
+    statuses = run_statuses(store, exp)
     assert "RUNNING" not in statuses
     assert statuses == (["FAILED"] if case == "ground_truth" else [])
     assert_no_result(out)
