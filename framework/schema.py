@@ -38,7 +38,7 @@ class Range:
             return f"between {_num(self.min)} and {_num(self.max)}"
         if self.min is not None:
             return f">= {_num(self.min)}"
-        return f"<= {_num(self.max)}"
+        return f"<= {_num(self.max)}" if self.max is not None else "any number"
 
 
 def _num(v: float) -> str:

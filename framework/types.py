@@ -292,7 +292,12 @@ class VectorResult:
 
 @runtime_checkable
 class Source(Protocol):
-    """Provides the train and test scenes (with their ground truth) of a run."""
+    """Provides the train and test scenes (with their ground truth) of a run.
+
+    A source may also have a ``check(workdir)`` method: cheap input checks (files exist and open, band
+    counts, CRS, grids, ground truth overlapping the scenes, sizes that fit) that the pipeline runs
+    before any scene is read (see :mod:`cropseg.preflight`); it raises a :class:`~cropseg.CropsegError`.
+    """
 
     synthetic: bool
 
