@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 from rasterio.transform import array_bounds
 
 from cropseg import hookimpl
+from cropseg.schema import Range
 from cropseg.errors import GroundTruthError
 from cropseg.labels import write_label_raster
 from cropseg.types import CROP, NONCROP, LabelRaster, Scene, VectorGroundTruth
@@ -25,7 +27,7 @@ SHIFT = 4  # fractional bits for sub-pixel vertex positions in cv2.fillPoly
 
 
 class ContoursLabeler:
-    def __init__(self, block_size: int = 512):
+    def __init__(self, block_size: Annotated[int, Range(1, None)] = 512):
         self.block_size = block_size
 
     def label(self, scene: Scene, out_path: Path) -> LabelRaster:

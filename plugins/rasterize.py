@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 from rasterio.transform import array_bounds
 
 from cropseg import hookimpl
+from cropseg.schema import Range
 from cropseg.errors import CRSMismatchError, GroundTruthError
 from cropseg.labels import write_label_raster
 from cropseg.raster import open_raster
@@ -23,7 +25,7 @@ from cropseg.vector import ground_truth_for_grid
 
 
 class RasterizeLabeler:
-    def __init__(self, all_touched: bool = False, block_size: int = 512):
+    def __init__(self, all_touched: bool = False, block_size: Annotated[int, Range(1, None)] = 512):
         self.all_touched = all_touched
         self.block_size = block_size
 

@@ -199,6 +199,7 @@ OPTION_CASES = [
     ("block_size=0", ["block_size=0", "between 16 and 16384"]),
     ("block_size=-512", ["block_size=-512", "between 16 and 16384"]),
     ("train.spatial_block=0", ["train.spatial_block=0", ">= 1"]),
+    ("labeler.block_size=-512", ["labeler.block_size=-512", ">= 1"]),
     ("postprocessor.median_blur.kernel=4001", ["kernel=4001", "at most 2049"]),
     ("postprocessor.median_blur.kernel=abc", ["postprocessor.median_blur.kernel=abc", "integer"]),
     ("train.balance=maybe", ["train.balance=maybe", "true or false"]),
