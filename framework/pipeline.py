@@ -121,8 +121,22 @@ def build_stages(cfg: DictConfig, registry: Registry | None = None) -> Stages:
                               ("features", features, Features), ("classifier", classifier, Classifier)):
         if not isinstance(obj, proto):
             raise PluginError(f"{stage} {names.get(stage)!r} does not implement cropseg.types.{proto.__name__}")
+    _check_sample_size(cfg, classifier)
     parallel = ParallelConfig.from_config(cfg.get("parallel"))
     return Stages(source, labeler, features, classifier, filters, vectorizers, registry, names, parallel)
+
+
+def _check_sample_size(cfg: DictConfig, classifier: Any) -> None:
+    """Refuse up front a classifier that needs more training pixels (its optional ``min_training_pixels()``,
+    e.g. KNN's largest k) than ``train.max_per_class`` can ever draw (two classes)."""
+    need = getattr(classifier, "min_training_pixels", None)
+    cap = cfg.get("train", {}).get("max_per_class")
+    if not callable(need) or not isinstance(cap, int) or isinstance(cap, bool):
+        return
+    n = int(need())
+    if n > 2 * cap:
+        raise ConfigError(f"train.max_per_class={cap} draws at most {2 * cap} training pixels; the classifier "
+                          f"{cfg.classifier.get('name')} needs at least {n} (e.g. KNN's largest k in every CV fold)")
 
 
 def _default_output_dir() -> Path:

@@ -38,6 +38,12 @@ class KNNClassifier:
 
         return FastKNeighborsClassifier(n_neighbors=k, weights=self.weights, algorithm=self.algorithm, n_jobs=self.n_jobs)
 
+    def min_training_pixels(self) -> int:
+        """The smallest training sample the k grid can work with (every CV training fold holds k pixels)."""
+        k = max(self.k_grid)
+        folds = int(self.cv_folds)
+        return k if self.cv == "none" else -(-k * folds // (folds - 1))
+
     def fit(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None) -> FitResult:
         n = len(y)
         usable = n if self.cv == "none" else n - -(-n // int(self.cv_folds))  # pixels a CV training fold keeps

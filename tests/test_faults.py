@@ -92,6 +92,14 @@ def files(tmp_path_factory):
         return a
 
     f["sparse"] = _rewrite(test.image, d / "sparse.tif", sparse)
+
+    def six(a):  # three crop pixels (in field 1) and three non-crop pixels (in its hole)
+        keep = a[:, 20:21, 10:13].copy(), a[:, 20:21, 20:23].copy()
+        a[:] = 0
+        a[:, 20:21, 10:13], a[:, 20:21, 20:23] = keep
+        return a
+
+    f["six_pixels"] = _rewrite(train.image, d / "six_pixels.tif", six)
     f["constant"] = _rewrite(train.image, d / "constant.tif", lambda a: np.where(a > 0, 3000, 0).astype(a.dtype))
     trunc = d / "truncated.tif"
     shutil.copy(train.image, trunc)
@@ -320,11 +328,20 @@ def test_unusable_scene_names_the_input_file(env, capfd, files, tracking_uri, ke
     assert_no_result(out)
 
 
-def test_k_larger_than_the_training_sample_is_refused_with_the_reason(env, capfd, files, tracking_uri):
-    out = env / "out"
-    args = _set(_args(files, "train.max_per_class=10", out=out), "classifier.k_grid", "[3,40]")
+def test_k_beyond_what_max_per_class_can_draw_is_refused_before_any_run(env, capfd, files, tracking_uri):
+    args = _set(_set(_args(files, out=env / "out"), "classifier.k_grid", "[3,40]"), "train.max_per_class", 10)
     line = one_line_error(capfd, main(args))
-    assert "classifier.k_grid" in line and "k=40" in line and "larger than the training sample" in line
+    assert "train.max_per_class=10 draws at most 20" in line and "needs at least 60" in line
+    assert run_statuses(tracking_uri) == []
+
+
+def test_k_larger_than_the_training_sample_is_refused_with_the_reason(env, capfd, files, tracking_uri):
+    """The labelled pixels, not the cap, limit the sample: a training scene with six valid pixels
+    (the cap allows 600) cannot give k=7 neighbours; refused before scikit-learn is asked."""
+    out = env / "out"
+    args = _set(_set(_args(files, out=out), "source.train_image", files["six_pixels"]), "classifier.k_grid", "[7]")
+    line = one_line_error(capfd, main(_set(args, "classifier.cv", "none")))
+    assert "classifier.k_grid" in line and "k=7" in line and "larger than the training sample" in line
     assert run_statuses(tracking_uri) == ["FAILED"]
     assert_no_result(out)
 
