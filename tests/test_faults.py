@@ -408,6 +408,19 @@ def test_cropseg_predict_on_a_truncated_scene_is_one_line(awkward_run, files, tm
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("fault", ["output_is_a_file", "corrupt_store"])
+def test_cropseg_predict_destinations_are_one_line(awkward_run, files, tmp_path, capfd, fault):
+    result, uri = awkward_run
+    out = files["a_file"] if fault == "output_is_a_file" else tmp_path / "pred"
+    store = f"sqlite:///{files['bad_db']}" if fault == "corrupt_store" else uri
+    code = main(["predict", result.model_uri, str(files["nan"]), "--metadata", str(files["train"].metadata),
+                 "--tracking-uri", store, "--output-dir", str(out), "--serial"])
+    line = one_line_error(capfd, code)
+    assert ("a_file.txt" in line and "is a file" in line) if fault == "output_is_a_file" else \
+        ("not_sqlite.db" in line and "not a readable SQLite database" in line)
+
+
+@pytest.mark.slow
 def test_same_scene_as_train_and_test_is_a_warning_and_a_tag(env, files, tracking_uri, caplog):
     """A constant scene (every valid pixel the same DN) used as both training and test scene: it runs to
     FINISHED, and the reuse is a warning in the log and an MLflow tag."""
