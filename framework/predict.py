@@ -102,7 +102,7 @@ def predict(model_uri: str, image: str | Path, *, metadata: str | Path | None = 
     parallel = parallel or ParallelConfig(backend="dask")
     uri = resolve_uri(tracking_uri)
     out = Path(output_dir or _default_output_dir()).expanduser().resolve()
-    check_output_dir(out, "--output-dir")
+    check_output_dir(out, "--output-dir", create=False)
     check_reachable(uri)
     tracker = Tracker(uri, experiment)
     model = load_pipeline_model(uri, model_uri)

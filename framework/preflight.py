@@ -20,19 +20,24 @@ from typing import Any
 from .errors import InputFileError
 
 
-def check_output_dir(path: Path, option: str = "output_dir") -> Path:
+def check_output_dir(path: Path, option: str = "output_dir", create: bool = True) -> Path:
     """Create ``path`` (and parents) and make sure a file can be written in it; one clear
-    :class:`InputFileError` when it is a file, lies under a file, or is read-only / not writable."""
+    :class:`InputFileError` when it is a file, lies under a file, or is read-only / not writable.
+    With ``create=False`` nothing is created: the nearest existing folder must take a new file."""
     path = Path(path)
+    existing = path
     for parent in [path, *path.parents]:
         if parent.exists():
             if not parent.is_dir():
                 where = "is a file" if parent == path else f"lies under {parent}, which is a file"
                 raise InputFileError(f"{path}: the output directory ({option}) {where}")
+            existing = parent
             break
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".cropseg-write-check-"):
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
+            existing = path
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".cropseg-write-check-"):
             pass
     except OSError as exc:
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
