@@ -73,8 +73,8 @@ def conforms(value: Any, tp: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
     if tp is float:
         return isinstance(value, int | float) and not isinstance(value, bool)
-    if tp is str:
-        return isinstance(value, str)
+    if tp is str:  # a number too: Hydra reads `source.attribute=2015` as an int; the plugin decides
+        return isinstance(value, str | int | float) and not isinstance(value, bool)
     if tp in (Path, "Path"):
         return isinstance(value, str | Path)
     if origin in (list, tuple, set, frozenset, Sequence, typing.Sequence) or tp in (list, tuple, Sequence):
@@ -209,8 +209,14 @@ FRAMEWORK_OPTIONS: dict[str, Any] = {
 def check_framework_options(cfg: Any) -> None:
     """Type- and range-check the framework's own keys of a composed config (see :data:`FRAMEWORK_OPTIONS`)."""
     from omegaconf import DictConfig, OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
-    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    try:
+        container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    except OmegaConfBaseException as exc:  # e.g. ${oc.env:UNSET}
+        full_key = getattr(exc, "full_key", None)
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{full_key}: {text}" if full_key else text) from None
     for key, tp in FRAMEWORK_OPTIONS.items():
         node: Any = container
         for part in key.split("."):
