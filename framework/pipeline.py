@@ -234,6 +234,9 @@ def _run_stages(cfg: DictConfig, st: Stages, rl: Any, out: Path, t_start: float)
         metrics.update({f"{role}_label_{k}_pixels": float(v) for k, v in c.items()})
         for k, v in labels[role].notes.items():
             metrics[f"{role}_ground_truth_{k}"] = float(v)
+            if k == "repaired_geometries" and v:
+                log.warning("%s ground truth %s: %d invalid (e.g. self-intersecting) polygon(s) repaired", role,
+                            getattr(scene.ground_truth, "path", ""), int(v))
             rl.set_tags({f"{TAG_PREFIX}{role}.ground_truth.{k}": str(int(v)) if float(v).is_integer() else str(v)})
         _check_labelled(role, scene, c)
     outputs["test_labels"] = labels["test"].path

@@ -165,7 +165,7 @@ def ground_truth_for_grid(gt: VectorGroundTruth, grid: Grid) -> gpd.GeoDataFrame
     invalid = ~gdf.geometry.is_valid.to_numpy()
     repaired = int(invalid.sum())
     if repaired:
-        log.warning("%s: %d invalid (e.g. self-intersecting) polygon(s) repaired with make_valid", gt.path, repaired)
+        log.debug("%s: %d invalid (e.g. self-intersecting) polygon(s) repaired with make_valid", gt.path, repaired)
     gdf = gdf.set_geometry(shapely.make_valid(gdf.geometry.values))
     west, south, east, north = grid.bounds
     gdf = gdf[gdf.intersects(shapely.box(west, south, east, north))]

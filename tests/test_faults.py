@@ -12,6 +12,7 @@ representative set.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -364,13 +365,25 @@ def awkward_run(files, store, tmp_path_factory):
     args = _set(args, "source.train_ground_truth", files["gt_bowtie"])
     args += [f"tracking.uri={uri}", f"cache_dir={d / 'cache'}", "postprocessor.median_blur.kernel=1001",
              "tracking.log_model=true"]
-    result = run(args)
-    return result, uri
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    handler = Keep(logging.WARNING)
+    logging.getLogger("cropseg").addHandler(handler)
+    try:
+        result = run(args)
+    finally:
+        logging.getLogger("cropseg").removeHandler(handler)
+    return result, uri, records
 
 
 @pytest.mark.slow
 def test_nan_pixels_a_utm_ground_truth_and_a_bowtie_run_to_finished(awkward_run):
-    result, uri = awkward_run
+    result, uri, logged = awkward_run
+    assert any("train ground truth" in m and "bowtie.geojson: 1 invalid" in m and "repaired" in m for m in logged)
     run_ = MlflowClient(uri).get_run(result.run_id)
     assert run_.info.status == "FINISHED"
     # the NaN block (6x6) and the two infinite pixels are nodata: 255 in the training-scene prediction
@@ -385,7 +398,7 @@ def test_nan_pixels_a_utm_ground_truth_and_a_bowtie_run_to_finished(awkward_run)
 
 @pytest.mark.slow
 def test_cropseg_predict_marks_nan_pixels_255(awkward_run, files, tmp_path, capfd):
-    result, uri = awkward_run
+    result, uri, _ = awkward_run
     code = main(["predict", result.model_uri, str(files["nan"]), "--metadata", str(files["train"].metadata),
                  "--tracking-uri", uri, "--output-dir", str(tmp_path / "pred"), "--serial"])
     assert code == 0, capfd.readouterr().err[-3000:]
@@ -398,7 +411,7 @@ def test_cropseg_predict_marks_nan_pixels_255(awkward_run, files, tmp_path, capf
 
 @pytest.mark.slow
 def test_cropseg_predict_on_a_truncated_scene_is_one_line(awkward_run, files, tmp_path, capfd):
-    result, uri = awkward_run
+    result, uri, _ = awkward_run
     code = main(["predict", result.model_uri, str(files["truncated"]), "--metadata", str(files["train"].metadata),
                  "--tracking-uri", uri,
                  "--output-dir", str(tmp_path / "pred"), "--serial"])
@@ -410,7 +423,7 @@ def test_cropseg_predict_on_a_truncated_scene_is_one_line(awkward_run, files, tm
 @pytest.mark.slow
 @pytest.mark.parametrize("fault", ["output_is_a_file", "corrupt_store"])
 def test_cropseg_predict_destinations_are_one_line(awkward_run, files, tmp_path, capfd, fault):
-    result, uri = awkward_run
+    result, uri, _ = awkward_run
     out = files["a_file"] if fault == "output_is_a_file" else tmp_path / "pred"
     store = f"sqlite:///{files['bad_db']}" if fault == "corrupt_store" else uri
     code = main(["predict", result.model_uri, str(files["nan"]), "--metadata", str(files["train"].metadata),
