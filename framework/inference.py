@@ -313,6 +313,7 @@ class InferencePipeline:
     def example_rows(self, scene: Scene, n: int = 5, block: int = DEFAULT_BLOCK) -> np.ndarray:
         """Up to ``n`` valid pixel rows of reflectance from ``scene`` (for the model's input example)."""
         grid = scene.grid
+        found: list[np.ndarray] = []
         with scene.reader() as reader:
             for w in iter_windows(grid.height, grid.width, block):
                 blk = reader.read(w)
@@ -320,7 +321,11 @@ class InferencePipeline:
                     rows = blk.reflectance[:, blk.valid].T
                     idx = np.linspace(0, len(rows) - 1, n).astype(int)
                     return np.ascontiguousarray(rows[idx], dtype=np.float32)
-        raise ModelInputError(f"{scene.path}: no valid pixels for an input example")
+                if blk.valid.any():  # a sparse scene: gather its few valid pixels across blocks
+                    found.append(blk.reflectance[:, blk.valid].T)
+                    if sum(len(f) for f in found) >= n:
+                        return np.ascontiguousarray(np.concatenate(found)[:n], dtype=np.float32)
+        raise ModelInputError(f"{scene.path}: fewer than {n} valid pixels for an input example")
 
 
 def _describe(refl: Mapping[str, Any]) -> str:

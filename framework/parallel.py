@@ -217,6 +217,17 @@ class BlockExecutor:
             ctx.release()
 
 
+def check_scheduler(config: ParallelConfig) -> None:
+    """Before any work: a configured ``parallel.scheduler`` accepts connections (:class:`ClusterError` if not)."""
+    if config.backend != "dask" or not config.scheduler:
+        return
+    try:
+        _check_reachable(config.scheduler)
+    except OSError as exc:
+        raise ClusterError(f"parallel.scheduler: cannot connect to {config.scheduler}: "
+                           f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+
+
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
     """Fail at once (instead of after the client's retries) when a ``tcp://`` scheduler refuses connections."""
     import socket

@@ -21,15 +21,17 @@ from omegaconf import DictConfig
 from . import __version__
 from .area_sample import area_metrics, check_area_config
 from .config import flatten, instantiate, plugin_options, postprocessor_nodes, redact
-from .errors import ConfigError, PluginError
+from .errors import ConfigError, LabelError, PluginError
 from .evaluate import classification_report, confusion_from_rasters, iou, report_metrics
 from .lineage import TESTING, TRAINING, scene_refs
 from .naming import chosen_label, run_label
 from .plugins import Registry, check_labeler_fits, get_plugin_manager
+from .preflight import check_destinations, check_inputs
 from .scene_ops import Progress, apply_filters, predict_scene
 from .parallel import BlockExecutor, ParallelConfig, use_executor
 from .raster import DEFAULT_BLOCK, iter_windows
 from .sampling import sample_training_pixels
+from .schema import check_framework_options
 from .tracking import TAG_PREFIX, Tracker, git_commit
 from .types import Classifier, Features, Labeler, MaskFilter, Scene, Source, Vectorizer
 
@@ -112,6 +114,7 @@ class Stages:
 
 def build_stages(cfg: DictConfig, registry: Registry | None = None) -> Stages:
     """Instantiate every configured plugin through the registry (unknown names/options fail here)."""
+    check_framework_options(cfg)
     if registry is None:
         block = list(cfg.get("plugins", {}).get("block", []) or [])
         registry = Registry.from_plugin_manager(get_plugin_manager(block=block))
@@ -139,9 +142,31 @@ def build_stages(cfg: DictConfig, registry: Registry | None = None) -> Stages:
     kinds = getattr(source, "ground_truth_kinds", None)
     for what, kind in (kinds() if callable(kinds) else {}).items():  # before any scene is loaded
         check_labeler_fits(registry, names["labeler"], kind, what)
+    _check_sample_size(cfg, classifier)
     parallel = ParallelConfig.from_config(cfg.get("parallel"))
     check_area_config(cfg.get("evaluate"))
     return Stages(source, labeler, features, classifier, filters, vectorizers, registry, names, parallel)
+
+
+def _check_sample_size(cfg: DictConfig, classifier: Any) -> None:
+    """Refuse up front a classifier that needs more training pixels (its optional ``min_training_pixels()``,
+    e.g. KNN's largest k) than ``train.max_pixels`` / ``train.max_per_class`` can ever draw (two classes)."""
+    need = getattr(classifier, "min_training_pixels", None)
+    if not callable(need):
+        return
+    train = cfg.get("train", {})
+    caps = []
+    for key, factor in (("max_pixels", 1), ("max_per_class", 2)):
+        cap = train.get(key)
+        if isinstance(cap, int) and not isinstance(cap, bool):
+            caps.append((factor * cap, f"train.{key}={cap}"))
+    if not caps:
+        return
+    most, which = min(caps)
+    n = int(need())
+    if n > most:
+        raise ConfigError(f"{which} draws at most {most} training pixels; the classifier "
+                          f"{cfg.classifier.get('name')} needs at least {n} (e.g. KNN's largest k in every CV fold)")
 
 
 def _default_output_dir() -> Path:
@@ -163,9 +188,9 @@ def execute(cfg: DictConfig, *, output_dir: Path | None = None, parent_run_id: s
     stages = build_stages(cfg, registry)
     tcfg = cfg.get("tracking", {})
     _check_registration(tcfg)
-    tracker = Tracker(tcfg.get("uri"), tcfg.get("experiment", "cropseg"), tcfg.get("artifact_location"))
     out = Path(output_dir or cfg.get("output_dir") or _default_output_dir()).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    check_destinations(out, _cache_dir(cfg, stages), tcfg.get("uri"))
+    tracker = Tracker(tcfg.get("uri"), tcfg.get("experiment", "cropseg"), tcfg.get("artifact_location"))
     parent_run_id = parent_run_id or tcfg.get("parent_run_id")
     tags = _tags(stages)
     run_name = tcfg.get("run_name") + run_name_suffix if tcfg.get("run_name") else \
@@ -184,6 +209,10 @@ def execute(cfg: DictConfig, *, output_dir: Path | None = None, parent_run_id: s
     result.tracking_uri = tracker.uri
     result.ui_hint = tracker.ui_hint()
     return result
+
+
+def _cache_dir(cfg: DictConfig, stages: Stages) -> Path:
+    return Path(cfg.get("cache_dir") or ".cache/cropseg").expanduser().resolve() / stages.names["source"]
 
 
 def _tags(stages: Stages) -> dict[str, str]:
@@ -212,8 +241,8 @@ def _run_stages(cfg: DictConfig, st: Stages, rl: Any, out: Path, t_start: float)
     outputs: dict[str, Path] = {}
 
     # -- source ------------------------------------------------------------------------------------
-    cache = Path(cfg.get("cache_dir") or ".cache/cropseg").expanduser().resolve() / st.names["source"]
-    cache.mkdir(parents=True, exist_ok=True)
+    cache = _cache_dir(cfg, st)
+    check_inputs(st, cache)
     t = time.perf_counter()
     scenes = st.source.load(cache)
     log.info("source %s: train %s (%dx%d px), test %s (%dx%d px)%s", st.names["source"],
@@ -226,6 +255,10 @@ def _run_stages(cfg: DictConfig, st: Stages, rl: Any, out: Path, t_start: float)
                  **{f"{TAG_PREFIX}source.{k}": v for k, v in scenes.metadata.items() if v is not None}})
     metrics["source_seconds"] = time.perf_counter() - t
     rl.log_datasets([*scene_refs(scenes.train, TRAINING), *scene_refs(scenes.test, TESTING)])
+    if _same_scene(scenes.train, scenes.test):
+        log.warning("the test scene is the training scene (%s): test metrics are not held-out scores",
+                    scenes.test.path)
+        rl.set_tags({f"{TAG_PREFIX}warning.test_is_train": "true"})
 
     # -- labels ------------------------------------------------------------------------------------
     labels = {}
@@ -236,6 +269,13 @@ def _run_stages(cfg: DictConfig, st: Stages, rl: Any, out: Path, t_start: float)
         log.info("labels %s: %d crop, %d non-crop, %d ignored pixels (%.1f s)", role, c["crop"], c["noncrop"],
                  c["ignore"], time.perf_counter() - t)
         metrics.update({f"{role}_label_{k}_pixels": float(v) for k, v in c.items()})
+        for k, v in labels[role].notes.items():
+            metrics[f"{role}_ground_truth_{k}"] = float(v)
+            if k == "repaired_geometries" and v:
+                log.warning("%s ground truth %s: %d invalid (e.g. self-intersecting) polygon(s) repaired", role,
+                            getattr(scene.ground_truth, "path", ""), int(v))
+            rl.set_tags({f"{TAG_PREFIX}{role}.ground_truth.{k}": str(int(v)) if float(v).is_integer() else str(v)})
+        _check_labelled(role, scene, c)
     outputs["test_labels"] = labels["test"].path
 
     # -- training sample and fit -------------------------------------------------------------------
@@ -317,6 +357,36 @@ def _run_stages(cfg: DictConfig, st: Stages, rl: Any, out: Path, t_start: float)
     model_info = _log_results(rl, st, scenes, labels, reports, outputs, out, metrics, cfg)
     return RunResult(run_id=rl.run_id, experiment_id="", tracking_uri="", output_dir=out, metrics=metrics,
                      outputs=outputs, params=dict(fit.params) if fit else {}, **model_info)
+
+
+#: fewest labelled valid pixels a test scene may have (the model's input example takes five)
+MIN_TEST_PIXELS = 5
+
+
+def _check_labelled(role: str, scene: Scene, counts: Any) -> None:
+    """Refuse, before any fitting, a scene with no labelled valid pixel (train) or fewer than
+    :data:`MIN_TEST_PIXELS` (test), naming the input file."""
+    n = int(counts["crop"]) + int(counts["noncrop"])
+    if n == 0:
+        raise LabelError(f"{scene.path}: the {role} scene has no valid labelled pixel (all nodata, NaN, outside "
+                         f"the AOI or unusable)")
+    if role == "test" and n < MIN_TEST_PIXELS:
+        raise LabelError(f"{scene.path}: the test scene has {n} valid labelled pixel(s), fewer than "
+                         f"{MIN_TEST_PIXELS}")
+
+
+def _same_scene(a: Scene, b: Scene) -> bool:
+    """Whether two scenes read the same pixels (same file, and overlapping windows)."""
+    try:
+        if Path(a.path).resolve() != Path(b.path).resolve():
+            return False
+    except OSError:
+        return False
+    if a.window is None or b.window is None:
+        return True
+    from rasterio.windows import intersect
+
+    return bool(intersect(a.window, b.window))
 
 
 def _log_results(rl: Any, st: Stages, scenes: Any, labels: dict, reports: dict, outputs: dict, out: Path,

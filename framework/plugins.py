@@ -14,6 +14,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import ConfigError, DuplicatePluginError, PluginError
+from .schema import check_factory_types
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,8 @@ class Registry:
         """
         info = self.get(stage, name)
         check_options(f"{stage}.{name}", info.factory, options)
+        check_factory_types(lambda key: f"{stage}.{name}.{key}" if stage == "postprocessor" else f"{stage}.{key}",
+                            info.factory, options)
         return info.factory(**dict(options))
 
 

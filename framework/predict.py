@@ -32,9 +32,10 @@ from .errors import ConfigError, InputFileError
 from .evaluate import classification_report, confusion_from_rasters, iou, report_metrics
 from .parallel import BlockExecutor, ParallelConfig, use_executor
 from .raster import DEFAULT_BLOCK, atomic_path, iter_windows
-from .tracking import TAG_PREFIX, Tracker, git_commit, resolve_uri
 from .lineage import PREDICTION, scene_refs
+from .preflight import check_output_dir
 from .scenes import make_ground_truth
+from .tracking import TAG_PREFIX, Tracker, check_reachable, git_commit, resolve_uri
 from .types import CROP, DWR_CROP_CLASSES, NONCROP
 
 log = logging.getLogger("cropseg")
@@ -118,11 +119,13 @@ def predict(model_uri: str, image: str | Path, *, metadata: str | Path | None = 
         raise InputFileError(f"{reference_sample}: reference sample file not found")
     parallel = parallel or ParallelConfig(backend="dask")
     uri = resolve_uri(tracking_uri)
+    out = Path(output_dir or _default_output_dir()).expanduser().resolve()
+    check_output_dir(out, "--output-dir", create=False)
+    check_reachable(uri)
     tracker = Tracker(uri, experiment)
     model = load_pipeline_model(uri, model_uri)
     pipe = model.pipeline
     image = Path(image).expanduser()
-    out = Path(output_dir or _default_output_dir()).expanduser().resolve()
     tags = {
         f"{TAG_PREFIX}kind": "prediction", f"{TAG_PREFIX}model_uri": model_uri,
         f"{TAG_PREFIX}source_run_id": model.source_run_id or "unknown",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -77,11 +77,16 @@ def open_raster(path: Path | str, *, what: str = "raster") -> rasterio.DatasetRe
         raise InputFileError(f"{p}: cannot read {what}: {str(exc).splitlines()[0]}") from None
 
 
-def check_scene_raster(path: Path | str, bands: int = 4) -> Grid:
-    """Validate a multispectral scene GeoTIFF (band count, georeferencing) and return its grid."""
+def check_scene_raster(path: Path | str, bands: int = 4, indexes: Sequence[int] | None = None) -> Grid:
+    """Validate a multispectral scene GeoTIFF (band count, the configured band ``indexes`` exist,
+    georeferencing) and return its grid."""
     with open_raster(path, what="scene") as src:
         if src.count < bands:
             raise RasterFormatError(f"{path}: expected {bands} bands (blue, green, red, NIR), found {src.count}")
+        wrong = [int(b) for b in indexes or () if not 1 <= int(b) <= src.count]
+        if wrong:
+            raise RasterFormatError(f"source.bands={[int(b) for b in indexes or ()]}: {path} has {src.count} bands "
+                                    f"(1..{src.count}); no band {wrong[0]}")
         if src.crs is None:
             raise RasterFormatError(f"{path}: the raster has no CRS")
         if src.transform.is_identity:

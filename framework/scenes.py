@@ -108,7 +108,7 @@ def build_scene(role: str, image: Path, *, gains: Sequence[float], bands: Sequen
                 expected_bands: int = 4) -> Scene:
     """A file-backed scene: ``image`` checked (band count, georeferencing), restricted to the window of
     ``aoi`` (shapely, in the image CRS) when given."""
-    grid = check_scene_raster(image, bands=expected_bands)
+    grid = check_scene_raster(image, bands=expected_bands, indexes=bands)
     window = None
     if aoi is not None:
         window, aoi = aoi_window(grid, aoi, image=image, what=aoi_what or f"{role} AOI")
@@ -116,6 +116,39 @@ def build_scene(role: str, image: Path, *, gains: Sequence[float], bands: Sequen
         with open_raster(usable, what="usable-data (udm2)") as src:
             if src.count < usable_band:
                 raise RasterFormatError(f"{usable}: usable-data band {usable_band} missing ({src.count} bands)")
+            if (src.width, src.height) != (grid.width, grid.height) or not src.transform.almost_equals(grid.transform):
+                raise RasterFormatError(f"{usable}: the usable-data raster's grid ({src.width}x{src.height} px) does "
+                                        f"not match the scene {image} ({grid.width}x{grid.height} px); grids must match")
+            if src.crs is not None and src.crs != grid.crs:
+                raise RasterFormatError(f"{usable}: the usable-data raster's CRS {src.crs} differs from the scene's "
+                                        f"{grid.crs}")
     return Scene(name=role, path=image, gains=tuple(float(g) for g in gains), bands=tuple(int(b) for b in bands),
                  window=window, nodata=nodata, aoi=aoi, usable_path=usable, usable_band=usable_band,
                  ground_truth=ground_truth, metadata=dict(metadata))
+
+
+def check_ground_truth(scene: Scene) -> None:
+    """Cheap ground-truth checks for a scene before any pixel is read: a vector file is readable, its CRS
+    known and crop polygons overlap the scene (:func:`cropseg.vector.ground_truth_for_grid` names what is
+    wrong); a class raster opens, has a CRS and overlaps the scene."""
+    from .errors import CRSMismatchError, GroundTruthError
+    from .vector import ground_truth_for_grid
+
+    gt = scene.ground_truth
+    if isinstance(gt, VectorGroundTruth):
+        ground_truth_for_grid(gt, scene.grid)
+    elif isinstance(gt, RasterGroundTruth):
+        from rasterio.warp import transform_bounds
+
+        with open_raster(gt.path, what="ground-truth raster") as src:
+            if src.crs is None:
+                raise CRSMismatchError(f"{gt.path}: the ground-truth raster has no CRS")
+            try:
+                w, s, e, n = transform_bounds(src.crs, scene.grid.crs, *src.bounds, densify_pts=21)
+            except Exception as exc:  # noqa: BLE001 - PROJ/GDAL errors for impossible transforms
+                raise CRSMismatchError(f"{gt.path}: cannot transform {src.crs} to the scene CRS {scene.grid.crs}: "
+                                       f"{exc}") from None
+            west, south, east, north = scene.grid.bounds
+            if e <= west or w >= east or n <= south or s >= north:
+                raise GroundTruthError(f"{gt.path}: the ground-truth raster does not overlap the {scene.name} scene "
+                                       f"{scene.path}")

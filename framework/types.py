@@ -199,11 +199,20 @@ class SceneReader:
         )
 
     def read(self, window: Window) -> Block:
-        """Reflectance and valid mask for ``window``; parts outside the file read as invalid."""
+        """Reflectance and valid mask for ``window``; parts outside the file read as invalid, and so do
+        NaN and +-inf pixels."""
+        import rasterio.errors
+
         fwin = self._file_window(window)
         nodata = self.scene.nodata
         fill = nodata if nodata is not None else 0
-        dn = self.src.read(list(self.scene.bands), window=fwin, boundless=True, fill_value=fill)
+        try:
+            dn = self.src.read(list(self.scene.bands), window=fwin, boundless=True, fill_value=fill)
+        except rasterio.errors.RasterioError as exc:  # a truncated or corrupt file fails only when read
+            from .errors import InputFileError
+
+            raise InputFileError(f"{self.scene.path}: cannot read pixels (truncated or corrupt file?): "
+                                 f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
         if nodata is not None:
             valid = ~np.all(dn == nodata, axis=0)
         else:
@@ -221,7 +230,11 @@ class SceneReader:
             valid &= geometry_mask(
                 [self.scene.aoi], out_shape=(h, w), transform=self.grid.window_transform(window), invert=True
             )
-        refl = dn.astype(np.float32) * self._gains + self._offsets
+        with np.errstate(invalid="ignore", over="ignore"):
+            refl = dn.astype(np.float32) * self._gains + self._offsets
+        if not np.isfinite(refl).all():
+            # NaN and +-inf (in a float scene, or DN beyond float32) are nodata, like the nodata value
+            valid &= np.isfinite(refl).all(axis=0)
         refl[:, ~valid] = 0.0
         return Block(window, refl, valid)
 
@@ -251,6 +264,8 @@ class LabelRaster:
     path: Path
     grid: Grid
     counts: Mapping[str, int]
+    #: what the labeler noticed about the ground truth, logged as metrics (e.g. ``repaired_geometries``)
+    notes: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -282,7 +297,12 @@ class VectorResult:
 
 @runtime_checkable
 class Source(Protocol):
-    """Provides the train and test scenes (with their ground truth) of a run."""
+    """Provides the train and test scenes (with their ground truth) of a run.
+
+    A source may also have a ``check(workdir)`` method: cheap input checks (files exist and open, band
+    counts, CRS, grids, ground truth overlapping the scenes, sizes that fit) that the pipeline runs
+    before any scene is read (see :mod:`cropseg.preflight`); it raises a :class:`~cropseg.CropsegError`.
+    """
 
     synthetic: bool
 

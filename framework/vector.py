@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,12 @@ from .types import Grid, VectorGroundTruth
 GEOMETRY_TYPES = {"Polygon", "MultiPolygon", "Point", "MultiPoint", "LineString", "MultiLineString",
                   "GeometryCollection"}
 WGS84 = "EPSG:4326"
+log = logging.getLogger(__name__)
+
+
+def _first(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _read_json(path: Path) -> Any | None:
@@ -58,7 +66,7 @@ def read_vector(path: Path | str, *, layer: str | None = None, bbox: tuple | Non
             else:
                 raise InputFileError(f"{p}: not GeoJSON (expected features or a geometry)")
         except (KeyError, TypeError, AttributeError, ValueError, shapely.errors.GEOSException) as exc:
-            raise InputFileError(f"{p}: malformed GeoJSON features: {exc}") from None
+            raise InputFileError(f"{p}: malformed GeoJSON features: {_first(exc)}") from None
     else:
         kwargs: dict[str, Any] = {"layer": layer} if layer else {}
         try:
@@ -74,14 +82,41 @@ def read_vector(path: Path | str, *, layer: str | None = None, bbox: tuple | Non
         except InputFileError:
             raise
         except Exception as exc:  # noqa: BLE001 - GDAL/pyogrio raise many types for unreadable files
-            raise InputFileError(f"{p}: cannot read vector file: {str(exc).splitlines()[0]}") from None
+            raise InputFileError(f"{p}: cannot read vector file: {_first(exc)}") from None
         if gdf.crs is None:
             if p.suffix.lower() in {".json", ".geojson"}:
                 gdf = gdf.set_crs(WGS84)
             else:
                 raise CRSMismatchError(f"{p}: the vector file has no CRS")
+    _check_declared_crs(p)
     gdf = gdf[gdf.geometry.notna() & ~gdf.geometry.is_empty]
+    if len(gdf):
+        coords, index = shapely.get_coordinates(gdf.geometry.values, return_index=True)
+        bad = np.unique(index[~np.isfinite(coords).all(axis=1)])
+        if bad.size:
+            raise InputFileError(f"{p}: {bad.size} feature(s) have NaN or infinite coordinates "
+                                 f"(first: feature #{int(bad[0])})")
     return gdf
+
+
+_CRS_MEMBER = re.compile(rb'"crs"\s*:\s*\{.*?"name"\s*:\s*"([^"]+)"', re.DOTALL)
+
+
+def _check_declared_crs(path: Path) -> None:
+    """A GeoJSON file's (legacy) ``crs`` member must name a CRS PROJ knows: GDAL falls back to EPSG:4326
+    for an unknown one, which would read the coordinates in the wrong place without a word."""
+    if path.suffix.lower() not in {".json", ".geojson"}:
+        return
+    with path.open("rb") as fh:
+        head = fh.read(65536)
+    m = _CRS_MEMBER.search(head.split(b'"features"', 1)[0])
+    if m is None:
+        return
+    name = m.group(1).decode("utf-8", "replace")
+    try:
+        PyCRS.from_user_input(name)
+    except CRSError:
+        raise CRSMismatchError(f"{path}: declares an unknown CRS {name!r}") from None
 
 
 def to_crs(gdf: gpd.GeoDataFrame, crs: Any, *, what: Path | str) -> gpd.GeoDataFrame:
@@ -109,10 +144,15 @@ def read_aoi(path: Path | str, crs: Any) -> shapely.Geometry:
 def ground_truth_for_grid(gt: VectorGroundTruth, grid: Grid) -> gpd.GeoDataFrame:
     """Ground-truth polygons overlapping ``grid``, in its CRS, with a boolean ``crop`` column.
 
-    Raises :class:`GroundTruthError` when the attribute is missing, no polygon is crop, or nothing
-    overlaps the scene.
+    Raises :class:`GroundTruthError` saying what is wrong when nothing usable overlaps the scene: an
+    empty file, points or lines where polygons are needed, coordinates that look projected in a file
+    declared lon/lat, no feature within the scene (and how far away the nearest is), a missing attribute
+    or no crop value. Invalid (e.g. self-intersecting) polygons are repaired with ``make_valid``; their
+    number is logged and kept in ``gdf.attrs["repaired_geometries"]``.
     """
     gdf = read_vector(gt.path, layer=gt.layer, bbox=grid.bounds, bbox_crs=grid.crs)
+    if gdf.empty:
+        raise _explain(gt, grid)
     if gt.attribute not in gdf.columns:
         cols = ", ".join(c for c in gdf.columns if c != "geometry") or "none"
         raise GroundTruthError(f"{gt.path}: no attribute {gt.attribute!r} (attributes: {cols})")
@@ -120,13 +160,66 @@ def ground_truth_for_grid(gt: VectorGroundTruth, grid: Grid) -> gpd.GeoDataFrame
     values = {str(v) for v in gt.crop_values}
     crop = gdf[gt.attribute].astype(str).str.strip().isin(values)
     if not crop.any():
-        raise GroundTruthError(
-            f"{gt.path}: no crop polygons ({gt.attribute} in {sorted(values)}) in the scene's area"
-        )
+        raise _explain(gt, grid)
     gdf = to_crs(gdf.assign(crop=crop.to_numpy()), grid.crs, what=gt.path)
+    invalid = ~gdf.geometry.is_valid.to_numpy()
+    repaired = int(invalid.sum())
+    if repaired:
+        log.debug("%s: %d invalid (e.g. self-intersecting) polygon(s) repaired with make_valid", gt.path, repaired)
     gdf = gdf.set_geometry(shapely.make_valid(gdf.geometry.values))
     west, south, east, north = grid.bounds
     gdf = gdf[gdf.intersects(shapely.box(west, south, east, north))]
     if gdf.empty or not gdf["crop"].any():
-        raise GroundTruthError(f"{gt.path}: no crop polygon overlaps the scene {grid.bounds} ({grid.crs})")
-    return gdf[["crop", "geometry"]].reset_index(drop=True)
+        raise _explain(gt, grid)
+    out = gdf[["crop", "geometry"]].reset_index(drop=True)
+    out.attrs["repaired_geometries"] = repaired
+    return out
+
+
+def _explain(gt: VectorGroundTruth, grid: Grid) -> GroundTruthError:
+    """Why no crop polygon of ``gt`` lies in ``grid``: read the whole file (this is the error path) and
+    name the actual problem."""
+    path = gt.path
+    full = read_vector(path, layer=gt.layer)
+    if full.empty:
+        return GroundTruthError(f"{path}: no features (the file holds no geometry)")
+    types = sorted(set(full.geometry.geom_type))
+    if not any(t in ("Polygon", "MultiPolygon") for t in types):
+        return GroundTruthError(f"{path}: holds only {', '.join(types)} geometries; crop ground truth needs "
+                                f"polygons")
+    minx, miny, maxx, maxy = full.total_bounds
+    if full.crs is not None and full.crs.is_geographic and (max(abs(minx), abs(maxx)) > 180
+                                                            or max(abs(miny), abs(maxy)) > 90):
+        return GroundTruthError(f"{path}: coordinates look projected (x {minx:.0f}..{maxx:.0f}, y {miny:.0f}..{maxy:.0f}) "
+                                f"but the file declares lon/lat ({full.crs.to_string()}); declare its CRS")
+    polys = full[full.geometry.geom_type.isin(["Polygon", "MultiPolygon"])]
+    try:
+        local = polys.to_crs(grid.crs)
+    except Exception:  # noqa: BLE001 - reported by to_crs with its own message
+        local = to_crs(polys, grid.crs, what=path)
+    scene_box = shapely.box(*grid.bounds)
+    inside = local[local.intersects(scene_box)] if len(local) else local
+    if inside.empty:
+        dist = _distance_km(local, scene_box, grid)
+        hint = " (wrong CRS or UTM zone?)" if dist > 50 else ""
+        return GroundTruthError(f"{path}: no polygon overlaps the scene; the nearest is {dist:.1f} km away{hint}")
+    if gt.attribute not in inside.columns:
+        cols = ", ".join(c for c in inside.columns if c != "geometry") or "none"
+        return GroundTruthError(f"{path}: no attribute {gt.attribute!r} (attributes: {cols})")
+    seen = sorted({str(v).strip() for v in inside[gt.attribute].dropna()})[:12]
+    return GroundTruthError(f"{path}: no crop polygons ({gt.attribute} in {sorted(str(v) for v in gt.crop_values)}) "
+                            f"among the {len(inside)} polygon(s) overlapping the scene (found: {', '.join(seen) or 'none'})")
+
+
+def _distance_km(gdf: gpd.GeoDataFrame, scene_box: shapely.Geometry, grid: Grid) -> float:
+    """Distance from the scene's footprint to the nearest geometry, in km (geodesic frame for lon/lat)."""
+    finite = gdf[np.isfinite(gdf.geometry.bounds.to_numpy()).all(axis=1)]
+    if finite.empty:
+        return float("inf")
+    if grid.crs.is_geographic or not grid.crs.is_projected:
+        frame = gpd.GeoSeries([scene_box], crs=grid.crs).estimate_utm_crs()
+        geoms = finite.to_crs(frame).geometry
+        box = gpd.GeoSeries([scene_box], crs=grid.crs).to_crs(frame).iloc[0]
+        return float(geoms.distance(box).min()) / 1000.0
+    factor = grid.crs.linear_units_factor[1] if grid.crs.linear_units_factor else 1.0
+    return float(finite.geometry.distance(scene_box).min()) * factor / 1000.0

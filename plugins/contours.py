@@ -9,12 +9,15 @@ touches, so fields grow by up to one pixel along their right and bottom edges. C
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 from rasterio.transform import array_bounds
 
 from cropseg import hookimpl
+from cropseg.schema import Range
 from cropseg.errors import GroundTruthError
 from cropseg.labels import write_label_raster
 from cropseg.types import CROP, NONCROP, LabelRaster, Scene, VectorGroundTruth
@@ -27,7 +30,7 @@ class ContoursLabeler:
     #: polygons only: OpenCV fills their outlines
     ground_truth_kinds = ("vector",)
 
-    def __init__(self, block_size: int = 512):
+    def __init__(self, block_size: Annotated[int, Range(1, None)] = 512):
         self.block_size = block_size
 
     def label(self, scene: Scene, out_path: Path) -> LabelRaster:
@@ -57,7 +60,8 @@ class ContoursLabeler:
                     cv2.fillPoly(out, [np.round(px * (1 << SHIFT)).astype(np.int32)], CROP, cv2.LINE_8, SHIFT)
             return out
 
-        return write_label_raster(scene, out_path, burn, self.block_size)
+        result = write_label_raster(scene, out_path, burn, self.block_size)
+        return replace(result, notes={"repaired_geometries": float(gdf.attrs.get("repaired_geometries", 0))})
 
 
 @hookimpl

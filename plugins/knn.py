@@ -40,7 +40,19 @@ class KNNClassifier:
 
         return FastKNeighborsClassifier(n_neighbors=k, weights=self.weights, algorithm=self.algorithm, n_jobs=self.n_jobs)
 
+    def min_training_pixels(self) -> int:
+        """The smallest training sample the k grid can work with (every CV training fold holds k pixels)."""
+        k = max(self.k_grid)
+        folds = int(self.cv_folds)
+        return k if self.cv == "none" else -(-k * folds // (folds - 1))
+
     def fit(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None) -> FitResult:
+        n = len(y)
+        usable = n if self.cv == "none" else n - -(-n // int(self.cv_folds))  # pixels a CV training fold keeps
+        if max(self.k_grid) > usable:
+            where = f"a CV training fold ({self.cv_folds} folds of {n} pixels)" if self.cv != "none" else "the sample"
+            raise ConfigError(f"classifier.k_grid: k={max(self.k_grid)} is larger than the training sample: "
+                              f"{where} holds about {usable} pixels; use smaller k or more training pixels")
         tuned = tune(self._estimator, {"k": self.k_grid}, X, y, groups, self.spec, predict_all=self._predict_all)
         self.model_ = tuned.estimator
         return tuned.fit_result()

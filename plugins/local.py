@@ -17,7 +17,8 @@ from typing import Any
 from cropseg import hookimpl
 from cropseg.errors import ConfigError
 from cropseg.raster import check_scene_raster
-from cropseg.scenes import UNCOVERED, aoi_geometry, build_scene, existing_path, make_ground_truth, toa_gains
+from cropseg.scenes import (UNCOVERED, aoi_geometry, build_scene, check_ground_truth, existing_path, make_ground_truth,
+                            toa_gains)
 from cropseg.types import DWR_CROP_CLASSES, Scene, SceneSet
 
 
@@ -73,6 +74,13 @@ class LocalSource:
                         metadata={"train_scene_id": train.metadata.get("scene_id"),
                                   "test_scene_id": test.metadata.get("scene_id")})
 
+    def check(self, workdir: Path) -> None:
+        """Cheap checks before a run starts (no pixel is read): the files exist and open, band counts,
+        CRS, grids of the usable-data rasters, and the ground truth overlapping each scene."""
+        scenes = self.load(workdir)
+        for scene in (scenes.train, scenes.test):
+            check_ground_truth(scene)
+
     def _ground_truth(self, role: str):
         o = self.opts
         opt = f"{role}_ground_truth" if o[f"{role}_ground_truth"] else "ground_truth"
@@ -87,7 +95,7 @@ class LocalSource:
         o = self.opts
         bands = [int(b) for b in o["bands"]]
         image = existing_path(o[image_opt], image_opt)
-        grid = check_scene_raster(image)
+        grid = check_scene_raster(image, indexes=bands)
         meta_path = existing_path(o[meta_opt], meta_opt)
         metadata: dict[str, Any] = {"image": str(image)}
         if meta_path is not None:

@@ -8,12 +8,15 @@ with nearest-neighbour resampling and its values mapped to crop / non-crop / ign
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 from rasterio.transform import array_bounds
 
 from cropseg import hookimpl
+from cropseg.schema import Range
 from cropseg.errors import CRSMismatchError, GroundTruthError
 from cropseg.labels import write_label_raster
 from cropseg.raster import open_raster
@@ -22,7 +25,7 @@ from cropseg.vector import ground_truth_for_grid
 
 
 class RasterizeLabeler:
-    def __init__(self, all_touched: bool = False, block_size: int = 512):
+    def __init__(self, all_touched: bool = False, block_size: Annotated[int, Range(1, None)] = 512):
         self.all_touched = all_touched
         self.block_size = block_size
 
@@ -52,7 +55,8 @@ class RasterizeLabeler:
             return rasterize(shapes, out_shape=shape, transform=transform, fill=fill, dtype="uint8",
                              all_touched=self.all_touched)
 
-        return write_label_raster(scene, out_path, burn, self.block_size)
+        result = write_label_raster(scene, out_path, burn, self.block_size)
+        return replace(result, notes={"repaired_geometries": float(gdf.attrs.get("repaired_geometries", 0))})
 
     def _raster(self, scene: Scene, gt: RasterGroundTruth, out_path: Path) -> LabelRaster:
         from rasterio.enums import Resampling

@@ -12,17 +12,19 @@ The result reports the kept polygons and their area and how many were dropped wi
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 
 from cropseg import hookimpl
+from cropseg.schema import Range
 from cropseg.errors import ConfigError
 from cropseg.types import CROP, VectorResult
 
 
 class Vectorize:
     def __init__(self, min_area_ha: float = 0.1, simplify: float = 0.0, connectivity: int = 4,
-                 block_size: int = 1024):
+                 block_size: Annotated[int, Range(1, None)] = 1024):
         if connectivity not in (4, 8):
             raise ConfigError(f"postprocessor.vectorize.connectivity: must be 4 or 8, got {connectivity!r}")
         if min_area_ha < 0 or simplify < 0:

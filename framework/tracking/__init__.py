@@ -55,8 +55,30 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         raise TrackingError(
             f"tracking URI {uri!r}: file stores are not supported; use sqlite:///mlflow.db or an mlflow server"
         )
-    elif (db := _sqlite_path(uri)) is not None and not db.parent.is_dir():
-        raise TrackingError(f"tracking URI {uri}: directory {db.parent} does not exist")
+    elif (db := _sqlite_path(uri)) is not None:
+        if not db.parent.is_dir():
+            raise TrackingError(f"tracking URI {uri}: directory {db.parent} does not exist")
+        _check_sqlite(db, uri)
+
+
+def _check_sqlite(db: Path, uri: str) -> None:
+    """An existing sqlite store must be a readable SQLite database (a corrupt or foreign file is one line)."""
+    import sqlite3
+
+    if not db.exists():
+        return
+    if db.is_dir():
+        raise TrackingError(f"{db}: the tracking store ({uri}) is a directory, not an SQLite database")
+    if db.stat().st_size == 0:
+        return  # an empty file: MLflow creates the schema in it
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+        try:
+            con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as exc:
+        raise TrackingError(f"{db}: the tracking store ({uri}) is not a readable SQLite database: {exc}") from None
 
 
 @contextmanager
