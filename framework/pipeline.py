@@ -28,7 +28,7 @@ from .parallel import BlockExecutor, ParallelConfig, use_executor
 from .raster import DEFAULT_BLOCK, iter_windows
 from .sampling import sample_training_pixels
 from .tracking import TAG_PREFIX, Tracker, git_commit
-from .types import Classifier, Features, Labeler, MaskFilter, Scene, Source, Vectorizer
+from .types import BAND_NAMES, Classifier, Features, Labeler, MaskFilter, PatchModel, Scene, Source, Vectorizer
 
 log = logging.getLogger("cropseg")
 
@@ -84,7 +84,8 @@ class Stages:
     source: Source
     labeler: Labeler
     features: Features
-    classifier: Classifier
+    #: a pixel classifier or a patch model (:class:`cropseg.types.PatchModel`)
+    classifier: Classifier | PatchModel
     filters: list[tuple[str, MaskFilter]]
     vectorizers: list[tuple[str, Vectorizer]]
     registry: Registry
@@ -116,8 +117,14 @@ def build_stages(cfg: DictConfig, registry: Registry | None = None) -> Stages:
     names["postprocessor"] = ",".join(n for n, _ in [*filters, *vectorizers]) or "none"
     for stage, obj, proto in (("source", source, Source), ("labeler", labeler, Labeler),
                               ("features", features, Features), ("classifier", classifier, Classifier)):
-        if not isinstance(obj, proto):
-            raise PluginError(f"{stage} {names.get(stage)!r} does not implement cropseg.types.{proto.__name__}")
+        if not isinstance(obj, proto) and not (stage == "classifier" and isinstance(obj, PatchModel)):
+            raise PluginError(f"{stage} {names.get(stage)!r} does not implement cropseg.types.{proto.__name__}"
+                              + (" or PatchModel" if stage == "classifier" else ""))
+    if isinstance(classifier, PatchModel):
+        from .patches import PatchOptions, check_patch_model
+
+        PatchOptions.from_config(cfg.get("train", {}).get("patches"))
+        check_patch_model(classifier, len(features.names(BAND_NAMES)))
     parallel = ParallelConfig.from_config(cfg.get("parallel"))
     return Stages(source, labeler, features, classifier, filters, vectorizers, registry, names, parallel)
 
@@ -210,25 +217,28 @@ def _run_stages(cfg: DictConfig, st: Stages, rl: Any, out: Path, t_start: float)
     outputs["test_labels"] = labels["test"].path
 
     # -- training sample and fit -------------------------------------------------------------------
-    cap = tcfg.get("max_per_class")
-    ts = sample_training_pixels(scenes.train, labels["train"], st.features,
-                                max_per_class=None if cap in (None, "all") else int(cap),
-                                seed=int(tcfg.get("seed", cfg.get("seed", 0))),
-                                spatial_block=int(tcfg.get("spatial_block", 128)), block=block,
-                                balance=bool(tcfg.get("balance", False)))
-    n_train = len(ts.y)
-    log.info("training sample: %d pixels (%d crop) of %d labelled, features %s", n_train, int(ts.y.sum()),
-             sum(ts.available.values()), ts.feature_names)
-    rl.log_params({"features.names": ",".join(ts.feature_names), "train.n_pixels": n_train})
-    t = time.perf_counter()
-    fit = st.classifier.fit(ts.X, ts.y, ts.groups)
-    fit_s = time.perf_counter() - t
-    log.info("fit %s in %.1f s %s", st.names["classifier"], fit_s, dict(fit.params) if fit else "")
-    metrics.update(fit_seconds=fit_s, fit_pixels_per_second=n_train / max(fit_s, 1e-9), train_pixels=float(n_train))
-    if fit is not None:
-        rl.log_params({f"fit.{k}": v for k, v in fit.params.items()})
-        metrics.update({k: float(v) for k, v in fit.metrics.items()})
-    del ts
+    if isinstance(st.classifier, PatchModel):
+        fit = _fit_patch_model(cfg, st, scenes, labels, rl, out, metrics)
+    else:
+        cap = tcfg.get("max_per_class")
+        ts = sample_training_pixels(scenes.train, labels["train"], st.features,
+                                    max_per_class=None if cap in (None, "all") else int(cap),
+                                    seed=int(tcfg.get("seed", cfg.get("seed", 0))),
+                                    spatial_block=int(tcfg.get("spatial_block", 128)), block=block,
+                                    balance=bool(tcfg.get("balance", False)))
+        n_train = len(ts.y)
+        log.info("training sample: %d pixels (%d crop) of %d labelled, features %s", n_train, int(ts.y.sum()),
+                 sum(ts.available.values()), ts.feature_names)
+        rl.log_params({"features.names": ",".join(ts.feature_names), "train.n_pixels": n_train})
+        t = time.perf_counter()
+        fit = st.classifier.fit(ts.X, ts.y, ts.groups)
+        fit_s = time.perf_counter() - t
+        log.info("fit %s in %.1f s %s", st.names["classifier"], fit_s, dict(fit.params) if fit else "")
+        metrics.update(fit_seconds=fit_s, fit_pixels_per_second=n_train / max(fit_s, 1e-9), train_pixels=float(n_train))
+        if fit is not None:
+            rl.log_params({f"fit.{k}": v for k, v in fit.params.items()})
+            metrics.update({k: float(v) for k, v in fit.metrics.items()})
+        del ts
 
     # -- predict, postprocess, evaluate --------------------------------------------------------------
     reports: dict[str, tuple[dict, str, np.ndarray]] = {}
@@ -271,6 +281,47 @@ def _run_stages(cfg: DictConfig, st: Stages, rl: Any, out: Path, t_start: float)
     model_info = _log_results(rl, st, scenes, labels, reports, outputs, out, metrics, cfg)
     return RunResult(run_id=rl.run_id, experiment_id="", tracking_uri="", output_dir=out, metrics=metrics,
                      outputs=outputs, params=dict(fit.params) if fit else {}, **model_info)
+
+
+def _fit_patch_model(cfg: DictConfig, st: Stages, scenes: Any, labels: dict, rl: Any, out: Path,
+                     metrics: dict[str, float]) -> Any:
+    """Draw patches from the training scene (validation from its held-out blocks), fit the patch model
+    with per-epoch step metrics, and log its kept weights."""
+    from .patches import PatchOptions, check_scene_size, draw_patches, epoch_callback
+
+    model = st.classifier
+    assert isinstance(model, PatchModel)
+    tcfg = cfg.get("train", {})
+    check_scene_size(model, scenes.train, "training")
+    check_scene_size(model, scenes.test, "test")
+    t = time.perf_counter()
+    sample = draw_patches(scenes.train, labels["train"], st.features, int(model.patch_size),
+                          PatchOptions.from_config(tcfg.get("patches")), seed=int(tcfg.get("seed", cfg.get("seed", 0))),
+                          spatial_block=int(tcfg.get("spatial_block", 128)))
+    log.info("training patches: %d of %dx%d px (%d with crop), %d validation patches from %d held-out blocks "
+             "(%.1f s), features %s", len(sample.train), model.patch_size, model.patch_size,
+             int(sample.info["train_patches_with_crop"]), int(sample.info["val_patches"]),
+             int(sample.info["val_blocks"]), time.perf_counter() - t, sample.train.feature_names)
+    rl.log_params({"features.names": ",".join(sample.train.feature_names),
+                   "train.n_patches": len(sample.train), "train.n_val_patches": int(sample.info["val_patches"])})
+    n_train = int(np.count_nonzero(sample.train.y != 255))
+    metrics.update(sample.info)
+    on_epoch = epoch_callback(sample.validation, lambda m, step: rl.log_metrics(m, step=step),
+                              st.names["classifier"])
+    t = time.perf_counter()
+    fit = model.fit_patches(sample.train, sample.validation, on_epoch)
+    fit_s = time.perf_counter() - t
+    log.info("fit %s in %.1f s %s", st.names["classifier"], fit_s, dict(fit.params) if fit else "")
+    metrics.update(fit_seconds=fit_s, fit_pixels_per_second=n_train / max(fit_s, 1e-9), train_pixels=float(n_train))
+    if fit is not None:
+        rl.log_params({f"fit.{k}": v for k, v in fit.params.items()})
+        metrics.update({k: float(v) for k, v in fit.metrics.items()})
+    save = getattr(model, "save_weights", None)
+    if callable(save):  # the kept epoch's weights, reusable as a starting point (classifier.weights=...)
+        (out / "model_weights").mkdir(parents=True, exist_ok=True)
+        rl.log_artifact(save(out / "model_weights" / f"{st.names['classifier']}_weights.pt"), "model_weights")
+    del sample
+    return fit
 
 
 def _log_results(rl: Any, st: Stages, scenes: Any, labels: dict, reports: dict, outputs: dict, out: Path,

@@ -28,6 +28,8 @@ STAGES: dict[str, str] = {
     "classifier": "cropseg_register_classifiers",
     "postprocessor": "cropseg_register_postprocessors",
 }
+#: further hooks feeding a stage's registry: patch models share the classifier stage (``classifier=unet``)
+EXTRA_HOOKS: dict[str, str] = {"cropseg_register_patch_models": "classifier"}
 
 
 class CropsegPluginManager(pluggy.PluginManager):
@@ -99,7 +101,7 @@ class Registry:
     def from_plugin_manager(cls, pm: pluggy.PluginManager) -> Registry:
         dists = {id(plugin): dist for plugin, dist in pm.list_plugin_distinfo()}
         reg = cls(failed=dict(getattr(pm, "failed", {})))
-        for stage, hook_name in STAGES.items():
+        for hook_name, stage in [*((h, s) for s, h in STAGES.items()), *EXTRA_HOOKS.items()]:
             hook = getattr(pm.hook, hook_name)
             for impl in hook.get_hookimpls():
                 dist = dists.get(id(impl.plugin))
