@@ -228,23 +228,26 @@ class PatchModelConformance:
     overrides: Sequence[str] = ()
 
     @pytest.fixture(scope="class")
-    def make_model(self) -> Callable[[], Any]:
+    @classmethod
+    def make_model(cls) -> Callable[[], Any]:
         from .config import compose, instantiate
         from .plugins import Registry, get_plugin_manager
 
-        if not self.name:
-            pytest.fail(f"{type(self).__name__}: set `name` to the registered patch model name")
-        cfg = compose([f"classifier={self.name}", *self.overrides])
+        if not cls.name:
+            pytest.fail(f"{cls.__name__}: set `name` to the registered patch model name")
+        cfg = compose([f"classifier={cls.name}", *cls.overrides])
         registry = Registry.from_plugin_manager(get_plugin_manager())
         return lambda: instantiate(registry, "classifier", cfg.classifier)
 
     @pytest.fixture(scope="class")
-    def patch_data(self, make_model: Callable[[], Any]) -> tuple[PatchSet, PatchSet]:
+    @classmethod
+    def patch_data(cls, make_model: Callable[[], Any]) -> tuple[PatchSet, PatchSet]:
         p = int(make_model().patch_size)
         return separable_patches(24, p, seed=0), separable_patches(6, p, seed=1)
 
     @pytest.fixture(scope="class")
-    def fitted_patch_model(self, make_model: Callable[[], Any], patch_data: tuple[PatchSet, PatchSet]
+    @classmethod
+    def fitted_patch_model(cls, make_model: Callable[[], Any], patch_data: tuple[PatchSet, PatchSet]
                            ) -> tuple[Any, Any, list[tuple[int, float, Any]]]:
         model = make_model()
         model.prepare(4)
@@ -258,7 +261,8 @@ class PatchModelConformance:
         return model, result, calls
 
     @pytest.fixture(scope="class")
-    def test_block(self) -> tuple[np.ndarray, np.ndarray]:
+    @classmethod
+    def test_block(cls) -> tuple[np.ndarray, np.ndarray]:
         data = separable_patches(1, 96, seed=5, ignore=False)
         return data.X[0][:, :90, :75], data.y[0][:90, :75]
 

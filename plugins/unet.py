@@ -184,6 +184,7 @@ class UNet:
                 opt.step()
                 loss_sum, px_sum = loss_sum + float(loss.detach()), px_sum + n
             train_loss = loss_sum / max(px_sum, 1)
+            _recalibrate_batchnorm(net, Xn, self.batch_size, dev)
             self._net = net
             val_pred = self._predict_batch(validation.X) if validation is not None else None
             metrics = dict(on_epoch(epoch, train_loss, val_pred)) if on_epoch is not None else {}
@@ -283,14 +284,38 @@ class UNet:
         return path
 
 
+def _recalibrate_batchnorm(net: Any, X: np.ndarray, batch_size: int, dev: Any) -> None:
+    """Re-estimate the batch-norm statistics of the current weights on the training patches (a plain
+    average over the batches, no gradient): after few steps the running averages still hold the
+    statistics of earlier weights and skew evaluation-mode predictions."""
+    torch, _ = _deep()
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    net.train()
+    with torch.no_grad():
+        for s in range(0, len(X), batch_size):
+            net(torch.from_numpy(np.ascontiguousarray(X[s:s + batch_size])).to(dev))
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+    net.eval()
+
+
 def _augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Random flips and 90-degree rotations, one draw per batch (the same for image and labels)."""
-    k = int(rng.integers(4))
-    if k:
-        x, y = np.rot90(x, k, axes=(-2, -1)), np.rot90(y, k, axes=(-2, -1))
-    if rng.random() < 0.5:
-        x, y = x[..., ::-1], y[..., ::-1]
-    return x, y
+    """Random flips and 90-degree rotations of each patch (the same for its features and labels)."""
+    xs, ys = [], []
+    for xi, yi in zip(x, y):
+        k, flip = int(rng.integers(4)), bool(rng.random() < 0.5)
+        xi, yi = np.rot90(xi, k, axes=(-2, -1)), np.rot90(yi, k, axes=(-2, -1))
+        if flip:
+            xi, yi = xi[..., ::-1], yi[..., ::-1]
+        xs.append(xi)
+        ys.append(yi)
+    return np.stack(xs), np.stack(ys)
 
 
 @hookimpl
