@@ -7,8 +7,8 @@
   patches never touch a held-out block);
 * the per-epoch callback that scores validation predictions (crop F1 / IoU, ignore pixels masked) and
   hands them to the run's logger;
-* predicting a block grown by the model's halo and keeping its centre (the block task the block
-  executor runs), so masks do not depend on the block size.
+* predicting fixed tiles (anchored at the scene's origin) grown by the model's halo and keeping their
+  centres (the block task the block executor runs), so masks do not depend on the block size.
 """
 
 from __future__ import annotations
@@ -281,31 +281,49 @@ class PatchPredictContext:
     model: PatchModel
 
 
+#: side of the prediction tiles when a patch model has no ``tile_size``
+DEFAULT_TILE = 512
+
+
 def predict_patch_block(ctx: PatchPredictContext, window: Window) -> tuple[np.ndarray, int, float]:
-    """Predict one window with a patch model: read it grown by the model's halo (outside the scene:
-    invalid, features of zero reflectance), predict the padded block, keep the centre. Returns (uint8
-    mask with 255 nodata, pixels classified, seconds in the model)."""
+    """Predict one window with a patch model. The scene is cut into fixed tiles of the model's
+    ``tile_size`` (default :data:`DEFAULT_TILE`) anchored at the scene's origin, whatever the block size;
+    each tile is read grown by the model's ``halo`` (outside the scene: invalid, zero reflectance),
+    predicted whole, and its centre kept; a block is assembled from the tiles it overlaps. So the mask
+    does not depend on ``block_size`` at all (the same tiles are predicted either way), and a tile's
+    borders see ``halo`` pixels of real context. Returns (uint8 mask with 255 nodata, pixels classified,
+    seconds in the model)."""
     import time
 
     h = int(ctx.model.halo)
-    padded = Window(int(window.col_off) - h, int(window.row_off) - h, int(window.width) + 2 * h,
-                    int(window.height) + 2 * h)
+    tile = int(getattr(ctx.model, "tile_size", 0) or DEFAULT_TILE)
+    grid = ctx.scene.grid
+    r0, c0 = int(window.row_off), int(window.col_off)
+    wh, ww = int(window.height), int(window.width)
+    mask = np.full((wh, ww), IGNORE, dtype=np.uint8)
+    n_px, secs = 0, 0.0
     with ctx.scene.reader() as reader:
-        blk = reader.read(padded)
-    inner = (slice(h, h + int(window.height)), slice(h, h + int(window.width)))
-    valid = blk.valid[inner]
-    mask = np.full(valid.shape, IGNORE, dtype=np.uint8)
-    if not valid.any():
-        return mask, 0, 0.0
-    feats = ctx.features.compute(blk.reflectance, ctx.scene.band_names)
-    t = time.perf_counter()
-    pred = np.asarray(ctx.model.predict_block(np.ascontiguousarray(feats, dtype=np.float32), blk.valid))
-    secs = time.perf_counter() - t
-    if pred.shape != blk.valid.shape:
-        raise PluginError(f"patch model: predict_block returned shape {pred.shape} for a block of "
-                          f"{blk.valid.shape}")
-    mask[valid] = pred[inner][valid].astype(np.uint8)
-    return mask, int(valid.sum()), secs
+        for tr in range((r0 // tile) * tile, r0 + wh, tile):
+            for tc in range((c0 // tile) * tile, c0 + ww, tile):
+                th, tw = min(tile, grid.height - tr), min(tile, grid.width - tc)
+                # the part of this tile inside the window, in tile and in window coordinates
+                ir0, ir1, ic0, ic1 = max(tr, r0), min(tr + th, r0 + wh), max(tc, c0), min(tc + tw, c0 + ww)
+                blk = reader.read(Window(tc - h, tr - h, tw + 2 * h, th + 2 * h))
+                core = (slice(h + ir0 - tr, h + ir1 - tr), slice(h + ic0 - tc, h + ic1 - tc))
+                valid = blk.valid[core]
+                if not valid.any():
+                    continue
+                feats = ctx.features.compute(blk.reflectance, ctx.scene.band_names)
+                t = time.perf_counter()
+                pred = np.asarray(ctx.model.predict_block(np.ascontiguousarray(feats, dtype=np.float32), blk.valid))
+                secs += time.perf_counter() - t
+                if pred.shape != blk.valid.shape:
+                    raise PluginError(f"patch model: predict_block returned shape {pred.shape} for a block of "
+                                      f"{blk.valid.shape}")
+                out = mask[ir0 - r0:ir1 - r0, ic0 - c0:ic1 - c0]
+                out[valid] = pred[core][valid].astype(np.uint8)
+                n_px += int(valid.sum())
+    return mask, n_px, secs
 
 
 def predict_uniform_rows(model: PatchModel, features: np.ndarray, tile: int | None = None,

@@ -204,6 +204,11 @@ def _run_stages(cfg: DictConfig, st: Stages, rl: Any, out: Path, t_start: float)
                     for k, v in sc.metadata.items() if v is not None},
                  **{f"{TAG_PREFIX}source.{k}": v for k, v in scenes.metadata.items() if v is not None}})
     metrics["source_seconds"] = time.perf_counter() - t
+    if isinstance(st.classifier, PatchModel):
+        from .patches import check_scene_size
+
+        for role, scene in (("training", scenes.train), ("test", scenes.test)):
+            check_scene_size(st.classifier, scene, role)
 
     # -- labels ------------------------------------------------------------------------------------
     labels = {}
@@ -287,13 +292,11 @@ def _fit_patch_model(cfg: DictConfig, st: Stages, scenes: Any, labels: dict, rl:
                      metrics: dict[str, float]) -> Any:
     """Draw patches from the training scene (validation from its held-out blocks), fit the patch model
     with per-epoch step metrics, and log its kept weights."""
-    from .patches import PatchOptions, check_scene_size, draw_patches, epoch_callback
+    from .patches import PatchOptions, draw_patches, epoch_callback
 
     model = st.classifier
     assert isinstance(model, PatchModel)
     tcfg = cfg.get("train", {})
-    check_scene_size(model, scenes.train, "training")
-    check_scene_size(model, scenes.test, "test")
     t = time.perf_counter()
     sample = draw_patches(scenes.train, labels["train"], st.features, int(model.patch_size),
                           PatchOptions.from_config(tcfg.get("patches")), seed=int(tcfg.get("seed", cfg.get("seed", 0))),

@@ -387,9 +387,10 @@ class PatchModel(Protocol):
     :func:`cropseg.hookspecs.cropseg_register_patch_models`, selected as ``classifier=<name>``).
 
     * ``patch_size``: side in pixels of the square training patches the framework draws for it.
-    * ``halo``: pixels of context it needs on each side of a block when predicting; the framework reads
-      every block grown by ``halo`` (pixels outside the scene read as invalid, features 0) and keeps only
-      the block's centre, so masks do not depend on the block size (no seams).
+    * ``halo``: pixels of context it needs on each side of a block when predicting. The framework cuts
+      the scene into fixed tiles (the model's optional ``tile_size``, default 512 px, anchored at the
+      scene's origin), reads each grown by ``halo`` (pixels outside the scene read as invalid, features
+      of zero reflectance), and keeps only the tile's centre, so masks do not depend on ``block_size``.
     * ``prepare(n_features)``: checks the options that need the feature count (weights files, devices)
       before any scene is loaded; raise :class:`cropseg.errors.ConfigError` with one clear line.
     * ``fit_patches(train, validation, on_epoch)``: fit on :class:`PatchSet` patches drawn from the

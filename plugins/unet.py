@@ -47,7 +47,7 @@ class UNet:
                  arch_options: Mapping[str, Any] | None = None, weights: str | None = None, device: str = "auto",
                  epochs: int = 10, patch_size: int = 64, batch_size: int = 16, lr: float = 1e-3,
                  weight_decay: float = 0.0, augment: bool = True, class_weight: str | None = None,
-                 patience: int | None = None, halo: int = 32, threads: int | None = None, seed: int = 0):
+                 patience: int | None = None, halo: int = 32, tile_size: int = 512, threads: int | None = None, seed: int = 0):
         torch, smp = _deep()
         self.arch, self.encoder = str(arch), str(encoder)
         self.arch_options = dict(arch_options or {})
@@ -69,7 +69,7 @@ class UNet:
                               f"PyTorch {torch.__version__})")
         self.device = device
         for name, val, lo in (("epochs", epochs, 1), ("patch_size", patch_size, 8), ("batch_size", batch_size, 1),
-                              ("halo", halo, 0)):
+                              ("halo", halo, 0), ("tile_size", tile_size, 8)):
             if not isinstance(val, int) or isinstance(val, bool) or val < lo:
                 raise ConfigError(f"classifier.{name}: an integer >= {lo}, got {val!r}")
         self.divisor = 2 ** int(self.arch_options.get("encoder_depth", 5))
@@ -87,7 +87,7 @@ class UNet:
             raise ConfigError(f"classifier.weights={self.weights}: file not found")
         self.epochs, self.patch_size, self.batch_size = epochs, patch_size, batch_size
         self.lr, self.weight_decay, self.augment = float(lr), float(weight_decay), bool(augment)
-        self.class_weight, self.patience, self.halo = class_weight, patience, halo
+        self.class_weight, self.patience, self.halo, self.tile_size = class_weight, patience, halo, tile_size
         self.threads, self.seed = threads, int(seed)
         self.n_features: int | None = None
         self.mean: np.ndarray | None = None
