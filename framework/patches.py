@@ -23,7 +23,7 @@ import rasterio
 from rasterio.windows import Window
 
 from .errors import ConfigError, LabelError, PluginError
-from .types import CROP, IGNORE, NONCROP, Features, FitResult, LabelRaster, PatchModel, PatchSet, Scene
+from .types import CROP, IGNORE, NONCROP, EpochCallback, Features, FitResult, LabelRaster, PatchModel, PatchSet, Scene
 
 log = logging.getLogger("cropseg")
 
@@ -244,7 +244,7 @@ def score_masks(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
 
 
 def epoch_callback(validation: PatchSet | None, log_metrics: Callable[[Mapping[str, float], int], None],
-                   label: str = "fit") -> Callable[[int, float, np.ndarray | None], dict[str, float]]:
+                   label: str = "fit") -> EpochCallback:
     """The :class:`cropseg.types.EpochCallback` the pipeline hands to a patch model: scores the validation
     prediction, logs ``train_loss`` and ``val_crop_f1``/``val_iou``... at step ``epoch`` through
     ``log_metrics(metrics, step)`` and writes a progress line."""

@@ -227,6 +227,7 @@ class UNet:
         net = self._ready()
         net.eval()
         n, f, h, w = x.shape
+        assert self.mean is not None and self.std is not None
         ph, pw = -h % self.divisor, -w % self.divisor
         if ph or pw:
             pad = ((-self.mean / self.std)[None, :, None, None]).astype(np.float32)  # zero reflectance
