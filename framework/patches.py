@@ -33,7 +33,7 @@ class PatchOptions:
     """The ``train.patches`` config section (see conf/config.yaml)."""
 
     #: training patches drawn at most (half with crop, half with non-crop where the scene allows)
-    max_patches: int = 1000
+    max_patches: int = 400
     #: spacing of candidate patches in pixels; null = half the patch size
     stride: int | None = None
     #: share of the training scene's spatial blocks (``train.spatial_block``) held out for validation

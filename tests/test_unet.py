@@ -231,3 +231,17 @@ def test_without_the_extra_one_line_says_how_to_install(tmp_path):
 class TestUNetConformance(PatchModelConformance):
     name = "unet"
     overrides = [*SMALL, "classifier.epochs=3", "classifier.lr=0.01"]
+
+
+def test_patch_model_hook_is_documented_and_feeds_the_classifier_stage():
+    from cropseg import hookspecs
+    from cropseg.plugins import Registry, get_plugin_manager
+    from cropseg.types import PatchModel
+
+    fn = hookspecs.cropseg_register_patch_models
+    assert "PatchModel" in (fn.__doc__ or "") and fn.__annotations__["register"] == "Register"
+    reg = Registry.from_plugin_manager(get_plugin_manager())
+    info = reg.get("classifier", "unet")
+    assert info.distribution == "cropseg" and info.plugin.endswith("unet")
+    model = reg.create("classifier", "unet", {"patch_size": 32, "threads": 1})
+    assert isinstance(model, PatchModel)
