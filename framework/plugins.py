@@ -82,6 +82,8 @@ class PluginInfo:
     plugin: str
     distribution: str | None
     version: str | None
+    #: the contribution hook that registered it (``cropseg_register_patch_models`` for patch models)
+    hook: str = ""
 
     @property
     def origin(self) -> str:
@@ -105,10 +107,10 @@ class Registry:
             hook = getattr(pm.hook, hook_name)
             for impl in hook.get_hookimpls():
                 dist = dists.get(id(impl.plugin))
-                reg._collect(stage, impl, dist)
+                reg._collect(stage, impl, dist, hook_name)
         return reg
 
-    def _collect(self, stage: str, impl: pluggy.HookImpl, dist: Any) -> None:
+    def _collect(self, stage: str, impl: pluggy.HookImpl, dist: Any, hook: str = "") -> None:
         def register(name: str, factory: Callable[..., Any]) -> None:
             if not isinstance(name, str) or not name:
                 raise PluginError(f"plugin {impl.plugin_name!r} registered a {stage} with an empty name")
@@ -125,6 +127,7 @@ class Registry:
                 plugin=impl.plugin_name,
                 distribution=dist.project_name if dist else None,
                 version=dist.version if dist else None,
+                hook=hook,
             )
 
         impl.function(register=register)
