@@ -23,7 +23,7 @@ import rasterio
 from rasterio.windows import Window
 
 from .errors import ConfigError, LabelError, PluginError
-from .types import CROP, IGNORE, NONCROP, EpochCallback, Features, FitResult, LabelRaster, PatchModel, PatchSet, Scene
+from .types import CROP, IGNORE, NONCROP, EpochCallback, Features, LabelRaster, PatchModel, PatchSet, Scene
 
 log = logging.getLogger("cropseg")
 
@@ -264,10 +264,6 @@ def epoch_callback(validation: PatchSet | None, log_metrics: Callable[[Mapping[s
         return metrics
 
     return on_epoch
-
-
-def fit_result_metrics(fit: FitResult | None) -> dict[str, float]:
-    return {k: float(v) for k, v in (fit.metrics if fit else {}).items()}
 
 
 # -- prediction -----------------------------------------------------------------------------------------
