@@ -43,6 +43,9 @@ def _deep() -> tuple[Any, Any]:
 class UNet:
     """See the module docstring and conf/classifier/unet.yaml for the options."""
 
+    #: distributions the logged model needs where it is loaded (pinned into its pip requirements)
+    requirements = ("torch", "torchvision", "segmentation-models-pytorch")
+
     def __init__(self, arch: str = "Unet", encoder: str = "resnet18", encoder_weights: str | None = None,
                  arch_options: Mapping[str, Any] | None = None, weights: str | None = None, device: str = "auto",
                  epochs: int = 10, patch_size: int = 64, batch_size: int = 16, lr: float = 1e-3,

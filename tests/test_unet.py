@@ -67,6 +67,16 @@ def test_run_records_learning_curves_and_weights(unet_run):
     assert run.data.params["fit.best_epoch"] == str(int(m["best_epoch"]))
     names = [a.path for a in client.list_artifacts(run.info.run_id, "model_weights")]
     assert names == ["model_weights/unet_weights.pt"]
+    import mlflow
+
+    from cropseg.tracking.model import mlflow_uri
+
+    with mlflow_uri(unet_run["uri"]):  # the logged model's pip requirements pin what loading it needs
+        reqs = Path(mlflow.pyfunc.get_model_dependencies(f"runs:/{run.info.run_id}/model")).read_text().split()
+    from importlib import metadata
+
+    assert f"torch=={metadata.version('torch')}" in reqs
+    assert any(r.startswith("segmentation-models-pytorch==") for r in reqs)
 
 
 def test_cropseg_predict_reproduces_the_run_test_mask(unet_run, tmp_path, capsys):
