@@ -14,9 +14,13 @@ cropseg_register_sources  a scene source              :class:`cropseg.types.Sour
 cropseg_register_labelers a labeler                   :class:`cropseg.types.Labeler`
 cropseg_register_features a feature extractor         :class:`cropseg.types.Features`
 cropseg_register_classifiers a pixel classifier       :class:`cropseg.types.Classifier`
+cropseg_register_patch_models a patch model        :class:`cropseg.types.PatchModel`
 cropseg_register_postprocessors a mask filter or      :class:`cropseg.types.MaskFilter` /
                           a vectorizer                :class:`cropseg.types.Vectorizer`
 ========================  ==========================  =====================================================
+
+Patch models share the ``classifier`` stage with pixel classifiers (``cropseg classifier=unet``, the
+``classifier`` config group, one namespace of names); the pipeline runs each kind its own way.
 
 Registering a name twice for the same stage raises :class:`cropseg.errors.DuplicatePluginError`.
 
@@ -66,6 +70,19 @@ def cropseg_register_features(register: Register) -> None:
 @hookspec
 def cropseg_register_classifiers(register: Register) -> None:
     """Register pixel classifiers: ``fit(X, y, groups)`` on ``(n, f)`` arrays, ``predict(X)`` -> 0/1."""
+
+
+@hookspec
+def cropseg_register_patch_models(register: Register) -> None:
+    """Register patch models (:class:`cropseg.types.PatchModel`): models that see neighbourhoods.
+
+    They are selected like pixel classifiers (``classifier=<name>``, config ``classifier/<name>.yaml``) and
+    share their namespace of names. The framework draws training patches from the training scene
+    (seeded, stratified, capped; ``train.patches`` in the run config), holds out whole spatial blocks of
+    the training scene for validation, calls ``fit_patches``, and predicts scenes block by block with the
+    model's ``halo`` through the block executor; the fitted model is logged as the run's pyfunc model.
+    Test a patch model with :class:`cropseg.conformance.PatchModelConformance`.
+    """
 
 
 @hookspec

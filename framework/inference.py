@@ -22,7 +22,7 @@ from .errors import ConfigError, CRSMismatchError, InputFileError, ModelInputErr
 from .featurize import feature_halo
 from .plugins import Registry, get_plugin_manager
 from .raster import DEFAULT_BLOCK, atomic_path, iter_windows, open_raster
-from .types import BAND_NAMES, Classifier, Features, Grid, MaskFilter, Scene, Vectorizer, VectorResult
+from .types import BAND_NAMES, Classifier, Features, Grid, MaskFilter, PatchModel, Scene, Vectorizer, VectorResult
 
 log = logging.getLogger("cropseg")
 
@@ -144,7 +144,7 @@ class InferencePipeline:
     """A trained pipeline: apply it to pixel rows (:meth:`predict_rows`) or to a scene file, block by
     block (:meth:`scene` then :meth:`predict_scene` and :meth:`vectorize`)."""
 
-    def __init__(self, spec: PipelineSpec, classifier: Classifier, features: Features,
+    def __init__(self, spec: PipelineSpec, classifier: Classifier | PatchModel, features: Features,
                  filters: Sequence[tuple[str, MaskFilter]], vectorizers: Sequence[tuple[str, Vectorizer]],
                  registry: Registry | None = None):
         self.spec = spec
@@ -156,7 +156,7 @@ class InferencePipeline:
 
     # -- building, saving, loading -------------------------------------------------------------------
     @classmethod
-    def from_spec(cls, spec: PipelineSpec, classifier: Classifier, registry: Registry | None = None
+    def from_spec(cls, spec: PipelineSpec, classifier: Classifier | PatchModel, registry: Registry | None = None
                   ) -> InferencePipeline:
         """Rebuild features and postprocessors from their plugin names and options (the plugins must be
         installed)."""
@@ -169,8 +169,9 @@ class InferencePipeline:
             if not isinstance(obj, kind):
                 raise PluginError(f"postprocessor {item['name']!r} is no longer a {kind.__name__}")
             out.append((item["name"], obj))
-        if not isinstance(classifier, Classifier):
-            raise PluginError(f"the saved classifier {spec.classifier!r} does not implement cropseg.types.Classifier")
+        if not isinstance(classifier, (Classifier, PatchModel)):
+            raise PluginError(f"the saved classifier {spec.classifier!r} does not implement cropseg.types.Classifier "
+                              "or PatchModel")
         return cls(spec, classifier, features, filters, vectorizers, registry)
 
     def save(self, directory: Path) -> tuple[Path, Path]:
@@ -215,6 +216,10 @@ class InferencePipeline:
             return np.zeros(0, dtype=np.int64)
         feats = self.features.compute(np.ascontiguousarray(X.T)[:, :, None], tuple(self.spec.band_names))
         F = np.ascontiguousarray(np.asarray(feats)[:, :, 0].T)
+        if isinstance(self.classifier, PatchModel):  # no neighbourhood: each row as a uniform field
+            from .patches import predict_uniform_rows
+
+            return predict_uniform_rows(self.classifier, F).astype(np.int64)
         return np.asarray(self.classifier.predict(F)).astype(np.int64)
 
     # -- scenes ----------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from .raster import DEFAULT_BLOCK, iter_windows
 from .sampling import sample_training_pixels
 from .schema import check_framework_options
 from .tracking import TAG_PREFIX, Tracker, git_commit
-from .types import Classifier, Features, Labeler, MaskFilter, Scene, Source, Vectorizer
+from .types import BAND_NAMES, Classifier, Features, Labeler, MaskFilter, PatchModel, Scene, Source, Vectorizer
 
 log = logging.getLogger("cropseg")
 
@@ -104,7 +104,8 @@ class Stages:
     source: Source
     labeler: Labeler
     features: Features
-    classifier: Classifier
+    #: a pixel classifier or a patch model (:class:`cropseg.types.PatchModel`)
+    classifier: Classifier | PatchModel
     filters: list[tuple[str, MaskFilter]]
     vectorizers: list[tuple[str, Vectorizer]]
     registry: Registry
@@ -137,12 +138,18 @@ def build_stages(cfg: DictConfig, registry: Registry | None = None) -> Stages:
     names["postprocessor"] = ",".join(n for n, _ in [*filters, *vectorizers]) or "none"
     for stage, obj, proto in (("source", source, Source), ("labeler", labeler, Labeler),
                               ("features", features, Features), ("classifier", classifier, Classifier)):
-        if not isinstance(obj, proto):
-            raise PluginError(f"{stage} {names.get(stage)!r} does not implement cropseg.types.{proto.__name__}")
+        if not isinstance(obj, proto) and not (stage == "classifier" and isinstance(obj, PatchModel)):
+            raise PluginError(f"{stage} {names.get(stage)!r} does not implement cropseg.types.{proto.__name__}"
+                              + (" or PatchModel" if stage == "classifier" else ""))
     kinds = getattr(source, "ground_truth_kinds", None)
     for what, kind in (kinds() if callable(kinds) else {}).items():  # before any scene is loaded
         check_labeler_fits(registry, names["labeler"], kind, what)
     _check_sample_size(cfg, classifier)
+    if isinstance(classifier, PatchModel):
+        from .patches import PatchOptions, check_patch_model
+
+        PatchOptions.from_config(cfg.get("train", {}).get("patches"))
+        check_patch_model(classifier, len(features.names(BAND_NAMES)))
     parallel = ParallelConfig.from_config(cfg.get("parallel"))
     check_area_config(cfg.get("evaluate"))
     return Stages(source, labeler, features, classifier, filters, vectorizers, registry, names, parallel)
@@ -259,6 +266,11 @@ def _run_stages(cfg: DictConfig, st: Stages, rl: Any, out: Path, t_start: float)
         log.warning("the test scene is the training scene (%s): test metrics are not held-out scores",
                     scenes.test.path)
         rl.set_tags({f"{TAG_PREFIX}warning.test_is_train": "true"})
+    if isinstance(st.classifier, PatchModel):
+        from .patches import check_scene_size
+
+        for role, scene in (("training", scenes.train), ("test", scenes.test)):
+            check_scene_size(st.classifier, scene, role)
 
     # -- labels ------------------------------------------------------------------------------------
     labels = {}
@@ -279,24 +291,10 @@ def _run_stages(cfg: DictConfig, st: Stages, rl: Any, out: Path, t_start: float)
     outputs["test_labels"] = labels["test"].path
 
     # -- training sample and fit -------------------------------------------------------------------
-    caps = {k: None if tcfg.get(k) in (None, "all") else int(tcfg.get(k)) for k in ("max_pixels", "max_per_class")}
-    ts = sample_training_pixels(scenes.train, labels["train"], st.features, **caps,
-                                seed=int(tcfg.get("seed", cfg.get("seed", 0))),
-                                spatial_block=int(tcfg.get("spatial_block", 128)), block=block,
-                                balance=bool(tcfg.get("balance", False)))
-    n_train = len(ts.y)
-    log.info("training sample: %d pixels (%d crop) of %d labelled, features %s", n_train, int(ts.y.sum()),
-             sum(ts.available.values()), ts.feature_names)
-    rl.log_params({"features.names": ",".join(ts.feature_names), "train.n_pixels": n_train})
-    fractions = ts.crop_fractions()
-    metrics.update(fractions)
-    log.info("crop share: %.1f%% of the labelled training pixels, %.1f%% of the sample",
-             100 * fractions["train_labelled_crop_fraction"], 100 * fractions["train_sample_crop_fraction"])
-    t = time.perf_counter()
-    fit = st.classifier.fit(ts.X, ts.y, ts.groups)
-    fit_s = time.perf_counter() - t
-    log.info("fit %s in %.1f s %s", st.names["classifier"], fit_s, dict(fit.params) if fit else "")
-    metrics.update(fit_seconds=fit_s, fit_pixels_per_second=n_train / max(fit_s, 1e-9), train_pixels=float(n_train))
+    if isinstance(st.classifier, PatchModel):
+        fit = _fit_patch_model(cfg, st, scenes, labels, rl, out, metrics)
+    else:
+        fit = _fit_pixel_model(cfg, st, scenes, labels, rl, metrics, block)
     if fit is not None:
         rl.log_params({f"fit.{k}": v for k, v in fit.params.items()})
         fit_tags = dict(getattr(fit, "tags", {}))
@@ -306,7 +304,6 @@ def _run_stages(cfg: DictConfig, st: Stages, rl: Any, out: Path, t_start: float)
             rl.rename(" ".join(p for p in (run_label(st.names["classifier"], chosen, st.names["features"]),
                                            rl.name_suffix) if p))
         metrics.update({k: float(v) for k, v in fit.metrics.items()})
-    del ts
 
     # -- predict, postprocess, evaluate --------------------------------------------------------------
     reports: dict[str, tuple[dict, str, np.ndarray]] = {}
@@ -387,6 +384,69 @@ def _same_scene(a: Scene, b: Scene) -> bool:
     from rasterio.windows import intersect
 
     return bool(intersect(a.window, b.window))
+
+
+def _fit_pixel_model(cfg: DictConfig, st: Stages, scenes: Any, labels: dict, rl: Any, metrics: dict[str, float],
+                     block: int) -> Any:
+    """Draw the training pixels (one stratified cap keeping the class shares, or balanced) and fit the pixel
+    classifier on them."""
+    tcfg = cfg.get("train", {})
+    caps = {k: None if tcfg.get(k) in (None, "all") else int(tcfg.get(k)) for k in ("max_pixels", "max_per_class")}
+    ts = sample_training_pixels(scenes.train, labels["train"], st.features, **caps,
+                                seed=int(tcfg.get("seed", cfg.get("seed", 0))),
+                                spatial_block=int(tcfg.get("spatial_block", 128)), block=block,
+                                balance=bool(tcfg.get("balance", False)))
+    n_train = len(ts.y)
+    log.info("training sample: %d pixels (%d crop) of %d labelled, features %s", n_train, int(ts.y.sum()),
+             sum(ts.available.values()), ts.feature_names)
+    rl.log_params({"features.names": ",".join(ts.feature_names), "train.n_pixels": n_train})
+    fractions = ts.crop_fractions()
+    metrics.update(fractions)
+    log.info("crop share: %.1f%% of the labelled training pixels, %.1f%% of the sample",
+             100 * fractions["train_labelled_crop_fraction"], 100 * fractions["train_sample_crop_fraction"])
+    t = time.perf_counter()
+    fit = st.classifier.fit(ts.X, ts.y, ts.groups)
+    fit_s = time.perf_counter() - t
+    log.info("fit %s in %.1f s %s", st.names["classifier"], fit_s, dict(fit.params) if fit else "")
+    metrics.update(fit_seconds=fit_s, fit_pixels_per_second=n_train / max(fit_s, 1e-9), train_pixels=float(n_train))
+    del ts
+    return fit
+
+
+def _fit_patch_model(cfg: DictConfig, st: Stages, scenes: Any, labels: dict, rl: Any, out: Path,
+                     metrics: dict[str, float]) -> Any:
+    """Draw patches from the training scene (validation from its held-out blocks), fit the patch model
+    with per-epoch step metrics, and log its kept weights."""
+    from .patches import PatchOptions, draw_patches, epoch_callback
+
+    model = st.classifier
+    assert isinstance(model, PatchModel)
+    tcfg = cfg.get("train", {})
+    t = time.perf_counter()
+    sample = draw_patches(scenes.train, labels["train"], st.features, int(model.patch_size),
+                          PatchOptions.from_config(tcfg.get("patches")), seed=int(tcfg.get("seed", cfg.get("seed", 0))),
+                          spatial_block=int(tcfg.get("spatial_block", 128)))
+    log.info("training patches: %d of %dx%d px (%d with crop), %d validation patches from %d held-out blocks "
+             "(%.1f s), features %s", len(sample.train), model.patch_size, model.patch_size,
+             int(sample.info["train_patches_with_crop"]), int(sample.info["val_patches"]),
+             int(sample.info["val_blocks"]), time.perf_counter() - t, sample.train.feature_names)
+    rl.log_params({"features.names": ",".join(sample.train.feature_names),
+                   "train.n_patches": len(sample.train), "train.n_val_patches": int(sample.info["val_patches"])})
+    n_train = int(np.count_nonzero(sample.train.y != 255))
+    metrics.update(sample.info)
+    on_epoch = epoch_callback(sample.validation, lambda m, step: rl.log_metrics(m, step=step),
+                              st.names["classifier"])
+    t = time.perf_counter()
+    fit = model.fit_patches(sample.train, sample.validation, on_epoch)
+    fit_s = time.perf_counter() - t
+    log.info("fit %s in %.1f s %s", st.names["classifier"], fit_s, dict(fit.params) if fit else "")
+    metrics.update(fit_seconds=fit_s, fit_pixels_per_second=n_train / max(fit_s, 1e-9), train_pixels=float(n_train))
+    save = getattr(model, "save_weights", None)
+    if callable(save):  # the kept epoch's weights, reusable as a starting point (classifier.weights=...)
+        (out / "model_weights").mkdir(parents=True, exist_ok=True)
+        rl.log_artifact(save(out / "model_weights" / f"{st.names['classifier']}_weights.pt"), "model_weights")
+    del sample
+    return fit
 
 
 def _log_results(rl: Any, st: Stages, scenes: Any, labels: dict, reports: dict, outputs: dict, out: Path,

@@ -29,6 +29,8 @@ STAGES: dict[str, str] = {
     "classifier": "cropseg_register_classifiers",
     "postprocessor": "cropseg_register_postprocessors",
 }
+#: further hooks feeding a stage's registry: patch models share the classifier stage (``classifier=unet``)
+EXTRA_HOOKS: dict[str, str] = {"cropseg_register_patch_models": "classifier"}
 
 
 class CropsegPluginManager(pluggy.PluginManager):
@@ -81,6 +83,8 @@ class PluginInfo:
     plugin: str
     distribution: str | None
     version: str | None
+    #: the contribution hook that registered it (``cropseg_register_patch_models`` for patch models)
+    hook: str = ""
 
     @property
     def origin(self) -> str:
@@ -100,14 +104,14 @@ class Registry:
     def from_plugin_manager(cls, pm: pluggy.PluginManager) -> Registry:
         dists = {id(plugin): dist for plugin, dist in pm.list_plugin_distinfo()}
         reg = cls(failed=dict(getattr(pm, "failed", {})))
-        for stage, hook_name in STAGES.items():
+        for hook_name, stage in [*((h, s) for s, h in STAGES.items()), *EXTRA_HOOKS.items()]:
             hook = getattr(pm.hook, hook_name)
             for impl in hook.get_hookimpls():
                 dist = dists.get(id(impl.plugin))
-                reg._collect(stage, impl, dist)
+                reg._collect(stage, impl, dist, hook_name)
         return reg
 
-    def _collect(self, stage: str, impl: pluggy.HookImpl, dist: Any) -> None:
+    def _collect(self, stage: str, impl: pluggy.HookImpl, dist: Any, hook: str = "") -> None:
         def register(name: str, factory: Callable[..., Any]) -> None:
             if not isinstance(name, str) or not name:
                 raise PluginError(f"plugin {impl.plugin_name!r} registered a {stage} with an empty name")
@@ -124,6 +128,7 @@ class Registry:
                 plugin=impl.plugin_name,
                 distribution=dist.project_name if dist else None,
                 version=dist.version if dist else None,
+                hook=hook,
             )
 
         impl.function(register=register)

@@ -9,13 +9,14 @@ import logging
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import rasterio
 
 from .blocks import FilterContext, PredictContext, filter_block, predict_block
 from .parallel import current_executor
 from .raster import DEFAULT_BLOCK, block_writer, iter_windows, n_windows
-from .types import Classifier, Features, Grid, MaskFilter, Scene
+from .types import Classifier, Features, Grid, MaskFilter, PatchModel, Scene
 
 log = logging.getLogger("cropseg")
 
@@ -41,7 +42,7 @@ class Progress:
         return secs
 
 
-def predict_scene(scene: Scene, features: Features, classifier: Classifier, out_path: Path,
+def predict_scene(scene: Scene, features: Features, classifier: Classifier | PatchModel, out_path: Path,
                   block: int = DEFAULT_BLOCK) -> tuple[int, float]:
     """Classify every valid pixel of ``scene`` block by block into a uint8 mask GeoTIFF on its grid
     (0 non-crop, 1 crop, 255 nodata). Returns (pixels classified, seconds spent in the classifier, summed
@@ -51,10 +52,15 @@ def predict_scene(scene: Scene, features: Features, classifier: Classifier, out_
     total = n_windows(grid.height, grid.width, block)
     prog = Progress(f"predict {scene.name}", total)
     n_px, secs = 0, 0.0
-    ctx = PredictContext(scene, features, classifier)
+    task: Any = predict_block
+    ctx: Any = PredictContext(scene, features, classifier)  # type: ignore[arg-type]
+    if isinstance(classifier, PatchModel):
+        from .patches import PatchPredictContext, predict_patch_block
+
+        task, ctx = predict_patch_block, PatchPredictContext(scene, features, classifier)
     with block_writer(out_path, grid) as dst:
         windows = list(iter_windows(grid.height, grid.width, block))
-        for w, (mask, n, s) in zip(windows, current_executor().map(predict_block, windows, ctx, total)):
+        for w, (mask, n, s) in zip(windows, current_executor().map(task, windows, ctx, total)):
             dst.write(mask, 1, window=w)
             n_px, secs = n_px + n, secs + s
             prog.step()

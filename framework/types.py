@@ -374,3 +374,75 @@ class Vectorizer(Protocol):
 
     def vectorize(self, mask_path: Path, out_path: Path) -> VectorResult:
         ...
+
+
+# --------------------------------------------------------------------------------------------------
+# Patch models: models that see neighbourhoods (U-Net and relatives), fitted on image patches.
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PatchSet:
+    """Training or validation patches drawn by the framework (:mod:`cropseg.patches`).
+
+    ``X`` features ``(n, f, p, p)`` float32 (the run's feature extractor on each patch), ``y`` labels
+    ``(n, p, p)`` uint8 with 0 non-crop, 1 crop and 255 ignore (unlabelled or nodata: mask these out of
+    the loss and the metrics), ``origins`` the patches' top-left ``(row, col)`` in the scene's grid.
+    """
+
+    X: np.ndarray
+    y: np.ndarray
+    origins: np.ndarray
+    feature_names: list[str]
+
+    def __len__(self) -> int:
+        return int(self.X.shape[0])
+
+
+class EpochCallback(Protocol):
+    """Called by a patch model after each epoch: ``(epoch, train_loss, val_pred)``.
+
+    ``epoch`` counts from 1; ``val_pred`` is the model's uint8 0/1 prediction of the validation patches
+    ``(n, p, p)`` (or None without validation). The framework logs the loss and the validation crop
+    F1 / IoU as MLflow step metrics and a progress line, and returns the validation metrics
+    (``val_crop_f1``, ``val_iou``...) so the model can keep its best epoch.
+    """
+
+    def __call__(self, epoch: int, train_loss: float, val_pred: np.ndarray | None) -> Mapping[str, float]:
+        ...
+
+
+@runtime_checkable
+class PatchModel(Protocol):
+    """A model that learns from image patches and predicts a whole block at once (registered with
+    :func:`cropseg.hookspecs.cropseg_register_patch_models`, selected as ``classifier=<name>``).
+
+    * ``patch_size``: side in pixels of the square training patches the framework draws for it.
+    * ``halo``: pixels of context it needs on each side of a block when predicting. The framework cuts
+      the scene into fixed tiles (the model's optional ``tile_size``, default 512 px, anchored at the
+      scene's origin), reads each grown by ``halo`` (pixels outside the scene read as invalid, features
+      of zero reflectance), and keeps only the tile's centre, so masks do not depend on ``block_size``.
+    * ``prepare(n_features)``: checks the options that need the feature count (weights files, devices)
+      before any scene is loaded; raise :class:`cropseg.errors.ConfigError` with one clear line.
+    * ``fit_patches(train, validation, on_epoch)``: fit on :class:`PatchSet` patches drawn from the
+      training scene only (``validation`` comes from whole spatial blocks of the training scene held out
+      from ``train``; never the test scene), call ``on_epoch`` after every epoch and return a
+      :class:`FitResult`.
+    * ``predict_block(features, valid)``: features ``(f, h, w)`` float32 of a block plus its halo and
+      its valid mask ``(h, w)`` -> uint8 0/1 ``(h, w)`` (the framework crops the halo and sets nodata).
+
+    The fitted object must be picklable (it is logged as the run's model).
+    """
+
+    patch_size: int
+    halo: int
+
+    def prepare(self, n_features: int) -> None:
+        ...
+
+    def fit_patches(self, train: PatchSet, validation: PatchSet | None,
+                    on_epoch: EpochCallback | None = None) -> FitResult:
+        ...
+
+    def predict_block(self, features: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        ...

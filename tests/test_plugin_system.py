@@ -16,7 +16,8 @@ BUILTINS = {
     "source": {"sample", "local"},
     "labeler": {"rasterize", "contours"},
     "features": {"bands", "indices", "context"},
-    "classifier": {"knn", "random_forest", "hist_gradient_boosting", "logistic_regression", "linear_svm", "mlp"},
+    "classifier": {"knn", "random_forest", "hist_gradient_boosting", "logistic_regression", "linear_svm", "mlp",
+                   "unet"},
     "postprocessor": {"median_blur", "vectorize"},
 }
 

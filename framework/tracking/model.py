@@ -105,7 +105,9 @@ def _requirements(pipeline: InferencePipeline) -> list[str]:
     from importlib import metadata as md
 
     reqs = {}
-    for dist in ("cropseg", "mlflow", "scikit-learn", "numpy", "pandas", "rasterio"):
+    # a classifier may name the distributions it needs at load time (e.g. the U-Net: torch, smp)
+    extra = tuple(str(d) for d in getattr(pipeline.classifier, "requirements", ()) or ())
+    for dist in ("cropseg", "mlflow", "scikit-learn", "numpy", "pandas", "rasterio", *extra):
         try:
             reqs[dist] = f"{dist}=={md.version(dist)}"
         except md.PackageNotFoundError:

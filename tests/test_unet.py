@@ -1,0 +1,257 @@
+"""Patch models and the U-Net plugin (``classifier=unet``) on tiny SYNTHETIC sample scenes (160 px, 2 epochs).
+
+One U-Net run is trained once for the module; the tests check its MLflow record (per-epoch step metrics,
+kept weights), that its pyfunc model / ``cropseg predict`` reproduce its own test mask, that masks do not
+depend on the block size, that `cropseg compare` lists it, and that bad input stops with one line.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from mlflow import MlflowClient
+
+import cropseg
+from cropseg.cli import main
+from cropseg.conformance import PatchModelConformance
+from cropseg.patches import PatchOptions, draw_patches, holdout_blocks
+
+torch = pytest.importorskip("torch", reason="the 'deep' extra (make setup installs it)")
+pytest.importorskip("segmentation_models_pytorch", reason="the 'deep' extra (make setup installs it)")
+
+SIZE = 160
+#: a small U-Net (3 encoder stages of resnet18, narrow decoder) keeps the tests fast on 2 CPU cores
+SMALL = ["classifier.arch_options={encoder_depth:3,decoder_channels:[32,16,8]}", "classifier.patch_size=32",
+         "classifier.batch_size=8", "classifier.threads=1",
+         "classifier.tile_size=64"]
+FAST = ["classifier=unet", f"source.size={SIZE}", "classifier.epochs=2", *SMALL,
+        "train.patches.max_patches=48", "block_size=64", "parallel.backend=serial"]
+
+
+def _read(path: Path) -> np.ndarray:
+    with rasterio.open(path) as src:
+        return src.read(1)
+
+
+@pytest.fixture(scope="module")
+def unet_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("unet")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        result = cropseg.run([*FAST, f"tracking.uri={uri}", f"cache_dir={root / 'cache'}"], output_dir=root / "run")
+    client = MlflowClient(uri)
+    run = client.get_run(result.run_id)
+    test_id = run.data.tags["cropseg.test.scene_id"]
+    cache = next((root / "cache" / "sample").glob(f"v*-{SIZE}x{SIZE}"))
+    return {"uri": uri, "root": root, "result": result, "run": run, "client": client,
+            "test_tif": cache / f"{test_id}_3B_AnalyticMS.tif", "test_xml": cache / f"{test_id}_3B_AnalyticMS_metadata.xml"}
+
+
+def test_run_records_learning_curves_and_weights(unet_run):
+    run, client = unet_run["run"], unet_run["client"]
+    assert run.info.status == "FINISHED" and run.data.tags["cropseg.classifier"] == "unet"
+    for key in ("train_loss", "val_crop_f1", "val_iou"):
+        hist = client.get_metric_history(run.info.run_id, key)
+        assert sorted(m.step for m in hist) == [1, 2], key
+        assert all(np.isfinite(m.value) for m in hist)
+    m = run.data.metrics
+    assert 1 <= m["best_epoch"] <= 2 and m["train_patches"] > 0 and m["val_patches"] > 0
+    assert 0.0 <= m["test_crop_f1"] <= 1.0 and m["predict_pixels"] > 0
+    assert run.data.params["fit.best_epoch"] == str(int(m["best_epoch"]))
+    names = [a.path for a in client.list_artifacts(run.info.run_id, "model_weights")]
+    assert names == ["model_weights/unet_weights.pt"]
+    import mlflow
+
+    from cropseg.tracking.model import mlflow_uri
+
+    with mlflow_uri(unet_run["uri"]):  # the logged model's pip requirements pin what loading it needs
+        reqs = Path(mlflow.pyfunc.get_model_dependencies(f"runs:/{run.info.run_id}/model")).read_text().split()
+    from importlib import metadata
+
+    assert f"torch=={metadata.version('torch')}" in reqs
+    assert any(r.startswith("segmentation-models-pytorch==") for r in reqs)
+
+
+def test_cropseg_predict_reproduces_the_run_test_mask(unet_run, tmp_path, capsys):
+    run, client = unet_run["run"], unet_run["client"]
+    out = tmp_path / "pred"
+    code = main(["predict", f"runs:/{run.info.run_id}/model", str(unet_run["test_tif"]), "--metadata",
+                 str(unet_run["test_xml"]), "--output-dir", str(out), "--tracking-uri", unet_run["uri"],
+                 "--block-size", "96"])
+    assert code == 0, capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    mine = _read(out / summary["outputs"]["mask"])
+    logged = _read(Path(client.download_artifacts(run.info.run_id, "prediction/test_mask.tif", str(tmp_path / "dl"))))
+    assert {0, 1} <= set(np.unique(logged).tolist())
+    assert np.array_equal(mine, logged)
+
+
+def test_mask_does_not_depend_on_block_size(unet_run, tmp_path):
+    """Fixed prediction tiles with a halo: blocks of 24 px (not aligned with the 64-px tiles) and one
+    whole-scene block give the same mask, pixel for pixel, and it is the run's own raw test mask."""
+    from cropseg.tracking.model import load_pipeline_model
+
+    pipe = load_pipeline_model(unet_run["uri"], f"runs:/{unet_run['run'].info.run_id}/model").pipeline
+    scene = pipe.scene(unet_run["test_tif"], metadata=unet_run["test_xml"])
+    masks = []
+    for i, block in enumerate((24, SIZE)):
+        pipe.predict_scene(scene, tmp_path / f"{i}.tif", block=block, raw_path=tmp_path / f"{i}_raw.tif")
+        masks.append(_read(tmp_path / f"{i}_raw.tif"))
+    assert np.array_equal(masks[0], masks[1])
+    assert np.array_equal(masks[1], _read(unet_run["result"].outputs["test_mask_raw"]))
+
+
+def test_pixel_rows_answer_as_uniform_fields(unet_run):
+    from cropseg.tracking.model import load_pipeline_model
+
+    loaded = load_pipeline_model(unet_run["uri"], f"runs:/{unet_run['run'].info.run_id}/model")
+    soil, crop = [0.12, 0.15, 0.19, 0.25], [0.03, 0.06, 0.03, 0.45]
+    import pandas as pd
+
+    pred = loaded.pyfunc.predict(pd.DataFrame([soil, crop], columns=["blue", "green", "red", "nir"]))
+    assert pred.dtype == np.int64 and pred.shape == (2,) and set(pred.tolist()) <= {0, 1}
+
+
+@pytest.mark.slow
+def test_compare_lists_unet_beside_pixel_models(unet_run, tmp_path, capsys):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(unet_run["root"])
+        cropseg.run([f"source.size={SIZE}", "train.max_per_class=2000", "classifier=logistic_regression",
+                     "classifier.grid.C=[1]", "postprocessor=[median_blur]", "tracking.log_model=false", f"tracking.uri={unet_run['uri']}",
+                     f"cache_dir={unet_run['root'] / 'cache'}"], output_dir=unet_run["root"] / "knn")
+    capsys.readouterr()
+    code = main(["compare", "--tracking-uri", unet_run["uri"], "--out", str(tmp_path / "cmp"), "--rank-by",
+                 "test_crop_f1"])
+    text = capsys.readouterr().out
+    assert code == 0
+    assert "unet" in text and "logistic_regression" in text
+
+
+@pytest.mark.slow
+def test_same_seed_same_mask_on_cpu(unet_run, tmp_path):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(unet_run["root"])
+        again = cropseg.run([*FAST, "classifier.device=cpu", "tracking.log_model=false",
+                             f"tracking.uri={unet_run['uri']}", f"cache_dir={unet_run['root'] / 'cache'}"],
+                            output_dir=tmp_path / "again")
+    first = unet_run["result"]
+    assert np.array_equal(_read(first.outputs["test_mask_raw"]), _read(again.outputs["test_mask_raw"]))
+    assert again.metrics["test_crop_f1"] == first.metrics["test_crop_f1"]
+
+
+# -- patch drawing -----------------------------------------------------------------------------------------
+
+
+def test_patches_stratified_seeded_and_held_out(tmp_path):
+    from cropseg.plugins import Registry, get_plugin_manager
+    from cropseg.types import CROP
+
+    reg = Registry.from_plugin_manager(get_plugin_manager())
+    scene = reg.create("source", "sample", {"size": 128}).load(tmp_path / "cache").train
+    labels = reg.create("labeler", "rasterize", {}).label(scene, tmp_path / "labels.tif")
+    feats = reg.create("features", "bands", {})
+    opts = PatchOptions(max_patches=12, val_fraction=0.25, min_per_class=2)
+    a = draw_patches(scene, labels, feats, 32, opts, seed=4, spatial_block=32)
+    b = draw_patches(scene, labels, feats, 32, opts, seed=4, spatial_block=32)
+    assert np.array_equal(a.train.origins, b.train.origins) and np.array_equal(a.train.X, b.train.X)
+    assert len(a.train) == 12 and a.train.X.shape[1:] == (4, 32, 32)
+    with_crop = (a.train.y == CROP).reshape(12, -1).any(1).sum()
+    assert 0 < with_crop < 12
+    # training patches never touch a held-out block; validation patches lie inside held-out blocks
+    held = holdout_blocks(128, 128, 32, 0.25, 4)
+    for (r, c) in a.train.origins:
+        assert not held[r // 32:(r + 31) // 32 + 1, c // 32:(c + 31) // 32 + 1].any()
+    assert a.validation is not None
+    for (r, c) in a.validation.origins:
+        assert held[r // 32:(r + 31) // 32 + 1, c // 32:(c + 31) // 32 + 1].all()
+
+
+# -- bad input: one line, non-zero exit, FAILED run, nothing that looks like a result ------------------------
+
+
+def _one_line(capfd, code: int) -> str:
+    err = capfd.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("cropseg: error:")]
+    assert code != 0 and "Traceback" not in err and len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.fixture
+def wrong_weights(tmp_path) -> Path:
+    import segmentation_models_pytorch as smp
+
+    path = tmp_path / "rgb_unet.pt"  # a U-Net for 3 input channels: does not fit 4 bands
+    torch.save(smp.Unet(encoder_name="resnet18", encoder_weights=None, in_channels=3, classes=1).state_dict(), path)
+    return path
+
+
+@pytest.mark.parametrize("case", ["missing_weights", "wrong_weights", "cuda", "encoder_weights"])
+def test_bad_options_stop_before_any_work(case, tmp_path, capfd, monkeypatch, wrong_weights):
+    if case == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    monkeypatch.chdir(tmp_path)
+    override, expect = {
+        "missing_weights": (f"classifier.weights={tmp_path / 'nope.pt'}", "file not found"),
+        "wrong_weights": (f"classifier.weights={wrong_weights}", "does not fit Unet"),
+        "cuda": ("classifier.device=cuda", "no CUDA device"),
+        "encoder_weights": ("classifier.encoder_weights=imagenet", "downloads no weights"),
+    }[case]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    line = _one_line(capfd, main([*FAST, override, f"tracking.uri={uri}", f"cache_dir={tmp_path / 'cache'}"]))
+    assert "classifier." in line and expect in line
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "outputs").exists()  # nothing loaded or written
+
+
+@pytest.mark.parametrize("case", ["patch_too_large", "too_few_patches"])
+def test_bad_scene_for_patches_fails_the_run(case, unet_run, tmp_path, capfd, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    override, expect = {"patch_too_large": ("classifier.patch_size=192", "larger than the training scene"),
+                        "too_few_patches": ("train.patches.min_per_class=500", "too few labelled training patches")}[case]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    line = _one_line(capfd, main([*FAST, override, f"tracking.uri={uri}", f"cache_dir={unet_run['root'] / 'cache'}",
+                                  f"hydra.run.dir={tmp_path / 'out'}"]))
+    assert expect in line
+    (run,) = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("cropseg").experiment_id])
+    assert run.info.status == "FAILED"
+    out = tmp_path / "out"
+    assert (out / "FAILED.txt").exists() and not (out / "metrics.json").exists()
+    assert not (out / "prediction").exists() and not (out / "model").exists()
+
+
+def test_without_the_extra_one_line_says_how_to_install(tmp_path):
+    code = ("import sys; sys.modules['torch'] = None; sys.modules['segmentation_models_pytorch'] = None\n"
+            "from cropseg.cli import main\n"
+            f"sys.exit(main(['classifier=unet', 'tracking.uri=sqlite:///{tmp_path / 'm.db'}']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("cropseg: error:")]
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr
+    assert "pip install 'cropseg[deep]'" in lines[0]
+
+
+# -- the conformance suite, as a patch-model author would use it ---------------------------------------------
+
+
+class TestUNetConformance(PatchModelConformance):
+    name = "unet"
+    overrides = [*SMALL, "classifier.epochs=3", "classifier.lr=0.01"]
+
+
+def test_patch_model_hook_is_documented_and_feeds_the_classifier_stage():
+    from cropseg import hookspecs
+    from cropseg.plugins import Registry, get_plugin_manager
+    from cropseg.types import PatchModel
+
+    fn = hookspecs.cropseg_register_patch_models
+    assert "PatchModel" in (fn.__doc__ or "") and fn.__annotations__["register"] == "Register"
+    reg = Registry.from_plugin_manager(get_plugin_manager())
+    info = reg.get("classifier", "unet")
+    assert info.distribution == "cropseg" and info.plugin.endswith("unet")
+    model = reg.create("classifier", "unet", {"patch_size": 32, "threads": 1})
+    assert isinstance(model, PatchModel)
