@@ -1,4 +1,5 @@
-"""Shared fixtures: isolated MLflow stores and caches, tiny SYNTHETIC scenes, the real shared data."""
+"""Shared fixtures: isolated MLflow stores and caches, tiny SYNTHETIC scenes, the seed-study files (real when
+../shared holds them, else generated SYNTHETIC equivalents)."""
 
 from __future__ import annotations
 
@@ -8,17 +9,18 @@ from pathlib import Path
 import pytest
 
 from cropseg.testing import write_tiny_scene
+from seed_files import SeedFiles, seed_files
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data" / "sacramento-dwr-2015"
+# the real seed-study files: downloaded into the clone's data/ (README), or in a shared/ folder beside it
+SEED_DIRS = (REPO / "data" / "sacramento-dwr-2015", REPO.parent / "shared" / "data" / "sacramento-dwr-2015")
 
 
-@pytest.fixture
-def shared_data() -> Path:
-    """The real seed-study files in ../shared (the test is skipped when they are absent)."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"real seed-study data not found at {SHARED_DATA}")
-    return SHARED_DATA
+@pytest.fixture(scope="session")
+def seed_data(tmp_path_factory: pytest.TempPathFactory) -> SeedFiles:
+    """The seed study's six input files: the real ones in data/ or ../shared when present, else SYNTHETIC equivalents
+    (tests/seed_files.py) with the same names and formats; ``seed_data.expected`` says what each holds."""
+    return seed_files(SEED_DIRS, tmp_path_factory.mktemp("seed-study"))
 
 
 @pytest.fixture
