@@ -119,7 +119,7 @@ def write_map(scene: Scene, labels: Path, segments: Path | None, out_path: Path,
     folium.LayerControl(collapsed=False).add_to(m)
     m.fit_bounds(bounds)
     if title:
-        m.get_root().html.add_child(folium.Element(
+        m.get_root().html.add_child(folium.Element(  # type: ignore[attr-defined]  # the root is a Figure
             f'<div style="position:fixed;top:8px;left:50px;z-index:1000;background:white;padding:2px 6px;'
             f'font:13px sans-serif">{title}{synthetic}</div>'))
     html = m.get_root().render()

@@ -108,10 +108,11 @@ class KNNIndex:
         from . import _knn_kernel as kernel
 
         if self.binary:  # each tree array as a pair (class 0's, class 1's)
-            kernel.vote_binary(Q, *zip(*self._trees), self.k, out)
+            kernel.vote_binary(Q, *zip(*self._trees), self.k, out)  # type: ignore[call-arg]  # numba dispatcher
         else:
             pts, *nodes = self._trees[0]
-            kernel.vote(Q, pts, self._labels, *nodes, self.k, self.n_classes, self.weights == "distance", out)
+            kernel.vote(Q, pts, self._labels, *nodes, self.k, self.n_classes,  # type: ignore[call-arg]  # numba
+                        self.weights == "distance", out)
 
     def _predict_rows(self, X: np.ndarray, out: np.ndarray) -> None:
         order = self._order(X)

@@ -22,13 +22,13 @@ from . import __version__
 from .config import flatten, instantiate, plugin_options, postprocessor_nodes, redact
 from .errors import ConfigError, PluginError
 from .evaluate import classification_report, confusion_from_rasters, iou, report_metrics
-from .plugins import Registry, get_plugin_manager
-from .scene_ops import Progress, apply_filters, predict_scene
 from .parallel import BlockExecutor, ParallelConfig, use_executor
+from .plugins import Registry, get_plugin_manager
 from .raster import DEFAULT_BLOCK, iter_windows
 from .sampling import sample_training_pixels
+from .scene_ops import apply_filters, predict_scene
 from .tracking import TAG_PREFIX, Tracker, git_commit
-from .types import Classifier, Features, Labeler, MaskFilter, Scene, Source, Vectorizer
+from .types import Classifier, Features, Labeler, MaskFilter, Source, Vectorizer
 
 log = logging.getLogger("cropseg")
 
@@ -102,7 +102,8 @@ def build_stages(cfg: DictConfig, registry: Registry | None = None) -> Stages:
     labeler = instantiate(registry, "labeler", cfg.get("labeler"))
     features = instantiate(registry, "features", cfg.get("features") or {"name": "bands"})
     classifier = instantiate(registry, "classifier", cfg.get("classifier"))
-    filters, vectorizers = [], []
+    filters: list[tuple[str, MaskFilter]] = []
+    vectorizers: list[tuple[str, Vectorizer]] = []
     for name, node in postprocessor_nodes(cfg):
         obj = registry.create("postprocessor", name, plugin_options(node))
         if isinstance(obj, MaskFilter):
@@ -280,7 +281,7 @@ def _log_results(rl: Any, st: Stages, scenes: Any, labels: dict, reports: dict, 
     rl.log_metrics(metrics)
     rep_dir = out / "reports"
     rep_dir.mkdir(parents=True, exist_ok=True)
-    table = {"report": [], "class": [], "precision": [], "recall": [], "f1": [], "support": []}
+    table: dict[str, list[Any]] = {"report": [], "class": [], "precision": [], "recall": [], "f1": [], "support": []}
     for key, (rep, text, cm) in reports.items():
         (rep_dir / f"{key}_classification_report.txt").write_text(text)
         (rep_dir / f"{key}_classification_report.json").write_text(json.dumps(rep, indent=2))

@@ -19,6 +19,7 @@ training pixels a classifier is given are ever used; the test scene never reache
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import math
@@ -175,7 +176,7 @@ def tune(build: Callable[..., Any], grid: Mapping[str, Sequence[Any]] | None, X:
         tuning_cv = splitter(spec.cv, spec, y, groups)
         results = []
         for cand in candidates:
-            s = cv_score(lambda c=cand: build(**c), X, y, tuning_cv, spec.scoring,
+            s = cv_score(functools.partial(build, **cand), X, y, tuning_cv, spec.scoring,
                          groups if spec.cv == "spatial" else None, fit_params)
             results.append(s)
             if len(candidates) > 1:

@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from seed_files import SeedFiles, seed_files
 
 from cropseg.testing import write_tiny_scene
-from seed_files import SeedFiles, seed_files
 
 REPO = Path(__file__).resolve().parents[1]
 # the real seed-study files: downloaded into the clone's data/ (README), or in a shared/ folder beside it
@@ -48,20 +49,43 @@ def cli_env(tmp_path: Path, tracking_uri: str) -> dict[str, str]:
 EXAMPLE_PLUGIN = REPO / "examples" / "cropseg-nearest-centroid"
 
 
+@dataclass(frozen=True)
+class InstalledPlugin:
+    """The example plugin installed into a throwaway folder ``site`` (never into the test environment):
+    ``env(base)`` is a subprocess environment that sees it (``PYTHONPATH``)."""
+
+    source: Path
+    site: Path
+
+    def env(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        env = dict(os.environ if base is None else base)
+        env["PYTHONPATH"] = os.pathsep.join([str(self.site), *filter(None, [env.get("PYTHONPATH")])])
+        return env
+
+
 @pytest.fixture(scope="session")
-def example_plugin() -> Path:
-    """The example third-party plugin (examples/cropseg-nearest-centroid) pip-installed into this test
-    environment, offline: no dependencies, no build isolation (the environment's setuptools builds it).
-    A plain (not editable) install, so this very process finds its entry point and module at once."""
-    import importlib
+def example_plugin_site(tmp_path_factory: pytest.TempPathFactory) -> InstalledPlugin:
+    """The example third-party plugin (examples/cropseg-nearest-centroid) pip-installed offline (no dependencies,
+    no build isolation: this environment's setuptools builds it) with ``--target`` into a temporary folder,
+    from a copy of its source (the build writes build/ and *.egg-info beside the source)."""
     import shutil
     import subprocess
     import sys
 
-    shutil.rmtree(EXAMPLE_PLUGIN / "build", ignore_errors=True)  # setuptools' in-tree build folder (ignored)
+    tmp = tmp_path_factory.mktemp("example-plugin")
+    src = shutil.copytree(EXAMPLE_PLUGIN, tmp / "src", ignore=shutil.ignore_patterns("build", "*.egg-info",
+                                                                                   "__pycache__"))
+    site = tmp / "site"
     proc = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                           "--no-index", "--disable-pip-version-check", str(EXAMPLE_PLUGIN)],
+                           "--no-index", "--disable-pip-version-check", "--target", str(site), str(src)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    importlib.invalidate_caches()
-    return EXAMPLE_PLUGIN
+    return InstalledPlugin(EXAMPLE_PLUGIN, site)
+
+
+@pytest.fixture
+def example_plugin(example_plugin_site: InstalledPlugin, monkeypatch: pytest.MonkeyPatch) -> InstalledPlugin:
+    """The installed example plugin, visible to this test's process through ``sys.path`` (restored after the
+    test) and to its subprocesses through ``example_plugin.env(...)``."""
+    monkeypatch.syspath_prepend(str(example_plugin_site.site))
+    return example_plugin_site

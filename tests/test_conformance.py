@@ -24,7 +24,8 @@ class TestRegisteredClassifiers(ClassifierConformance):
 
 
 class TestExamplePlugin(ClassifierConformance):
-    """The example package, pip-installed by the session fixture (collected even before it is installed)."""
+    """The example package, pip-installed into a temporary folder by the session fixture and put on sys.path
+    for each test (collected even before it is installed)."""
 
     name = EXAMPLE
 

@@ -30,7 +30,6 @@ from cropseg.vector import read_aoi, read_vector
 from cropseg_plugins.local import LocalSource
 from cropseg_plugins.rasterize import RasterizeLabeler
 
-
 TO_LL = Transformer.from_crs("EPSG:32610", "EPSG:4326", always_xy=True)
 TO_UTM = Transformer.from_crs("EPSG:4326", "EPSG:32610", always_xy=True)
 

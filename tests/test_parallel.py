@@ -15,8 +15,8 @@ import rasterio
 
 from cropseg.errors import ClusterError, ConfigError
 from cropseg.parallel import BlockExecutor, ParallelConfig, current_executor, task_threads, use_executor
-from cropseg.scene_ops import apply_filters, predict_scene
 from cropseg.sampling import sample_training_pixels
+from cropseg.scene_ops import apply_filters, predict_scene
 from cropseg.testing import TINY_COEFFICIENTS, write_tiny_scene
 from cropseg.types import Scene, VectorGroundTruth
 from cropseg_plugins.bands import BandFeatures

@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 import rasterio
 from mlflow import MlflowClient
+from planet_double import CLOUD, SPEC, PlanetDouble, default_scenes, utm_box_geojson
 from rasterio.windows import Window
 
 from cropseg.errors import ConfigError, InputFileError, SourceError
 from cropseg_plugins.planet import PlanetSource
 from cropseg_plugins.planet.search import AoiCover, Candidate, rank
-from planet_double import CLOUD, SPEC, PlanetDouble, default_scenes, utm_box_geojson
 
 FAKE_KEY = "PLAK-cropseg-fake-key-5f1c0e9a7d3b4e21"
 DEAD_PROXY = "http://127.0.0.1:9"

@@ -181,7 +181,7 @@ def test_unreachable_server_fails_before_the_sweep(work, tiny_pair, cli_env):
 
 def test_sweep_over_the_example_third_party_plugin(example_plugin, work, tiny_pair, cli_env, tracking_uri):
     args = ["--multirun", *local_overrides(*tiny_pair)[:-1], "classifier=knn,nearest_centroid"]
-    proc = run_cli(args, work, cli_env)
+    proc = run_cli(args, work, example_plugin.env(cli_env))
     assert proc.returncode == 0, proc.stderr[-4000:]
     _, parents, children = sweep_runs(tracking_uri)
     assert len(parents) == 1 and all(c.info.status == "FINISHED" for c in children)

@@ -25,6 +25,7 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.pyfunc import PythonModel
 
 from ..errors import ModelError, ModelInputError, TrackingError
 from ..inference import CLASSIFIER_FILE, SPEC_FILE, InferencePipeline
@@ -60,7 +61,7 @@ def mlflow_uri(uri: str) -> Iterator[None]:
                 os.environ[k] = v
 
 
-class CropsegPipelineModel(mlflow.pyfunc.PythonModel):
+class CropsegPipelineModel(PythonModel):
     """The pyfunc face of :class:`cropseg.inference.InferencePipeline`."""
 
     pipeline: InferencePipeline
