@@ -4,28 +4,19 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# the editable install's import path: links named like the import packages (cropseg -> framework/), put on
-# sys.path by a .pth file, so a folder named `cropseg` in the working directory (the clone, seen from its
-# parent folder) cannot shadow the package as a namespace package
-LINKS := $(abspath $(VENV))/cropseg-path
 
 .PHONY: setup run test test-fast lint clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
-	@echo "cropseg setup [1/5]: virtual environment in $(VENV)"
+	@echo "cropseg setup [1/4]: virtual environment in $(VENV)"
 	$(PYTHON) -m venv $(VENV)
-	@echo "cropseg setup [2/5]: upgrading pip"
+	@echo "cropseg setup [2/4]: upgrading pip"
 	$(BIN)/python -m pip install --upgrade --progress-bar on pip
-	@echo "cropseg setup [3/5]: installing cropseg (editable) with its dependencies and the test and lint tools"
+	@echo "cropseg setup [3/4]: installing cropseg (editable: pkgs/cropseg -> framework/) with its dependencies and the test and lint tools"
 	$(BIN)/python -m pip install --progress-bar on -e '.[test,lint]'
-	@echo "cropseg setup [4/5]: import path $(LINKS) (cropseg -> framework/, cropseg_plugins -> plugins/)"
-	mkdir -p $(LINKS)
-	ln -sfn $(CURDIR)/framework $(LINKS)/cropseg
-	ln -sfn $(CURDIR)/plugins $(LINKS)/cropseg_plugins
-	echo $(LINKS) > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/cropseg-path.pth"
-	@echo "cropseg setup [5/5]: compiling the KNN kernels ahead (numba, once)"
+	@echo "cropseg setup [4/4]: compiling the KNN kernels ahead (numba, once)"
 	$(BIN)/python -m cropseg.neighbors
 	touch $(STAMP)
 

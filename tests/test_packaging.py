@@ -31,6 +31,14 @@ def test_import_from_a_folder_holding_folders_named_like_the_packages(tmp_path):
     assert str(tmp_path) not in proc.stdout and "__init__.py" in proc.stdout
 
 
+def test_the_package_links_point_at_the_source_folders():
+    """pkgs/ (the install's package directory) holds relative links named like the import packages."""
+    assert (REPO / "pkgs" / "cropseg").is_symlink() and (REPO / "pkgs" / "cropseg_plugins").is_symlink()
+    assert (REPO / "pkgs" / "cropseg").resolve() == (REPO / "framework").resolve()
+    assert (REPO / "pkgs" / "cropseg_plugins").resolve() == (REPO / "plugins").resolve()
+    assert sorted(p.name for p in (REPO / "pkgs").iterdir()) == ["cropseg", "cropseg_plugins"]
+
+
 def test_gitignore_and_make_clean_cover_what_runs_write():
     conf = (REPO / "conf" / "config.yaml").read_text()
     assert "dir: outputs/" in conf and "dir: multirun/" in conf and "CROPSEG_CACHE_DIR,.cache/cropseg}" in conf
@@ -54,6 +62,7 @@ def test_wheel_builds_without_warnings_and_ships_static_files_and_license(tmp_pa
         shutil.copy(REPO / name, src / name)
     for name in ("framework", "plugins"):
         shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "pkgs", src / "pkgs", symlinks=True)  # the relative links now point into the copy
     code = "from setuptools import build_meta as b; print(b.build_wheel(r'%s'))" % (tmp_path / "dist")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}  # else distutils says so
     proc = subprocess.run([sys.executable, "-W", "always", "-c", code], cwd=src, env=env, capture_output=True,
