@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from seed_files import SeedFiles, seed_files
@@ -35,6 +36,33 @@ def tiny_pair(tmp_path: Path):
     """A tiny synthetic train and test scene (64x64, EPSG:32610) with DWR-style ground truth."""
     d = tmp_path / "tiny"
     return write_tiny_scene(d, name="train", seed=1), write_tiny_scene(d, name="test", seed=2)
+
+
+@dataclass(frozen=True)
+class TinyRun:
+    """One finished run on a tiny SYNTHETIC pair, shared by the tests that only read its results."""
+
+    result: Any  # cropseg.api.RunResult
+    tracking_uri: str
+    workdir: Path  # the working directory during the run (the run's output_dir is workdir / "out")
+    cwd_after: str  # os.getcwd() right after cropseg.run returned
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> TinyRun:
+    """``cropseg.run`` once per session on a tiny synthetic pair (local source, default stages), run from
+    its own working directory with its own sqlite store."""
+    import cropseg
+    from cropseg.testing import local_overrides
+
+    d = tmp_path_factory.mktemp("tiny-run")
+    pair = write_tiny_scene(d / "tiny", name="train", seed=1), write_tiny_scene(d / "tiny", name="test", seed=2)
+    uri = f"sqlite:///{d / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(d)
+        result = cropseg.run([*local_overrides(*pair), f"tracking.uri={uri}"], output_dir=d / "out")
+        cwd_after = os.getcwd()
+    return TinyRun(result, uri, d, cwd_after)
 
 
 @pytest.fixture

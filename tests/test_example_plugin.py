@@ -9,6 +9,7 @@ import subprocess
 import sys
 from importlib import metadata
 
+import pytest
 from mlflow import MlflowClient
 
 from cropseg.plugins import Registry, get_plugin_manager
@@ -42,6 +43,7 @@ def test_cropseg_plugins_lists_it(example_plugin, tmp_path, cli_env):
     assert any(ln.split()[:2] == ["classifier/nearest_centroid", DIST] for ln in lines if ln.split())
 
 
+@pytest.mark.slow
 def test_cli_runs_it_by_name(example_plugin, tmp_path, tiny_pair, cli_env, tracking_uri):
     train, test = tiny_pair
     args = local_overrides(train, test, classifier="nearest_centroid")
@@ -59,6 +61,7 @@ def test_cli_runs_it_by_name(example_plugin, tmp_path, tiny_pair, cli_env, track
     assert m["test_crop_f1"] > 0.9
 
 
+@pytest.mark.slow
 def test_its_own_conformance_suite_passes(example_plugin, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                            str(example_plugin.source / "tests")],
