@@ -33,8 +33,8 @@ test-fast: $(STAMP)
 # ruff (lint + format check) over the repository, mypy over framework/; configured in pyproject.toml
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/ruff format --check .
 
 # everything a run, a sweep, `cropseg compare` or `cropseg predict` writes into the working directory
 clean:
