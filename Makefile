@@ -23,12 +23,17 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/cropseg $(ARGS)
 
-# everything (the CI command); `make test-fast` leaves out the end-to-end runs marked slow
+# everything (the CI command); `make test-fast` leaves out the end-to-end runs marked slow. Both run the tests
+# on TEST_WORKERS processes (pytest-xdist; a module's tests stay on one worker, so its module-scoped runs are
+# shared); TEST_WORKERS=0 runs them in one process.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope
+
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PYTEST) -m "not slow" $(PYTEST_ARGS)
 
 # ruff (lint + format check) over the repository, mypy over framework/; configured in pyproject.toml
 lint: $(STAMP)

@@ -13,6 +13,7 @@ from cropseg.errors import CropsegError
 from cropseg.testing import local_overrides
 
 
+@pytest.mark.slow
 def test_run_from_python(tiny_run):
     """cropseg.run (the session's shared run, started in its own working directory) keeps the directory."""
     result, tracking_uri = tiny_run.result, tiny_run.tracking_uri
