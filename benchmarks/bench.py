@@ -215,11 +215,11 @@ def child_classifiers(size: int, workdir: Path) -> dict:
     """Every classifier in the registry: fit on the default training sample (cap per class), predict the
     test scene block by block (serial), weighted / crop F1 against the test labels. Plus the KNN reference
     side by side: its scikit-learn model's predict vs cropseg's, on the same pixels."""
-    from cropseg.evaluate import classification_report as report, confusion_from_rasters
+    from cropseg.config import compose
+    from cropseg.evaluate import classification_report as report
+    from cropseg.evaluate import confusion_from_rasters
     from cropseg.pipeline import build_stages
     from cropseg.scene_ops import predict_scene
-    from cropseg.config import compose
-    from cropseg.raster import iter_windows
 
     names = build_stages(compose([])).registry.names("classifier")
     rows = []
@@ -359,8 +359,9 @@ def main() -> int:
         print(text, flush=True)
         lines.append(text)
 
-    import cropseg
     import sklearn
+
+    import cropseg
 
     emit(f"# cropseg benchmarks{' (--quick)' if args.quick else ''}")
     emit()

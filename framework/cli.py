@@ -124,8 +124,8 @@ def _task(cfg):  # noqa: ANN001, ANN201 - a DictConfig from Hydra; returns the s
 
 def _validate(args: Sequence[str]) -> None:
     """Compose the job config(s) before Hydra runs, so config mistakes give one line, not a stack."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from .config import compose, hydra_errors
     from .pipeline import build_stages

@@ -164,8 +164,9 @@ def group_rows(rows: list[Row]) -> dict[str, list[Row]]:
 def rank(rows: list[Row], by: str) -> list[Row]:
     def key(r: Row) -> tuple:
         v = r.metrics.get(by)
-        ok = r.status == "FINISHED" and v is not None and not math.isnan(v)
-        return (0 if ok else 1, -(v if ok else 0.0), r.name)
+        if r.status == "FINISHED" and v is not None and not math.isnan(v):
+            return (0, -v, r.name)
+        return (1, -0.0, r.name)
 
     return sorted(rows, key=key)
 
@@ -284,7 +285,7 @@ def mask_panels(tracker: Tracker, rows: list[Row], path: Path, window: Sequence[
     from matplotlib.patches import Patch
     from rasterio.windows import Window
 
-    from .previews import DISAGREEMENT, PALETTE, _paint
+    from .previews import DISAGREEMENT, PALETTE, _hex, _paint
 
     panels: list[tuple[str, np.ndarray]] = []
     win = None
@@ -312,7 +313,7 @@ def mask_panels(tracker: Tracker, rows: list[Row], path: Path, window: Sequence[
             img[(truth == tv) & (pred == pv)] = colour
         f1 = r.metrics.get("test_weighted_avg_f1", float("nan"))
         panels.append((f"{textwrap.fill(r.config, 40)}\nweighted F1 {f1:.3f}", img))
-    if len(panels) < 2:
+    if len(panels) < 2 or win is None:
         return None
     n = len(panels)
     cols = min(n, 4)
@@ -323,8 +324,8 @@ def mask_panels(tracker: Tracker, rows: list[Row], path: Path, window: Sequence[
         ax.imshow(img, interpolation="nearest")
         ax.set_title(title, fontsize=8)
         ax.set_axis_off()
-    legend = [Patch(color=np.array(c) / 255, label=t) for c, t in DISAGREEMENT.values()]
-    legend.append(Patch(color=np.array(PALETTE[0]) / 255, label="ground truth non-crop"))
+    legend = [Patch(color=_hex(c), label=t) for c, t in DISAGREEMENT.values()]
+    legend.append(Patch(color=_hex(PALETTE[0]), label="ground truth non-crop"))
     fig.legend(handles=legend, loc="lower center", ncol=3, fontsize=7, frameon=False)
     fig.suptitle(f"test scene window cols {win.col_off}..{win.col_off + win.width}, rows {win.row_off}.."
                  f"{win.row_off + win.height}", fontsize=9)

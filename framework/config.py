@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -283,7 +283,7 @@ def plugin_options(node: Any) -> dict[str, Any]:
     d = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig | ListConfig) else dict(node)
     assert isinstance(d, dict)
     d.pop("name", None)
-    return d
+    return cast(dict[str, Any], d)
 
 
 def instantiate(registry: Registry, stage: str, node: Any, default_name: str | None = None) -> Any:

@@ -162,9 +162,11 @@ class InferencePipeline:
         installed)."""
         registry = registry or Registry.from_plugin_manager(get_plugin_manager())
         features = registry.create("features", spec.features["name"], spec.features.get("options", {}))
-        filters, vectorizers = [], []
-        for item, kind, out in [(f, MaskFilter, filters) for f in spec.filters] + \
-                               [(v, Vectorizer, vectorizers) for v in spec.vectorizers]:
+        filters: list[tuple[str, MaskFilter]] = []
+        vectorizers: list[tuple[str, Vectorizer]] = []
+        todo: list[tuple[dict[str, Any], type, list[Any]]] = [(f, MaskFilter, filters) for f in spec.filters]
+        todo += [(v, Vectorizer, vectorizers) for v in spec.vectorizers]
+        for item, kind, out in todo:
             obj = registry.create("postprocessor", item["name"], item.get("options", {}))
             if not isinstance(obj, kind):
                 raise PluginError(f"postprocessor {item['name']!r} is no longer a {kind.__name__}")

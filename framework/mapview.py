@@ -25,7 +25,7 @@ def _static(name: str) -> str:
 
 def _rgb_4326(scene: Scene, max_side: int) -> tuple[np.ndarray, list[list[float]]]:
     """The true-colour composite warped to EPSG:4326 as RGBA (transparent outside the data)."""
-    from rasterio.transform import from_bounds
+    from rasterio.transform import from_bounds, xy
     from rasterio.warp import Resampling, calculate_default_transform, reproject
 
     from .previews import rgb_composite
@@ -42,9 +42,8 @@ def _rgb_4326(scene: Scene, max_side: int) -> tuple[np.ndarray, list[list[float]
     for b in range(4):
         reproject(src[b], dst[b], src_transform=src_transform, src_crs=grid.crs, dst_transform=dst_transform,
                   dst_crs="EPSG:4326", resampling=Resampling.nearest)
-    lon0, lat1 = dst_transform * (0, 0)
-    lon1, lat0 = dst_transform * (dw, dh)
-    return dst.transpose(1, 2, 0), [[lat0, lon0], [lat1, lon1]]
+    (lon0, lon1), (lat1, lat0) = xy(dst_transform, [0, dh], [0, dw], offset="ul")  # top-left, bottom-right
+    return dst.transpose(1, 2, 0), [[float(lat0), float(lon0)], [float(lat1), float(lon1)]]
 
 
 def _for_display(gdf, grid, max_side: int):
@@ -78,7 +77,7 @@ def _truth_layer(scene: Scene, labels: Path, max_side: int):
 
     with rasterio.open(labels) as src:
         lab = decimated_read(src, max_side)
-        t = src.transform * src.transform.scale(src.width / lab.shape[1], src.height / lab.shape[0])
+        t = src.transform @ src.transform.scale(src.width / lab.shape[1], src.height / lab.shape[0])
         crs = src.crs
     crop = lab == CROP
     geoms = [shapely.geometry.shape(g) for g, _ in shapes(crop.astype(np.uint8), mask=crop, transform=t)]
@@ -119,7 +118,7 @@ def write_map(scene: Scene, labels: Path, segments: Path | None, out_path: Path,
     folium.LayerControl(collapsed=False).add_to(m)
     m.fit_bounds(bounds)
     if title:
-        m.get_root().html.add_child(folium.Element(
+        m.get_root().html.add_child(folium.Element(  # type: ignore[attr-defined]  # the root is a Figure
             f'<div style="position:fixed;top:8px;left:50px;z-index:1000;background:white;padding:2px 6px;'
             f'font:13px sans-serif">{title}{synthetic}</div>'))
     html = m.get_root().render()

@@ -37,15 +37,23 @@ Any other configuration (another metric, callable weights, several outputs, spar
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sklearn.neighbors import KNeighborsClassifier
 
+log = logging.getLogger(__name__)
 _LOCK = threading.Lock()
+_CHECKED_CACHE = False
+#: measured cold compile time of the kernels (``python -m cropseg.neighbors``): 13 s of CPU, one core; more
+#: wall time on a busy machine (62 s with 7 jobs on 2 cores)
+COMPILE_SECONDS = 15
 _INDEXES: weakref.WeakKeyDictionary[Any, KNNIndex] = weakref.WeakKeyDictionary()
 LEAF_SIZE = 16
 MIN_CHUNK = 20_000  # queries per thread below which a second thread costs more than it saves
@@ -60,6 +68,7 @@ class KNNIndex:
     def __init__(self, X: np.ndarray, y: np.ndarray, n_classes: int, k: int, weights: str = "uniform"):
         from . import _knn_kernel as kernel
 
+        _announce_compile(kernel)
         if weights not in ("uniform", "distance"):
             raise ValueError(f"weights must be 'uniform' or 'distance', got {weights!r}")
         X = np.ascontiguousarray(X, dtype=np.float64)
@@ -99,10 +108,11 @@ class KNNIndex:
         from . import _knn_kernel as kernel
 
         if self.binary:  # each tree array as a pair (class 0's, class 1's)
-            kernel.vote_binary(Q, *zip(*self._trees), self.k, out)
+            kernel.vote_binary(Q, *zip(*self._trees), self.k, out)  # type: ignore[call-arg]  # numba dispatcher
         else:
             pts, *nodes = self._trees[0]
-            kernel.vote(Q, pts, self._labels, *nodes, self.k, self.n_classes, self.weights == "distance", out)
+            kernel.vote(Q, pts, self._labels, *nodes, self.k, self.n_classes,  # type: ignore[call-arg]  # numba
+                        self.weights == "distance", out)
 
     def _predict_rows(self, X: np.ndarray, out: np.ndarray) -> None:
         order = self._order(X)
@@ -173,6 +183,42 @@ def kneighbors_labels(X: np.ndarray, y: np.ndarray, Q: np.ndarray, k: int,
     return dist, lab
 
 
+def kernels_cached(kernel: Any = None) -> bool | None:
+    """Whether numba's on-disk cache holds the compiled KNN kernels (None when it cannot tell)."""
+    if kernel is None:
+        from . import _knn_kernel as kernel
+    try:
+        return all(Path(f._cache._cache_file._index_path).is_file()
+                   for f in (kernel.build_tree, kernel.morton_codes, kernel.vote, kernel.vote_binary))
+    except AttributeError:  # another numba version's internals
+        return None
+
+
+def _announce_compile(kernel: Any) -> None:
+    """Say so (once per process) when the first KNN search will compile the kernels rather than load them."""
+    global _CHECKED_CACHE
+    if _CHECKED_CACHE:
+        return
+    _CHECKED_CACHE = True
+    if kernels_cached(kernel) is False:
+        log.info("compiling KNN kernels (once, ~%d s on an idle machine; later runs load them from numba's "
+                 "cache; `make setup` compiles them ahead)", COMPILE_SECONDS)
+
+
+def warmup() -> float:
+    """Compile (or load from numba's cache) every KNN kernel with the argument types runs use: float32 and
+    float64 pixels, the two-class vote and the general one. Returns the seconds it took."""
+    start = time.perf_counter()
+    rng = np.random.default_rng(0)
+    X = rng.random((300, 4), dtype=np.float32)
+    y = (X[:, 3] > 0.5).astype(np.int64)
+    for weights in ("uniform", "distance"):
+        model = FastKNeighborsClassifier(n_neighbors=3, weights=weights).fit(X, y)
+        model.predict(X)
+        model.predict(X.astype(np.float64))
+    return time.perf_counter() - start
+
+
 def supports(model: Any) -> bool:
     """Whether :func:`knn_predict` reproduces ``model.predict`` (else it falls back to it)."""
     metric = getattr(model, "effective_metric_", None)
@@ -211,3 +257,11 @@ class FastKNeighborsClassifier(KNeighborsClassifier):
 
     def predict(self, X: Any) -> np.ndarray:
         return knn_predict(self, X if isinstance(X, np.ndarray) else np.asarray(X))
+
+
+if __name__ == "__main__":  # `python -m cropseg.neighbors`: compile the kernels ahead (`make setup` runs it)
+    _CHECKED_CACHE = True
+    cached = kernels_cached()
+    print("cropseg: KNN kernels " + ("in numba's cache, loading" if cached else
+          f"compiling (once, ~{COMPILE_SECONDS} s on an idle machine)"), flush=True)
+    print(f"cropseg: KNN kernels ready in {warmup():.1f} s", flush=True)

@@ -29,6 +29,7 @@ from .plugins import Registry, check_labeler_fits, get_plugin_manager
 from .preflight import check_destinations, check_inputs
 from .scene_ops import Progress, apply_filters, predict_scene
 from .parallel import BlockExecutor, ParallelConfig, use_executor
+from .plugins import Registry, get_plugin_manager
 from .raster import DEFAULT_BLOCK, iter_windows
 from .sampling import sample_training_pixels
 from .schema import check_framework_options
@@ -124,7 +125,8 @@ def build_stages(cfg: DictConfig, registry: Registry | None = None) -> Stages:
     labeler = instantiate(registry, "labeler", cfg.get("labeler"))
     features = instantiate(registry, "features", cfg.get("features") or {"name": "bands"})
     classifier = instantiate(registry, "classifier", cfg.get("classifier"))
-    filters, vectorizers = [], []
+    filters: list[tuple[str, MaskFilter]] = []
+    vectorizers: list[tuple[str, Vectorizer]] = []
     for name, node in postprocessor_nodes(cfg):
         obj = registry.create("postprocessor", name, plugin_options(node))
         if isinstance(obj, MaskFilter):
@@ -456,7 +458,7 @@ def _log_results(rl: Any, st: Stages, scenes: Any, labels: dict, reports: dict, 
     rl.log_metrics(metrics)
     rep_dir = out / "reports"
     rep_dir.mkdir(parents=True, exist_ok=True)
-    table = {"report": [], "class": [], "precision": [], "recall": [], "f1": [], "support": []}
+    table: dict[str, list[Any]] = {"report": [], "class": [], "precision": [], "recall": [], "f1": [], "support": []}
     for key, (rep, text, cm) in reports.items():
         (rep_dir / f"{key}_classification_report.txt").write_text(text)
         (rep_dir / f"{key}_classification_report.json").write_text(json.dumps(rep, indent=2))

@@ -176,7 +176,7 @@ def predict(model_uri: str, image: str | Path, *, metadata: str | Path | None = 
             with atomic_path(files["summary"]) as tmp:
                 tmp.write_text(json.dumps(summary, indent=2, default=str))
             rl.log_metrics({k: v for k, v in metrics.items() if v is not None and np.isfinite(v)})
-            for key, path in files.items():
+            for path in files.values():
                 rl.log_artifact(path, str(path.parent.relative_to(stage)) if path.parent != stage else None)
             final = _publish(stage, out)
         except BaseException as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,12 @@ DISAGREEMENT = {  # (truth, prediction) -> colour
 }
 
 
+def _hex(rgb: Sequence[int]) -> str:
+    """``#rrggbb`` of an RGB triple (0..255), for matplotlib."""
+    r, g, b = (int(v) for v in rgb[:3])
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
 def _figure(img: np.ndarray, title: str, legend: list[tuple[tuple[int, int, int], str]] | None = None) -> Figure:
     h, w = img.shape[:2]
     fig = Figure(figsize=(8, 8 * h / max(w, 1) + 0.6), dpi=100)
@@ -29,7 +36,7 @@ def _figure(img: np.ndarray, title: str, legend: list[tuple[tuple[int, int, int]
     ax.set_axis_off()
     fig.suptitle(title, fontsize=11)
     if legend:
-        fig.legend(handles=[Patch(color=np.array(c) / 255, label=t) for c, t in legend], loc="lower center",
+        fig.legend(handles=[Patch(color=_hex(c), label=t) for c, t in legend], loc="lower center",
                    ncol=len(legend), fontsize=8, frameon=False)
     return fig
 
@@ -81,9 +88,9 @@ def write_previews(scene: Scene, labels: Path, mask: Path, out_dir: Path, max_si
     }
     paths = []
     for name, fig in figs.items():
-        p = out_dir / f"{name}.png"
-        fig.savefig(p)
-        paths.append(p)
+        png = out_dir / f"{name}.png"
+        fig.savefig(png)
+        paths.append(png)
     return paths
 
 

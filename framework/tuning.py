@@ -19,6 +19,7 @@ training pixels a classifier is given are ever used; the test scene never reache
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import math
@@ -237,7 +238,7 @@ def tune(build: Callable[..., Any], grid: Mapping[str, Sequence[Any]] | None, X:
                 log.info("%s: %s cv %s %s = %.4f ± %.4f", spec.where, spec.cv, spec.scoring,
                          candidate_key(cand) or "defaults", at_once[n].mean, at_once[n].std)
                 continue
-            s = cv_score(lambda c=cand: build(**c), X, y, tuning_cv, spec.scoring,
+            s = cv_score(functools.partial(build, **cand), X, y, tuning_cv, spec.scoring,
                          groups if spec.cv == "spatial" else None, fit_params)
             results.append(s)
             if len(candidates) > 1:

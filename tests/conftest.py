@@ -1,24 +1,28 @@
-"""Shared fixtures: isolated MLflow stores and caches, tiny SYNTHETIC scenes, the real shared data."""
+"""Shared fixtures: isolated MLflow stores and caches, tiny SYNTHETIC scenes, the seed-study files (real when
+../shared holds them, else generated SYNTHETIC equivalents)."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from seed_files import SeedFiles, seed_files
 
 from cropseg.testing import write_tiny_scene
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data" / "sacramento-dwr-2015"
+# the real seed-study files: downloaded into the clone's data/ (README), or in a shared/ folder beside it
+SEED_DIRS = (REPO / "data" / "sacramento-dwr-2015", REPO.parent / "shared" / "data" / "sacramento-dwr-2015")
 
 
-@pytest.fixture
-def shared_data() -> Path:
-    """The real seed-study files in ../shared (the test is skipped when they are absent)."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"real seed-study data not found at {SHARED_DATA}")
-    return SHARED_DATA
+@pytest.fixture(scope="session")
+def seed_data(tmp_path_factory: pytest.TempPathFactory) -> SeedFiles:
+    """The seed study's six input files: the real ones in data/ or ../shared when present, else SYNTHETIC equivalents
+    (tests/seed_files.py) with the same names and formats; ``seed_data.expected`` says what each holds."""
+    return seed_files(SEED_DIRS, tmp_path_factory.mktemp("seed-study"))
 
 
 @pytest.fixture
@@ -34,6 +38,33 @@ def tiny_pair(tmp_path: Path):
     return write_tiny_scene(d, name="train", seed=1), write_tiny_scene(d, name="test", seed=2)
 
 
+@dataclass(frozen=True)
+class TinyRun:
+    """One finished run on a tiny SYNTHETIC pair, shared by the tests that only read its results."""
+
+    result: Any  # cropseg.api.RunResult
+    tracking_uri: str
+    workdir: Path  # the working directory during the run (the run's output_dir is workdir / "out")
+    cwd_after: str  # os.getcwd() right after cropseg.run returned
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> TinyRun:
+    """``cropseg.run`` once per session on a tiny synthetic pair (local source, default stages), run from
+    its own working directory with its own sqlite store."""
+    import cropseg
+    from cropseg.testing import local_overrides
+
+    d = tmp_path_factory.mktemp("tiny-run")
+    pair = write_tiny_scene(d / "tiny", name="train", seed=1), write_tiny_scene(d / "tiny", name="test", seed=2)
+    uri = f"sqlite:///{d / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(d)
+        result = cropseg.run([*local_overrides(*pair), f"tracking.uri={uri}"], output_dir=d / "out")
+        cwd_after = os.getcwd()
+    return TinyRun(result, uri, d, cwd_after)
+
+
 @pytest.fixture
 def cli_env(tmp_path: Path, tracking_uri: str) -> dict[str, str]:
     """Environment for running the ``cropseg`` command in a subprocess, isolated from the user's stores."""
@@ -46,20 +77,43 @@ def cli_env(tmp_path: Path, tracking_uri: str) -> dict[str, str]:
 EXAMPLE_PLUGIN = REPO / "examples" / "cropseg-nearest-centroid"
 
 
+@dataclass(frozen=True)
+class InstalledPlugin:
+    """The example plugin installed into a throwaway folder ``site`` (never into the test environment):
+    ``env(base)`` is a subprocess environment that sees it (``PYTHONPATH``)."""
+
+    source: Path
+    site: Path
+
+    def env(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        env = dict(os.environ if base is None else base)
+        env["PYTHONPATH"] = os.pathsep.join([str(self.site), *filter(None, [env.get("PYTHONPATH")])])
+        return env
+
+
 @pytest.fixture(scope="session")
-def example_plugin() -> Path:
-    """The example third-party plugin (examples/cropseg-nearest-centroid) pip-installed into this test
-    environment, offline: no dependencies, no build isolation (the environment's setuptools builds it).
-    A plain (not editable) install, so this very process finds its entry point and module at once."""
-    import importlib
+def example_plugin_site(tmp_path_factory: pytest.TempPathFactory) -> InstalledPlugin:
+    """The example third-party plugin (examples/cropseg-nearest-centroid) pip-installed offline (no dependencies,
+    no build isolation: this environment's setuptools builds it) with ``--target`` into a temporary folder,
+    from a copy of its source (the build writes build/ and *.egg-info beside the source)."""
     import shutil
     import subprocess
     import sys
 
-    shutil.rmtree(EXAMPLE_PLUGIN / "build", ignore_errors=True)  # setuptools' in-tree build folder (ignored)
+    tmp = tmp_path_factory.mktemp("example-plugin")
+    src = shutil.copytree(EXAMPLE_PLUGIN, tmp / "src", ignore=shutil.ignore_patterns("build", "*.egg-info",
+                                                                                   "__pycache__"))
+    site = tmp / "site"
     proc = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                           "--no-index", "--disable-pip-version-check", str(EXAMPLE_PLUGIN)],
+                           "--no-index", "--disable-pip-version-check", "--target", str(site), str(src)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    importlib.invalidate_caches()
-    return EXAMPLE_PLUGIN
+    return InstalledPlugin(EXAMPLE_PLUGIN, site)
+
+
+@pytest.fixture
+def example_plugin(example_plugin_site: InstalledPlugin, monkeypatch: pytest.MonkeyPatch) -> InstalledPlugin:
+    """The installed example plugin, visible to this test's process through ``sys.path`` (restored after the
+    test) and to its subprocesses through ``example_plugin.env(...)``."""
+    monkeypatch.syspath_prepend(str(example_plugin_site.site))
+    return example_plugin_site

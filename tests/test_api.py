@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -14,14 +13,12 @@ from cropseg.errors import CropsegError
 from cropseg.testing import local_overrides
 
 
-def test_run_from_python(tmp_path, tiny_pair, tracking_uri, monkeypatch):
-    train, test = tiny_pair
-    monkeypatch.chdir(tmp_path)
-    cwd = os.getcwd()
-    result = cropseg.run([*local_overrides(train, test), f"tracking.uri={tracking_uri}"],
-                         output_dir=tmp_path / "out")
-    assert os.getcwd() == cwd
-    assert result.output_dir == (tmp_path / "out").resolve()
+@pytest.mark.slow
+def test_run_from_python(tiny_run):
+    """cropseg.run (the session's shared run, started in its own working directory) keeps the directory."""
+    result, tracking_uri = tiny_run.result, tiny_run.tracking_uri
+    assert Path(tiny_run.cwd_after).resolve() == tiny_run.workdir.resolve()
+    assert result.output_dir == (tiny_run.workdir / "out").resolve()
     assert result.outputs["test_mask"].is_file() and result.outputs["segments"].is_file()
     assert result.metrics["test_crop_f1"] > 0.95
     run = MlflowClient(tracking_uri).get_run(result.run_id)
@@ -30,6 +27,7 @@ def test_run_from_python(tmp_path, tiny_pair, tracking_uri, monkeypatch):
     assert "test crop F1" in result.summary()
 
 
+@pytest.mark.slow
 def test_mapping_overrides_and_errors(tmp_path, tiny_pair, tracking_uri):
     train, test = tiny_pair
     overrides = dict(o.split("=", 1) for o in local_overrides(train, test))

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from cropseg.config import VERSION_BASE, compose as cropseg_compose, conf_dir, experiments_dir, register_experiments
+from cropseg.config import VERSION_BASE, conf_dir, experiments_dir, register_experiments
+from cropseg.config import compose as cropseg_compose
 from cropseg.errors import ConfigError
 from cropseg.pipeline import build_stages
 from cropseg.types import MaskFilter, Vectorizer

@@ -26,8 +26,10 @@ class TestRegisteredClassifiers(ClassifierConformance):
         return request.param
 
 
+@pytest.mark.slow
 class TestExamplePlugin(ClassifierConformance):
-    """The example package, pip-installed by the session fixture (collected even before it is installed)."""
+    """The example package, pip-installed into a temporary folder by the session fixture and put on sys.path
+    for each test (collected even before it is installed)."""
 
     name = EXAMPLE
 

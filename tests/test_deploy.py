@@ -38,6 +38,8 @@ from cropseg_plugins.sample.synth import generate_scene
 REGISTERED = "cropseg-sample-knn"
 BANDS = ["blue", "green", "red", "nir"]
 
+pytestmark = pytest.mark.slow  # every test reads a trained run and its deployed model, end to end
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
@@ -260,6 +262,7 @@ def _post(url: str, payload: dict) -> dict:
         return json.loads(resp.read())
 
 
+@pytest.mark.slow
 def test_mlflow_models_serve(trained, new_scene, tmp_path):
     uri = trained["uri"]
     loaded = load_pipeline_model(uri, f"models:/{REGISTERED}/1")

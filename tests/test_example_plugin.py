@@ -1,6 +1,7 @@
-"""The example third-party plugin (examples/cropseg-nearest-centroid), pip-installed into the test
-environment: discovered with its distribution and version, selectable as ``classifier=nearest_centroid``
-through the config it ships, and its own test suite (cropseg's conformance suite) passes."""
+"""The example third-party plugin (examples/cropseg-nearest-centroid), pip-installed into a throwaway folder
+(never the test environment): discovered with its distribution and version, selectable as
+``classifier=nearest_centroid`` through the config it ships, and its own test suite (cropseg's conformance
+suite) passes; the environment the tests run in is left without it."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import subprocess
 import sys
 from importlib import metadata
 
+import pytest
 from mlflow import MlflowClient
 
 from cropseg.plugins import Registry, get_plugin_manager
@@ -30,7 +32,7 @@ def test_installed_and_registered_with_its_distribution(example_plugin):
 
 
 def test_cropseg_plugins_lists_it(example_plugin, tmp_path, cli_env):
-    proc = cropseg_cli(["plugins"], tmp_path, cli_env)
+    proc = cropseg_cli(["plugins"], tmp_path, example_plugin.env(cli_env))
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     stages = [ln.rstrip(":") for ln in lines if ln and not ln.startswith(" ")]
@@ -41,9 +43,11 @@ def test_cropseg_plugins_lists_it(example_plugin, tmp_path, cli_env):
     assert any(ln.split()[:2] == ["classifier/nearest_centroid", DIST] for ln in lines if ln.split())
 
 
+@pytest.mark.slow
 def test_cli_runs_it_by_name(example_plugin, tmp_path, tiny_pair, cli_env, tracking_uri):
     train, test = tiny_pair
-    proc = cropseg_cli(local_overrides(train, test, classifier="nearest_centroid"), tmp_path, cli_env)
+    args = local_overrides(train, test, classifier="nearest_centroid")
+    proc = cropseg_cli(args, tmp_path, example_plugin.env(cli_env))
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = MlflowClient(tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("cropseg").experiment_id])
@@ -57,8 +61,22 @@ def test_cli_runs_it_by_name(example_plugin, tmp_path, tiny_pair, cli_env, track
     assert m["test_crop_f1"] > 0.9
 
 
+@pytest.mark.slow
 def test_its_own_conformance_suite_passes(example_plugin, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(example_plugin / "tests")],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           str(example_plugin.source / "tests")],
+                          cwd=tmp_path, env=example_plugin.env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "8 passed" in proc.stdout
+
+
+def test_the_test_environment_is_left_without_it(example_plugin_site, tmp_path, cli_env):
+    """The install went to a temporary folder: the environment's own ``cropseg plugins`` and package metadata
+    do not know the plugin (the session fixture has installed it by now)."""
+    assert (example_plugin_site.site / "cropseg_nearest_centroid").is_dir()
+    proc = cropseg_cli(["plugins"], tmp_path, cli_env)
+    assert proc.returncode == 0, proc.stderr
+    assert "nearest_centroid" not in proc.stdout and "knn" in proc.stdout
+    code = f"from importlib import metadata; metadata.version({DIST!r})"
+    probe = subprocess.run([sys.executable, "-c", code], env=cli_env, capture_output=True, text=True, timeout=60)
+    assert probe.returncode == 1 and "PackageNotFoundError" in probe.stderr

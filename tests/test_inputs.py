@@ -1,8 +1,9 @@
 """Inputs: Planet metadata XML, vector ground truth and AOIs (synthetic and the real seed-study files), and
 the ``local`` source.
 
-Tests marked ``shared`` read the real files in ``../shared/data/sacramento-dwr-2015`` (beside the repository)
-and are skipped when that directory is absent; they are never copied into the repository.
+Tests marked ``shared`` read the seed study's files through the ``seed_data`` fixture: the real ones in
+``../shared/data/sacramento-dwr-2015`` (beside the repository, never copied into it) when present, else SYNTHETIC
+equivalents generated in the same formats (tests/seed_files.py), so they run on any clone.
 """
 
 from __future__ import annotations
@@ -28,10 +29,6 @@ from cropseg.types import DWR_CROP_CLASSES, RasterGroundTruth, Scene, SceneSet, 
 from cropseg.vector import read_aoi, read_vector
 from cropseg_plugins.local import LocalSource
 from cropseg_plugins.rasterize import RasterizeLabeler
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "sacramento-dwr-2015"
-requires_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"real seed-study data not found at {SHARED}")
-
 
 TO_LL = Transformer.from_crs("EPSG:32610", "EPSG:4326", always_xy=True)
 TO_UTM = Transformer.from_crs("EPSG:4326", "EPSG:32610", always_xy=True)
@@ -73,28 +70,21 @@ def test_metadata_of_the_tiny_scene(tmp_path):
 
 
 @pytest.mark.shared
-@requires_shared
-def test_parse_real_train_metadata():
-    meta = parse_metadata(SHARED / "train_scene_cropped_metadata.xml")
-    assert meta.scene_id == "20160831_180231_0e0e"
-    assert meta.acquired == datetime(2016, 8, 31, 18, 2, 31, tzinfo=timezone.utc)
-    assert meta.acquired.isoformat() == "2016-08-31T18:02:31+00:00"
-    assert meta.gains() == (2.2272053411087134e-05, 2.3286941101653296e-05, 2.617770294902722e-05,
-                            3.857934042956696e-05)
+@pytest.mark.parametrize("role", ["train", "test"])
+def test_parse_seed_metadata(seed_data, role):
+    expected = seed_data.expected[role]
+    meta = parse_metadata(seed_data.path(f"{role}_scene_cropped_metadata.xml"))
+    assert meta.scene_id == expected["scene_id"]
+    assert meta.acquired == datetime.fromisoformat(expected["acquired"])
+    assert meta.acquired.tzinfo is not None and meta.acquired.isoformat() == expected["acquired"]
     assert meta.epsg == 32610
     assert meta.num_bands == 4
-
-
-@pytest.mark.shared
-@requires_shared
-def test_parse_real_test_metadata():
-    meta = parse_metadata(SHARED / "test_scene_cropped_metadata.xml")
-    assert meta.scene_id == "20160831_180257_0e26"
-    assert meta.acquired == datetime(2016, 8, 31, 18, 2, 57, tzinfo=timezone.utc)
-    assert meta.epsg == 32610
     gains = meta.gains()
     assert len(gains) == 4 and all(1e-5 < g < 1e-4 for g in gains)
-    assert gains != parse_metadata(SHARED / "train_scene_cropped_metadata.xml").gains()
+    if expected["gains"] is not None:
+        assert gains == expected["gains"]
+    other = parse_metadata(seed_data.path(f"{'test' if role == 'train' else 'train'}_scene_cropped_metadata.xml"))
+    assert gains != other.gains() and meta.scene_id != other.scene_id
 
 
 @pytest.mark.parametrize("content", [
@@ -124,15 +114,15 @@ def test_metadata_with_a_bad_coefficient(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------
-# vector files: the real DWR ground truth and AOIs
+# vector files: the DWR ground truth and AOIs of the seed study (real, or synthetic equivalents)
 # --------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.shared
-@requires_shared
-@pytest.mark.parametrize("role,count", [("train", 221), ("test", 340)])
-def test_read_real_ground_truth(role, count):
-    path = SHARED / f"ground-truth-{role}.geojson"
+@pytest.mark.parametrize("role", ["train", "test"])
+def test_read_seed_ground_truth(seed_data, role):
+    count = seed_data.expected[role]["features"]
+    path = seed_data.path(f"ground-truth-{role}.geojson")
     assert path.read_text().lstrip().startswith("[")  # a bare list of features, which GDAL does not read
     gdf = read_vector(path)
     assert len(gdf) == count
@@ -140,15 +130,14 @@ def test_read_real_ground_truth(role, count):
     assert set(gdf["CLASS1"]) <= set("GRFPTDCV")
     assert set(gdf.geometry.geom_type) <= {"Polygon", "MultiPolygon"}
     # every polygon lies inside the role's AOI (the files are clipped to it)
-    aoi = read_aoi(SHARED / f"aoi-{role}.geojson", "EPSG:4326")
+    aoi = read_aoi(seed_data.path(f"aoi-{role}.geojson"), "EPSG:4326")
     assert gdf.intersects(aoi).all()
 
 
 @pytest.mark.shared
-@requires_shared
 @pytest.mark.parametrize("role", ["train", "test"])
-def test_read_real_aoi_in_utm(role):
-    path = SHARED / f"aoi-{role}.geojson"
+def test_read_seed_aoi_in_utm(seed_data, role):
+    path = seed_data.path(f"aoi-{role}.geojson")
     raw = json.loads(path.read_text())
     assert raw["type"] == "Polygon"  # a bare geometry
     aoi = read_aoi(path, "EPSG:32610")
@@ -174,12 +163,11 @@ def blank_scene_over(aoi: shapely.Geometry, path: Path, res: float = 30.0) -> Pa
 
 
 @pytest.mark.shared
-@requires_shared
 @pytest.mark.parametrize("role", ["train", "test"])
-def test_rasterize_real_ground_truth_matches_polygon_area(tmp_path, role):
-    aoi = read_aoi(SHARED / f"aoi-{role}.geojson", "EPSG:32610")
+def test_rasterize_seed_ground_truth_matches_polygon_area(seed_data, tmp_path, role):
+    aoi = read_aoi(seed_data.path(f"aoi-{role}.geojson"), "EPSG:32610")
     image = blank_scene_over(aoi, tmp_path / "blank.tif")
-    gt_path = SHARED / f"ground-truth-{role}.geojson"
+    gt_path = seed_data.path(f"ground-truth-{role}.geojson")
     scene = Scene(name=role, path=image, gains=(1e-4,) * 4, nodata=None, ground_truth=VectorGroundTruth(gt_path))
     res = RasterizeLabeler().label(scene, tmp_path / "labels.tif")
     grid = scene.grid
@@ -379,3 +367,21 @@ def test_local_inconsistent_image_options(tmp_path, pair):
         LocalSource(train_image=str(train.image), ground_truth=gt).load(tmp_path)
     with pytest.raises(ConfigError, match="ground_truth"):
         LocalSource(train_image=str(train.image), test_image=str(test.image)).load(tmp_path)
+
+
+def test_generated_seed_equivalents_read_like_the_real_files(tmp_path):
+    """The SYNTHETIC stand-ins for the seed-study files (used when the real ones are absent) parse through the
+    same readers, whichever set the ``seed_data`` fixture picked on this machine."""
+    from seed_files import write_seed_equivalents
+
+    seed = write_seed_equivalents(tmp_path)
+    assert not seed.real
+    for role in ("train", "test"):
+        meta = parse_metadata(seed.path(f"{role}_scene_cropped_metadata.xml"))
+        assert meta.scene_id == seed.expected[role]["scene_id"] and meta.gains() == seed.expected[role]["gains"]
+        assert "SYNTHETIC" in seed.path(f"{role}_scene_cropped_metadata.xml").read_text()
+        gdf = read_vector(seed.path(f"ground-truth-{role}.geojson"))
+        assert len(gdf) == seed.expected[role]["features"] > 50
+        assert gdf["SYNTHETIC"].all() and {"Polygon", "MultiPolygon"} <= set(gdf.geometry.geom_type)
+        assert gdf.geometry.apply(lambda g: len(getattr(g, "interiors", ()))).max() == 1  # farmstead holes
+        assert gdf.within(read_aoi(seed.path(f"aoi-{role}.geojson"), "EPSG:4326")).all()

@@ -11,7 +11,6 @@ from hydra.utils import instantiate
 from cropseg.config import VERSION_BASE, conf_dir, register_experiments
 
 
-
 def _compose(overrides):
     register_experiments()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base=VERSION_BASE, job_name="cropseg"):

@@ -11,9 +11,6 @@ import subprocess
 import geopandas as gpd
 import pytest
 
-import cropseg
-from cropseg.testing import local_overrides
-
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--virtual-time-budget=5000"]
@@ -28,9 +25,10 @@ def chromium() -> str:
     return exe
 
 
-def test_map_renders_layers_in_headless_chromium(tmp_path, tiny_pair, tracking_uri):
+@pytest.mark.slow
+def test_map_renders_layers_in_headless_chromium(tmp_path, tiny_run):
     exe = chromium()
-    result = cropseg.run([*local_overrides(*tiny_pair), f"tracking.uri={tracking_uri}"], output_dir=tmp_path / "out")
+    result = tiny_run.result  # the session's shared run on a tiny synthetic pair
     html_path = result.outputs["map"]
     html = html_path.read_text()
     assert "cdn.jsdelivr" not in html and "L.map(" in html  # Leaflet inlined, no CDN needed

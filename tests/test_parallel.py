@@ -15,8 +15,8 @@ import rasterio
 
 from cropseg.errors import ClusterError, ConfigError
 from cropseg.parallel import BlockExecutor, ParallelConfig, current_executor, task_threads, use_executor
-from cropseg.scene_ops import apply_filters, predict_scene
 from cropseg.sampling import sample_training_pixels
+from cropseg.scene_ops import apply_filters, predict_scene
 from cropseg.testing import TINY_COEFFICIENTS, write_tiny_scene
 from cropseg.types import Scene, VectorGroundTruth
 from cropseg_plugins.bands import BandFeatures
@@ -163,6 +163,7 @@ def _read(path: Path) -> np.ndarray:
         return src.read(1)
 
 
+@pytest.mark.slow
 def test_prediction_and_filters_on_a_dask_cluster_equal_the_serial_path(tmp_path, dask_cluster, tiny_model):
     from distributed import Client, get_task_stream
 
@@ -195,15 +196,27 @@ def test_prediction_and_filters_on_a_dask_cluster_equal_the_serial_path(tmp_path
     assert len(workers) == 2
 
 
-def test_a_run_on_the_dask_cluster_equals_the_serial_run(tmp_path, dask_cluster, tiny_pair, tracking_uri):
-    """The whole pipeline with ``parallel.backend=dask`` and the cluster's scheduler address writes the same
-    masks and reports the same scores as the serial run."""
+@pytest.fixture(scope="module")
+def serial_run(tmp_path_factory):
+    """One serial run on a tiny SYNTHETIC pair, shared by the tests comparing other executors with it: its
+    overrides (less the backend) and result."""
     import cropseg
     from cropseg.testing import local_overrides
 
-    base = [*local_overrides(*tiny_pair), f"tracking.uri={tracking_uri}", "block_size=16",
-            f"cache_dir={tmp_path / 'cache'}", "tracking.log_model=false", "classifier.k_grid=[5]"]
-    serial = cropseg.run([*base, "parallel.backend=serial"], output_dir=tmp_path / "serial")
+    d = tmp_path_factory.mktemp("serial-run")
+    pair = write_tiny_scene(d, name="train", seed=1), write_tiny_scene(d, name="test", seed=2)
+    base = [*local_overrides(*pair), f"tracking.uri=sqlite:///{d / 'mlflow.db'}", "block_size=16",
+            f"cache_dir={d / 'cache'}", "tracking.log_model=false", "classifier.k_grid=[5]"]
+    return base, cropseg.run([*base, "parallel.backend=serial"], output_dir=d / "serial")
+
+
+@pytest.mark.slow
+def test_a_run_on_the_dask_cluster_equals_the_serial_run(tmp_path, dask_cluster, serial_run):
+    """The whole pipeline with ``parallel.backend=dask`` and the cluster's scheduler address writes the same
+    masks and reports the same scores as the serial run."""
+    import cropseg
+
+    base, serial = serial_run
     dask = cropseg.run([*base, "parallel.backend=dask", f"parallel.scheduler={dask_cluster}"],
                        output_dir=tmp_path / "dask")
     for key in ("test_mask_raw", "test_mask"):
@@ -220,6 +233,7 @@ def _where(ctx, item):
     return item * ctx, os.getpid(), threading.current_thread().name, task_threads()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("processes", [True, False])
 def test_local_cluster_starts_maps_in_order_and_stops(processes):
     import os
@@ -243,18 +257,17 @@ def test_local_cluster_starts_maps_in_order_and_stops(processes):
     assert ex._client is None and cluster.status.name == "closed"
 
 
-def test_a_default_run_equals_the_serial_run(tmp_path, tiny_pair, tracking_uri):
+@pytest.mark.slow
+def test_a_default_run_equals_the_serial_run(tmp_path, serial_run):
     """The run config's default (``parallel.backend=dask``, an in-process LocalCluster) writes the same
     masks and scores as ``parallel.backend=serial``."""
     import cropseg
-    from cropseg.testing import local_overrides
 
-    base = [*local_overrides(*tiny_pair), f"tracking.uri={tracking_uri}", "block_size=16",
-            f"cache_dir={tmp_path / 'cache'}", "tracking.log_model=false", "classifier.k_grid=[5]"]
+    base, serial = serial_run
     default = cropseg.run(base, output_dir=tmp_path / "default")
-    serial = cropseg.run([*base, "parallel.backend=serial"], output_dir=tmp_path / "serial")
     import mlflow
 
+    tracking_uri = next(o.split("=", 1)[1] for o in base if o.startswith("tracking.uri="))
     logged = mlflow.MlflowClient(tracking_uri).get_run(default.run_id).data.params
     assert logged["parallel.backend"] == "dask" and logged["parallel.processes"] == "False"
     for key in ("test_mask_raw", "test_mask"):

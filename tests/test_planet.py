@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 import rasterio
 from mlflow import MlflowClient
+from planet_double import CLOUD, SPEC, PlanetDouble, default_scenes, utm_box_geojson
 from rasterio.windows import Window
 
 from cropseg.errors import ConfigError, InputFileError, SourceError
 from cropseg_plugins.planet import PlanetSource
 from cropseg_plugins.planet.search import AoiCover, Candidate, rank
-from planet_double import CLOUD, SPEC, PlanetDouble, default_scenes, utm_box_geojson
 
 FAKE_KEY = "PLAK-cropseg-fake-key-5f1c0e9a7d3b4e21"
 DEAD_PROXY = "http://127.0.0.1:9"
@@ -441,11 +441,11 @@ def readme_seed_command() -> list[str]:
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     start = text.index(".venv/bin/cropseg +experiment=seed_knn source=planet")
     block = text[start:text.index("```", start)]
-    return shlex.split(block.replace("\\\n", " ").replace("$D", "SHARED_DATA"))[1:]
+    return shlex.split(block.replace("\\\n", " ").replace("$D", "SEED_DATA"))[1:]
 
 
 @pytest.mark.shared
-def test_readme_seed_command_composes_and_validates_offline(shared_data, offline_env, monkeypatch):
+def test_readme_seed_command_composes_and_validates_offline(seed_data, offline_env, monkeypatch):
     """The seed's acquisition command is valid as written: its config composes, its AOIs and ground truth
     are read, and the order request builds with the SDK offline (spec from the shipped copy, since the
     live API is unreachable here)."""
@@ -455,7 +455,7 @@ def test_readme_seed_command_composes_and_validates_offline(shared_data, offline
     from cropseg.pipeline import build_stages
     from cropseg_plugins.planet.client import seed_bundles_spec
 
-    args = [a.replace("SHARED_DATA", str(shared_data)) for a in readme_seed_command()]
+    args = [a.replace("SEED_DATA", str(seed_data.directory)) for a in readme_seed_command()]
     assert "source.train.scene_id='20160831_180231_0e0e'" in args and "+experiment=seed_knn" in args
     stages = build_stages(compose(args))
     src = stages.source

@@ -42,6 +42,7 @@ def work(tmp_path):
 CLASSIFIERS = ["knn", "random_forest", "hist_gradient_boosting", "logistic_regression"]
 
 
+@pytest.mark.slow
 def test_parallel_sweep_on_fresh_store_then_compare(work, tiny_pair, cli_env, tracking_uri, tmp_path):
     """Four classifiers through the joblib launcher (two processes at once) on a store that does not exist yet."""
     assert not Path(tracking_uri.removeprefix("sqlite:///")).exists()
@@ -88,6 +89,7 @@ def test_parallel_sweep_on_fresh_store_then_compare(work, tiny_pair, cli_env, tr
     assert version.run_id == rows[0]["run id"]
 
 
+@pytest.mark.slow
 def test_sweep_with_a_failing_job(work, tiny_pair, cli_env, tracking_uri, tmp_path):
     """One job's ground truth has no crop polygons: it ends FAILED, the other finishes, exit code 1."""
     train, test = tiny_pair
@@ -157,6 +159,7 @@ def mlflow_server(tmp_path):
         log.close()
 
 
+@pytest.mark.slow
 def test_parallel_sweep_against_mlflow_server(work, tiny_pair, cli_env, mlflow_server):
     env = dict(cli_env, MLFLOW_TRACKING_URI=mlflow_server)
     args = ["--multirun", "hydra/launcher=parallel", *local_overrides(*tiny_pair)[:-1],
@@ -195,9 +198,10 @@ def test_unreachable_server_fails_before_the_sweep(work, tiny_pair, cli_env):
     assert not (work / "multirun").exists()
 
 
+@pytest.mark.slow
 def test_sweep_over_the_example_third_party_plugin(example_plugin, work, tiny_pair, cli_env, tracking_uri):
     args = ["--multirun", *local_overrides(*tiny_pair)[:-1], "classifier=knn,nearest_centroid"]
-    proc = run_cli(args, work, cli_env)
+    proc = run_cli(args, work, example_plugin.env(cli_env))
     assert proc.returncode == 0, proc.stderr[-4000:]
     _, parents, children = sweep_runs(tracking_uri)
     assert len(parents) == 1 and all(c.info.status == "FINISHED" for c in children)
@@ -206,6 +210,7 @@ def test_sweep_over_the_example_third_party_plugin(example_plugin, work, tiny_pa
     assert tags["nearest_centroid"]["cropseg.classifier.nearest_centroid.version"].startswith("cropseg-nearest-centroid ")
 
 
+@pytest.mark.slow
 def test_optuna_sweeper_maximises_the_spatial_cv_score(work, tiny_pair, cli_env, tracking_uri):
     """Hydra's Optuna sweeper tunes KNN's k on the training scene's spatial-CV score, never the test score."""
     import yaml

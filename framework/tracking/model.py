@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.pyfunc import PythonModel
 
 from ..errors import ModelError, ModelInputError, TrackingError
 from ..inference import CLASSIFIER_FILE, SPEC_FILE, InferencePipeline
@@ -67,7 +68,7 @@ class ServedInputError(MlflowException, ModelInputError):
     scoring server answers with HTTP 400 and this message."""
 
 
-class CropsegPipelineModel(mlflow.pyfunc.PythonModel):
+class CropsegPipelineModel(PythonModel):
     """The pyfunc face of :class:`cropseg.inference.InferencePipeline`."""
 
     pipeline: InferencePipeline

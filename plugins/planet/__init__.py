@@ -23,8 +23,18 @@ from cropseg.errors import ConfigError, SourceError
 from cropseg.scenes import UNCOVERED, aoi_geometry, existing_path, make_ground_truth
 from cropseg.types import DWR_CROP_CLASSES, SceneSet
 
-from .search import (RULES, AoiCover, Candidate, build_filter, candidate, choose, describe_filter, parse_time, rank,
-                     table)
+from .search import (
+    RULES,
+    AoiCover,
+    Candidate,
+    build_filter,
+    candidate,
+    choose,
+    describe_filter,
+    parse_time,
+    rank,
+    table,
+)
 
 log = logging.getLogger("cropseg.planet")
 ROLES = ("train", "test")

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+from cropseg_nearest_centroid import NearestCentroidClassifier
 
 from cropseg.conformance import ClassifierConformance, separable_pixels
-from cropseg_nearest_centroid import NearestCentroidClassifier
 
 
 class TestNearestCentroidConformance(ClassifierConformance):
