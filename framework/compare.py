@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, CropsegError
+from .errors import ConfigError
 from .naming import chosen_label, fmt_value
 from .tracking import TAG_PREFIX, Tracker, register_run_model
 

@@ -169,7 +169,7 @@ def kneighbors_labels(X: np.ndarray, y: np.ndarray, Q: np.ndarray, k: int,
         order = np.argsort(codes, kind="stable")
         d_out = np.empty((len(part), k))
         l_out = np.empty((len(part), k), dtype=np.int64)
-        kernel.kneighbors(np.ascontiguousarray(part[order]), pts, labels, *nodes, k, d_out, l_out)
+        kernel.kneighbors(np.ascontiguousarray(part[order]), pts, labels, *nodes, k, d_out, l_out)  # type: ignore[call-arg]  # numba
         dist[a + order], lab[a + order] = d_out, l_out
 
     if threads is None:

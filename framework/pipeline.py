@@ -25,13 +25,12 @@ from .errors import ConfigError, LabelError, PluginError
 from .evaluate import classification_report, confusion_from_rasters, iou, report_metrics
 from .lineage import TESTING, TRAINING, scene_refs
 from .naming import chosen_label, run_label
+from .parallel import BlockExecutor, ParallelConfig, use_executor
 from .plugins import Registry, check_labeler_fits, get_plugin_manager
 from .preflight import check_destinations, check_inputs
-from .scene_ops import Progress, apply_filters, predict_scene
-from .parallel import BlockExecutor, ParallelConfig, use_executor
-from .plugins import Registry, get_plugin_manager
 from .raster import DEFAULT_BLOCK, iter_windows
 from .sampling import sample_training_pixels
+from .scene_ops import apply_filters, predict_scene
 from .schema import check_framework_options
 from .tracking import TAG_PREFIX, Tracker, git_commit
 from .types import BAND_NAMES, Classifier, Features, Labeler, MaskFilter, PatchModel, Scene, Source, Vectorizer
@@ -243,7 +242,6 @@ def tcfg_run_name(cfg: DictConfig) -> str | None:
 
 def _run_stages(cfg: DictConfig, st: Stages, rl: Any, out: Path, t_start: float) -> RunResult:
     block = int(cfg.get("block_size", DEFAULT_BLOCK))
-    tcfg = cfg.get("train", {})
     rl.log_params(flatten(cfg))
     rl.log_dict(redact(cfg), "config/resolved_config.yaml")
     metrics: dict[str, float] = {}
@@ -407,6 +405,7 @@ def _fit_pixel_model(cfg: DictConfig, st: Stages, scenes: Any, labels: dict, rl:
     log.info("crop share: %.1f%% of the labelled training pixels, %.1f%% of the sample",
              100 * fractions["train_labelled_crop_fraction"], 100 * fractions["train_sample_crop_fraction"])
     t = time.perf_counter()
+    assert isinstance(st.classifier, Classifier)
     fit = st.classifier.fit(ts.X, ts.y, ts.groups)
     fit_s = time.perf_counter() - t
     log.info("fit %s in %.1f s %s", st.names["classifier"], fit_s, dict(fit.params) if fit else "")

@@ -30,10 +30,10 @@ import rasterio
 from . import __version__
 from .errors import ConfigError, InputFileError
 from .evaluate import classification_report, confusion_from_rasters, iou, report_metrics
-from .parallel import BlockExecutor, ParallelConfig, use_executor
-from .raster import DEFAULT_BLOCK, atomic_path, iter_windows
 from .lineage import PREDICTION, scene_refs
+from .parallel import BlockExecutor, ParallelConfig, use_executor
 from .preflight import check_output_dir
+from .raster import DEFAULT_BLOCK, atomic_path, iter_windows
 from .scenes import make_ground_truth
 from .tracking import TAG_PREFIX, Tracker, check_reachable, git_commit, resolve_uri
 from .types import CROP, DWR_CROP_CLASSES, NONCROP
@@ -252,7 +252,7 @@ def _predict_into(pipe: Any, scene: Any, stage: Path, block: int, labeler_name: 
 
 def _area_estimate(sample: Path, files: dict[str, Path], summary: dict[str, Any], metrics: dict[str, float],
                    stage: Path) -> None:
-    from .area_sample import estimate_metrics, estimate_area
+    from .area_sample import estimate_area, estimate_metrics
 
     est = estimate_area(files["mask"], sample)
     summary["area_estimate"] = {**est.to_dict(), "sample": str(sample)}

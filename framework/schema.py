@@ -130,7 +130,7 @@ def describe(tp: Any, plural: bool = False) -> str:
 
 def factory_hints(factory: Callable[..., Any]) -> dict[str, Any]:
     """The resolved type annotations of a plugin factory's parameters ({} when they cannot be resolved)."""
-    target = factory.__init__ if inspect.isclass(factory) else factory  # type: ignore[misc]
+    target = factory.__init__ if inspect.isclass(factory) else factory
     try:
         hints = typing.get_type_hints(target, include_extras=True)
     except Exception:  # noqa: BLE001 - unresolvable third-party annotations: no type checks, not an error

@@ -17,9 +17,9 @@ import numpy as np
 from rasterio.transform import array_bounds
 
 from cropseg import hookimpl
-from cropseg.schema import Range
 from cropseg.errors import GroundTruthError
 from cropseg.labels import write_label_raster
+from cropseg.schema import Range
 from cropseg.types import CROP, NONCROP, LabelRaster, Scene, VectorGroundTruth
 from cropseg.vector import ground_truth_for_grid
 

@@ -17,8 +17,15 @@ from typing import Any
 from cropseg import hookimpl
 from cropseg.errors import ConfigError
 from cropseg.raster import check_scene_raster
-from cropseg.scenes import (UNCOVERED, aoi_geometry, build_scene, check_ground_truth, existing_path, make_ground_truth,
-                            toa_gains)
+from cropseg.scenes import (
+    UNCOVERED,
+    aoi_geometry,
+    build_scene,
+    check_ground_truth,
+    existing_path,
+    make_ground_truth,
+    toa_gains,
+)
 from cropseg.types import DWR_CROP_CLASSES, Scene, SceneSet
 
 

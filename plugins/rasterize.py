@@ -16,10 +16,10 @@ import numpy as np
 from rasterio.transform import array_bounds
 
 from cropseg import hookimpl
-from cropseg.schema import Range
 from cropseg.errors import CRSMismatchError, GroundTruthError
 from cropseg.labels import write_label_raster
 from cropseg.raster import open_raster
+from cropseg.schema import Range
 from cropseg.types import CROP, IGNORE, NONCROP, LabelRaster, RasterGroundTruth, Scene, VectorGroundTruth
 from cropseg.vector import ground_truth_for_grid
 

@@ -17,8 +17,8 @@ from typing import Annotated
 import numpy as np
 
 from cropseg import hookimpl
-from cropseg.schema import Range
 from cropseg.errors import ConfigError
+from cropseg.schema import Range
 from cropseg.types import CROP, VectorResult
 
 

@@ -11,6 +11,8 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
+from rasterio.transform import from_origin
+
 from cropseg.area import AreaEstimate, SampleError, allocate, cochran_sample_size
 from cropseg.area_sample import (
     design_sample,
@@ -21,7 +23,6 @@ from cropseg.area_sample import (
 )
 from cropseg.cli import main
 from cropseg.errors import CRSMismatchError, InputFileError, RasterFormatError
-from rasterio.transform import from_origin
 
 # -- Olofsson et al. 2014, section 5 (worked example) --------------------------------------------------------
 # Olofsson, P., Foody, G.M., Herold, M., Stehman, S.V., Woodcock, C.E., Wulder, M.A. (2014). Good practices
