@@ -322,8 +322,28 @@ class RunLogger:
             inputs.append(DatasetInput(ds._to_mlflow_entity(), tags=[
                 InputTag("mlflow.data.context", ref.context), InputTag(f"{TAG_PREFIX}kind", ref.kind)]))
         if inputs:
-            self.client.log_inputs(self.run_id, datasets=inputs)
+            _log_inputs_retrying(self.client, self.run_id, inputs)
         self.set_tags({f"{TAG_PREFIX}data.{c}": combined_digest(list(refs), c) for c in sorted({r.context for r in refs})})
+
+
+def _log_inputs_retrying(client: Any, run_id: str, inputs: list[Any], attempts: int = 5) -> None:
+    """``client.log_inputs``, retried when another run registered the same dataset at the same moment: the
+    store checks for an existing dataset row, then inserts one, so two concurrent runs logging the same scene
+    into one experiment can both insert and one fails on the unique (experiment, name, digest) key. On the
+    retry the row exists and is reused."""
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(attempts):
+        try:
+            client.log_inputs(run_id, datasets=inputs)
+            return
+        except MlflowException as exc:
+            msg = str(exc)
+            duplicate = "datasets" in msg and any(t in msg for t in ("UNIQUE constraint", "Duplicate entry",
+                                                                       "duplicate key"))
+            if attempt == attempts - 1 or not duplicate:
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 def _clip(value: Any, n: int) -> str:
