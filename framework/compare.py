@@ -211,18 +211,27 @@ def compare(tracking_uri: str | None = None, experiment: str = "cropseg", sweep:
     rows = rank(collect(tracker, parent), rank_by)
     if not rows:
         raise ConfigError(f"no runs to compare in experiment {experiment!r}" + (f" under sweep {parent}" if parent else ""))
+    if not any(rank_by in r.metrics for r in rows):
+        known = sorted({m for r in rows for m in r.metrics if m.startswith(("test_", "cv_"))})
+        raise ConfigError(f"--rank-by {rank_by}: no compared run has this metric; e.g. "
+                          f"{', '.join(known[:8]) or 'none'}{' ...' if len(known) > 8 else ''}")
     params = key_params(rows)
     header, body = table(rows, params)
     out = Path(out_dir or Path("compare") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "comparison.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(header)
-        w.writerows(body)
-    (out / "comparison.md").write_text(markdown(header, body))
-    files = [out / "comparison.csv", out / "comparison.md", chart(rows, out / "comparison.png")]
-    with tempfile.TemporaryDirectory() as tmp:
-        panels = mask_panels(tracker, rows, out / "masks.png", window, Path(tmp))
+    try:
+        with open(out / "comparison.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(header)
+            w.writerows(body)
+        (out / "comparison.md").write_text(markdown(header, body))
+        files = [out / "comparison.csv", out / "comparison.md", chart(rows, out / "comparison.png")]
+        with tempfile.TemporaryDirectory() as tmp:
+            panels = mask_panels(tracker, rows, out / "masks.png", window, Path(tmp))
+    except BaseException:  # an error or a signal: no half-written comparison is left behind
+        for name in ("comparison.csv", "comparison.md", "comparison.png", "masks.png"):
+            (out / name).unlink(missing_ok=True)
+        raise
     if panels:
         files.append(panels)
     if parent:

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ClusterError, ConfigError
+from .signals import deferred
 
 log = logging.getLogger("cropseg")
 
@@ -134,10 +135,11 @@ class BlockExecutor:
 
     def close(self) -> None:
         client, cluster, self._client, self._cluster = self._client, self._cluster, None, None
-        if client is not None:
-            client.close()
-        if cluster is not None:
-            cluster.close()
+        with deferred():  # SIGTERM / Ctrl-C must not leave the cluster half closed
+            if client is not None:
+                client.close()
+            if cluster is not None:
+                cluster.close()
         if self._restore_log is not None:
             logger, level = self._restore_log
             self._restore_log = None
@@ -147,7 +149,14 @@ class BlockExecutor:
     def client(self) -> Any:
         """The ``distributed.Client`` (started on first use)."""
         if self._client is None:
-            self._client = self._connect()
+            with deferred():  # a signal during start-up would leave a half-made cluster and client
+                try:
+                    self._client = self._connect()
+                except BaseException:
+                    if self._cluster is not None:
+                        self._cluster.close()
+                        self._cluster = None
+                    raise
         return self._client
 
     def _connect(self) -> Any:

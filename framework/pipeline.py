@@ -153,6 +153,7 @@ def execute(cfg: DictConfig, *, output_dir: Path | None = None, parent_run_id: s
             with BlockExecutor(stages.parallel) as executor, use_executor(executor):
                 result = _run_stages(cfg, stages, rl, out, t_start)
         except BaseException as exc:
+            _discard_results(out)
             (out / "FAILED.txt").write_text(f"{type(exc).__name__}: {exc}\n")
             raise
     result.run_id = rl.run_id
@@ -160,6 +161,23 @@ def execute(cfg: DictConfig, *, output_dir: Path | None = None, parent_run_id: s
     result.tracking_uri = tracker.uri
     result.ui_hint = tracker.ui_hint()
     return result
+
+
+#: what a run writes into its output folder; removed when the run fails or is stopped, so nothing there
+#: looks like a result (Hydra's .hydra/ and the job log stay, beside FAILED.txt)
+RESULT_ENTRIES = ("labels", "prediction", "train_prediction", "segments", "reports", "previews", "map", "model",
+                  "metrics.json")
+
+
+def _discard_results(out: Path) -> None:
+    import shutil
+
+    for name in RESULT_ENTRIES:
+        p = out / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
 
 
 def _tags(stages: Stages) -> dict[str, str]:
@@ -338,6 +356,7 @@ def _log_model(rl: Any, st: Stages, scenes: Any, model_dir: Path, cfg: DictConfi
     from .inference import InferencePipeline, pipeline_spec
     from .tracking.model import log_pipeline_model, register_run_model
 
+    log.info("logging the pipeline as the run's MLflow model")
     spec = pipeline_spec(cfg, st, scenes.train, synthetic=scenes.synthetic, run_id=rl.run_id)
     pipe = InferencePipeline(spec, st.classifier, st.features, st.filters, st.vectorizers, st.registry)
     uri = log_pipeline_model(rl.client.tracking_uri, rl.run_id, pipe, pipe.example_rows(scenes.test), model_dir)

@@ -100,7 +100,10 @@ class Tracker:
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         self.uri = resolve_uri(uri)
         check_reachable(self.uri)
-        self.client = MlflowClient(tracking_uri=self.uri)
+        # constructing the client opens the store, which creates and migrates a fresh sqlite database:
+        # under the store lock, so that any number of processes may start at once on a new store
+        with _store_lock(self.uri):
+            self.client = MlflowClient(tracking_uri=self.uri)
         self.experiment_name = experiment
         if create:
             self.experiment_id = self._experiment(experiment, artifact_location)
@@ -149,8 +152,8 @@ class Tracker:
         logger = RunLogger(self.client, run.info.run_id, run.info.artifact_uri)
         try:
             yield logger
-        except KeyboardInterrupt:
-            self._end(logger, "KILLED", "interrupted by the user")
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM through cropseg.signals.Terminated
+            self._end(logger, "KILLED", str(exc) or "interrupted by SIGINT (Ctrl-C)")
             raise
         except BaseException as exc:
             user = isinstance(exc, CropsegError)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -60,6 +61,65 @@ def mlflow_uri(uri: str) -> Iterator[None]:
                 os.environ[k] = v
 
 
+#: most pixel rows one ``predict`` call (one served request) accepts; larger requests are refused with a
+#: 400 asking for batches (environment variable CROPSEG_SERVE_MAX_ROWS overrides it)
+MAX_ROWS = 100_000
+#: rows classified per chunk; between chunks a served request checks MLflow's request timeout
+CHUNK_ROWS = 20_000
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+class ServingInputError(ModelInputError, mlflow.exceptions.MlflowException):
+    """Pixel rows a served model refuses: ``mlflow models serve`` answers HTTP 400 with exactly this one-line
+    message (a :class:`cropseg.errors.ModelInputError` for callers in Python)."""
+
+    def __init__(self, message: str):
+        from mlflow.protos.databricks_pb2 import BAD_REQUEST
+
+        self._reason = message
+        mlflow.exceptions.MlflowException.__init__(self, message, error_code=BAD_REQUEST)
+
+    @property
+    def message(self) -> str:  # type: ignore[override]
+        """The one-line reason. MLflow's scoring server rewrites ``message`` to put the whole request in
+        front of it; the reason is kept as it is."""
+        return self._reason
+
+    @message.setter
+    def message(self, value: str) -> None:
+        pass
+
+    def __str__(self) -> str:
+        return self._reason
+
+
+def check_rows(df: pd.DataFrame, names: list[str]) -> np.ndarray:
+    """The band columns of ``df`` as a float64 array; a :class:`ServingInputError` naming the column and
+    row of the first value that is missing (null), not a number, not finite, or beyond float32 range
+    (reflectance is computed in float32, so 1e308 would become infinity)."""
+    missing = [n for n in names if n not in df.columns]
+    if missing:
+        raise ServingInputError(f"pixel rows: missing column(s) {', '.join(missing)} (expected {', '.join(names)})")
+    limit = int(os.environ.get("CROPSEG_SERVE_MAX_ROWS", MAX_ROWS))
+    if len(df) > limit:
+        raise ServingInputError(f"pixel rows: {len(df):,} rows in one request, at most {limit:,}; send the rows "
+                                f"in batches of up to {limit:,}")
+    cols = []
+    for name in names:
+        col = pd.to_numeric(df[name], errors="coerce").to_numpy(dtype=np.float64)
+        bad = ~np.isfinite(col) | (np.abs(col) > _F32_MAX)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raw = df[name].iloc[i]
+            what = ("null" if raw is None or (isinstance(raw, float) and np.isnan(raw)) else
+                    "not a number" if np.isnan(col[i]) else "not finite" if not np.isfinite(col[i])
+                    else "beyond float32 range")
+            raise ServingInputError(f"pixel rows: column {name!r}, row {i}: {raw!r} is {what}; reflectance "
+                                    f"values must be finite numbers (drop nodata pixels before sending)")
+        cols.append(col)
+    return np.stack(cols, axis=1) if cols else np.zeros((len(df), 0))
+
+
 class CropsegPipelineModel(mlflow.pyfunc.PythonModel):
     """The pyfunc face of :class:`cropseg.inference.InferencePipeline`."""
 
@@ -72,15 +132,19 @@ class CropsegPipelineModel(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> np.ndarray:  # noqa: ANN001
         """Pixel rows (a DataFrame with the band columns) -> int64 classes (0 non-crop, 1 crop)."""
         names = list(self.pipeline.spec.band_names)
-        if isinstance(model_input, pd.DataFrame):
-            missing = [n for n in names if n not in model_input.columns]
-            if missing:
-                raise ModelInputError(f"pixel rows: missing column(s) {', '.join(missing)} (expected "
-                                      f"{', '.join(names)})")
-            X = model_input[names].to_numpy(dtype=np.float64)
-        else:
-            X = np.asarray(model_input, dtype=np.float64)
-        return self.pipeline.predict_rows(X)
+        if not isinstance(model_input, pd.DataFrame):
+            model_input = pd.DataFrame(np.asarray(model_input, dtype=np.float64), columns=names)
+        X = check_rows(model_input, names)
+        # in a server, stop once MLflow's request timeout has passed (its 504 does not stop the computation)
+        timeout = float(os.environ.get("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT") or "inf")
+        t0 = time.monotonic()
+        out = []
+        for i in range(0, max(len(X), 1), CHUNK_ROWS):
+            if time.monotonic() - t0 > timeout:
+                raise ServingInputError(f"pixel rows: {len(X):,} rows took longer than the server's request "
+                                        f"timeout of {timeout:.0f} s; send smaller batches")
+            out.append(self.pipeline.predict_rows(X[i : i + CHUNK_ROWS]))
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
     def predict_scene(self, image: Path | str, out_path: Path | str, *, metadata: Path | str | None = None,
                       scale: float | None = None, aoi: Path | str | None = None, udm: Path | str | None = None,
