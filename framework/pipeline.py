@@ -145,7 +145,7 @@ def execute(cfg: DictConfig, *, output_dir: Path | None = None, parent_run_id: s
     out = Path(output_dir or cfg.get("output_dir") or _default_output_dir()).resolve()
     out.mkdir(parents=True, exist_ok=True)
     parent_run_id = parent_run_id or tcfg.get("parent_run_id")
-    tags = _tags(stages)
+    tags = {**_tags(stages), f"{TAG_PREFIX}output_dir": str(out)}
     run_name = (tcfg.get("run_name") or f"{stages.names['classifier']}-{stages.names['source']}") + run_name_suffix
     with tracker.run(run_name, tags, parent_run_id) as rl:
         log.info("MLflow run %s in %s (experiment %r)", rl.run_id, tracker.uri, tracker.experiment_name)
@@ -153,8 +153,7 @@ def execute(cfg: DictConfig, *, output_dir: Path | None = None, parent_run_id: s
             with BlockExecutor(stages.parallel) as executor, use_executor(executor):
                 result = _run_stages(cfg, stages, rl, out, t_start)
         except BaseException as exc:
-            _discard_results(out)
-            (out / "FAILED.txt").write_text(f"{type(exc).__name__}: {exc}\n")
+            discard_results(out, f"{type(exc).__name__}: {exc}")
             raise
     result.run_id = rl.run_id
     result.experiment_id = tracker.experiment_id
@@ -169,7 +168,9 @@ RESULT_ENTRIES = ("labels", "prediction", "train_prediction", "segments", "repor
                   "metrics.json")
 
 
-def _discard_results(out: Path) -> None:
+def discard_results(out: Path, reason: str | None = None) -> None:
+    """Remove what a run wrote into ``out`` (see :data:`RESULT_ENTRIES`); with ``reason``, write it to
+    ``out/FAILED.txt``."""
     import shutil
 
     for name in RESULT_ENTRIES:
@@ -178,6 +179,8 @@ def _discard_results(out: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
         else:
             p.unlink(missing_ok=True)
+    if reason is not None and out.is_dir():
+        (out / "FAILED.txt").write_text(reason + "\n")
 
 
 def _tags(stages: Stages) -> dict[str, str]:

@@ -110,9 +110,14 @@ def abort_sweep(status: str = "KILLED") -> str | None:
     os.environ.pop(PARENT_ENV, None)
     t = SweepState.tracking
     tracker = Tracker(t.get("uri"), t.get("experiment", "cropseg"), t.get("artifact_location"))
+    from .pipeline import discard_results
+
     for r in tracker.child_runs(run_id):
-        if r.info.status == "RUNNING":
+        if r.info.status == "RUNNING":  # a job in a worker process the launcher killed
+            tracker.logger(r.info.run_id).set_tags({f"{TAG_PREFIX}error": "the sweep was stopped by a signal"})
             tracker.end_parent(r.info.run_id, status)
+            if out := r.data.tags.get(f"{TAG_PREFIX}output_dir"):
+                discard_results(Path(out), f"{status}: the sweep was stopped by a signal")
     tracker.logger(run_id).set_tags({f"{TAG_PREFIX}error": "the sweep was stopped by a signal"})
     tracker.end_parent(run_id, status)
     log.info("sweep parent run %s ended %s", run_id, status)

@@ -29,6 +29,7 @@ import pandas as pd
 
 from ..errors import ModelError, ModelInputError, TrackingError
 from ..inference import CLASSIFIER_FILE, SPEC_FILE, InferencePipeline
+from ..signals import deferred
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +172,7 @@ def _requirements(pipeline: InferencePipeline) -> list[str]:
     return sorted(reqs.values())
 
 
+@deferred()  # a signal waits for the store calls to finish (see cropseg.tracking.SignalSafeClient)
 def log_pipeline_model(tracking_uri: str, run_id: str, pipeline: InferencePipeline, example: np.ndarray,
                        work_dir: Path) -> str:
     """Log ``pipeline`` into run ``run_id`` as the pyfunc model ``model`` with a signature (reflectance
@@ -208,6 +210,7 @@ class LoadedModel:
     registered_version: str | None = None
 
 
+@deferred()
 def load_pipeline_model(tracking_uri: str, model_uri: str) -> LoadedModel:
     """Load a cropseg model (``runs:/<id>/model``, ``models:/<name>/<version>``, ``models:/<name>@<alias>``)
     from the store at ``tracking_uri``; one clear :class:`ModelError` when it cannot be found or is not a
@@ -287,6 +290,7 @@ def version_description(run: Any) -> tuple[str, dict[str, str]]:
     return text, tags
 
 
+@deferred()
 def register_run_model(tracking_uri: str, run_id: str, name: str, await_seconds: int = 300) -> str:
     """Register run ``run_id``'s model as a new version of registered model ``name`` (created if needed),
     with the run's key test metrics and synthetic flag as the version's description and tags.
