@@ -111,12 +111,11 @@ def check_rows(df: pd.DataFrame, names: list[str]) -> np.ndarray:
         bad = ~np.isfinite(col) | (np.abs(col) > _F32_MAX)
         if bad.any():
             i = int(np.argmax(bad))
-            raw = df[name].iloc[i]
-            what = ("null" if raw is None or (isinstance(raw, float) and np.isnan(raw)) else
-                    "not a number" if np.isnan(col[i]) else "not finite" if not np.isfinite(col[i])
-                    else "beyond float32 range")
-            raise ServingInputError(f"pixel rows: column {name!r}, row {i}: {raw!r} is {what}; reflectance "
-                                    f"values must be finite numbers (drop nodata pixels before sending)")
+            raw, val = df[name].iloc[i], col[i]
+            what = ("is null or NaN" if pd.isna(raw) else f"{raw!r} is not a number" if np.isnan(val)
+                    else f"{val:g} is not finite" if not np.isfinite(val) else f"{val:g} is beyond float32 range")
+            raise ServingInputError(f"pixel rows: column {name!r}, row {i}: {what}; reflectance values must be "
+                                    f"finite numbers (drop nodata pixels before sending)")
         cols.append(col)
     return np.stack(cols, axis=1) if cols else np.zeros((len(df), 0))
 
