@@ -211,8 +211,10 @@ def compare(tracking_uri: str | None = None, experiment: str = "cropseg", sweep:
     rows = rank(collect(tracker, parent), rank_by)
     if not rows:
         raise ConfigError(f"no runs to compare in experiment {experiment!r}" + (f" under sweep {parent}" if parent else ""))
-    if not any(rank_by in r.metrics for r in rows):
-        known = sorted({m for r in rows for m in r.metrics if m.startswith(("test_", "cv_"))})
+    finished = [r for r in rows if r.status == "FINISHED"]
+    if finished and not any(rank_by in r.metrics for r in finished):
+        logged = {m for r in finished for m in r.metrics}
+        known = [m for m, _ in METRIC_COLUMNS if m in logged] or sorted(logged)
         raise ConfigError(f"--rank-by {rank_by}: no compared run has this metric; e.g. "
                           f"{', '.join(known[:8]) or 'none'}{' ...' if len(known) > 8 else ''}")
     params = key_params(rows)
