@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ClusterError, ConfigError
-from .signals import deferred
+from .signals import children_ignore_sigint, deferred
 
 log = logging.getLogger("cropseg")
 
@@ -176,9 +176,10 @@ class BlockExecutor:
             return client
         workers = cfg.workers or min(available_cores(), 8)
         if cfg.processes:
-            self._cluster = LocalCluster(n_workers=workers, threads_per_worker=cfg.threads_per_worker, processes=True,
-                                         host="127.0.0.1", dashboard_address=None, silence_logs=logging.WARNING,
-                                         scheduler_kwargs=_NO_FIXED_PORT)
+            with children_ignore_sigint():  # Ctrl-C goes to the process group; this process stops the workers
+                self._cluster = LocalCluster(n_workers=workers, threads_per_worker=cfg.threads_per_worker,
+                                             processes=True, host="127.0.0.1", dashboard_address=None,
+                                             silence_logs=logging.WARNING, scheduler_kwargs=_NO_FIXED_PORT)
             log.info("dask: LocalCluster of %d worker processes x %d threads", workers, cfg.threads_per_worker)
         else:  # one in-process worker (in-process comms, no network) with a thread per `workers`
             # its scheduler and worker log every start, comm and stop at INFO into this process's log

@@ -84,6 +84,22 @@ def handle_signals() -> Iterator[None]:
             signal.signal(s, h if h is not None else signal.SIG_DFL)
 
 
+@contextmanager
+def children_ignore_sigint() -> Iterator[None]:
+    """Processes started inside the block ignore SIGINT (an ignored signal stays ignored across exec, and
+    Python then installs no KeyboardInterrupt handler): Ctrl-C reaches the whole process group, and worker
+    processes (Dask's) must leave the shutdown to this process instead of dying with tracebacks. SIGINT to
+    this process is ignored meanwhile too, so keep the block short (starting the processes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, saved)
+
+
 def exit_code(exc: BaseException) -> int:
     """128 + the signal number: 143 for SIGTERM, 130 for SIGINT (Ctrl-C)."""
     return 128 + (exc.signum if isinstance(exc, Terminated) else int(signal.SIGINT))
@@ -96,4 +112,4 @@ def report(prog: str, exc: BaseException, detail: str = "") -> int:
     return exit_code(exc)
 
 
-__all__ = ["Terminated", "deferred", "exit_code", "handle_signals", "report"]
+__all__ = ["Terminated", "children_ignore_sigint", "deferred", "exit_code", "handle_signals", "report"]

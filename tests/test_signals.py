@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +37,8 @@ class Case:
     root: Path
     uri: str
     out: Path
+    #: send to the whole process group, as a terminal's Ctrl-C does
+    group: bool = False
     proc: subprocess.Popen | None = None
     lines: dict[str, list[str]] = field(default_factory=lambda: {"stdout": [], "stderr": []})
     sent: bool = False
@@ -57,7 +58,10 @@ class Case:
             self.lines[stream].append(line)
             if not self.sent and self.trigger in line:
                 self.sent = True
-                self.proc.send_signal(self.sig)
+                if self.group:
+                    os.killpg(self.proc.pid, self.sig)
+                else:
+                    self.proc.send_signal(self.sig)
 
     def wait(self, timeout: float) -> int:
         assert self.proc is not None
@@ -99,6 +103,9 @@ def cases(tmp_path_factory) -> dict[str, tuple[Case, int]]:
         # the in-process Dask cluster starts with the first blocks of the test scene's prediction
         run_case("predict-SIGINT", "dask: in-process LocalCluster", signal.SIGINT, "block_size=32"),
         run_case("model-SIGTERM", "logging the pipeline as the run's MLflow model", signal.SIGTERM),
+        # Ctrl-C in a terminal reaches the Dask worker processes too: they leave the shutdown to cropseg
+        run_case("workers-ctrl-c", "dask: LocalCluster of 2 worker processes", signal.SIGINT, "block_size=32",
+                 "parallel.processes=true", "parallel.workers=2"),
         run_case("model-SIGINT", "logging the pipeline as the run's MLflow model", signal.SIGINT),
     ]
     sweep = root / "sweep-SIGTERM"
@@ -106,6 +113,7 @@ def cases(tmp_path_factory) -> dict[str, tuple[Case, int]]:
                                         f"hydra.sweep.dir={sweep / 'multirun'}"],
                       "training sample:", signal.SIGTERM, sweep, f"sqlite:///{sweep / 'mlflow.db'}",
                       sweep / "multirun" / "0"))
+    cases[3].group = True  # workers-ctrl-c
     for c in cases:
         c.start(env)
 
@@ -127,7 +135,7 @@ def cases(tmp_path_factory) -> dict[str, tuple[Case, int]]:
     return {c.name: (c, c.wait(timeout=600)) for c in cases}
 
 
-NAMES = ["fit-SIGTERM", "predict-SIGINT", "model-SIGTERM", "model-SIGINT", "sweep-SIGTERM",
+NAMES = ["fit-SIGTERM", "predict-SIGINT", "model-SIGTERM", "workers-ctrl-c", "model-SIGINT", "sweep-SIGTERM",
          "cropseg-predict-SIGTERM", "cropseg-predict-SIGINT"]
 
 
