@@ -114,7 +114,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as exc:  # also cropseg.signals.Terminated (SIGTERM)
         from .sweep import abort_sweep
 
-        killed = abort_sweep()
+        try:
+            killed = abort_sweep()
+        except Exception as err:  # noqa: BLE001 - the store went away too: still one line and the exit code
+            killed = None
+            log.warning("could not end the sweep's runs: %s", str(err).splitlines()[0] if str(err) else err)
         return report(PROG, exc, f"sweep parent run {killed} and its unfinished jobs marked KILLED" if killed
                       else "stopped cleanly (an MLflow run in progress is marked KILLED)")
 
