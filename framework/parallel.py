@@ -135,11 +135,19 @@ class BlockExecutor:
 
     def close(self) -> None:
         client, cluster, self._client, self._cluster = self._client, self._cluster, None, None
-        with deferred():  # SIGTERM / Ctrl-C must not leave the cluster half closed
-            if client is not None:
-                client.close()
-            if cluster is not None:
-                cluster.close()
+        dist_log = logging.getLogger("distributed")
+        level = dist_log.level
+        # closing while blocks are in flight (an error, SIGTERM, Ctrl-C) makes the scheduler log the comms it
+        # loses, with tracebacks: shutdown noise, not the run's error
+        dist_log.setLevel(logging.CRITICAL)
+        try:
+            with deferred():  # SIGTERM / Ctrl-C must not leave the cluster half closed
+                if client is not None:
+                    client.close()
+                if cluster is not None:
+                    cluster.close()
+        finally:
+            dist_log.setLevel(level)
         if self._restore_log is not None:
             logger, level = self._restore_log
             self._restore_log = None
