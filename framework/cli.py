@@ -148,8 +148,26 @@ def _validate(args: Sequence[str]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``cropseg`` console script."""
-    args = list(sys.argv[1:] if argv is None else argv)
+    """Entry point of the ``cropseg`` console script. SIGTERM and SIGINT (Ctrl-C) stop any command the same
+    way: its MLflow run ends KILLED, partial outputs are removed, one line on stderr, exit 143 / 130."""
+    from .signals import handle_signals, report
+
+    try:
+        with handle_signals():
+            return _main(list(sys.argv[1:] if argv is None else argv))
+    except KeyboardInterrupt as exc:  # also cropseg.signals.Terminated (SIGTERM)
+        from .sweep import abort_sweep
+
+        try:
+            killed = abort_sweep()
+        except Exception as err:  # noqa: BLE001 - the store went away too: still one line and the exit code
+            killed = None
+            log.warning("could not end the sweep's runs: %s", str(err).splitlines()[0] if str(err) else err)
+        return report(PROG, exc, f"sweep parent run {killed} and its unfinished jobs marked KILLED" if killed
+                      else "stopped cleanly (an MLflow run in progress is marked KILLED)")
+
+
+def _main(args: list[str]) -> int:
     if args and args[0] in SUBCOMMANDS:
         try:
             return SUBCOMMANDS[args[0]]()(args[1:])

@@ -353,6 +353,12 @@ def compare(tracking_uri: str | None = None, experiment: str = "cropseg", sweep:
     if not rows:
         raise ConfigError(f"no runs to compare in experiment {experiment!r}" + (f" under sweep {parent}" if parent else "")
                           + (f" with test data {test_data}" if test_data else ""))
+    finished = [r for r in rows if r.status == "FINISHED"]
+    if finished and not any(rank_by in r.metrics for r in finished):
+        logged = {m for r in finished for m in r.metrics}
+        known = [m for m, _ in METRIC_COLUMNS if m in logged] or sorted(logged)
+        raise ConfigError(f"--rank-by {rank_by}: no compared run has this metric; e.g. "
+                          f"{', '.join(known[:8]) or 'none'}{' ...' if len(known) > 8 else ''}")
     groups = group_rows(rank(rows, rank_by))
     rows = [r for members in groups.values() for r in members]
     shown = key_params(rows)
@@ -368,14 +374,19 @@ def compare(tracking_uri: str | None = None, experiment: str = "cropseg", sweep:
     header, body = table(rows, sorted({k for r in rows for k in r.params}))
     out = Path(out_dir or Path("compare") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "comparison.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(header)
-        w.writerows(body)
-    (out / "comparison.md").write_text(("> **warning:** " + warning + "\n\n" if warning else "") + markdown(rows))
-    files = [out / "comparison.csv", out / "comparison.md", chart(rows, out / "comparison.png")]
-    with tempfile.TemporaryDirectory() as tmp:  # the same test scene in every panel: the first group's
-        panels = mask_panels(tracker, next(iter(groups.values())), out / "masks.png", window, Path(tmp))
+    try:
+        with open(out / "comparison.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(header)
+            w.writerows(body)
+        (out / "comparison.md").write_text(("> **warning:** " + warning + "\n\n" if warning else "") + markdown(rows))
+        files = [out / "comparison.csv", out / "comparison.md", chart(rows, out / "comparison.png")]
+        with tempfile.TemporaryDirectory() as tmp:  # the same test scene in every panel: the first group's
+            panels = mask_panels(tracker, next(iter(groups.values())), out / "masks.png", window, Path(tmp))
+    except BaseException:  # an error or a signal: no half-written comparison is left behind
+        for name in ("comparison.csv", "comparison.md", "comparison.png", "masks.png"):
+            (out / name).unlink(missing_ok=True)
+        raise
     if panels:
         files.append(panels)
     if register and len(scored) > 1:

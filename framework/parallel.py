@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ClusterError, ConfigError
+from .signals import children_ignore_sigint, deferred
 
 log = logging.getLogger("cropseg")
 
@@ -134,10 +135,19 @@ class BlockExecutor:
 
     def close(self) -> None:
         client, cluster, self._client, self._cluster = self._client, self._cluster, None, None
-        if client is not None:
-            client.close()
-        if cluster is not None:
-            cluster.close()
+        dist_log = logging.getLogger("distributed")
+        level = dist_log.level
+        # closing while blocks are in flight (an error, SIGTERM, Ctrl-C) makes the scheduler log the comms it
+        # loses, with tracebacks: shutdown noise, not the run's error
+        dist_log.setLevel(logging.CRITICAL)
+        try:
+            with deferred():  # SIGTERM / Ctrl-C must not leave the cluster half closed
+                if client is not None:
+                    client.close()
+                if cluster is not None:
+                    cluster.close()
+        finally:
+            dist_log.setLevel(level)
         if self._restore_log is not None:
             logger, level = self._restore_log
             self._restore_log = None
@@ -147,7 +157,14 @@ class BlockExecutor:
     def client(self) -> Any:
         """The ``distributed.Client`` (started on first use)."""
         if self._client is None:
-            self._client = self._connect()
+            with deferred():  # a signal during start-up would leave a half-made cluster and client
+                try:
+                    self._client = self._connect()
+                except BaseException:
+                    if self._cluster is not None:
+                        self._cluster.close()
+                        self._cluster = None
+                    raise
         return self._client
 
     def _connect(self) -> Any:
@@ -167,9 +184,10 @@ class BlockExecutor:
             return client
         workers = cfg.workers or min(available_cores(), 8)
         if cfg.processes:
-            self._cluster = LocalCluster(n_workers=workers, threads_per_worker=cfg.threads_per_worker, processes=True,
-                                         host="127.0.0.1", dashboard_address=None, silence_logs=logging.WARNING,
-                                         scheduler_kwargs=_NO_FIXED_PORT)
+            with children_ignore_sigint():  # Ctrl-C goes to the process group; this process stops the workers
+                self._cluster = LocalCluster(n_workers=workers, threads_per_worker=cfg.threads_per_worker,
+                                             processes=True, host="127.0.0.1", dashboard_address=None,
+                                             silence_logs=logging.WARNING, scheduler_kwargs=_NO_FIXED_PORT)
             log.info("dask: LocalCluster of %d worker processes x %d threads", workers, cfg.threads_per_worker)
         else:  # one in-process worker (in-process comms, no network) with a thread per `workers`
             # its scheduler and worker log every start, comm and stop at INFO into this process's log

@@ -200,7 +200,7 @@ def execute(cfg: DictConfig, *, output_dir: Path | None = None, parent_run_id: s
     check_destinations(out, _cache_dir(cfg, stages), tcfg.get("uri"))
     tracker = Tracker(tcfg.get("uri"), tcfg.get("experiment", "cropseg"), tcfg.get("artifact_location"))
     parent_run_id = parent_run_id or tcfg.get("parent_run_id")
-    tags = _tags(stages)
+    tags = {**_tags(stages), f"{TAG_PREFIX}output_dir": str(out)}
     run_name = tcfg.get("run_name") + run_name_suffix if tcfg.get("run_name") else \
         " ".join(p for p in (run_label(stages.names["classifier"], "", stages.names["features"]), run_name_suffix) if p)
     with tracker.run(run_name, tags, parent_run_id) as rl:
@@ -210,7 +210,7 @@ def execute(cfg: DictConfig, *, output_dir: Path | None = None, parent_run_id: s
             with BlockExecutor(stages.parallel) as executor, use_executor(executor):
                 result = _run_stages(cfg, stages, rl, out, t_start)
         except BaseException as exc:
-            (out / "FAILED.txt").write_text(f"{type(exc).__name__}: {exc}\n")
+            discard_results(out, f"{type(exc).__name__}: {exc}")
             raise
     result.run_id = rl.run_id
     result.experiment_id = tracker.experiment_id
@@ -221,6 +221,27 @@ def execute(cfg: DictConfig, *, output_dir: Path | None = None, parent_run_id: s
 
 def _cache_dir(cfg: DictConfig, stages: Stages) -> Path:
     return Path(cfg.get("cache_dir") or ".cache/cropseg").expanduser().resolve() / stages.names["source"]
+
+
+#: what a run writes into its output folder; removed when the run fails or is stopped, so nothing there
+#: looks like a result (Hydra's .hydra/ and the job log stay, beside FAILED.txt)
+RESULT_ENTRIES = ("labels", "prediction", "train_prediction", "segments", "reports", "previews", "map", "model",
+                  "metrics.json")
+
+
+def discard_results(out: Path, reason: str | None = None) -> None:
+    """Remove what a run wrote into ``out`` (see :data:`RESULT_ENTRIES`); with ``reason``, write it to
+    ``out/FAILED.txt``."""
+    import shutil
+
+    for name in RESULT_ENTRIES:
+        p = out / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    if reason is not None and out.is_dir():
+        (out / "FAILED.txt").write_text(reason + "\n")
 
 
 def _tags(stages: Stages) -> dict[str, str]:
@@ -515,6 +536,7 @@ def _log_model(rl: Any, st: Stages, scenes: Any, model_dir: Path, cfg: DictConfi
     from .inference import InferencePipeline, pipeline_spec
     from .tracking.model import log_pipeline_model, register_run_model
 
+    log.info("logging the pipeline as the run's MLflow model")
     spec = pipeline_spec(cfg, st, scenes.train, synthetic=scenes.synthetic, run_id=rl.run_id)
     pipe = InferencePipeline(spec, st.classifier, st.features, st.filters, st.vectorizers, st.registry)
     uri = log_pipeline_model(rl.client.tracking_uri, rl.run_id, pipe, pipe.example_rows(scenes.test), model_dir)

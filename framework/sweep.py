@@ -31,6 +31,8 @@ class SweepState:
     parent_run_id: str | None = None
     failed: list[str] = []
     finished: int = 0
+    #: the tracking node of the sweep's config (to end the parent run when a signal stops the sweep)
+    tracking: dict[str, Any] | None = None
 
 
 def parent_run_id(cfg: DictConfig | None = None) -> str | None:
@@ -75,10 +77,12 @@ class SweepCallback(Callback):
         (sweep_dir / PARENT_FILE).write_text(run_id)
         os.environ[PARENT_ENV] = run_id
         SweepState.parent_run_id, SweepState.failed, SweepState.finished = run_id, [], 0
+        SweepState.tracking = OmegaConf.to_container(config.get("tracking", {}), resolve=True)  # type: ignore[assignment]
         log.info("sweep parent run %s in %s", run_id, tracker.uri)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         run_id = os.environ.pop(PARENT_ENV, None) or SweepState.parent_run_id
+        SweepState.parent_run_id = None
         if not run_id:
             return
         tracker = _tracker(config)
@@ -93,3 +97,28 @@ class SweepCallback(Callback):
                          f"{TAG_PREFIX}sweep.failed": len(failed)})
         tracker.end_parent(run_id, "FINISHED" if children and len(failed) < len(children) else "FAILED")
         log.info("sweep parent run %s: %d child runs finished, %d failed", run_id, SweepState.finished, len(failed))
+
+
+def abort_sweep(status: str = "KILLED") -> str | None:
+    """End the sweep this process launched (when a signal stopped it): the parent run and every child run
+    still RUNNING (jobs of killed worker processes) end ``status``. Returns the parent run id, or ``None``
+    when no sweep was running."""
+    run_id = SweepState.parent_run_id
+    SweepState.parent_run_id = None
+    if not run_id or SweepState.tracking is None:
+        return None
+    os.environ.pop(PARENT_ENV, None)
+    t = SweepState.tracking
+    tracker = Tracker(t.get("uri"), t.get("experiment", "cropseg"), t.get("artifact_location"))
+    from .pipeline import discard_results
+
+    for r in tracker.child_runs(run_id):
+        if r.info.status == "RUNNING":  # a job in a worker process the launcher killed
+            tracker.logger(r.info.run_id).set_tags({f"{TAG_PREFIX}error": "the sweep was stopped by a signal"})
+            tracker.end_parent(r.info.run_id, status)
+            if out := r.data.tags.get(f"{TAG_PREFIX}output_dir"):
+                discard_results(Path(out), f"{status}: the sweep was stopped by a signal")
+    tracker.logger(run_id).set_tags({f"{TAG_PREFIX}error": "the sweep was stopped by a signal"})
+    tracker.end_parent(run_id, status)
+    log.info("sweep parent run %s ended %s", run_id, status)
+    return run_id

@@ -274,7 +274,7 @@ def test_mlflow_models_serve(trained, new_scene, tmp_path):
     port = _free_port()
     bindir = str(Path(sys.executable).parent)  # `--env-manager local` runs uvicorn from the environment
     env = dict(os.environ, MLFLOW_TRACKING_URI=uri, PATH=bindir + os.pathsep + os.environ.get("PATH", ""),
-               MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false")
+               MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false", CROPSEG_SERVE_MAX_ROWS="500")
     log = (tmp_path / "serve.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{REGISTERED}/1",
                              "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)], env=env, cwd=tmp_path,
@@ -300,14 +300,41 @@ def test_mlflow_models_serve(trained, new_scene, tmp_path):
         assert err.value.code == 400
         assert _post(base + "/invocations", {"dataframe_split": {"columns": BANDS, "data": rows[:3].tolist()}}) \
             == {"predictions": local[:3].tolist()}
+        # null / NaN / Infinity / 1e308: a 400 with cropseg's one-line reason naming the column and row
+        for bad, shown in ((None, "is null or NaN"), (float("nan"), "is null or NaN"), (float("inf"), "inf is not finite"),
+                           (1e308, "1e+308 is beyond float32 range")):
+            data = rows[:3].tolist()
+            data[1][2] = bad
+            with pytest.raises(urllib.error.HTTPError) as err:
+                _post(base + "/invocations", {"dataframe_split": {"columns": BANDS, "data": data}})
+            assert err.value.code == 400
+            body = json.loads(err.value.read())
+            assert body["error_code"] == "BAD_REQUEST" and "stack_trace" not in body
+            assert body["message"].startswith(f"pixel rows: column 'red', row 1: {shown}; ")
+            assert "\n" not in body["message"]
+        # more rows than one request may hold: refused with the limit and a batching hint
+        with pytest.raises(urllib.error.HTTPError) as err:
+            _post(base + "/invocations", {"dataframe_split": {"columns": BANDS, "data": [rows[0].tolist()] * 501}})
+        assert err.value.code == 400
+        assert json.loads(err.value.read())["message"] == ("pixel rows: 501 rows in one request, at most 500; send "
+                                                             "the rows in batches of up to 500")
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        # SIGTERM to the `mlflow models serve` process alone (as a service manager sends it) stops the server
+        proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            with pytest.raises(ProcessLookupError):  # the scoring server (uvicorn) shuts down too
+                while time.monotonic() < deadline:
+                    os.killpg(proc.pid, 0)
+                    time.sleep(0.2)
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             proc.wait(timeout=30)
-        log.close()
+            log.close()
 
 
 # -- bad input: one line, non-zero exit, nothing presented as a result ------------------------------------

@@ -257,6 +257,40 @@ def test_fetch_download_fills_the_cache_the_pipeline_reuses(double, scenes, aois
     assert double.counts["orders_created"] == 2
 
 
+def test_fetch_download_stopped_by_sigterm_is_one_line_and_resumes(double, scenes, aois, tmp_path, capsys,
+                                                                     monkeypatch):
+    """SIGTERM to a real ``cropseg-fetch download`` once its first order is placed: exit 143, one line, no
+    partial file in the cache; the next download resumes that order instead of placing a new one."""
+    import signal
+
+    from cropseg_plugins.planet.fetch import main
+
+    monkeypatch.setenv("CROPSEG_CACHE_DIR", str(tmp_path / "cache"))
+    args = [o for o in overrides(double, scenes, aois) if o.startswith("source.")]
+    proc = subprocess.Popen([sys.executable, "-m", "cropseg_plugins.planet.fetch", "download", *args],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    err = []
+    for line in proc.stderr:  # type: ignore[union-attr]
+        err.append(line)
+        if "placed Planet order" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    out, rest = proc.communicate(timeout=120)
+    err.append(rest)
+    text = "".join(err)
+    assert proc.returncode == 143, text
+    assert "Traceback" not in text
+    assert [ln for ln in text.splitlines() if "error:" in ln] == [
+        "cropseg-fetch: error: terminated by SIGTERM; partial downloads are discarded and the next download "
+        "resumes the Planet order"]
+    assert not [p for p in (tmp_path / "cache").rglob("*") if ".partial" in p.parts and p.is_file()]
+    placed = double.counts["orders_created"]
+    assert main(["download", *args]) == 0
+    assert "resuming Planet order" in capsys.readouterr().err
+    assert double.counts["orders_created"] == placed + 1  # the interrupted role resumed, the other one ordered
+
+
 # -- loading ---------------------------------------------------------------------------------------------
 
 

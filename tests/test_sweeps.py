@@ -112,6 +112,14 @@ def test_sweep_with_a_failing_job(work, tiny_pair, cli_env, tracking_uri, tmp_pa
     assert [r["status"] for r in rows] == ["FINISHED", "FAILED"]
     assert "no crop polygons" in rows[1]["error"]
 
+    proc = run_cli(["compare", "--sweep", parents[0].info.run_id, "--rank-by", "nosuch_metric", "--out",
+                    str(tmp_path / "cmp2")], work, cli_env)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert proc.stderr.startswith("cropseg: error: --rank-by nosuch_metric: no compared run has this metric; "
+                                  "e.g. ") and "test_weighted_avg_f1" in proc.stderr
+    assert not (tmp_path / "cmp2").exists()
+
 
 def test_compare_errors_are_one_line(work, cli_env):
     proc = run_cli(["compare", "--experiment", "nope"], work, cli_env)

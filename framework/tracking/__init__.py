@@ -7,6 +7,7 @@ logging works the same in-process, from a notebook, and from process-based Hydra
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import subprocess
@@ -22,6 +23,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from ..errors import CropsegError, TrackingError
+from ..signals import deferred
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +112,27 @@ def git_commit(path: Path | None = None) -> str:
     return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
+class SignalSafeClient:
+    """An ``MlflowClient`` whose calls are critical sections (:func:`cropseg.signals.deferred`): SIGTERM or
+    Ctrl-C arriving in the middle of a store transaction is raised when the call returns, so the interrupted
+    connection never keeps the sqlite database locked and the run can still be ended KILLED."""
+
+    def __init__(self, client: Any):
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with deferred():
+                return attr(*args, **kwargs)
+
+        return call
+
+
 class Tracker:
     """A tracking store plus an experiment in it."""
 
@@ -123,7 +146,10 @@ class Tracker:
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         self.uri = resolve_uri(uri)
         check_reachable(self.uri)
-        self.client = MlflowClient(tracking_uri=self.uri)
+        # constructing the client opens the store, which creates and migrates a fresh sqlite database:
+        # under the store lock, so that any number of processes may start at once on a new store
+        with _store_lock(self.uri), deferred():
+            self.client = SignalSafeClient(MlflowClient(tracking_uri=self.uri))
         self.experiment_name = experiment
         if create:
             self.experiment_id = self._experiment(experiment, artifact_location)
@@ -172,8 +198,8 @@ class Tracker:
         logger = RunLogger(self.client, run.info.run_id, run.info.artifact_uri)
         try:
             yield logger
-        except KeyboardInterrupt:
-            self._end(logger, "KILLED", "interrupted by the user")
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM through cropseg.signals.Terminated
+            self._end(logger, "KILLED", str(exc) or "interrupted by SIGINT (Ctrl-C)")
             raise
         except BaseException as exc:
             user = isinstance(exc, CropsegError)

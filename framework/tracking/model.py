@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,12 +26,11 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 
 from ..errors import ModelError, ModelInputError, TrackingError
 from ..inference import CLASSIFIER_FILE, SPEC_FILE, InferencePipeline
+from ..signals import deferred
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +63,62 @@ def mlflow_uri(uri: str) -> Iterator[None]:
                 os.environ[k] = v
 
 
-class ServedInputError(MlflowException, ModelInputError):
-    """Pixel rows the model refuses, raised by the pyfunc model: a :class:`ModelInputError` that MLflow's
-    scoring server answers with HTTP 400 and this message."""
+#: most pixel rows one ``predict`` call (one served request) accepts; larger requests are refused with a
+#: 400 asking for batches (environment variable CROPSEG_SERVE_MAX_ROWS overrides it)
+MAX_ROWS = 100_000
+#: rows classified per chunk; between chunks a served request checks MLflow's request timeout
+CHUNK_ROWS = 20_000
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+class ServingInputError(ModelInputError, mlflow.exceptions.MlflowException):
+    """Pixel rows a served model refuses: ``mlflow models serve`` answers HTTP 400 with exactly this one-line
+    message (a :class:`cropseg.errors.ModelInputError` for callers in Python)."""
+
+    def __init__(self, message: str):
+        from mlflow.protos.databricks_pb2 import BAD_REQUEST
+
+        self._reason = message
+        mlflow.exceptions.MlflowException.__init__(self, message, error_code=BAD_REQUEST)
+
+    @property
+    def message(self) -> str:
+        """The one-line reason. MLflow's scoring server rewrites ``message`` to put the whole request in
+        front of it; the reason is kept as it is."""
+        return self._reason
+
+    @message.setter
+    def message(self, value: str) -> None:
+        pass
+
+    def __str__(self) -> str:
+        return self._reason
+
+
+def check_rows(df: pd.DataFrame, names: list[str]) -> np.ndarray:
+    """The band columns of ``df`` as a float64 array; a :class:`ServingInputError` naming the column and
+    row of the first value that is missing (null), not a number, not finite, or beyond float32 range
+    (reflectance is computed in float32, so 1e308 would become infinity)."""
+    missing = [n for n in names if n not in df.columns]
+    if missing:
+        raise ServingInputError(f"pixel rows: missing column(s) {', '.join(missing)} (expected {', '.join(names)})")
+    limit = int(os.environ.get("CROPSEG_SERVE_MAX_ROWS", MAX_ROWS))
+    if len(df) > limit:
+        raise ServingInputError(f"pixel rows: {len(df):,} rows in one request, at most {limit:,}; send the rows "
+                                f"in batches of up to {limit:,}")
+    cols = []
+    for name in names:
+        col = pd.to_numeric(df[name], errors="coerce").to_numpy(dtype=np.float64)
+        bad = ~np.isfinite(col) | (np.abs(col) > _F32_MAX)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raw, val = df[name].iloc[i], col[i]
+            what = ("is null or NaN" if pd.isna(raw) else f"{raw!r} is not a number" if np.isnan(val)
+                    else f"{val:g} is not finite" if not np.isfinite(val) else f"{val:g} is beyond float32 range")
+            raise ServingInputError(f"pixel rows: column {name!r}, row {i}: {what}; reflectance values must be "
+                                    f"finite numbers (drop nodata pixels before sending)")
+        cols.append(col)
+    return np.stack(cols, axis=1) if cols else np.zeros((len(df), 0))
 
 
 class CropsegPipelineModel(PythonModel):
@@ -80,18 +133,22 @@ class CropsegPipelineModel(PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> np.ndarray:  # noqa: ANN001
         """Pixel rows (a DataFrame with the band columns) -> int64 classes (0 non-crop, 1 crop)."""
         names = list(self.pipeline.spec.band_names)
-        if isinstance(model_input, pd.DataFrame):
-            missing = [n for n in names if n not in model_input.columns]
-            if missing:
-                raise ModelInputError(f"pixel rows: missing column(s) {', '.join(missing)} (expected "
-                                      f"{', '.join(names)})")
-            X = model_input[names].to_numpy(dtype=np.float64)
-        else:
-            X = np.asarray(model_input, dtype=np.float64)
-        try:
-            return self.pipeline.predict_rows(X)
-        except ModelInputError as exc:  # served: a 400 answer carrying this message
-            raise ServedInputError(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
+        if not isinstance(model_input, pd.DataFrame):
+            model_input = pd.DataFrame(np.asarray(model_input, dtype=np.float64), columns=names)
+        X = check_rows(model_input, names)
+        # in a server, stop once MLflow's request timeout has passed (its 504 does not stop the computation)
+        timeout = float(os.environ.get("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT") or "inf")
+        t0 = time.monotonic()
+        out = []
+        for i in range(0, max(len(X), 1), CHUNK_ROWS):
+            if time.monotonic() - t0 > timeout:
+                raise ServingInputError(f"pixel rows: {len(X):,} rows took longer than the server's request "
+                                        f"timeout of {timeout:.0f} s; send smaller batches")
+            try:
+                out.append(self.pipeline.predict_rows(X[i : i + CHUNK_ROWS]))
+            except ModelInputError as exc:  # e.g. a model whose features need neighbours: a 400 with this reason
+                raise ServingInputError(str(exc)) from None
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
     def predict_scene(self, image: Path | str, out_path: Path | str, *, metadata: Path | str | None = None,
                       scale: float | None = None, aoi: Path | str | None = None, udm: Path | str | None = None,
@@ -120,6 +177,7 @@ def _requirements(pipeline: InferencePipeline) -> list[str]:
     return sorted(reqs.values())
 
 
+@deferred()  # a signal waits for the store calls to finish (see cropseg.tracking.SignalSafeClient)
 def log_pipeline_model(tracking_uri: str, run_id: str, pipeline: InferencePipeline, example: np.ndarray,
                        work_dir: Path) -> str:
     """Log ``pipeline`` into run ``run_id`` as the pyfunc model ``model`` with a signature (reflectance
@@ -160,6 +218,7 @@ class LoadedModel:
     registered_version: str | None = None
 
 
+@deferred()
 def load_pipeline_model(tracking_uri: str, model_uri: str) -> LoadedModel:
     """Load a cropseg model (``runs:/<id>/model``, ``models:/<name>/<version>``, ``models:/<name>@<alias>``)
     from the store at ``tracking_uri``; one clear :class:`ModelError` when it cannot be found or is not a
@@ -239,6 +298,7 @@ def version_description(run: Any) -> tuple[str, dict[str, str]]:
     return text, tags
 
 
+@deferred()
 def register_run_model(tracking_uri: str, run_id: str, name: str, await_seconds: int = 300) -> str:
     """Register run ``run_id``'s model as a new version of registered model ``name`` (created if needed),
     with the run's key test metrics and synthetic flag as the version's description and tags.

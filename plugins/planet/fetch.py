@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cropseg.errors import ConfigError, CropsegError, SourceError
+from cropseg.signals import handle_signals, report
 
 PROG = "cropseg-fetch"
 
@@ -77,14 +78,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
-        source, cache = _source(args.overrides)
-        for role in ("train", "test"):  # local inputs first
-            source.aoi(role)
-        api = source.api()
-        return search(source, api) if args.command == "search" else download(source, api, cache)
+        with handle_signals():  # SIGTERM / SIGINT: partial downloads are cleaned up, one line, exit 143 / 130
+            source, cache = _source(args.overrides)
+            for role in ("train", "test"):  # local inputs first
+                source.aoi(role)
+            api = source.api()
+            return search(source, api) if args.command == "search" else download(source, api, cache)
     except CropsegError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as exc:  # also cropseg.signals.Terminated
+        return report(PROG, exc, "partial downloads are discarded and the next download resumes the Planet order")
     finally:
         logger.removeHandler(handler)
 

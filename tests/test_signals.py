@@ -1,0 +1,182 @@
+"""SIGTERM and SIGINT sent to real ``cropseg`` processes at several stages (during fit, during prediction,
+during model logging, during a sweep's job, during ``cropseg predict``): every one ends with exit 143 / 130,
+exactly one ``cropseg: error:`` line and no traceback, its MLflow run(s) KILLED, no result files beside
+FAILED.txt, no predict staging folder, and no process of its group (Dask workers) left behind.
+
+All cases run at once (each with its own store and folders) in one module fixture, so the module costs
+about one tiny run's time; a stage is reached by waiting for the log line that starts it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+import cropseg
+from cropseg.testing import local_overrides, write_tiny_scene
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Case:
+    """One ``cropseg`` process, the log line on which it gets ``sig``, and what it left."""
+
+    name: str
+    args: list[str]
+    trigger: str
+    sig: signal.Signals
+    root: Path
+    uri: str
+    out: Path
+    #: send to the whole process group, as a terminal's Ctrl-C does
+    group: bool = False
+    proc: subprocess.Popen | None = None
+    lines: dict[str, list[str]] = field(default_factory=lambda: {"stdout": [], "stderr": []})
+    sent: bool = False
+
+    def start(self, env: dict[str, str]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen([sys.executable, "-m", "cropseg.cli", *self.args], cwd=self.root,
+                                     env=dict(env, MLFLOW_TRACKING_URI=self.uri), stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, start_new_session=True)
+        self.threads = [threading.Thread(target=self._read, args=(s,), daemon=True) for s in ("stdout", "stderr")]
+        for t in self.threads:
+            t.start()
+
+    def _read(self, stream: str) -> None:
+        assert self.proc is not None
+        for line in getattr(self.proc, stream):
+            self.lines[stream].append(line)
+            if not self.sent and self.trigger in line:
+                self.sent = True
+                if self.group:
+                    os.killpg(self.proc.pid, self.sig)
+                else:
+                    self.proc.send_signal(self.sig)
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            raise
+        for t in self.threads:
+            t.join(timeout=30)
+        return rc
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self.lines["stderr"])
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines["stdout"]) + self.stderr
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory) -> dict[str, tuple[Case, int]]:
+    root = tmp_path_factory.mktemp("signals")
+    tiny = root / "tiny"
+    train, test = write_tiny_scene(tiny, name="train", seed=1), write_tiny_scene(tiny, name="test", seed=2)
+    env = dict(os.environ, CROPSEG_CACHE_DIR=str(root / "cache"), PYTHONUNBUFFERED="1")
+    env.pop("CROPSEG_BLOCK_PLUGINS", None)
+    local = local_overrides(train, test)[:-1]
+
+    def run_case(name: str, trigger: str, sig: signal.Signals, *extra: str) -> Case:
+        d = root / name
+        return Case(name, [*local, f"output_dir={d / 'out'}", f"cache_dir={root / 'cache'}", *extra], trigger, sig,
+                    d, f"sqlite:///{d / 'mlflow.db'}", d / "out")
+
+    cases = [
+        # KNN's k grid is tuned by spatial CV right after the sample is drawn
+        run_case("fit-SIGTERM", "training sample:", signal.SIGTERM),
+        # the in-process Dask cluster starts with the first blocks of the test scene's prediction
+        run_case("predict-SIGINT", "dask: in-process LocalCluster", signal.SIGINT, "block_size=32"),
+        run_case("model-SIGTERM", "logging the pipeline as the run's MLflow model", signal.SIGTERM),
+        # Ctrl-C in a terminal reaches the Dask worker processes too: they leave the shutdown to cropseg
+        run_case("workers-ctrl-c", "dask: LocalCluster of 2 worker processes", signal.SIGINT, "block_size=32",
+                 "parallel.processes=true", "parallel.workers=2"),
+        run_case("model-SIGINT", "logging the pipeline as the run's MLflow model", signal.SIGINT),
+    ]
+    sweep = root / "sweep-SIGTERM"
+    cases.append(Case("sweep-SIGTERM", ["--multirun", *local, "classifier.k_grid=[3],[5]",
+                                        f"hydra.sweep.dir={sweep / 'multirun'}"],
+                      "training sample:", signal.SIGTERM, sweep, f"sqlite:///{sweep / 'mlflow.db'}",
+                      sweep / "multirun" / "0"))
+    cases[3].group = True  # workers-ctrl-c
+    for c in cases:
+        c.start(env)
+
+    # a model for `cropseg predict`, trained in this process meanwhile
+    trained = root / "trained"
+    uri = f"sqlite:///{trained / 'mlflow.db'}"
+    trained.mkdir()
+    result = cropseg.run([*local, "classifier=logistic_regression", "classifier.cv=none", "classifier.grid.C=[1]",
+                          f"tracking.uri={uri}", f"cache_dir={root / 'cache'}"], output_dir=trained / "out")
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        d = root / f"cropseg-predict-{sig.name}"
+        c = Case(f"cropseg-predict-{sig.name}",
+                 ["predict", f"runs:/{result.run_id}/model", str(test.image), "--metadata", str(test.metadata),
+                  "--ground-truth", str(test.ground_truth), "--output-dir", str(d / "out"), "--block-size", "32",
+                  "--run-name", d.name],
+                 "dask: in-process LocalCluster", sig, d, uri, d / "out")
+        c.start(env)
+        cases.append(c)
+    return {c.name: (c, c.wait(timeout=600)) for c in cases}
+
+
+NAMES = ["fit-SIGTERM", "predict-SIGINT", "model-SIGTERM", "workers-ctrl-c", "model-SIGINT", "sweep-SIGTERM",
+         "cropseg-predict-SIGTERM", "cropseg-predict-SIGINT"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_signal_ends_the_command_cleanly(cases, name):
+    case, rc = cases[name]
+    assert case.sent, f"{name}: never reached {case.trigger!r}:\n{case.output[-3000:]}"
+    assert rc == 128 + case.sig, case.output[-3000:]
+    assert "Traceback" not in case.output, case.output[-3000:]
+    errors = [ln for ln in case.stderr.splitlines() if ln.startswith("cropseg: error:")]
+    what = "terminated by SIGTERM" if case.sig == signal.SIGTERM else "interrupted by SIGINT"
+    assert len(errors) == 1 and what in errors[0], case.stderr[-3000:]
+    if not name.startswith("cropseg-predict"):  # a run logs to stdout: the error is all of stderr
+        assert case.stderr.strip().splitlines() == errors
+    else:
+        assert case.stderr.strip().splitlines()[-1] == errors[0]
+
+    # nothing of the process group is left (the Dask cluster's threads and processes stopped)
+    assert case.proc is not None
+    with pytest.raises(ProcessLookupError):
+        os.killpg(case.proc.pid, 0)
+
+    # the MLflow run(s) ended KILLED with the signal as the error
+    client = MlflowClient(case.uri)
+    exp = client.get_experiment_by_name("cropseg-predict" if name.startswith("cropseg-predict") else "cropseg")
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    if name.startswith("cropseg-predict"):
+        runs = [r for r in runs if r.info.run_name == name]
+        assert len(runs) == 1
+    assert runs and all(r.info.status == "KILLED" for r in runs), [(r.info.run_name, r.info.status) for r in runs]
+    reason = "terminated by SIGTERM" if case.sig == signal.SIGTERM else "interrupted by SIGINT (Ctrl-C)"
+    if name == "sweep-SIGTERM":  # the parent and the job it was running
+        assert {r.data.tags.get("cropseg.sweep"): r.data.tags["cropseg.error"] for r in runs} == \
+            {"true": "the sweep was stopped by a signal", None: reason}
+    else:
+        assert [r.data.tags["cropseg.error"] for r in runs] == [reason]
+
+    # nothing that looks like a result: FAILED.txt only (Hydra's own .hydra/ and job log aside)
+    left = sorted(p.relative_to(case.out).as_posix() for p in case.out.rglob("*")
+                  if p.is_file() and ".hydra" not in p.parts and p.suffix != ".log")
+    assert left == ["FAILED.txt"], left
+    assert (case.out / "FAILED.txt").read_text().startswith(
+        "Terminated:" if case.sig == signal.SIGTERM else "KeyboardInterrupt")
+    assert not list(case.out.parent.glob(f".{case.out.name}.partial-*"))
