@@ -96,15 +96,30 @@ def child_cropseg(size: int, workdir: Path, extra: list[str]) -> dict:
 
     out = Path(tempfile.mkdtemp(dir=workdir, prefix=f"run{size}-"))
     t = time.perf_counter()
-    res = cropseg.run([f"source.size={size}", f"cache_dir={workdir / 'cache'}",
-                       f"tracking.uri=sqlite:///{workdir / 'mlflow.db'}", "tracking.experiment=benchmarks", *extra],
-                      output_dir=out)
+    res = cropseg.run(
+        [
+            f"source.size={size}",
+            f"cache_dir={workdir / 'cache'}",
+            f"tracking.uri=sqlite:///{workdir / 'mlflow.db'}",
+            "tracking.experiment=benchmarks",
+            *extra,
+        ],
+        output_dir=out,
+    )
     secs = time.perf_counter() - t
     m = res.metrics
     pixels = m["predict_pixels"] + m["train_label_crop_pixels"] + m["train_label_noncrop_pixels"]
-    return {"seconds": secs, "test_pixels": m["predict_pixels"], "weighted_f1": m["test_weighted_avg_f1"],
-            "crop_f1": m["test_crop_f1"], "fit_seconds": m["fit_seconds"], "k": res.params.get("k"),
-            "predict_seconds": m["predict_seconds"], "n_polygons": m.get("n_polygons"), "pixels": pixels}
+    return {
+        "seconds": secs,
+        "test_pixels": m["predict_pixels"],
+        "weighted_f1": m["test_weighted_avg_f1"],
+        "crop_f1": m["test_crop_f1"],
+        "fit_seconds": m["fit_seconds"],
+        "k": res.params.get("k"),
+        "predict_seconds": m["predict_seconds"],
+        "n_polygons": m.get("n_polygons"),
+        "pixels": pixels,
+    }
 
 
 def child_seed(size: int, workdir: Path) -> dict:
@@ -142,8 +157,12 @@ def child_seed(size: int, workdir: Path) -> dict:
 
     refl, valid, lab = load_scene(scenes.train)
     X, y = refl[:, valid].T, lab[valid]
-    search = GridSearchCV(KNeighborsClassifier(), {"n_neighbors": list(range(3, 10))},
-                          cv=StratifiedKFold(3, shuffle=True, random_state=0), scoring="f1_weighted")
+    search = GridSearchCV(
+        KNeighborsClassifier(),
+        {"n_neighbors": list(range(3, 10))},
+        cv=StratifiedKFold(3, shuffle=True, random_state=0),
+        scoring="f1_weighted",
+    )
     search.fit(X, y)
     fit_s = time.perf_counter() - t
     n_train = len(y)
@@ -172,9 +191,17 @@ def child_seed(size: int, workdir: Path) -> dict:
     gdf["area_ha"] = gdf.area / 1e4
     gdf.to_crs("EPSG:4326").to_file(workdir / f"seed-{size}.geojson", driver="GeoJSON")
     secs = time.perf_counter() - t
-    return {"seconds": secs, "fit_seconds": fit_s, "predict_seconds": predict_s, "k": search.best_params_["n_neighbors"],
-            "weighted_f1": rep["weighted avg"]["f1-score"], "crop_f1": rep["1"]["f1-score"],
-            "test_pixels": int(valid.sum()), "pixels": int(valid.sum()) + n_train, "n_polygons": len(gdf)}
+    return {
+        "seconds": secs,
+        "fit_seconds": fit_s,
+        "predict_seconds": predict_s,
+        "k": search.best_params_["n_neighbors"],
+        "weighted_f1": rep["weighted avg"]["f1-score"],
+        "crop_f1": rep["1"]["f1-score"],
+        "test_pixels": int(valid.sum()),
+        "pixels": int(valid.sum()) + n_train,
+        "n_polygons": len(gdf),
+    }
 
 
 def child_io(size: int, workdir: Path) -> dict:
@@ -188,8 +215,9 @@ def child_io(size: int, workdir: Path) -> dict:
     with scene.reader() as reader, block_writer(workdir / f"io-{size}.tif", grid) as dst:
         for w in iter_windows(grid.height, grid.width, 512):
             blk = reader.read(w)
-            dst.write(np.where(blk.valid, (blk.reflectance[3] > blk.reflectance[2] * 2), 255).astype(np.uint8), 1,
-                      window=w)
+            dst.write(
+                np.where(blk.valid, (blk.reflectance[3] > blk.reflectance[2] * 2), 255).astype(np.uint8), 1, window=w
+            )
     return {"seconds": time.perf_counter() - t, "pixels": grid.width * grid.height}
 
 
@@ -202,11 +230,14 @@ def _fitted(size: int, workdir: Path, name: str, overrides: list[str] = ()):
     cfg = compose([f"classifier={name}", f"source.size={size}", *overrides])
     st = build_stages(cfg)
     scenes = st.source.load(workdir / "cache" / "sample")
-    labels = {r: st.labeler.label(s, workdir / f"labels-{size}-{r}.tif") for r, s in
-              (("train", scenes.train), ("test", scenes.test))}
+    labels = {
+        r: st.labeler.label(s, workdir / f"labels-{size}-{r}.tif")
+        for r, s in (("train", scenes.train), ("test", scenes.test))
+    }
     caps = {k: None if cfg.train.get(k) is None else int(cfg.train.get(k)) for k in ("max_pixels", "max_per_class")}
-    ts = sample_training_pixels(scenes.train, labels["train"], st.features, **caps,
-                                seed=0, spatial_block=int(cfg.train.spatial_block))
+    ts = sample_training_pixels(
+        scenes.train, labels["train"], st.features, **caps, seed=0, spatial_block=int(cfg.train.spatial_block)
+    )
     clf = instantiate(st.registry, "classifier", cfg.classifier)
     return st, scenes, labels, ts, clf
 
@@ -237,8 +268,16 @@ def child_classifiers(size: int, workdir: Path) -> dict:
         n_px, _ = predict_scene(scenes.test, st.features, clf, mask)
         pred_s = time.perf_counter() - t
         rep, _ = report(confusion_from_rasters(labels["test"].path, mask))
-        rows.append({"name": name, "fit_seconds": fit_s, "predict_seconds": pred_s, "pixels": n_px,
-                     "weighted_f1": rep["weighted avg"]["f1-score"], "crop_f1": rep["crop"]["f1-score"]})
+        rows.append(
+            {
+                "name": name,
+                "fit_seconds": fit_s,
+                "predict_seconds": pred_s,
+                "pixels": n_px,
+                "weighted_f1": rep["weighted avg"]["f1-score"],
+                "crop_f1": rep["crop"]["f1-score"],
+            }
+        )
     return {"classifiers": rows}
 
 
@@ -267,9 +306,15 @@ def child_knn(size: int, workdir: Path, repeats: int = 3) -> dict:
         t = time.perf_counter()
         got = clf.predict(X)
         ours.append(time.perf_counter() - t)
-    return {"pixels": len(X), "sklearn_seconds": sk, "cropseg_seconds": ours, "k": int(clf.model_.n_neighbors),
-            "agreement": float(np.mean(got == ref)), "n_train": int(len(clf.model_._y)),
-            "n_jobs": clf.model_.n_jobs}
+    return {
+        "pixels": len(X),
+        "sklearn_seconds": sk,
+        "cropseg_seconds": ours,
+        "k": int(clf.model_.n_neighbors),
+        "agreement": float(np.mean(got == ref)),
+        "n_train": int(len(clf.model_._y)),
+        "n_jobs": clf.model_.n_jobs,
+    }
 
 
 def child_workers(size: int, workdir: Path) -> dict:
@@ -284,10 +329,12 @@ def child_workers(size: int, workdir: Path) -> dict:
     out = {}
     ref = None
     cores = min(os.cpu_count() or 1, 8)
-    for label, cfg in (("serial", ParallelConfig(backend="serial")),
-                       (f"dask in-process, {cores} threads (default)", ParallelConfig(backend="dask")),
-                       ("dask, 1 worker process", ParallelConfig(backend="dask", workers=1, processes=True)),
-                       ("dask, 2 worker processes", ParallelConfig(backend="dask", workers=2, processes=True))):
+    for label, cfg in (
+        ("serial", ParallelConfig(backend="serial")),
+        (f"dask in-process, {cores} threads (default)", ParallelConfig(backend="dask")),
+        ("dask, 1 worker process", ParallelConfig(backend="dask", workers=1, processes=True)),
+        ("dask, 2 worker processes", ParallelConfig(backend="dask", workers=2, processes=True)),
+    ):
         with BlockExecutor(cfg) as ex, use_executor(ex):
             t = time.perf_counter()
             if cfg.backend == "dask":
@@ -306,14 +353,25 @@ def child_workers(size: int, workdir: Path) -> dict:
             arr = src.read(1)
         same = True if ref is None else bool(np.array_equal(arr, ref))
         ref = arr if ref is None else ref
-        out[label] = {"seconds": secs, "first_seconds": first_s, "start_seconds": start_s, "pixels": n_px,
-                      "identical": same}
+        out[label] = {
+            "seconds": secs,
+            "first_seconds": first_s,
+            "start_seconds": start_s,
+            "pixels": n_px,
+            "identical": same,
+        }
     return {"executors": out}
 
 
-CHILDREN = {"generate": child_generate, "cropseg": child_cropseg, "seed": child_seed, "io": child_io,
-            "classifiers": child_classifiers, "workers": child_workers,
-            "knn": child_knn}
+CHILDREN = {
+    "generate": child_generate,
+    "cropseg": child_cropseg,
+    "seed": child_seed,
+    "io": child_io,
+    "classifiers": child_classifiers,
+    "workers": child_workers,
+    "knn": child_knn,
+}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -366,13 +424,17 @@ def main() -> int:
     emit(f"# cropseg benchmarks{' (--quick)' if args.quick else ''}")
     emit()
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    emit(f"Machine: {platform.machine()}, {os.cpu_count()} cores, {mem:.1f} GiB, {platform.platform()}; "
-         f"Python {platform.python_version()}, cropseg {cropseg.__version__}, scikit-learn {sklearn.__version__}. "
-         f"Load average (1/5/15 min) at start: {load()}.")
+    emit(
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, {mem:.1f} GiB, {platform.platform()}; "
+        f"Python {platform.python_version()}, cropseg {cropseg.__version__}, scikit-learn {sklearn.__version__}. "
+        f"Load average (1/5/15 min) at start: {load()}."
+    )
     emit(f"Scenes: the bundled SYNTHETIC sample, {base}x{base} px unless said otherwise (train + test scene).")
     emit()
-    generated = {size: run_child(["generate", "--size", str(size)], workdir)
-                 for size in sorted(set(sizes if 2 in sections else [base]))}
+    generated = {
+        size: run_child(["generate", "--size", str(size)], workdir)
+        for size in sorted(set(sizes if 2 in sections else [base]))
+    }
 
     default_runs: dict[int, dict] = {}
 
@@ -386,20 +448,28 @@ def main() -> int:
         ours = cropseg_run(base)
         emit(f"## 1. Seed-style baseline vs cropseg's default KNN pipeline ({base}x{base}, load {load()})")
         emit()
-        emit("| variant | wall s | fit s | test predict s | pixels/s (end to end) | peak RSS MB (tree) | weighted F1 | crop F1 | k |")
+        emit(
+            "| variant | wall s | fit s | test predict s | pixels/s (end to end) | peak RSS MB (tree) | weighted F1 | crop F1 | k |"
+        )
         emit("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for name, r in (("seed-style (whole scene, KNN on all labelled pixels)", seed), ("cropseg default", ours)):
-            emit(f"| {name} | {fmt(r['wall_seconds'])} | {fmt(r['fit_seconds'])} | {fmt(r['predict_seconds'])} | "
-                 f"{fmt(r['pixels'] / r['wall_seconds'], 0)} | {fmt(r['peak_rss_tree_mb'], 0)} | "
-                 f"{r['weighted_f1']:.4f} | {r['crop_f1']:.4f} | {r['k']} |")
-        emit(f"| **ratio seed / cropseg** | **{seed['wall_seconds'] / ours['wall_seconds']:.2f}x** | "
-             f"{seed['fit_seconds'] / ours['fit_seconds']:.2f}x | {seed['predict_seconds'] / ours['predict_seconds']:.2f}x | "
-             f"cropseg {(ours['pixels'] / ours['wall_seconds']) / (seed['pixels'] / seed['wall_seconds']):.2f}x | "
-             f"{seed['peak_rss_tree_mb'] / ours['peak_rss_tree_mb']:.2f}x | | | |")
+            emit(
+                f"| {name} | {fmt(r['wall_seconds'])} | {fmt(r['fit_seconds'])} | {fmt(r['predict_seconds'])} | "
+                f"{fmt(r['pixels'] / r['wall_seconds'], 0)} | {fmt(r['peak_rss_tree_mb'], 0)} | "
+                f"{r['weighted_f1']:.4f} | {r['crop_f1']:.4f} | {r['k']} |"
+            )
+        emit(
+            f"| **ratio seed / cropseg** | **{seed['wall_seconds'] / ours['wall_seconds']:.2f}x** | "
+            f"{seed['fit_seconds'] / ours['fit_seconds']:.2f}x | {seed['predict_seconds'] / ours['predict_seconds']:.2f}x | "
+            f"cropseg {(ours['pixels'] / ours['wall_seconds']) / (seed['pixels'] / seed['wall_seconds']):.2f}x | "
+            f"{seed['peak_rss_tree_mb'] / ours['peak_rss_tree_mb']:.2f}x | | | |"
+        )
         emit()
-        emit("Pixels/s counts the pixels each variant classifies or trains on (test scene + labelled training "
-             "pixels) over the whole wall time, interpreter start-up and imports included. cropseg's run also "
-             "predicts and scores the training scene, writes previews, polygons and MLflow records.")
+        emit(
+            "Pixels/s counts the pixels each variant classifies or trains on (test scene + labelled training "
+            "pixels) over the whole wall time, interpreter start-up and imports included. cropseg's run also "
+            "predicts and scores the training scene, writes previews, polygons and MLflow records."
+        )
         emit()
 
     if 2 in sections:
@@ -407,38 +477,48 @@ def main() -> int:
         b = runs[sizes[0]]
         emit(f"## 2. Scaling: cropseg default at 1x, 4x, 16x pixels (load {load()})")
         emit()
-        emit("| scene | pixels (x) | wall s | wall / 1x | CV fit s | wall - fit s | (wall - fit) / 1x | peak RSS MB | RSS / 1x | "
-             "generating the scenes: peak RSS MB | weighted F1 |")
+        emit(
+            "| scene | pixels (x) | wall s | wall / 1x | CV fit s | wall - fit s | (wall - fit) / 1x | peak RSS MB | RSS / 1x | "
+            "generating the scenes: peak RSS MB | weighted F1 |"
+        )
         emit("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         b_rest = b["wall_seconds"] - b["fit_seconds"]
         for s, r in runs.items():
             rest = r["wall_seconds"] - r["fit_seconds"]
-            emit(f"| {s}x{s} | {(s / sizes[0]) ** 2:.0f}x | {fmt(r['wall_seconds'])} | {r['wall_seconds'] / b['wall_seconds']:.2f} | "
-                 f"{fmt(r['fit_seconds'])} | {fmt(rest)} | {rest / b_rest:.2f} | {fmt(r['peak_rss_tree_mb'], 0)} | "
-                 f"{r['peak_rss_tree_mb'] / b['peak_rss_tree_mb']:.2f} | {fmt(generated[s]['peak_rss_tree_mb'], 0)} | "
-                 f"{r['weighted_f1']:.4f} |")
+            emit(
+                f"| {s}x{s} | {(s / sizes[0]) ** 2:.0f}x | {fmt(r['wall_seconds'])} | {r['wall_seconds'] / b['wall_seconds']:.2f} | "
+                f"{fmt(r['fit_seconds'])} | {fmt(rest)} | {rest / b_rest:.2f} | {fmt(r['peak_rss_tree_mb'], 0)} | "
+                f"{r['peak_rss_tree_mb'] / b['peak_rss_tree_mb']:.2f} | {fmt(generated[s]['peak_rss_tree_mb'], 0)} | "
+                f"{r['weighted_f1']:.4f} |"
+            )
         emit()
-        emit("Peak RSS is that of the run's process and its children (the default `parallel.backend=serial` "
-             "starts none). The training sample is capped at `train.max_pixels` pixels in all, so the "
-             "k-tuning CV fit takes about the same time at every size; everything else (labels, sampling pass, "
-             "prediction of both scenes, filters, evaluation, polygons) grows with the pixels. Generating the "
-             "synthetic scenes happens once per size, before the timed runs.")
+        emit(
+            "Peak RSS is that of the run's process and its children (the default `parallel.backend=serial` "
+            "starts none). The training sample is capped at `train.max_pixels` pixels in all, so the "
+            "k-tuning CV fit takes about the same time at every size; everything else (labels, sampling pass, "
+            "prediction of both scenes, filters, evaluation, polygons) grows with the pixels. Generating the "
+            "synthetic scenes happens once per size, before the timed runs."
+        )
         emit()
         # spatial features: blocks are read with a halo (max radius), memory must stay bounded as well;
         # hist_gradient_boosting keeps the 16x run short (the features' memory is the question here)
         extra = "features=context;classifier=hist_gradient_boosting"
         ctx = {sz: run_child(["cropseg", "--size", str(sz), "--extra", extra], workdir) for sz in (sizes[0], sizes[-1])}
         c1 = ctx[sizes[0]]
-        emit(f"`features=context` (default radii and statistics) with `classifier=hist_gradient_boosting`, 1x and "
-             f"16x (load {load()}):")
+        emit(
+            f"`features=context` (default radii and statistics) with `classifier=hist_gradient_boosting`, 1x and "
+            f"16x (load {load()}):"
+        )
         emit()
         emit("| scene | pixels (x) | wall s | wall / 1x | CV fit s | peak RSS MB | RSS / 1x | crop F1 |")
         emit("|---|---:|---:|---:|---:|---:|---:|---:|")
         for s, r in ctx.items():
-            emit(f"| {s}x{s} features=context | {(s / sizes[0]) ** 2:.0f}x | {fmt(r['wall_seconds'])} | "
-                 f"{r['wall_seconds'] / c1['wall_seconds']:.2f} | {fmt(r['fit_seconds'])} | "
-                 f"{fmt(r['peak_rss_tree_mb'], 0)} | {r['peak_rss_tree_mb'] / c1['peak_rss_tree_mb']:.2f} | "
-                 f"{r['crop_f1']:.4f} |")
+            emit(
+                f"| {s}x{s} features=context | {(s / sizes[0]) ** 2:.0f}x | {fmt(r['wall_seconds'])} | "
+                f"{r['wall_seconds'] / c1['wall_seconds']:.2f} | {fmt(r['fit_seconds'])} | "
+                f"{fmt(r['peak_rss_tree_mb'], 0)} | {r['peak_rss_tree_mb'] / c1['peak_rss_tree_mb']:.2f} | "
+                f"{r['crop_f1']:.4f} |"
+            )
         emit()
 
     if 3 in sections:
@@ -449,14 +529,20 @@ def main() -> int:
         emit()
         emit("| step | seconds | share of the whole run |")
         emit("|---|---:|---:|")
-        emit(f"| read the test scene block by block + write a same-size uint8 mask (rasterio) | {fmt(io['seconds'], 2)} | "
-             f"{io['seconds'] / whole['wall_seconds']:.1%} |")
-        emit(f"| cropseg: classifier time predicting the test scene | {fmt(whole['predict_seconds'], 2)} | "
-             f"{whole['predict_seconds'] / whole['wall_seconds']:.1%} |")
+        emit(
+            f"| read the test scene block by block + write a same-size uint8 mask (rasterio) | {fmt(io['seconds'], 2)} | "
+            f"{io['seconds'] / whole['wall_seconds']:.1%} |"
+        )
+        emit(
+            f"| cropseg: classifier time predicting the test scene | {fmt(whole['predict_seconds'], 2)} | "
+            f"{whole['predict_seconds'] / whole['wall_seconds']:.1%} |"
+        )
         emit(f"| cropseg default run, end to end | {fmt(whole['wall_seconds'], 1)} | 100% |")
         emit()
-        emit("A run reads each scene several times (labels, sample, prediction) and writes raw and filtered "
-             "masks for both scenes: the floor times roughly 4 is what disk and codec alone would cost.")
+        emit(
+            "A run reads each scene several times (labels, sample, prediction) and writes raw and filtered "
+            "masks for both scenes: the floor times roughly 4 is what disk and codec alone would cost."
+        )
         emit()
 
     if 4 in sections:
@@ -464,47 +550,65 @@ def main() -> int:
         if 2 not in sections:
             run_child(["generate", "--size", str(wsize)], workdir)
         w = run_child(["workers", "--size", str(wsize)], workdir)
-        emit(f"## 4. Prediction stage: serial vs Dask workers ({wsize}x{wsize} test scene, "
-             f"{(-(-wsize // 512)) ** 2} blocks, KNN k=9, load {load()})")
+        emit(
+            f"## 4. Prediction stage: serial vs Dask workers ({wsize}x{wsize} test scene, "
+            f"{(-(-wsize // 512)) ** 2} blocks, KNN k=9, load {load()})"
+        )
         emit()
-        emit("| executor | cluster start s | first pass s | predict s (warm) | pixels/s (warm) | speed-up vs serial | mask identical to serial |")
+        emit(
+            "| executor | cluster start s | first pass s | predict s (warm) | pixels/s (warm) | speed-up vs serial | mask identical to serial |"
+        )
         emit("|---|---:|---:|---:|---:|---:|---|")
         ex = w["executors"]
         one = ex["serial"]["seconds"]
         for label, r in ex.items():
-            emit(f"| {label} | {fmt(r['start_seconds'], 1)} | {fmt(r['first_seconds'], 2)} | {fmt(r['seconds'], 2)} | "
-                 f"{fmt(r['pixels'] / r['seconds'], 0)} | {one / r['seconds']:.2f}x | {'yes' if r['identical'] else 'NO'} |")
+            emit(
+                f"| {label} | {fmt(r['start_seconds'], 1)} | {fmt(r['first_seconds'], 2)} | {fmt(r['seconds'], 2)} | "
+                f"{fmt(r['pixels'] / r['seconds'], 0)} | {one / r['seconds']:.2f}x | {'yes' if r['identical'] else 'NO'} |"
+            )
         emit()
-        emit("Serial runs one block at a time and gives it every core (the KNN kernel's threads); on Dask each "
-             "worker thread runs one block at a time, single-threaded. The first pass includes worker processes "
-             "importing cropseg and building the KD-trees; the warm pass is the steady state.")
+        emit(
+            "Serial runs one block at a time and gives it every core (the KNN kernel's threads); on Dask each "
+            "worker thread runs one block at a time, single-threaded. The first pass includes worker processes "
+            "importing cropseg and building the KD-trees; the warm pass is the steady state."
+        )
         emit()
 
     if 5 in sections:
         c = run_child(["classifiers", "--size", str(base)], workdir)
         emit(f"## 5. Every registered classifier ({base}x{base}, default options, load {load()})")
         emit()
-        emit("| classifier | fit s | predict pixels/s (test scene, serial) | weighted F1 (raw mask) | crop F1 (raw mask) |")
+        emit(
+            "| classifier | fit s | predict pixels/s (test scene, serial) | weighted F1 (raw mask) | crop F1 (raw mask) |"
+        )
         emit("|---|---:|---:|---:|---:|")
         for r in c["classifiers"]:
             if "skipped" in r:
                 emit(f"| {r['name']} | skipped: {r['skipped']} | | | |")
                 continue
-            emit(f"| {r['name']} | {fmt(r['fit_seconds'], 1)} | {fmt(r['pixels'] / r['predict_seconds'], 0)} | "
-                 f"{r['weighted_f1']:.4f} | {r['crop_f1']:.4f} |")
+            emit(
+                f"| {r['name']} | {fmt(r['fit_seconds'], 1)} | {fmt(r['pixels'] / r['predict_seconds'], 0)} | "
+                f"{r['weighted_f1']:.4f} | {r['crop_f1']:.4f} |"
+            )
         emit()
         s = run_child(["knn", "--size", str(base)], workdir)
         sk, cs = float(np.median(s["sklearn_seconds"])), float(np.median(s["cropseg_seconds"]))
-        emit(f"KNN reference, side by side in one fresh process on the same {s['pixels']:,} test pixels "
-             f"(k={s['k']}, {s['n_train']:,} training pixels; median of {len(s['sklearn_seconds'])} alternating "
-             f"repeats each, load {load()}):")
+        emit(
+            f"KNN reference, side by side in one fresh process on the same {s['pixels']:,} test pixels "
+            f"(k={s['k']}, {s['n_train']:,} training pixels; median of {len(s['sklearn_seconds'])} alternating "
+            f"repeats each, load {load()}):"
+        )
         emit()
         emit("| predict | seconds (median) | each repeat | pixels/s | ratio |")
         emit("|---|---:|---|---:|---:|")
-        emit(f"| scikit-learn KNeighborsClassifier.predict (n_jobs={s['n_jobs']}) | {fmt(sk, 2)} | "
-             f"{', '.join(fmt(x, 2) for x in s['sklearn_seconds'])} | {fmt(s['pixels'] / sk, 0)} | 1.00x |")
-        emit(f"| cropseg `knn` plugin predict | {fmt(cs, 2)} | {', '.join(fmt(x, 2) for x in s['cropseg_seconds'])} | "
-             f"{fmt(s['pixels'] / cs, 0)} | **{sk / cs:.2f}x** |")
+        emit(
+            f"| scikit-learn KNeighborsClassifier.predict (n_jobs={s['n_jobs']}) | {fmt(sk, 2)} | "
+            f"{', '.join(fmt(x, 2) for x in s['sklearn_seconds'])} | {fmt(s['pixels'] / sk, 0)} | 1.00x |"
+        )
+        emit(
+            f"| cropseg `knn` plugin predict | {fmt(cs, 2)} | {', '.join(fmt(x, 2) for x in s['cropseg_seconds'])} | "
+            f"{fmt(s['pixels'] / cs, 0)} | **{sk / cs:.2f}x** |"
+        )
         emit()
         emit(f"Agreement with scikit-learn (last repeat): {s['agreement']:.6%} of pixels.")
         emit()

@@ -256,8 +256,23 @@ def vote_binary(Q, pts, start, end, sdim, sval, left, right, k, out):
         for t in range(n1):
             hd[t] = bound
             hi[t] = -1
-        _search(q, pts[first], start[first], end[first], sdim[first], sval[first], left[first], right[first],
-                n1, hd, hi, node_stack, rd_stack, off_stack, off)
+        _search(
+            q,
+            pts[first],
+            start[first],
+            end[first],
+            sdim[first],
+            sval[first],
+            left[first],
+            right[first],
+            n1,
+            hd,
+            hi,
+            node_stack,
+            rd_stack,
+            off_stack,
+            off,
+        )
         prev[first, :n1] = hi[:n1]
         have[first] = True
         dist_first = hd[n1 - 1]
@@ -266,8 +281,23 @@ def vote_binary(Q, pts, start, end, sdim, sval, left, right, k, out):
         for t in range(n2):
             hd[t] = lim
             hi[t] = -1
-        _search(q, pts[other], start[other], end[other], sdim[other], sval[other], left[other], right[other],
-                n2, hd, hi, node_stack, rd_stack, off_stack, off)
+        _search(
+            q,
+            pts[other],
+            start[other],
+            end[other],
+            sdim[other],
+            sval[other],
+            left[other],
+            right[other],
+            n2,
+            hd,
+            hi,
+            node_stack,
+            rd_stack,
+            off_stack,
+            off,
+        )
         if hi[n2 - 1] >= 0:  # found: the other class wins, and its neighbours start the next search
             prev[other, :n2] = hi[:n2]
             have[other] = True

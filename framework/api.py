@@ -22,8 +22,11 @@ def _render(value: Any) -> str:
         return "[" + ",".join(_render(v) for v in value) + "]"
     if isinstance(value, Mapping):
         return "{" + ",".join(f"{k}:{_render(v)}" for k, v in value.items()) + "}"
-    return json.dumps(str(value)).replace("'", "\\'").replace('"', "'") if any(
-        ch in str(value) for ch in " ,:[]{}()='\"\\$*") else str(value)
+    return (
+        json.dumps(str(value)).replace("'", "\\'").replace('"', "'")
+        if any(ch in str(value) for ch in " ,:[]{}()='\"\\$*")
+        else str(value)
+    )
 
 
 def to_overrides(overrides: Sequence[str] | Mapping[str, Any] | None) -> list[str]:
@@ -35,8 +38,12 @@ def to_overrides(overrides: Sequence[str] | Mapping[str, Any] | None) -> list[st
     return [str(o) for o in overrides]
 
 
-def run(overrides: Sequence[str] | Mapping[str, Any] | None = None, *, output_dir: str | Path | None = None,
-        config_dir: str | Path | None = None) -> RunResult:
+def run(
+    overrides: Sequence[str] | Mapping[str, Any] | None = None,
+    *,
+    output_dir: str | Path | None = None,
+    config_dir: str | Path | None = None,
+) -> RunResult:
     """Run one crop-segmentation experiment and return its results.
 
     ``overrides`` are Hydra overrides, as on the command line (``["classifier=knn", "source.size=300"]``)

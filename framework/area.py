@@ -44,8 +44,12 @@ class SampleError(CropsegError, ValueError):
     """A reference sample cannot support the estimators (too few labelled points in a stratum...)."""
 
 
-def cochran_sample_size(weights: Sequence[float] | np.ndarray, user_accuracies: Sequence[float] | np.ndarray,
-                        target_se: float, population: float | None = None) -> int:
+def cochran_sample_size(
+    weights: Sequence[float] | np.ndarray,
+    user_accuracies: Sequence[float] | np.ndarray,
+    target_se: float,
+    population: float | None = None,
+) -> int:
     """Total sample size for stratified random sampling that gives standard error ``target_se`` of the
     estimated overall accuracy (Olofsson et al. 2014 eq. 13, Cochran 1977 eq. 5.25), which for a
     two-class map is also the standard error of the estimated area proportion of either class.
@@ -62,7 +66,7 @@ def cochran_sample_size(weights: Sequence[float] | np.ndarray, user_accuracies: 
         raise ConfigError(f"sample size: the target standard error must lie in (0, 1), got {target_se}")
     w = w / w.sum()
     s = np.sqrt(u * (1 - u))
-    denom = target_se ** 2 + (float(np.sum(w * s ** 2)) / population if population else 0.0)
+    denom = target_se**2 + (float(np.sum(w * s**2)) / population if population else 0.0)
     return max(1, math.ceil(float(np.sum(w * s)) ** 2 / denom))
 
 
@@ -143,11 +147,16 @@ class AreaEstimate:
         if self.counts.shape != (q, q) or self.mapped_pixels.shape != (q,):
             raise ValueError(f"counts must be {q}x{q} and mapped_pixels of length {q}")
         n_i = self.counts.sum(axis=1)
-        thin = [f"{c!r} ({int(k)} labelled point{'s' if k != 1 else ''})"
-                for c, k, N in zip(self.classes, n_i, self.mapped_pixels) if N > 0 and k < 2]
+        thin = [
+            f"{c!r} ({int(k)} labelled point{'s' if k != 1 else ''})"
+            for c, k, N in zip(self.classes, n_i, self.mapped_pixels)
+            if N > 0 and k < 2
+        ]
         if thin:
-            raise SampleError(f"stratum {', '.join(thin)}: at least 2 labelled points per mapped class are "
-                              "needed for the variance estimators")
+            raise SampleError(
+                f"stratum {', '.join(thin)}: at least 2 labelled points per mapped class are "
+                "needed for the variance estimators"
+            )
 
     # -- the estimators ---------------------------------------------------------------------------
     @property
@@ -199,7 +208,7 @@ class AreaEstimate:
     @property
     def overall_accuracy_se(self) -> float:
         u = self.user_accuracy
-        return float(np.sqrt(np.sum(self.weights ** 2 * u * (1 - u) / np.maximum(self.n_i - 1, 1))))
+        return float(np.sqrt(np.sum(self.weights**2 * u * (1 - u) / np.maximum(self.n_i - 1, 1))))
 
     @property
     def producer_accuracy(self) -> np.ndarray:
@@ -249,32 +258,54 @@ class AreaEstimate:
     # -- reporting ------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """Everything as plain JSON-able values."""
+
         def lst(a: np.ndarray) -> list[float | None]:
             return [None if not np.isfinite(v) else float(v) for v in np.asarray(a, dtype=np.float64)]
 
         out: dict[str, Any] = {
             "method": "stratified estimators, Olofsson et al. 2014 (strata = map classes), 95% CI = estimate "
-                      f"+- {self.z} SE",
-            "classes": list(self.classes), "sample_counts": self.counts.astype(int).tolist(),
-            "sample_size": int(self.counts.sum()), "stratum_sample_sizes": self.n_i.astype(int).tolist(),
-            "mapped_pixels": self.mapped_pixels.astype(int).tolist(), "weights": lst(self.weights),
+            f"+- {self.z} SE",
+            "classes": list(self.classes),
+            "sample_counts": self.counts.astype(int).tolist(),
+            "sample_size": int(self.counts.sum()),
+            "stratum_sample_sizes": self.n_i.astype(int).tolist(),
+            "mapped_pixels": self.mapped_pixels.astype(int).tolist(),
+            "weights": lst(self.weights),
             "error_matrix_proportions": [lst(r) for r in self.proportions],
-            "overall_accuracy": {"estimate": self.overall_accuracy, "se": self.overall_accuracy_se,
-                                 "ci95": [self.overall_accuracy - self.z * self.overall_accuracy_se,
-                                          self.overall_accuracy + self.z * self.overall_accuracy_se]},
-            "excluded_points": dict(self.excluded), "other_reference_codes": dict(self.other_codes),
+            "overall_accuracy": {
+                "estimate": self.overall_accuracy,
+                "se": self.overall_accuracy_se,
+                "ci95": [
+                    self.overall_accuracy - self.z * self.overall_accuracy_se,
+                    self.overall_accuracy + self.z * self.overall_accuracy_se,
+                ],
+            },
+            "excluded_points": dict(self.excluded),
+            "other_reference_codes": dict(self.other_codes),
         }
         per: dict[str, Any] = {}
-        ua, ua_se, pa, pa_se = (self.user_accuracy, self.user_accuracy_se, self.producer_accuracy,
-                                self.producer_accuracy_se)
+        ua, ua_se, pa, pa_se = (
+            self.user_accuracy,
+            self.user_accuracy_se,
+            self.producer_accuracy,
+            self.producer_accuracy_se,
+        )
         for k, c in enumerate(self.classes):
             per[c] = {
-                "user_accuracy": {"estimate": float(ua[k]), "se": float(ua_se[k]),
-                                  "ci95": [float(ua[k] - self.z * ua_se[k]), float(ua[k] + self.z * ua_se[k])]},
-                "producer_accuracy": {"estimate": lst(pa[k:k + 1])[0], "se": lst(pa_se[k:k + 1])[0],
-                                      "ci95": lst(np.array([pa[k] - self.z * pa_se[k], pa[k] + self.z * pa_se[k]]))},
-                "area_proportion": {"estimate": float(self.area_proportion[k]),
-                                    "se": float(self.area_proportion_se[k])},
+                "user_accuracy": {
+                    "estimate": float(ua[k]),
+                    "se": float(ua_se[k]),
+                    "ci95": [float(ua[k] - self.z * ua_se[k]), float(ua[k] + self.z * ua_se[k])],
+                },
+                "producer_accuracy": {
+                    "estimate": lst(pa[k : k + 1])[0],
+                    "se": lst(pa_se[k : k + 1])[0],
+                    "ci95": lst(np.array([pa[k] - self.z * pa_se[k], pa[k] + self.z * pa_se[k]])),
+                },
+                "area_proportion": {
+                    "estimate": float(self.area_proportion[k]),
+                    "se": float(self.area_proportion_se[k]),
+                },
                 "mapped_proportion": float(self.weights[k]),
             }
             if self.pixel_area_ha is not None:
@@ -290,41 +321,72 @@ class AreaEstimate:
         """A plain-text report: error matrix in area proportions, accuracies and areas with 95 % CIs."""
         q = len(self.classes)
         w = max(12, *(len(c) for c in self.classes))
-        lines = [(f"stratified estimates (Olofsson et al. 2014) from {int(self.counts.sum())} labelled points; "
-                  f"95% CI = estimate +- {self.z} SE")]
+        lines = [
+            (
+                f"stratified estimates (Olofsson et al. 2014) from {int(self.counts.sum())} labelled points; "
+                f"95% CI = estimate +- {self.z} SE"
+            )
+        ]
         if self.excluded:
-            lines.append("excluded points: " + ", ".join(f"{k} {v}" for k, v in self.excluded.items())
-                         + (" (codes: " + ", ".join(f"{k!r} x{v}" for k, v in self.other_codes.items()) + ")"
-                            if self.other_codes else ""))
-        lines += ["", "error matrix in estimated area proportions (rows: map, columns: reference)",
-                  " " * w + "".join(f"{c:>{w}}" for c in self.classes) + f"{'total':>{w}}{'n':>8}"]
+            lines.append(
+                "excluded points: "
+                + ", ".join(f"{k} {v}" for k, v in self.excluded.items())
+                + (
+                    " (codes: " + ", ".join(f"{k!r} x{v}" for k, v in self.other_codes.items()) + ")"
+                    if self.other_codes
+                    else ""
+                )
+            )
+        lines += [
+            "",
+            "error matrix in estimated area proportions (rows: map, columns: reference)",
+            " " * w + "".join(f"{c:>{w}}" for c in self.classes) + f"{'total':>{w}}{'n':>8}",
+        ]
         p = self.proportions
         for i in range(q):
-            lines.append(f"{self.classes[i]:<{w}}" + "".join(f"{p[i, j]:>{w}.4f}" for j in range(q))
-                         + f"{p[i].sum():>{w}.4f}{int(self.n_i[i]):>8d}")
-        lines.append(f"{'total':<{w}}" + "".join(f"{v:>{w}.4f}" for v in p.sum(axis=0)) + f"{1.0:>{w}.4f}"
-                     + f"{int(self.counts.sum()):>8d}")
+            lines.append(
+                f"{self.classes[i]:<{w}}"
+                + "".join(f"{p[i, j]:>{w}.4f}" for j in range(q))
+                + f"{p[i].sum():>{w}.4f}{int(self.n_i[i]):>8d}"
+            )
+        lines.append(
+            f"{'total':<{w}}"
+            + "".join(f"{v:>{w}.4f}" for v in p.sum(axis=0))
+            + f"{1.0:>{w}.4f}"
+            + f"{int(self.counts.sum()):>8d}"
+        )
         oa, oase = self.overall_accuracy, self.overall_accuracy_se
-        lines += ["", f"overall accuracy  {oa:.3f} +- {self.z * oase:.3f} (SE {oase:.3f})", "",
-                  f"{'class':<{w}}  {'user acc.':>17}  {'producer acc.':>17}"]
-        ua, ua_se, pa, pa_se = (self.user_accuracy, self.user_accuracy_se, self.producer_accuracy,
-                                self.producer_accuracy_se)
+        lines += [
+            "",
+            f"overall accuracy  {oa:.3f} +- {self.z * oase:.3f} (SE {oase:.3f})",
+            "",
+            f"{'class':<{w}}  {'user acc.':>17}  {'producer acc.':>17}",
+        ]
+        ua, ua_se, pa, pa_se = (
+            self.user_accuracy,
+            self.user_accuracy_se,
+            self.producer_accuracy,
+            self.producer_accuracy_se,
+        )
         for k, c in enumerate(self.classes):
-            lines.append(f"{c:<{w}}  {ua[k]:>8.3f} +- {self.z * ua_se[k]:.3f}  {pa[k]:>8.3f} +- "
-                         f"{self.z * pa_se[k]:.3f}")
+            lines.append(
+                f"{c:<{w}}  {ua[k]:>8.3f} +- {self.z * ua_se[k]:.3f}  {pa[k]:>8.3f} +- {self.z * pa_se[k]:.3f}"
+            )
         if self.pixel_area_ha is not None:
-            lines += ["", (f"{'class':<{w}}  {'mapped ha':>14}  {'error-adjusted ha':>18}  {'SE ha':>12}  "
-                           f"{'95% CI ha':>27}")]
+            lines += [
+                "",
+                (f"{'class':<{w}}  {'mapped ha':>14}  {'error-adjusted ha':>18}  {'SE ha':>12}  {'95% CI ha':>27}"),
+            ]
             a, s, m = self.area_ha(), self.area_se_ha(), self.mapped_ha()
             for k, c in enumerate(self.classes):
                 lo, hi = a[k] - self.z * s[k], a[k] + self.z * s[k]
-                lines.append(f"{c:<{w}}  {m[k]:>14,.2f}  {a[k]:>18,.2f}  {s[k]:>12,.2f}  "
-                             f"{lo:>12,.2f} - {hi:>12,.2f}")
+                lines.append(f"{c:<{w}}  {m[k]:>14,.2f}  {a[k]:>18,.2f}  {s[k]:>12,.2f}  {lo:>12,.2f} - {hi:>12,.2f}")
         return "\n".join(lines)
 
 
-def error_counts(map_classes: Sequence[int] | np.ndarray, reference_classes: Sequence[int] | np.ndarray,
-                 q: int) -> np.ndarray:
+def error_counts(
+    map_classes: Sequence[int] | np.ndarray, reference_classes: Sequence[int] | np.ndarray, q: int
+) -> np.ndarray:
     """``q`` x ``q`` sample counts (rows map class, columns reference class) from integer class codes."""
     m = np.asarray(map_classes, dtype=np.int64)
     r = np.asarray(reference_classes, dtype=np.int64)

@@ -72,10 +72,11 @@ def pixel_area_ha(crs: Any, transform: Any, path: Path | str = "mask") -> float:
         raise RasterFormatError(f"{path}: the mask has no CRS")
     pcrs = PyCRS.from_user_input(crs.to_wkt())
     if pcrs.is_geographic:
-        raise RasterFormatError(f"{path}: the mask is in a geographic CRS ({crs}); areas in hectares need a "
-                                "projected CRS")
+        raise RasterFormatError(
+            f"{path}: the mask is in a geographic CRS ({crs}); areas in hectares need a projected CRS"
+        )
     unit = float(pcrs.axis_info[0].unit_conversion_factor)
-    return abs(transform.a * transform.e - transform.b * transform.d) * unit ** 2 / 1e4
+    return abs(transform.a * transform.e - transform.b * transform.d) * unit**2 / 1e4
 
 
 def _strata_block(mask: np.ndarray, truth: np.ndarray | None) -> np.ndarray:
@@ -88,8 +89,10 @@ def read_mask(path: Path | str, exclude: Path | str | None = None, block: int = 
     p = Path(path)
     with open_raster(p, what="mask") as src:
         if src.count != 1 or not np.issubdtype(np.dtype(src.dtypes[0]), np.integer):
-            raise RasterFormatError(f"{p}: a crop mask is one integer band of 0 non-crop, 1 crop, 255 nodata; "
-                                    f"found {src.count} band(s) of {src.dtypes[0]}")
+            raise RasterFormatError(
+                f"{p}: a crop mask is one integer band of 0 non-crop, 1 crop, 255 nodata; "
+                f"found {src.count} band(s) of {src.dtypes[0]}"
+            )
         if src.transform.is_identity:
             raise RasterFormatError(f"{p}: the mask has no georeferencing (identity transform)")
         area = pixel_area_ha(src.crs, src.transform, p)
@@ -110,32 +113,42 @@ def read_mask(path: Path | str, exclude: Path | str | None = None, block: int = 
         other = [v for v in np.flatnonzero(counts) if v not in (0, 1, IGNORE)]
         if other:
             shown = ", ".join(str(int(v)) for v in other[:5])
-            raise RasterFormatError(f"{p}: not a 0/1/255 crop mask (found value(s) {shown}"
-                                    f"{'...' if len(other) > 5 else ''})")
+            raise RasterFormatError(
+                f"{p}: not a 0/1/255 crop mask (found value(s) {shown}{'...' if len(other) > 5 else ''})"
+            )
         strata = counts[[0, 1]]
         if strata.sum() == 0:
             raise RasterFormatError(f"{p}: the mask holds no classified (0 or 1) pixels")
         return MaskInfo(p, src.crs, src.transform, src.width, src.height, strata, area)
 
 
-def draw_positions(mask: MaskInfo, n_per_stratum: Sequence[int] | np.ndarray, seed: int,
-                   exclude: Path | str | None = None, block: int = BLOCK) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def draw_positions(
+    mask: MaskInfo,
+    n_per_stratum: Sequence[int] | np.ndarray,
+    seed: int,
+    exclude: Path | str | None = None,
+    block: int = BLOCK,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A stratified random sample without replacement: ``n_per_stratum[h]`` pixels of stratum ``h``, each
     pixel of a stratum equally likely. Ranks are drawn within each stratum up front; a windowed pass
     finds the pixels holding them. Returns (rows, cols, strata) sorted by row and column."""
     return _draw(mask, n_per_stratum, seed, exclude, block)[:3]
 
 
-def _draw(mask: MaskInfo, n_per_stratum: Sequence[int] | np.ndarray, seed: int, exclude: Path | str | None,
-          block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _draw(
+    mask: MaskInfo, n_per_stratum: Sequence[int] | np.ndarray, seed: int, exclude: Path | str | None, block: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """:func:`draw_positions`, plus the values of the ``exclude`` raster at the drawn pixels."""
     rng = np.random.default_rng(seed)
     ranks = []
     for h, n_h in enumerate(n_per_stratum):
         if n_h > mask.counts[h]:
             raise ConfigError(f"stratum {CLASSES[h]!r}: {n_h} points asked, {int(mask.counts[h])} pixels")
-        ranks.append(np.sort(rng.choice(int(mask.counts[h]), size=int(n_h), replace=False)) if n_h else
-                     np.zeros(0, dtype=np.int64))
+        ranks.append(
+            np.sort(rng.choice(int(mask.counts[h]), size=int(n_h), replace=False))
+            if n_h
+            else np.zeros(0, dtype=np.int64)
+        )
     offsets = [0, 0]
     rows: list[np.ndarray] = []
     cols: list[np.ndarray] = []
@@ -184,20 +197,33 @@ class SampleDesign:
 
     def summary(self) -> dict[str, Any]:
         w = self.mask.counts / self.mask.counts.sum()
-        return {"mask": str(self.mask.path), "mask_crs": self.mask.crs.to_string(),
-                "mapped_pixels": {c: int(v) for c, v in zip(CLASSES, self.mask.counts)},
-                "mapped_area_ha": {c: float(v * self.mask.pixel_area_ha) for c, v in zip(CLASSES, self.mask.counts)},
-                "weights": {c: float(v) for c, v in zip(CLASSES, w)},
-                "target_se": self.target_se,
-                "anticipated_user_accuracy": (dict(zip(CLASSES, self.user_accuracies))
-                                              if self.user_accuracies else None),
-                "sample_size": self.n, "allocation": self.allocation,
-                "points_per_stratum": {c: int(v) for c, v in zip(CLASSES, self.n_per_stratum)}, "seed": self.seed}
+        return {
+            "mask": str(self.mask.path),
+            "mask_crs": self.mask.crs.to_string(),
+            "mapped_pixels": {c: int(v) for c, v in zip(CLASSES, self.mask.counts)},
+            "mapped_area_ha": {c: float(v * self.mask.pixel_area_ha) for c, v in zip(CLASSES, self.mask.counts)},
+            "weights": {c: float(v) for c, v in zip(CLASSES, w)},
+            "target_se": self.target_se,
+            "anticipated_user_accuracy": (dict(zip(CLASSES, self.user_accuracies)) if self.user_accuracies else None),
+            "sample_size": self.n,
+            "allocation": self.allocation,
+            "points_per_stratum": {c: int(v) for c, v in zip(CLASSES, self.n_per_stratum)},
+            "seed": self.seed,
+        }
 
 
-def design_sample(mask_path: Path | str, *, target_se: float = 0.01, user_accuracies: Sequence[float] = (0.9, 0.9),
-                  n: int | None = None, allocation: str = "minimum", minimum: int = 50, seed: int = 0,
-                  exclude: Path | str | None = None, block: int = BLOCK) -> SampleDesign:
+def design_sample(
+    mask_path: Path | str,
+    *,
+    target_se: float = 0.01,
+    user_accuracies: Sequence[float] = (0.9, 0.9),
+    n: int | None = None,
+    allocation: str = "minimum",
+    minimum: int = 50,
+    seed: int = 0,
+    exclude: Path | str | None = None,
+    block: int = BLOCK,
+) -> SampleDesign:
     """Size (Cochran's formula, unless ``n`` is given), allocate and draw a stratified random sample of
     ``mask_path``'s pixels; ``user_accuracies`` are the anticipated user's accuracies of (non-crop, crop)."""
     mask = read_mask(mask_path, exclude, block)
@@ -210,8 +236,18 @@ def design_sample(mask_path: Path | str, *, target_se: float = 0.01, user_accura
         n = cochran_sample_size(mask.counts / total, ua, target_se, population=total)
     per = allocate(int(n), mask.counts, allocation, minimum)
     rows, cols, strata = draw_positions(mask, per, seed, exclude, block)
-    return SampleDesign(mask, int(per.sum()), per, allocation, rows, cols, strata, seed,
-                        target_se if sized else None, (ua[0], ua[1]) if sized else None)
+    return SampleDesign(
+        mask,
+        int(per.sum()),
+        per,
+        allocation,
+        rows,
+        cols,
+        strata,
+        seed,
+        target_se if sized else None,
+        (ua[0], ua[1]) if sized else None,
+    )
 
 
 def write_sample(design: SampleDesign, geojson: Path, csv_path: Path | None) -> None:
@@ -226,9 +262,14 @@ def write_sample(design: SampleDesign, geojson: Path, csv_path: Path | None) -> 
     lon, lat = warp(m.crs, "EPSG:4326", xs.tolist(), ys.tolist())
     crs_txt = m.crs.to_string()
     props = {
-        "id": np.arange(1, len(xs) + 1), "stratum": design.strata.astype(int),
-        "stratum_name": [CLASSES[s] for s in design.strata], "pixel_row": design.rows.astype(int),
-        "pixel_col": design.cols.astype(int), "x": xs, "y": ys, "mask_crs": [crs_txt] * len(xs),
+        "id": np.arange(1, len(xs) + 1),
+        "stratum": design.strata.astype(int),
+        "stratum_name": [CLASSES[s] for s in design.strata],
+        "pixel_row": design.rows.astype(int),
+        "pixel_col": design.cols.astype(int),
+        "x": xs,
+        "y": ys,
+        "mask_crs": [crs_txt] * len(xs),
         "reference": [None] * len(xs),
     }
     gdf = gpd.GeoDataFrame(props, geometry=gpd.points_from_xy(lon, lat), crs="EPSG:4326")
@@ -238,12 +279,37 @@ def write_sample(design: SampleDesign, geojson: Path, csv_path: Path | None) -> 
     if csv_path is not None:
         with atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as fh:
             wr = csv.writer(fh)
-            wr.writerow(["id", "stratum", "stratum_name", "pixel_row", "pixel_col", "x", "y", "mask_crs", "lon",
-                         "lat", "reference"])
+            wr.writerow(
+                [
+                    "id",
+                    "stratum",
+                    "stratum_name",
+                    "pixel_row",
+                    "pixel_col",
+                    "x",
+                    "y",
+                    "mask_crs",
+                    "lon",
+                    "lat",
+                    "reference",
+                ]
+            )
             for k in range(len(xs)):
-                wr.writerow([k + 1, int(design.strata[k]), CLASSES[design.strata[k]], int(design.rows[k]),
-                             int(design.cols[k]), f"{xs[k]:.3f}", f"{ys[k]:.3f}", crs_txt, f"{lon[k]:.8f}",
-                             f"{lat[k]:.8f}", ""])
+                wr.writerow(
+                    [
+                        k + 1,
+                        int(design.strata[k]),
+                        CLASSES[design.strata[k]],
+                        int(design.rows[k]),
+                        int(design.cols[k]),
+                        f"{xs[k]:.3f}",
+                        f"{ys[k]:.3f}",
+                        crs_txt,
+                        f"{lon[k]:.8f}",
+                        f"{lat[k]:.8f}",
+                        "",
+                    ]
+                )
 
 
 # -- estimation from a labelled sample ------------------------------------------------------------------
@@ -280,8 +346,9 @@ def _read_points(path: Path) -> Any:
             if not {"lon", "lat"} <= set(df.columns):
                 raise InputFileError(f"{path}: a CSV sample needs lon and lat columns (EPSG:4326)")
             df = df.replace({"": None})
-            return gpd.GeoDataFrame(df, geometry=gpd.points_from_xy(df["lon"].astype(float),
-                                                                    df["lat"].astype(float)), crs="EPSG:4326")
+            return gpd.GeoDataFrame(
+                df, geometry=gpd.points_from_xy(df["lon"].astype(float), df["lat"].astype(float)), crs="EPSG:4326"
+            )
         return gpd.read_file(path)
     except InputFileError:
         raise
@@ -289,9 +356,13 @@ def _read_points(path: Path) -> Any:
         raise InputFileError(f"{path}: cannot read the sample: {str(exc).splitlines()[0]}") from None
 
 
-def read_labelled_sample(sample: Path | str, mask: MaskInfo, reference_field: str = "reference",
-                         crop_values: Sequence[str] = DEFAULT_CROP_CODES,
-                         noncrop_values: Sequence[str] = DEFAULT_NONCROP_CODES) -> LabelledSample:
+def read_labelled_sample(
+    sample: Path | str,
+    mask: MaskInfo,
+    reference_field: str = "reference",
+    crop_values: Sequence[str] = DEFAULT_CROP_CODES,
+    noncrop_values: Sequence[str] = DEFAULT_NONCROP_CODES,
+) -> LabelledSample:
     """Locate the sample's points on the mask (reprojecting from the sample's declared CRS), read their
     map class, and map their reference values to crop / non-crop. Points outside the mask, on nodata,
     unlabelled or with other reference codes are excluded and counted; errors for unusable samples."""
@@ -317,8 +388,10 @@ def read_labelled_sample(sample: Path | str, mask: MaskInfo, reference_field: st
         rows[finite], cols[finite] = np.asarray(rr, dtype=np.int64), np.asarray(cc, dtype=np.int64)
     inside = (rows >= 0) & (rows < mask.height) & (cols >= 0) & (cols < mask.width)
     if not inside.any():
-        raise CRSMismatchError(f"{path}: none of its {len(gdf)} points falls inside {mask.path} (sample CRS "
-                               f"{gdf.crs.to_string()}, mask CRS {mask.crs.to_string()}): wrong CRS or wrong mask?")
+        raise CRSMismatchError(
+            f"{path}: none of its {len(gdf)} points falls inside {mask.path} (sample CRS "
+            f"{gdf.crs.to_string()}, mask CRS {mask.crs.to_string()}): wrong CRS or wrong mask?"
+        )
     codes = [_code(v) for v in gdf[reference_field]]
     crop = {c.strip().lower() for c in crop_values}
     noncrop = {c.strip().lower() for c in noncrop_values}
@@ -326,27 +399,36 @@ def read_labelled_sample(sample: Path | str, mask: MaskInfo, reference_field: st
         raise ConfigError(f"reference codes {sorted(crop & noncrop)} are given as both crop and non-crop")
     labelled = [c for c in codes if c is not None]
     if not labelled:
-        raise InputFileError(f"{path}: no {reference_field!r} values (all {len(gdf)} points are empty); label "
-                             "the points first")
+        raise InputFileError(
+            f"{path}: no {reference_field!r} values (all {len(gdf)} points are empty); label the points first"
+        )
     if not any(c in crop or c in noncrop for c in labelled):
         found = ", ".join(f"{k!r}" for k, _ in Counter(labelled).most_common(5))
-        raise InputFileError(f"{path}: {reference_field!r} values ({found}) are neither crop "
-                             f"({', '.join(sorted(crop))}) nor non-crop ({', '.join(sorted(noncrop))}) codes")
+        raise InputFileError(
+            f"{path}: {reference_field!r} values ({found}) are neither crop "
+            f"({', '.join(sorted(crop))}) nor non-crop ({', '.join(sorted(noncrop))}) codes"
+        )
     map_class = np.full(len(gdf), IGNORE, dtype=np.int64)
     with rasterio.open(mask.path) as src:
         idx = np.flatnonzero(inside)
         if len(idx):
-            vals = np.fromiter((v[0] for v in src.sample(zip(xs[idx], ys[idx]), indexes=1)), dtype=np.int64,
-                               count=len(idx))
+            vals = np.fromiter(
+                (v[0] for v in src.sample(zip(xs[idx], ys[idx]), indexes=1)), dtype=np.int64, count=len(idx)
+            )
             map_class[idx] = vals
     if "stratum" in gdf.columns:
         stored = [_code(v) for v in gdf["stratum"]]
-        clash = [k for k in np.flatnonzero(inside & (map_class != IGNORE))
-                 if stored[k] is not None and stored[k] != str(int(map_class[k]))]
+        clash = [
+            k
+            for k in np.flatnonzero(inside & (map_class != IGNORE))
+            if stored[k] is not None and stored[k] != str(int(map_class[k]))
+        ]
         if clash:
-            raise SampleError(f"{path}: {len(clash)} point(s) have a 'stratum' that differs from {mask.path} at "
-                              f"their location (first: point {int(clash[0]) + 1}): the sample was drawn from "
-                              "another map, and the estimators need the strata of the map being assessed")
+            raise SampleError(
+                f"{path}: {len(clash)} point(s) have a 'stratum' that differs from {mask.path} at "
+                f"their location (first: point {int(clash[0]) + 1}): the sample was drawn from "
+                "another map, and the estimators need the strata of the map being assessed"
+            )
     reference = np.full(len(gdf), -1, dtype=np.int64)
     excluded: Counter[str] = Counter()
     others: Counter[str] = Counter()
@@ -365,30 +447,55 @@ def read_labelled_sample(sample: Path | str, mask: MaskInfo, reference_field: st
             excluded["other reference codes"] += 1
             others[c] += 1
     keep = reference >= 0
-    return LabelledSample(map_class[keep], reference[keep], {k: int(v) for k, v in excluded.items()}, len(gdf), gdf,
-                          {k: int(v) for k, v in others.most_common()})
+    return LabelledSample(
+        map_class[keep],
+        reference[keep],
+        {k: int(v) for k, v in excluded.items()},
+        len(gdf),
+        gdf,
+        {k: int(v) for k, v in others.most_common()},
+    )
 
 
-def estimate_area(mask_path: Path | str, sample: Path | str, *, reference_field: str = "reference",
-                  crop_values: Sequence[str] = DEFAULT_CROP_CODES,
-                  noncrop_values: Sequence[str] = DEFAULT_NONCROP_CODES) -> AreaEstimate:
+def estimate_area(
+    mask_path: Path | str,
+    sample: Path | str,
+    *,
+    reference_field: str = "reference",
+    crop_values: Sequence[str] = DEFAULT_CROP_CODES,
+    noncrop_values: Sequence[str] = DEFAULT_NONCROP_CODES,
+) -> AreaEstimate:
     """Error-adjusted crop / non-crop area, accuracies and the error matrix in area proportions from a
     labelled stratified sample of ``mask_path`` (the library function behind ``cropseg estimate-area``)."""
     return _estimate(mask_path, sample, reference_field, crop_values, noncrop_values)[0]
 
 
-def _estimate(mask_path: Path | str, sample: Path | str, reference_field: str, crop_values: Sequence[str],
-              noncrop_values: Sequence[str]) -> tuple[AreaEstimate, LabelledSample]:
+def _estimate(
+    mask_path: Path | str,
+    sample: Path | str,
+    reference_field: str,
+    crop_values: Sequence[str],
+    noncrop_values: Sequence[str],
+) -> tuple[AreaEstimate, LabelledSample]:
     mask = read_mask(mask_path)
     lab = read_labelled_sample(sample, mask, reference_field, crop_values, noncrop_values)
     counts = error_counts(lab.map_class, lab.reference, 2)
-    return AreaEstimate(list(CLASSES), counts, mask.counts, mask.pixel_area_ha, excluded=lab.excluded,
-                        other_codes=lab.other_codes), lab
+    return AreaEstimate(
+        list(CLASSES), counts, mask.counts, mask.pixel_area_ha, excluded=lab.excluded, other_codes=lab.other_codes
+    ), lab
 
 
 # -- the protocol simulated on a wall-to-wall labelled scene ----------------------------------------------
-def simulate_protocol(mask_path: Path | str, truth_path: Path | str, n: int, *, allocation: str = "minimum",
-                      minimum: int = 50, seed: int = 0, block: int = BLOCK) -> AreaEstimate:
+def simulate_protocol(
+    mask_path: Path | str,
+    truth_path: Path | str,
+    n: int,
+    *,
+    allocation: str = "minimum",
+    minimum: int = 50,
+    seed: int = 0,
+    block: int = BLOCK,
+) -> AreaEstimate:
     """Draw a stratified sample of ``n`` pixels of the mask (over pixels labelled in the truth raster),
     take reference labels from ``truth_path`` and estimate, as a person following the protocol would."""
     mask = read_mask(mask_path, truth_path, block)
@@ -408,8 +515,15 @@ def check_area_config(ecfg: Any) -> None:
         raise ConfigError(f"evaluate.area_allocation: one of {', '.join(ALLOCATIONS)}, got {alloc!r}")
 
 
-def area_metrics(mask_path: Path, truth_path: Path, sample_size: int | None, *, allocation: str = "minimum",
-                 seed: int = 0, report_dir: Path | None = None) -> dict[str, float]:
+def area_metrics(
+    mask_path: Path,
+    truth_path: Path,
+    sample_size: int | None,
+    *,
+    allocation: str = "minimum",
+    seed: int = 0,
+    report_dir: Path | None = None,
+) -> dict[str, float]:
     """Metrics of a run: mapped and reference crop area over the pixels labelled in the truth raster and
     their difference; with ``sample_size``, the protocol simulated on the scene (error-adjusted crop
     area, its SE and 95 % CI, whether the CI holds the reference area). Reports go to ``report_dir``."""
@@ -421,26 +535,42 @@ def area_metrics(mask_path: Path, truth_path: Path, sample_size: int | None, *, 
     truth = read_mask(truth_path, exclude=mask_path)
     ref_ha = float(truth.counts[1] * truth.pixel_area_ha)
     map_ha = float(mapped.counts[1] * mapped.pixel_area_ha)
-    out = {"area_mapped_crop_ha": map_ha, "area_reference_crop_ha": ref_ha, "area_difference_ha": map_ha - ref_ha,
-           "area_difference_pct": 100 * (map_ha - ref_ha) / ref_ha if ref_ha else float("nan")}
+    out = {
+        "area_mapped_crop_ha": map_ha,
+        "area_reference_crop_ha": ref_ha,
+        "area_difference_ha": map_ha - ref_ha,
+        "area_difference_pct": 100 * (map_ha - ref_ha) / ref_ha if ref_ha else float("nan"),
+    }
     if sample_size:
         est = simulate_protocol(mask_path, truth_path, int(sample_size), allocation=allocation, seed=seed)
         a, s = float(est.area_ha()[1]), float(est.area_se_ha()[1])
-        out.update(area_adjusted_crop_ha=a, area_adjusted_crop_se_ha=s, area_adjusted_crop_ci_low_ha=a - est.z * s,
-                   area_adjusted_crop_ci_high_ha=a + est.z * s, area_sample_size=float(est.counts.sum()),
-                   area_ci_contains_reference=float(a - est.z * s <= ref_ha <= a + est.z * s),
-                   area_crop_user_accuracy=float(est.user_accuracy[1]),
-                   area_crop_producer_accuracy=float(est.producer_accuracy[1]),
-                   area_overall_accuracy=est.overall_accuracy)
+        out.update(
+            area_adjusted_crop_ha=a,
+            area_adjusted_crop_se_ha=s,
+            area_adjusted_crop_ci_low_ha=a - est.z * s,
+            area_adjusted_crop_ci_high_ha=a + est.z * s,
+            area_sample_size=float(est.counts.sum()),
+            area_ci_contains_reference=float(a - est.z * s <= ref_ha <= a + est.z * s),
+            area_crop_user_accuracy=float(est.user_accuracy[1]),
+            area_crop_producer_accuracy=float(est.producer_accuracy[1]),
+            area_overall_accuracy=est.overall_accuracy,
+        )
         if report_dir is not None:
             d = est.to_dict()
-            d.update(simulated=True, reference_crop_area_ha=ref_ha, allocation=allocation, seed=seed,
-                     note="protocol simulated on the test scene: reference labels taken from its ground truth")
+            d.update(
+                simulated=True,
+                reference_crop_area_ha=ref_ha,
+                allocation=allocation,
+                seed=seed,
+                note="protocol simulated on the test scene: reference labels taken from its ground truth",
+            )
             with atomic_path(report_dir / "area_estimate.json") as tmp:
                 tmp.write_text(json.dumps(d, indent=2))
             with atomic_path(report_dir / "area_estimate.txt") as tmp:
-                tmp.write_text(f"protocol simulated on the test scene ({allocation} allocation, seed {seed}); "
-                               f"reference crop area {ref_ha:,.2f} ha\n" + est.text() + "\n")
+                tmp.write_text(
+                    f"protocol simulated on the test scene ({allocation} allocation, seed {seed}); "
+                    f"reference crop area {ref_ha:,.2f} ha\n" + est.text() + "\n"
+                )
     return out
 
 
@@ -457,23 +587,41 @@ def sample_design_command(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="cropseg sample-design",
         description="Draw a stratified random sample of a crop mask's pixels (strata: non-crop 0, crop 1; 255 "
-                    "excluded) for reference labelling, sized by Cochran's formula for a target standard error "
-                    "(Olofsson et al. 2014 eq. 13). Writes GeoJSON points (EPSG:4326) and CSV with an empty "
-                    "'reference' field: fill it with 1 (crop) or 0 (non-crop), then run cropseg estimate-area.")
+        "excluded) for reference labelling, sized by Cochran's formula for a target standard error "
+        "(Olofsson et al. 2014 eq. 13). Writes GeoJSON points (EPSG:4326) and CSV with an empty "
+        "'reference' field: fill it with 1 (crop) or 0 (non-crop), then run cropseg estimate-area.",
+    )
     parser.add_argument("mask", help="the predicted mask GeoTIFF (0 non-crop, 1 crop, 255 nodata)")
-    parser.add_argument("--target-se", type=float, default=0.01,
-                        help="target standard error of the crop-area proportion (default: %(default)s)")
-    parser.add_argument("--user-accuracy", default="0.9,0.9",
-                        help="anticipated user's accuracies of non-crop,crop (default: %(default)s)")
+    parser.add_argument(
+        "--target-se",
+        type=float,
+        default=0.01,
+        help="target standard error of the crop-area proportion (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--user-accuracy",
+        default="0.9,0.9",
+        help="anticipated user's accuracies of non-crop,crop (default: %(default)s)",
+    )
     parser.add_argument("--sample-size", type=int, help="total points (instead of the target standard error)")
-    parser.add_argument("--allocation", default="minimum", choices=ALLOCATIONS,
-                        help="points per stratum: proportional to area, equal, or a minimum per stratum with the "
-                             "rest proportional (default: %(default)s)")
-    parser.add_argument("--minimum", type=int, default=50, help="points per stratum at least, for --allocation "
-                                                                "minimum (default: %(default)s)")
+    parser.add_argument(
+        "--allocation",
+        default="minimum",
+        choices=ALLOCATIONS,
+        help="points per stratum: proportional to area, equal, or a minimum per stratum with the "
+        "rest proportional (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--minimum",
+        type=int,
+        default=50,
+        help="points per stratum at least, for --allocation minimum (default: %(default)s)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    parser.add_argument("--output", help="the GeoJSON to write (default: <mask stem>_sample.geojson beside the "
-                                         "mask); the CSV goes beside it")
+    parser.add_argument(
+        "--output",
+        help="the GeoJSON to write (default: <mask stem>_sample.geojson beside the mask); the CSV goes beside it",
+    )
     args = parser.parse_args(list(argv))
     ua = _floats(args.user_accuracy, "--user-accuracy")
     if args.sample_size is not None and args.sample_size < 1:
@@ -486,21 +634,36 @@ def sample_design_command(argv: Sequence[str]) -> int:
         raise ConfigError(f"--output {out}: a .geojson file")
     if not out.parent.is_dir():
         raise InputFileError(f"--output {out}: folder {out.parent} does not exist")
-    design = design_sample(mask, target_se=args.target_se, user_accuracies=ua, n=args.sample_size,
-                           allocation=args.allocation, minimum=args.minimum, seed=args.seed)
+    design = design_sample(
+        mask,
+        target_se=args.target_se,
+        user_accuracies=ua,
+        n=args.sample_size,
+        allocation=args.allocation,
+        minimum=args.minimum,
+        seed=args.seed,
+    )
     csv_path = out.with_suffix(".csv")
     write_sample(design, out, csv_path)
     s = design.summary()
-    print(f"mask {mask}: {s['mapped_pixels']['crop']:,} crop and {s['mapped_pixels']['non-crop']:,} non-crop "
-          f"pixels ({s['mapped_area_ha']['crop']:,.2f} / {s['mapped_area_ha']['non-crop']:,.2f} ha mapped)")
+    print(
+        f"mask {mask}: {s['mapped_pixels']['crop']:,} crop and {s['mapped_pixels']['non-crop']:,} non-crop "
+        f"pixels ({s['mapped_area_ha']['crop']:,.2f} / {s['mapped_area_ha']['non-crop']:,.2f} ha mapped)"
+    )
     if args.sample_size is None:
-        print(f"sample size {design.n} for a standard error of {args.target_se} of the crop-area proportion "
-              f"(Cochran / Olofsson et al. 2014 eq. 13; anticipated user's accuracies non-crop {ua[0]}, crop "
-              f"{ua[1] if len(ua) > 1 else '?'})")
-    print(f"allocation {args.allocation}: {s['points_per_stratum']['crop']} crop, "
-          f"{s['points_per_stratum']['non-crop']} non-crop points (seed {args.seed})")
-    print(f"wrote {out} and {csv_path}: fill 'reference' with 1 (crop) or 0 (non-crop), then\n"
-          f"  cropseg estimate-area {mask} {out}")
+        print(
+            f"sample size {design.n} for a standard error of {args.target_se} of the crop-area proportion "
+            f"(Cochran / Olofsson et al. 2014 eq. 13; anticipated user's accuracies non-crop {ua[0]}, crop "
+            f"{ua[1] if len(ua) > 1 else '?'})"
+        )
+    print(
+        f"allocation {args.allocation}: {s['points_per_stratum']['crop']} crop, "
+        f"{s['points_per_stratum']['non-crop']} non-crop points (seed {args.seed})"
+    )
+    print(
+        f"wrote {out} and {csv_path}: fill 'reference' with 1 (crop) or 0 (non-crop), then\n"
+        f"  cropseg estimate-area {mask} {out}"
+    )
     return 0
 
 
@@ -511,19 +674,30 @@ def estimate_area_command(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="cropseg estimate-area",
         description="Error-adjusted crop area with its standard error and 95%% CI, user's / producer's / overall "
-                    "accuracy and the error matrix in area proportions, from a labelled stratified random "
-                    "sample of the mask (Olofsson et al. 2014). Recorded as an MLflow run.")
+        "accuracy and the error matrix in area proportions, from a labelled stratified random "
+        "sample of the mask (Olofsson et al. 2014). Recorded as an MLflow run.",
+    )
     parser.add_argument("mask", help="the mask the sample was drawn from (0 non-crop, 1 crop, 255 nodata)")
-    parser.add_argument("sample", help="the labelled sample: GeoJSON (or any vector file with a CRS) or the CSV "
-                                       "written by cropseg sample-design")
-    parser.add_argument("--reference-field", default="reference", help="field holding the reference class "
-                                                                       "(default: %(default)s)")
-    parser.add_argument("--crop-values", default=",".join(DEFAULT_CROP_CODES),
-                        help="reference codes meaning crop (default: %(default)s)")
-    parser.add_argument("--noncrop-values", default=",".join(DEFAULT_NONCROP_CODES),
-                        help="reference codes meaning non-crop (default: %(default)s)")
-    parser.add_argument("--output-dir", help="where to write area_estimate.json / .txt (default: "
-                                             "outputs/area/<date>/<time>-<id>)")
+    parser.add_argument(
+        "sample",
+        help="the labelled sample: GeoJSON (or any vector file with a CRS) or the CSV written by cropseg sample-design",
+    )
+    parser.add_argument(
+        "--reference-field", default="reference", help="field holding the reference class (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--crop-values",
+        default=",".join(DEFAULT_CROP_CODES),
+        help="reference codes meaning crop (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--noncrop-values",
+        default=",".join(DEFAULT_NONCROP_CODES),
+        help="reference codes meaning non-crop (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--output-dir", help="where to write area_estimate.json / .txt (default: outputs/area/<date>/<time>-<id>)"
+    )
     parser.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     parser.add_argument("--experiment", default="cropseg-area", help="MLflow experiment (default: %(default)s)")
     parser.add_argument("--run-name", help="name of the MLflow run")
@@ -533,24 +707,41 @@ def estimate_area_command(argv: Sequence[str]) -> int:
     if not crop or not noncrop:
         raise ConfigError("--crop-values / --noncrop-values: at least one code each")
     est, lab = _estimate(args.mask, args.sample, args.reference_field, crop, noncrop)
-    out = Path(args.output_dir) if args.output_dir else (
-        Path("outputs") / "area" / f"{datetime.now():%Y-%m-%d/%H-%M-%S}-{uuid.uuid4().hex[:6]}")
+    out = (
+        Path(args.output_dir)
+        if args.output_dir
+        else (Path("outputs") / "area" / f"{datetime.now():%Y-%m-%d/%H-%M-%S}-{uuid.uuid4().hex[:6]}")
+    )
     tracker = Tracker(args.tracking_uri, args.experiment)
     data = est.to_dict()
-    data.update(mask=str(Path(args.mask).resolve()), sample=str(Path(args.sample).resolve()),
-                reference_field=args.reference_field, crop_values=crop, noncrop_values=noncrop)
+    data.update(
+        mask=str(Path(args.mask).resolve()),
+        sample=str(Path(args.sample).resolve()),
+        reference_field=args.reference_field,
+        crop_values=crop,
+        noncrop_values=noncrop,
+    )
     text = est.text()
     with tempfile.TemporaryDirectory() as tmpd:
         files = {"area_estimate.json": json.dumps(data, indent=2), "area_estimate.txt": text + "\n"}
         for name, body in files.items():
             (Path(tmpd) / name).write_text(body)
-        run_id = log_area_estimate(tracker, args.run_name or f"area-{Path(args.mask).stem}",
-                                   params={"mask": args.mask, "sample": args.sample,
-                                           "reference_field": args.reference_field, "crop_values": ",".join(crop),
-                                           "noncrop_values": ",".join(noncrop)},
-                                   metrics=estimate_metrics(est), tables=_estimate_tables(est),
-                                   files=[Path(tmpd) / n for n in files], sample=lab.frame,
-                                   sample_source=str(Path(args.sample).resolve()))
+        run_id = log_area_estimate(
+            tracker,
+            args.run_name or f"area-{Path(args.mask).stem}",
+            params={
+                "mask": args.mask,
+                "sample": args.sample,
+                "reference_field": args.reference_field,
+                "crop_values": ",".join(crop),
+                "noncrop_values": ",".join(noncrop),
+            },
+            metrics=estimate_metrics(est),
+            tables=_estimate_tables(est),
+            files=[Path(tmpd) / n for n in files],
+            sample=lab.frame,
+            sample_source=str(Path(args.sample).resolve()),
+        )
         out.mkdir(parents=True, exist_ok=True)
         for name, body in files.items():
             with atomic_path(out / name) as tmp:
@@ -562,33 +753,45 @@ def estimate_area_command(argv: Sequence[str]) -> int:
 
 
 def estimate_metrics(est: AreaEstimate) -> dict[str, float]:
-    m: dict[str, float] = {"overall_accuracy": est.overall_accuracy, "overall_accuracy_se": est.overall_accuracy_se,
-                           "sample_size": float(est.counts.sum())}
+    m: dict[str, float] = {
+        "overall_accuracy": est.overall_accuracy,
+        "overall_accuracy_se": est.overall_accuracy_se,
+        "sample_size": float(est.counts.sum()),
+    }
     for k, c in enumerate(est.classes):
         key = c.replace("-", "")
-        m.update({f"{key}_user_accuracy": float(est.user_accuracy[k]),
-                  f"{key}_user_accuracy_se": float(est.user_accuracy_se[k]),
-                  f"{key}_producer_accuracy": float(est.producer_accuracy[k]),
-                  f"{key}_producer_accuracy_se": float(est.producer_accuracy_se[k]),
-                  f"{key}_area_ha": float(est.area_ha()[k]), f"{key}_area_se_ha": float(est.area_se_ha()[k]),
-                  f"{key}_area_ci_low_ha": float(est.area_ha()[k] - est.z * est.area_se_ha()[k]),
-                  f"{key}_area_ci_high_ha": float(est.area_ha()[k] + est.z * est.area_se_ha()[k]),
-                  f"{key}_mapped_area_ha": float(est.mapped_ha()[k])})
+        m.update(
+            {
+                f"{key}_user_accuracy": float(est.user_accuracy[k]),
+                f"{key}_user_accuracy_se": float(est.user_accuracy_se[k]),
+                f"{key}_producer_accuracy": float(est.producer_accuracy[k]),
+                f"{key}_producer_accuracy_se": float(est.producer_accuracy_se[k]),
+                f"{key}_area_ha": float(est.area_ha()[k]),
+                f"{key}_area_se_ha": float(est.area_se_ha()[k]),
+                f"{key}_area_ci_low_ha": float(est.area_ha()[k] - est.z * est.area_se_ha()[k]),
+                f"{key}_area_ci_high_ha": float(est.area_ha()[k] + est.z * est.area_se_ha()[k]),
+                f"{key}_mapped_area_ha": float(est.mapped_ha()[k]),
+            }
+        )
     m.update({f"excluded_{k.replace(' ', '_')}": float(v) for k, v in est.excluded.items()})
     return {k: v for k, v in m.items() if np.isfinite(v)}
 
 
 def _estimate_tables(est: AreaEstimate) -> dict[str, dict[str, Any]]:
     p = est.proportions
-    matrix: dict[str, Any] = {"map_class": list(est.classes), **{f"reference_{c}": [float(v) for v in p[:, j]]
-                                                  for j, c in enumerate(est.classes)},
-              "sample_points": [int(v) for v in est.n_i]}
+    matrix: dict[str, Any] = {
+        "map_class": list(est.classes),
+        **{f"reference_{c}": [float(v) for v in p[:, j]] for j, c in enumerate(est.classes)},
+        "sample_points": [int(v) for v in est.n_i],
+    }
     acc: dict[str, list[Any]] = {"class": [], "measure": [], "estimate": [], "se": [], "ci95_low": [], "ci95_high": []}
     rows = [("overall", "overall_accuracy", est.overall_accuracy, est.overall_accuracy_se)]
     for k, c in enumerate(est.classes):
-        rows += [(c, "user_accuracy", est.user_accuracy[k], est.user_accuracy_se[k]),
-                 (c, "producer_accuracy", est.producer_accuracy[k], est.producer_accuracy_se[k]),
-                 (c, "area_ha", est.area_ha()[k], est.area_se_ha()[k])]
+        rows += [
+            (c, "user_accuracy", est.user_accuracy[k], est.user_accuracy_se[k]),
+            (c, "producer_accuracy", est.producer_accuracy[k], est.producer_accuracy_se[k]),
+            (c, "area_ha", est.area_ha()[k], est.area_se_ha()[k]),
+        ]
     for c, mname, e, s in rows:
         acc["class"].append(c)
         acc["measure"].append(mname)
@@ -599,6 +802,18 @@ def _estimate_tables(est: AreaEstimate) -> dict[str, dict[str, Any]]:
     return {"area/error_matrix_proportions.json": matrix, "area/estimates.json": acc}
 
 
-__all__ = ["CLASSES", "MaskInfo", "SampleDesign", "area_metrics", "check_area_config", "design_sample",
-           "draw_positions", "estimate_area", "estimate_metrics", "read_labelled_sample", "read_mask",
-           "simulate_protocol", "write_sample"]
+__all__ = [
+    "CLASSES",
+    "MaskInfo",
+    "SampleDesign",
+    "area_metrics",
+    "check_area_config",
+    "design_sample",
+    "draw_positions",
+    "estimate_area",
+    "estimate_metrics",
+    "read_labelled_sample",
+    "read_mask",
+    "simulate_protocol",
+    "write_sample",
+]

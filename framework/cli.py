@@ -12,9 +12,28 @@ from .errors import CropsegError
 log = logging.getLogger("cropseg")
 PROG = "cropseg"
 #: Hydra flags after which composing the job config ourselves is not meaningful.
-_HYDRA_INFO_FLAGS = {"--help", "-h", "--hydra-help", "--version", "--info", "-i", "--cfg", "-c", "--resolve",
-                     "--shell-completion", "-sc", "--package", "-p", "--config-path", "-cp", "--config-name",
-                     "-cn", "--config-dir", "-cd", "--experimental-rerun"}
+_HYDRA_INFO_FLAGS = {
+    "--help",
+    "-h",
+    "--hydra-help",
+    "--version",
+    "--info",
+    "-i",
+    "--cfg",
+    "-c",
+    "--resolve",
+    "--shell-completion",
+    "-sc",
+    "--package",
+    "-p",
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--experimental-rerun",
+}
 _FAILURES: list[str] = []
 
 
@@ -48,8 +67,13 @@ def _estimate_area():  # noqa: ANN202
     return estimate_area_command
 
 
-SUBCOMMANDS = {"plugins": _plugins, "compare": _compare, "predict": _predict, "sample-design": _sample_design,
-               "estimate-area": _estimate_area}
+SUBCOMMANDS = {
+    "plugins": _plugins,
+    "compare": _compare,
+    "predict": _predict,
+    "sample-design": _sample_design,
+    "estimate-area": _estimate_area,
+}
 #: one line per subcommand for ``cropseg --help`` (a subcommand registered above without one is still listed)
 SUBCOMMAND_HELP = {
     "predict": "apply a logged or registered model to a new scene (cropseg predict MODEL_URI IMAGE)",
@@ -74,8 +98,12 @@ COMMON_OVERRIDES = [
 def usage() -> str:
     """What ``cropseg --help`` prints before Hydra's own help."""
     width = max(len(n) for n in SUBCOMMANDS)
-    lines = ["usage: cropseg [OVERRIDES...]          run the pipeline (Hydra app; its help follows below)",
-             "       cropseg SUBCOMMAND [--help]", "", "subcommands:"]
+    lines = [
+        "usage: cropseg [OVERRIDES...]          run the pipeline (Hydra app; its help follows below)",
+        "       cropseg SUBCOMMAND [--help]",
+        "",
+        "subcommands:",
+    ]
     lines += [f"  {n:<{width}}  {SUBCOMMAND_HELP.get(n, '')}".rstrip() for n in SUBCOMMANDS]
     width = max(len(o) for o, _ in COMMON_OVERRIDES)
     lines += ["", "most used overrides:"]
@@ -163,8 +191,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         except Exception as err:  # noqa: BLE001 - the store went away too: still one line and the exit code
             killed = None
             log.warning("could not end the sweep's runs: %s", str(err).splitlines()[0] if str(err) else err)
-        return report(PROG, exc, f"sweep parent run {killed} and its unfinished jobs marked KILLED" if killed
-                      else "stopped cleanly (an MLflow run in progress is marked KILLED)")
+        return report(
+            PROG,
+            exc,
+            f"sweep parent run {killed} and its unfinished jobs marked KILLED"
+            if killed
+            else "stopped cleanly (an MLflow run in progress is marked KILLED)",
+        )
 
 
 def _main(args: list[str]) -> int:

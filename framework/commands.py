@@ -49,8 +49,9 @@ def predict_command(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="cropseg predict",
         description="Apply a trained cropseg model to a new 4-band scene: mask GeoTIFF (on the scene's grid), "
-                    "crop segments GeoJSON, crop-area summary, and with --ground-truth a classification report. "
-                    "Recorded as an MLflow run linked to the model's training run.")
+        "crop segments GeoJSON, crop-area summary, and with --ground-truth a classification report. "
+        "Recorded as an MLflow run linked to the model's training run.",
+    )
     parser.add_argument("model_uri", help="runs:/<run_id>/model, models:/<name>/<version> or models:/<name>@<alias>")
     parser.add_argument("image", help="the scene: a 4-band GeoTIFF (blue, green, red, NIR DN)")
     parser.add_argument("--metadata", help="the scene's Planet metadata XML (DN -> TOA reflectance coefficients)")
@@ -58,30 +59,48 @@ def predict_command(argv: Sequence[str]) -> int:
     parser.add_argument("--aoi", help="predict only inside this AOI (any vector file)")
     parser.add_argument("--udm", help="usable-data raster (band 1 > 0 = clear)")
     parser.add_argument("--nodata", type=float, help="DN of missing pixels (default: as in training)")
-    parser.add_argument("--ground-truth", help="ground truth for a classification report: a vector file (crop "
-                                               "values of --attribute) or a class raster (.tif/.img/.vrt: crop "
-                                               "pixel values; its nodata and --ignore-values are ignored)")
+    parser.add_argument(
+        "--ground-truth",
+        help="ground truth for a classification report: a vector file (crop "
+        "values of --attribute) or a class raster (.tif/.img/.vrt: crop "
+        "pixel values; its nodata and --ignore-values are ignored)",
+    )
     parser.add_argument("--attribute", default="CLASS1", help="ground-truth attribute holding the class (CLASS1)")
-    parser.add_argument("--crop-values", default=",".join(DWR_CROP_CLASSES),
-                        help="comma-separated crop values of --attribute, or crop pixel values of a class "
-                             "raster (default: %(default)s)")
-    parser.add_argument("--ignore-values", default="",
-                        help="comma-separated class-raster pixel values to leave out of the scores")
+    parser.add_argument(
+        "--crop-values",
+        default=",".join(DWR_CROP_CLASSES),
+        help="comma-separated crop values of --attribute, or crop pixel values of a class "
+        "raster (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--ignore-values", default="", help="comma-separated class-raster pixel values to leave out of the scores"
+    )
     parser.add_argument("--layer", help="layer of a multi-layer ground-truth file")
-    parser.add_argument("--uncovered", default="noncrop", choices=["noncrop", "ignore"],
-                        help="land no ground-truth polygon covers (default: %(default)s)")
-    parser.add_argument("--reference-sample", help="labelled sample of this scene's mask (cropseg sample-design; "
-                                                   "'reference' 1 crop / 0 non-crop) for the error-adjusted area")
+    parser.add_argument(
+        "--uncovered",
+        default="noncrop",
+        choices=["noncrop", "ignore"],
+        help="land no ground-truth polygon covers (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--reference-sample",
+        help="labelled sample of this scene's mask (cropseg sample-design; "
+        "'reference' 1 crop / 0 non-crop) for the error-adjusted area",
+    )
     parser.add_argument("--labeler", help="labeler plugin for the ground truth (default: the model's)")
     parser.add_argument("--output-dir", help="where to write (default: outputs/predict/<date>/<time>-<id>)")
     parser.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
-    parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="experiment of the prediction run "
-                                                                         "(default: %(default)s)")
+    parser.add_argument(
+        "--experiment", default=DEFAULT_EXPERIMENT, help="experiment of the prediction run (default: %(default)s)"
+    )
     parser.add_argument("--run-name", help="name of the prediction run")
     parser.add_argument("--block-size", type=int, default=512, help="pixels per block side (default: %(default)s)")
     par = parser.add_mutually_exclusive_group()
-    par.add_argument("--serial", action="store_true", help="blocks one after another in this process (default: in "
-                                                          "parallel on an in-process Dask LocalCluster)")
+    par.add_argument(
+        "--serial",
+        action="store_true",
+        help="blocks one after another in this process (default: in parallel on an in-process Dask LocalCluster)",
+    )
     par.add_argument("--scheduler", help="run blocks on the Dask cluster at this scheduler address (tcp://host:8786)")
     parser.add_argument("--workers", type=int, help="threads of the in-process LocalCluster (default: one per core)")
     args = parser.parse_args(list(argv))
@@ -97,16 +116,33 @@ def predict_command(argv: Sequence[str]) -> int:
     root.setLevel(logging.INFO)
     try:
         parallel = ParallelConfig.from_config(
-            {"backend": "dask", "scheduler": args.scheduler, "workers": args.workers} if not args.serial
-            else {"backend": "serial"})
+            {"backend": "dask", "scheduler": args.scheduler, "workers": args.workers}
+            if not args.serial
+            else {"backend": "serial"}
+        )
         result = predict(
-            args.model_uri, args.image, metadata=args.metadata, scale=args.scale, aoi=args.aoi, udm=args.udm,
-            nodata=args.nodata, ground_truth=args.ground_truth, attribute=args.attribute,
-            crop_values=[v.strip() for v in args.crop_values.split(",") if v.strip()], layer=args.layer,
+            args.model_uri,
+            args.image,
+            metadata=args.metadata,
+            scale=args.scale,
+            aoi=args.aoi,
+            udm=args.udm,
+            nodata=args.nodata,
+            ground_truth=args.ground_truth,
+            attribute=args.attribute,
+            crop_values=[v.strip() for v in args.crop_values.split(",") if v.strip()],
+            layer=args.layer,
             ignore_values=_ints(args.ignore_values, "--ignore-values"),
-            uncovered=args.uncovered, labeler=args.labeler, output_dir=args.output_dir,
-            tracking_uri=args.tracking_uri, experiment=args.experiment, run_name=args.run_name,
-            block=args.block_size, parallel=parallel, reference_sample=args.reference_sample)
+            uncovered=args.uncovered,
+            labeler=args.labeler,
+            output_dir=args.output_dir,
+            tracking_uri=args.tracking_uri,
+            experiment=args.experiment,
+            run_name=args.run_name,
+            block=args.block_size,
+            parallel=parallel,
+            reference_sample=args.reference_sample,
+        )
     except CropsegError as exc:
         print(f"cropseg: error: {exc}", file=sys.stderr)
         return 1

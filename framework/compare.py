@@ -46,8 +46,20 @@ METRIC_COLUMNS = [
 STAGE_TAGS = ["source", "labeler", "features", "classifier", "postprocessor"]
 STAGE_PREFIXES = tuple(f"{s}." for s in STAGE_TAGS)
 #: params never shown as "key params" (paths, bookkeeping)
-_NOISE = ("tracking.", "output_dir", "cache_dir", "preview.", "plugins.", "source.train_", "source.test_",
-          "source.image", "source.ground_truth", "features.names", "train.n_pixels", "hydra")
+_NOISE = (
+    "tracking.",
+    "output_dir",
+    "cache_dir",
+    "preview.",
+    "plugins.",
+    "source.train_",
+    "source.test_",
+    "source.image",
+    "source.ground_truth",
+    "features.names",
+    "train.n_pixels",
+    "hydra",
+)
 
 
 @dataclass
@@ -75,14 +87,20 @@ def collect(tracker: Tracker, parent_run_id: str | None) -> list[Row]:
         inputs = tracker.dataset_inputs(r, "testing")
         digest = tags.get(f"{TAG_PREFIX}data.testing") or "+".join(sorted(d for _, d in inputs))[:33]
         described = ", ".join(name for name, _ in inputs) or tags.get(f"{TAG_PREFIX}test.scene_id", "")
-        rows.append(Row(
-            run_id=r.info.run_id, name=r.info.run_name or r.info.run_id[:8], status=r.info.status,
-            stages={s: tags.get(f"{TAG_PREFIX}{s}", "") for s in STAGE_TAGS},
-            params=dict(r.data.params), metrics=dict(r.data.metrics),
-            error=tags.get(f"{TAG_PREFIX}error", ""),
-            test_digest=digest or "unknown", test_data=described or "test data not recorded",
-            chosen=tags.get(f"{TAG_PREFIX}chosen", ""),
-        ))
+        rows.append(
+            Row(
+                run_id=r.info.run_id,
+                name=r.info.run_name or r.info.run_id[:8],
+                status=r.info.status,
+                stages={s: tags.get(f"{TAG_PREFIX}{s}", "") for s in STAGE_TAGS},
+                params=dict(r.data.params),
+                metrics=dict(r.data.metrics),
+                error=tags.get(f"{TAG_PREFIX}error", ""),
+                test_digest=digest or "unknown",
+                test_data=described or "test data not recorded",
+                chosen=tags.get(f"{TAG_PREFIX}chosen", ""),
+            )
+        )
     return rows
 
 
@@ -119,7 +137,7 @@ def config_label(row: Row, rows: list[Row], shown: list[str] | None = None) -> s
             opts.append(row.chosen or chosen_label({k[4:]: v for k, v in row.params.items() if k.startswith("fit.")}))
         for key in shown:
             if key.startswith(f"{stage}.") and key in row.params and _differs(rows, key, row):
-                leaf = key[len(stage) + 1:]
+                leaf = key[len(stage) + 1 :]
                 if stage == "classifier" and leaf.endswith("_grid") and opts[0]:
                     continue  # the chosen value is shown; its grid is in the CSV
                 if stage == "postprocessor":  # postprocessor.median_blur.kernel -> median_blur kernel=7
@@ -128,8 +146,11 @@ def config_label(row: Row, rows: list[Row], shown: list[str] | None = None) -> s
         named = stage in ("classifier", "features") or len({r.stages.get(stage) for r in rows}) > 1
         if named or opts:
             parts.append(" ".join(p for p in ((row.stages.get(stage, "") or "?") if named else "", *opts) if p))
-    others = [k for k in shown if not k.startswith(STAGE_PREFIXES) and not k.startswith("fit.")
-              and k in row.params and _differs(rows, k, row)]
+    others = [
+        k
+        for k in shown
+        if not k.startswith(STAGE_PREFIXES) and not k.startswith("fit.") and k in row.params and _differs(rows, k, row)
+    ]
     parts += [f"{k}={fmt_value(row.params[k])}" for k in others]
     return " | ".join(parts)
 
@@ -145,6 +166,7 @@ def group_rows(rows: list[Row]) -> dict[str, list[Row]]:
         if r not in stray:
             by.setdefault(r.test_digest, []).append(r)
     out: dict[str, list[Row]] = {}
+
     def order(kv: tuple[str, list[Row]]) -> tuple[bool, int, str]:  # groups with scores first, larger first
         return (not any(r.status == "FINISHED" for r in kv[1]), -len(kv[1]), kv[0])
 
@@ -184,20 +206,51 @@ def _ranks(rows: list[Row]) -> dict[str, int]:
 def table(rows: list[Row], params: list[str]) -> tuple[list[str], list[list[Any]]]:
     """The CSV: every run with its test group, readable config, stages, all metrics and ``params`` (all of
     them, for the CSV)."""
-    header = ["rank", "test group", "test data", "test data digest", "run", "config", "run id", "status",
-              *STAGE_TAGS, *[label for _, label in METRIC_COLUMNS], "error", *params]
+    header = [
+        "rank",
+        "test group",
+        "test data",
+        "test data digest",
+        "run",
+        "config",
+        "run id",
+        "status",
+        *STAGE_TAGS,
+        *[label for _, label in METRIC_COLUMNS],
+        "error",
+        *params,
+    ]
     ranks = _ranks(rows)
-    body = [[ranks[r.run_id], r.group, r.test_data, r.test_digest, r.name, r.config, r.run_id, r.status,
-             *[r.stages[s] for s in STAGE_TAGS], *[r.metrics.get(m, "") for m, _ in METRIC_COLUMNS], r.error,
-             *[r.params.get(p, "") for p in params]] for r in rows]
+    body = [
+        [
+            ranks[r.run_id],
+            r.group,
+            r.test_data,
+            r.test_digest,
+            r.name,
+            r.config,
+            r.run_id,
+            r.status,
+            *[r.stages[s] for s in STAGE_TAGS],
+            *[r.metrics.get(m, "") for m, _ in METRIC_COLUMNS],
+            r.error,
+            *[r.params.get(p, "") for p in params],
+        ]
+        for r in rows
+    ]
     return header, body
 
 
 #: console and Markdown metric columns: metric, header, format
 CONSOLE_METRICS = [
-    ("test_crop_precision", "crop P", "{:.3f}"), ("test_crop_recall", "crop R", "{:.3f}"),
-    ("test_crop_f1", "crop F1", "{:.3f}"), ("test_weighted_avg_f1", "wF1", "{:.3f}"), ("test_iou", "IoU", "{:.3f}"),
-    ("cv_score", "CV", "{:.3f}"), ("fit_seconds", "fit s", "{:.1f}"), ("predict_pixels_per_second", "px/s", "{:,.0f}"),
+    ("test_crop_precision", "crop P", "{:.3f}"),
+    ("test_crop_recall", "crop R", "{:.3f}"),
+    ("test_crop_f1", "crop F1", "{:.3f}"),
+    ("test_weighted_avg_f1", "wF1", "{:.3f}"),
+    ("test_iou", "IoU", "{:.3f}"),
+    ("cv_score", "CV", "{:.3f}"),
+    ("fit_seconds", "fit s", "{:.1f}"),
+    ("predict_pixels_per_second", "px/s", "{:,.0f}"),
 ]
 DEFAULT_WIDTH = 160
 
@@ -217,8 +270,15 @@ def markdown(rows: list[Row]) -> str:
     header = ["test group", "rank", "config", "run id", "status", *[h for _, h, _ in CONSOLE_METRICS], "error"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for r in rows:
-        cells = [r.group, str(ranks[r.run_id]), r.config, r.run_id[:8], r.status,
-                 *[_metric(r.metrics.get(m), f) for m, _, f in CONSOLE_METRICS], r.error]
+        cells = [
+            r.group,
+            str(ranks[r.run_id]),
+            r.config,
+            r.run_id[:8],
+            r.status,
+            *[_metric(r.metrics.get(m), f) for m, _, f in CONSOLE_METRICS],
+            r.error,
+        ]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -230,22 +290,36 @@ def console(rows: list[Row], groups: dict[str, list[Row]], width: int = DEFAULT_
     ranks = _ranks(rows)
     show_status = any(r.status != "FINISHED" for r in rows)
     head = ["#", "config", "run id", *(["status"] if show_status else []), *[h for _, h, _ in CONSOLE_METRICS]]
-    cells = {r.run_id: [str(ranks[r.run_id]), r.config, r.run_id[:8], *([r.status] if show_status else []),
-                        *[_metric(r.metrics.get(m), f) for m, _, f in CONSOLE_METRICS]] for r in rows}
+    cells = {
+        r.run_id: [
+            str(ranks[r.run_id]),
+            r.config,
+            r.run_id[:8],
+            *([r.status] if show_status else []),
+            *[_metric(r.metrics.get(m), f) for m, _, f in CONSOLE_METRICS],
+        ]
+        for r in rows
+    }
     widths = [max([len(head[j])] + [len(c[j]) for c in cells.values()]) for j in range(len(head))]
     fixed = sum(w for j, w in enumerate(widths) if j != 1) + 2 * (len(head) - 1)
     widths[1] = max(12, min(widths[1], width - fixed))
     left = {1, 2, 3} if show_status else {1, 2}
 
     def line(values: list[str]) -> str:
-        return "  ".join(_clip(v, w).ljust(w) if j in left else _clip(v, w).rjust(w)
-                         for j, (v, w) in enumerate(zip(values, widths))).rstrip()
+        return "  ".join(
+            _clip(v, w).ljust(w) if j in left else _clip(v, w).rjust(w) for j, (v, w) in enumerate(zip(values, widths))
+        ).rstrip()
 
     text = []
     for letter, members in groups.items():
         if len(groups) > 1:
-            text.append(_clip(f"test group {letter}, {len(members)} run(s): {members[0].test_data} "
-                              f"(digest {members[0].test_digest})", width))
+            text.append(
+                _clip(
+                    f"test group {letter}, {len(members)} run(s): {members[0].test_data} "
+                    f"(digest {members[0].test_digest})",
+                    width,
+                )
+            )
         text += [line(head), "  ".join("-" * w for w in widths)]
         text += [line(cells[r.run_id]) for r in members]
         text += [_clip(f"  {r.run_id[:8]} {r.status}: {r.error}", width) for r in members if r.error]
@@ -257,8 +331,13 @@ def chart(rows: list[Row], path: Path) -> Path:
     from matplotlib.figure import Figure
 
     done = [r for r in rows if r.status == "FINISHED"]
-    metrics = [("test_crop_precision", "crop precision"), ("test_crop_recall", "crop recall"),
-               ("test_crop_f1", "crop F1"), ("test_weighted_avg_f1", "weighted F1"), ("test_iou", "crop IoU")]
+    metrics = [
+        ("test_crop_precision", "crop precision"),
+        ("test_crop_recall", "crop recall"),
+        ("test_crop_f1", "crop F1"),
+        ("test_weighted_avg_f1", "weighted F1"),
+        ("test_iou", "crop IoU"),
+    ]
     fig = Figure(figsize=(max(6, 1.6 * len(done) + 2), 4.5), dpi=100)
     ax = fig.add_subplot(1, 1, 1)
     width = 0.8 / len(metrics)
@@ -277,8 +356,9 @@ def chart(rows: list[Row], path: Path) -> Path:
     return path
 
 
-def mask_panels(tracker: Tracker, rows: list[Row], path: Path, window: Sequence[int] | None,
-                workdir: Path) -> Path | None:
+def mask_panels(
+    tracker: Tracker, rows: list[Row], path: Path, window: Sequence[int] | None, workdir: Path
+) -> Path | None:
     """Ground truth and each run's prediction-vs-ground-truth map for the same window of the test scene."""
     import rasterio
     from matplotlib.figure import Figure
@@ -327,16 +407,25 @@ def mask_panels(tracker: Tracker, rows: list[Row], path: Path, window: Sequence[
     legend = [Patch(color=_hex(c), label=t) for c, t in DISAGREEMENT.values()]
     legend.append(Patch(color=_hex(PALETTE[0]), label="ground truth non-crop"))
     fig.legend(handles=legend, loc="lower center", ncol=3, fontsize=7, frameon=False)
-    fig.suptitle(f"test scene window cols {win.col_off}..{win.col_off + win.width}, rows {win.row_off}.."
-                 f"{win.row_off + win.height}", fontsize=9)
+    fig.suptitle(
+        f"test scene window cols {win.col_off}..{win.col_off + win.width}, rows {win.row_off}.."
+        f"{win.row_off + win.height}",
+        fontsize=9,
+    )
     fig.savefig(path)
     return path
 
 
-def compare(tracking_uri: str | None = None, experiment: str = "cropseg", sweep: str | None = None,
-            rank_by: str = "test_weighted_avg_f1", out_dir: Path | None = None,
-            window: Sequence[int] | None = None, register: str | None = None,
-            test_data: str | None = None) -> dict[str, Any]:
+def compare(
+    tracking_uri: str | None = None,
+    experiment: str = "cropseg",
+    sweep: str | None = None,
+    rank_by: str = "test_weighted_avg_f1",
+    out_dir: Path | None = None,
+    window: Sequence[int] | None = None,
+    register: str | None = None,
+    test_data: str | None = None,
+) -> dict[str, Any]:
     """Rank runs within each test-data group and write comparison.csv/.md/.png and masks.png; log them to
     the sweep's parent run; optionally register the top-ranked run's model as a new version of
     ``register`` (only when every run was tested on the same data). ``test_data``: keep only the runs
@@ -351,14 +440,19 @@ def compare(tracking_uri: str | None = None, experiment: str = "cropseg", sweep:
     if test_data:
         rows = [r for r in rows if r.test_digest.startswith(test_data)]
     if not rows:
-        raise ConfigError(f"no runs to compare in experiment {experiment!r}" + (f" under sweep {parent}" if parent else "")
-                          + (f" with test data {test_data}" if test_data else ""))
+        raise ConfigError(
+            f"no runs to compare in experiment {experiment!r}"
+            + (f" under sweep {parent}" if parent else "")
+            + (f" with test data {test_data}" if test_data else "")
+        )
     finished = [r for r in rows if r.status == "FINISHED"]
     if finished and not any(rank_by in r.metrics for r in finished):
         logged = {m for r in finished for m in r.metrics}
         known = [m for m, _ in METRIC_COLUMNS if m in logged] or sorted(logged)
-        raise ConfigError(f"--rank-by {rank_by}: no compared run has this metric; e.g. "
-                          f"{', '.join(known[:8]) or 'none'}{' ...' if len(known) > 8 else ''}")
+        raise ConfigError(
+            f"--rank-by {rank_by}: no compared run has this metric; e.g. "
+            f"{', '.join(known[:8]) or 'none'}{' ...' if len(known) > 8 else ''}"
+        )
     groups = group_rows(rank(rows, rank_by))
     rows = [r for members in groups.values() for r in members]
     shown = key_params(rows)
@@ -367,9 +461,11 @@ def compare(tracking_uri: str | None = None, experiment: str = "cropseg", sweep:
     warning = None
     scored = [g for g, members in groups.items() if any(r.status == "FINISHED" for r in members)]
     if len(scored) > 1:
-        warning = (f"the runs were tested on {len(scored)} different test data sets (groups "
-                   f"{', '.join(scored)}); scores of different groups are not comparable, so each group is ranked "
-                   "on its own (--test-data DIGEST keeps one)")
+        warning = (
+            f"the runs were tested on {len(scored)} different test data sets (groups "
+            f"{', '.join(scored)}); scores of different groups are not comparable, so each group is ranked "
+            "on its own (--test-data DIGEST keeps one)"
+        )
         log.warning("%s", warning)
     header, body = table(rows, sorted({k for r in rows for k in r.params}))
     out = Path(out_dir or Path("compare") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")).resolve()
@@ -390,8 +486,10 @@ def compare(tracking_uri: str | None = None, experiment: str = "cropseg", sweep:
     if panels:
         files.append(panels)
     if register and len(scored) > 1:
-        raise ConfigError(f"--register {register}: the runs were tested on {len(scored)} different test data "
-                          "sets, so there is no single best run; pick one with --test-data DIGEST")
+        raise ConfigError(
+            f"--register {register}: the runs were tested on {len(scored)} different test data "
+            "sets, so there is no single best run; pick one with --test-data DIGEST"
+        )
     if parent:
         logger = tracker.logger(parent)
         for f in files:
@@ -405,9 +503,18 @@ def compare(tracking_uri: str | None = None, experiment: str = "cropseg", sweep:
         if best.status != "FINISHED":
             raise ConfigError(f"--register {register}: no FINISHED run to register")
         version = register_run_model(tracker.uri, best.run_id, register)
-    return {"rows": rows, "groups": groups, "header": header, "body": body, "out_dir": out, "files": files,
-            "parent_run_id": parent, "tracker": tracker, "warning": warning,
-            "registered": (register, version) if register else None}
+    return {
+        "rows": rows,
+        "groups": groups,
+        "header": header,
+        "body": body,
+        "out_dir": out,
+        "files": files,
+        "parent_run_id": parent,
+        "tracker": tracker,
+        "warning": warning,
+        "registered": (register, version) if register else None,
+    }
 
 
 def compare_command(argv: Sequence[str]) -> int:
@@ -418,14 +525,26 @@ def compare_command(argv: Sequence[str]) -> int:
     p.add_argument("--experiment", default="cropseg", help="MLflow experiment (default: cropseg)")
     p.add_argument("--sweep", default=None, help="a sweep's parent run id, or 'latest' (default: all runs)")
     p.add_argument("--rank-by", default="test_weighted_avg_f1", help="metric to rank by (higher is better)")
-    p.add_argument("--test-data", default=None, metavar="DIGEST",
-                   help="only runs whose test-data digest starts with DIGEST (shown in the group headings)")
-    p.add_argument("--width", type=int, default=DEFAULT_WIDTH,
-                   help="widest line of the printed table (default: %(default)s); the CSV has every column")
+    p.add_argument(
+        "--test-data",
+        default=None,
+        metavar="DIGEST",
+        help="only runs whose test-data digest starts with DIGEST (shown in the group headings)",
+    )
+    p.add_argument(
+        "--width",
+        type=int,
+        default=DEFAULT_WIDTH,
+        help="widest line of the printed table (default: %(default)s); the CSV has every column",
+    )
     p.add_argument("--out", type=Path, default=None, help="output folder (default: compare/<timestamp>)")
     p.add_argument("--window", default=None, help="mask panel window COL,ROW[,SIZE] in test-scene pixels")
-    p.add_argument("--register", default=None, metavar="NAME",
-                   help="register the top-ranked run's model in the MLflow Model Registry as NAME")
+    p.add_argument(
+        "--register",
+        default=None,
+        metavar="NAME",
+        help="register the top-ranked run's model in the MLflow Model Registry as NAME",
+    )
     args = p.parse_args(list(argv))
     if args.width < 60:
         raise ConfigError(f"--width: at least 60 characters, got {args.width}")
@@ -435,8 +554,9 @@ def compare_command(argv: Sequence[str]) -> int:
             window = [int(v) for v in args.window.split(",")]
         except ValueError:
             raise ConfigError(f"--window: expected COL,ROW[,SIZE] integers, got {args.window!r}") from None
-    res = compare(args.tracking_uri, args.experiment, args.sweep, args.rank_by, args.out, window, args.register,
-                  args.test_data)
+    res = compare(
+        args.tracking_uri, args.experiment, args.sweep, args.rank_by, args.out, window, args.register, args.test_data
+    )
     if res["warning"]:
         print(f"cropseg: warning: {res['warning']}", file=sys.stderr)
     print(console(res["rows"], res["groups"], args.width))

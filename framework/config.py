@@ -59,8 +59,13 @@ def register_experiments(directory: Path | None = None) -> list[str]:
         text = path.read_text()
         m = _PACKAGE_HEADER.search(text.split("\n\n", 1)[0])
         node = OmegaConf.create(text) if text.strip() else OmegaConf.create({})
-        cs.store(group="experiment", name=path.stem, node=node, package=m.group(1) if m else "_global_",
-                 provider="cropseg-experiments")
+        cs.store(
+            group="experiment",
+            name=path.stem,
+            node=node,
+            package=m.group(1) if m else "_global_",
+            provider="cropseg-experiments",
+        )
         names.append(path.stem)
     return names
 
@@ -151,8 +156,7 @@ def hydra_context(config_dir: Path | None = None) -> Iterator[None]:
     from hydra import initialize_config_dir
 
     register_configs()
-    with initialize_config_dir(config_dir=str(config_dir or conf_dir()), version_base=VERSION_BASE,
-                               job_name="cropseg"):
+    with initialize_config_dir(config_dir=str(config_dir or conf_dir()), version_base=VERSION_BASE, job_name="cropseg"):
         yield
 
 
@@ -174,20 +178,25 @@ def compose(overrides: Sequence[str] = (), config_dir: Path | None = None) -> Di
             if not (m and "not in struct" in str(exc)):
                 raise
             full = m.group(1)
-            i = next((j for j, o in enumerate(overrides)
-                      if _override_key(o) == full or _override_key(o).startswith(full + ".")), None)
+            i = next(
+                (
+                    j
+                    for j, o in enumerate(overrides)
+                    if _override_key(o) == full or _override_key(o).startswith(full + ".")
+                ),
+                None,
+            )
             if i is None:
                 raise
             key = _override_key(overrides[i])
-            plus = [*overrides[:i], "+" + overrides[i].lstrip("+"), *overrides[i + 1:]]
+            plus = [*overrides[:i], "+" + overrides[i].lstrip("+"), *overrides[i + 1 :]]
             with hydra_errors():
                 cfg = hcompose(config_name=CONFIG_NAME, overrides=plus)
-            _check_added_key(cfg, key, overrides[:i] + overrides[i + 1:], config_dir, always=True)
+            _check_added_key(cfg, key, overrides[:i] + overrides[i + 1 :], config_dir, always=True)
             raise  # not reached: _check_added_key raises for a key the config did not have
         for o in overrides:  # (a plugin's options are checked against its signature when stages are built)
             key = _override_key(o)
-            if o.startswith("+") and not o.startswith("++") and "." in key and \
-                    key.split(".")[0] not in PLUGIN_SECTIONS:
+            if o.startswith("+") and not o.startswith("++") and "." in key and key.split(".")[0] not in PLUGIN_SECTIONS:
                 _check_added_key(cfg, key, [x for x in overrides if x is not o], config_dir)
         return cfg
 
@@ -200,8 +209,9 @@ def _override_key(override: str) -> str:
 PLUGIN_SECTIONS = ("source", "labeler", "features", "classifier", "postprocessor")
 
 
-def _check_added_key(cfg: DictConfig, key: str, others: Sequence[str], config_dir: Path | None,
-                     always: bool = False) -> None:
+def _check_added_key(
+    cfg: DictConfig, key: str, others: Sequence[str], config_dir: Path | None, always: bool = False
+) -> None:
     """Raise one :class:`ConfigError` line for an override adding ``key`` that the config without it lacks:
     the plugin's option check for a stage option, else the valid keys of its section."""
     from hydra import compose as hcompose
@@ -219,15 +229,19 @@ def _check_added_key(cfg: DictConfig, key: str, others: Sequence[str], config_di
                 if rest.split(".")[0] in (name, *[k for k, v in cfg.postprocessor.items() if v is node]):
                     from .plugins import check_options
 
-                    check_options(f"postprocessor.{name}", registry.get("postprocessor", name).factory,
-                                  plugin_options(node))
+                    check_options(
+                        f"postprocessor.{name}", registry.get("postprocessor", name).factory, plugin_options(node)
+                    )
         else:
             from .plugins import check_options
 
             stage_node = cfg.get(section)
             if stage_node is not None and stage_node.get("name"):
-                check_options(f"{section}.{stage_node.get('name')}",
-                              registry.get(section, str(stage_node.get("name"))).factory, plugin_options(stage_node))
+                check_options(
+                    f"{section}.{stage_node.get('name')}",
+                    registry.get(section, str(stage_node.get("name"))).factory,
+                    plugin_options(stage_node),
+                )
         if not always:
             return
     with hydra_errors():

@@ -47,8 +47,12 @@ SOIL = (0.12, 0.15, 0.19, 0.25)
 CROP = (0.05, 0.08, 0.05, 0.40)
 
 
-def separable_pixels(n_per_class: int = 150, seed: int = 0, noise: float = 0.01, n_groups: int = 12,
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def separable_pixels(
+    n_per_class: int = 150,
+    seed: int = 0,
+    noise: float = 0.01,
+    n_groups: int = 12,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """SYNTHETIC, well-separated training pixels like the pipeline's: ``X`` (2n, 4) float32 reflectance
     around soil (class 0) and crop (class 1) spectra, ``y`` uint8 0/1, ``groups`` spatial block ids
     (``n_groups`` blocks, both classes in each). Shuffled with ``seed``."""
@@ -109,8 +113,9 @@ class ClassifierConformance:
 
     # -- the tests -------------------------------------------------------------------------------------
 
-    def test_constructible_from_config_defaults(self, classifier_name: str, classifier_config: Any,
-                                                make_classifier: Callable[[], Any]) -> None:
+    def test_constructible_from_config_defaults(
+        self, classifier_name: str, classifier_config: Any, make_classifier: Callable[[], Any]
+    ) -> None:
         assert classifier_config.name == classifier_name
         clf = make_classifier()
         assert isinstance(clf, Classifier), f"{classifier_name} lacks fit/predict (cropseg.types.Classifier)"
@@ -142,8 +147,9 @@ class ClassifierConformance:
         assert set(np.unique(pred).tolist()) == {0, 1}, "both classes must be predicted on separable data"
         assert float(np.mean(pred == y)) > 0.95
 
-    def test_deterministic_under_seed(self, make_classifier: Callable[[], Any], train_data: tuple,
-                                      test_data: tuple) -> None:
+    def test_deterministic_under_seed(
+        self, make_classifier: Callable[[], Any], train_data: tuple, test_data: tuple
+    ) -> None:
         X, y, groups = train_data
         Xt = test_data[0]
         a, b = make_classifier(), make_classifier()
@@ -177,8 +183,7 @@ class ClassifierConformance:
 # --------------------------------------------------------------------------------------------------
 
 
-def separable_patches(n: int = 24, size: int = 64, seed: int = 0, noise: float = 0.01, ignore: bool = True
-                      ) -> PatchSet:
+def separable_patches(n: int = 24, size: int = 64, seed: int = 0, noise: float = 0.01, ignore: bool = True) -> PatchSet:
     """SYNTHETIC patches like the framework draws: soil background with rectangles of crop spectrum,
     features ``(n, 4, size, size)`` reflectance, labels 0/1 with ``ignore=True`` marking two thirds of
     every rectangle **and** two thirds of the soil as 255 (ignore): a model that learns from ignore pixels
@@ -192,16 +197,16 @@ def separable_patches(n: int = 24, size: int = 64, seed: int = 0, noise: float =
         for _ in range(int(rng.integers(1, 4))):
             h, w = (int(v) for v in rng.integers(size // 6, size // 2, size=2))
             r, c = int(rng.integers(0, size - h)), int(rng.integers(0, size - w))
-            is_crop[r:r + h, c:c + w] = True
-        spec = np.where(is_crop[None], np.asarray(CROP, np.float32)[:, None, None],
-                        np.asarray(SOIL, np.float32)[:, None, None])
+            is_crop[r : r + h, c : c + w] = True
+        spec = np.where(
+            is_crop[None], np.asarray(CROP, np.float32)[:, None, None], np.asarray(SOIL, np.float32)[:, None, None]
+        )
         X[i] = spec + rng.normal(0, noise, size=spec.shape).astype(np.float32)
         y[i] = is_crop
         if ignore:
             y[i][(rng.random((size, size)) < 2 / 3)] = IGNORE
     origins = np.stack([np.arange(n) * size, np.zeros(n, dtype=np.int64)], axis=1)
     return PatchSet(X, y, origins, ["blue", "green", "red", "nir"])
-
 
 
 class PatchModelConformance:
@@ -247,8 +252,9 @@ class PatchModelConformance:
 
     @pytest.fixture(scope="class")
     @classmethod
-    def fitted_patch_model(cls, make_model: Callable[[], Any], patch_data: tuple[PatchSet, PatchSet]
-                           ) -> tuple[Any, Any, list[tuple[int, float, Any]]]:
+    def fitted_patch_model(
+        cls, make_model: Callable[[], Any], patch_data: tuple[PatchSet, PatchSet]
+    ) -> tuple[Any, Any, list[tuple[int, float, Any]]]:
         model = make_model()
         model.prepare(4)
         calls: list[tuple[int, float, Any]] = []
@@ -300,8 +306,9 @@ class PatchModelConformance:
             acc = float(np.mean(pred[y == cls] == cls))
             assert acc > 0.9, f"class {cls}: {acc:.3f} of its pixels right (are ignore labels in the loss?)"
 
-    def test_deterministic_under_seed(self, make_model: Callable[[], Any], fitted_patch_model: tuple,
-                                      patch_data: tuple, test_block: tuple) -> None:
+    def test_deterministic_under_seed(
+        self, make_model: Callable[[], Any], fitted_patch_model: tuple, patch_data: tuple, test_block: tuple
+    ) -> None:
         again = make_model()
         again.prepare(4)
         again.fit_patches(patch_data[0], patch_data[1], None)

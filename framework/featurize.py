@@ -23,8 +23,9 @@ def feature_halo(features: Features) -> int:
     return int(getattr(features, "halo", 0) or 0)
 
 
-def window_features(reader: SceneReader, features: Features, window: Window,
-                    band_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+def window_features(
+    reader: SceneReader, features: Features, window: Window, band_names: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
     """Features ``(n_features, h, w)`` float32 of ``window`` and its valid mask ``(h, w)``."""
     halo = feature_halo(features)
     if halo == 0:

@@ -68,8 +68,10 @@ class PipelineSpec:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PipelineSpec:
         if int(data.get("spec_version", 0)) > SPEC_VERSION:
-            raise ConfigError(f"pipeline spec version {data.get('spec_version')} is newer than this cropseg "
-                              f"understands ({SPEC_VERSION}); upgrade cropseg")
+            raise ConfigError(
+                f"pipeline spec version {data.get('spec_version')} is newer than this cropseg "
+                f"understands ({SPEC_VERSION}); upgrade cropseg"
+            )
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -98,8 +100,15 @@ def reflectance_settings(scene: Scene) -> dict[str, Any]:
     return {"mode": "gains", "gains": [float(g) for g in scene.gains], "offsets": offsets}
 
 
-def pipeline_spec(cfg: Any, stages: Any, scene: Scene, *, fit_params: Mapping[str, Any] | None = None,
-                  synthetic: bool = False, run_id: str | None = None) -> PipelineSpec:
+def pipeline_spec(
+    cfg: Any,
+    stages: Any,
+    scene: Scene,
+    *,
+    fit_params: Mapping[str, Any] | None = None,
+    synthetic: bool = False,
+    run_id: str | None = None,
+) -> PipelineSpec:
     """The spec of a trained run: ``stages`` as built by :func:`cropseg.pipeline.build_stages` from ``cfg``,
     ``scene`` the training scene (its reflectance settings, bands and grid)."""
     from . import __version__
@@ -118,8 +127,10 @@ def pipeline_spec(cfg: Any, stages: Any, scene: Scene, *, fit_params: Mapping[st
             if info is not None:
                 plugins[f"{stage}.{n}"] = info.origin
     return PipelineSpec(
-        features={"name": stages.names.get("features", "bands"),
-                  "options": plugin_options(feats_node) if feats_node else {}},
+        features={
+            "name": stages.names.get("features", "bands"),
+            "options": plugin_options(feats_node) if feats_node else {},
+        },
         classifier=stages.names["classifier"],
         filters=post[:n_filters],
         vectorizers=post[n_filters:],
@@ -144,9 +155,15 @@ class InferencePipeline:
     """A trained pipeline: apply it to pixel rows (:meth:`predict_rows`) or to a scene file, block by
     block (:meth:`scene` then :meth:`predict_scene` and :meth:`vectorize`)."""
 
-    def __init__(self, spec: PipelineSpec, classifier: Classifier | PatchModel, features: Features,
-                 filters: Sequence[tuple[str, MaskFilter]], vectorizers: Sequence[tuple[str, Vectorizer]],
-                 registry: Registry | None = None):
+    def __init__(
+        self,
+        spec: PipelineSpec,
+        classifier: Classifier | PatchModel,
+        features: Features,
+        filters: Sequence[tuple[str, MaskFilter]],
+        vectorizers: Sequence[tuple[str, Vectorizer]],
+        registry: Registry | None = None,
+    ):
         self.spec = spec
         self.classifier = classifier
         self.features = features
@@ -156,8 +173,9 @@ class InferencePipeline:
 
     # -- building, saving, loading -------------------------------------------------------------------
     @classmethod
-    def from_spec(cls, spec: PipelineSpec, classifier: Classifier | PatchModel, registry: Registry | None = None
-                  ) -> InferencePipeline:
+    def from_spec(
+        cls, spec: PipelineSpec, classifier: Classifier | PatchModel, registry: Registry | None = None
+    ) -> InferencePipeline:
         """Rebuild features and postprocessors from their plugin names and options (the plugins must be
         installed)."""
         registry = registry or Registry.from_plugin_manager(get_plugin_manager())
@@ -172,8 +190,9 @@ class InferencePipeline:
                 raise PluginError(f"postprocessor {item['name']!r} is no longer a {kind.__name__}")
             out.append((item["name"], obj))
         if not isinstance(classifier, (Classifier, PatchModel)):
-            raise PluginError(f"the saved classifier {spec.classifier!r} does not implement cropseg.types.Classifier "
-                              "or PatchModel")
+            raise PluginError(
+                f"the saved classifier {spec.classifier!r} does not implement cropseg.types.Classifier or PatchModel"
+            )
         return cls(spec, classifier, features, filters, vectorizers, registry)
 
     def save(self, directory: Path) -> tuple[Path, Path]:
@@ -205,15 +224,18 @@ class InferencePipeline:
         order, computed in float32 exactly as for scene blocks."""
         X = np.asarray(reflectance, dtype=np.float32)
         if X.ndim != 2 or X.shape[1] != len(self.spec.band_names):
-            raise ModelInputError(f"pixel rows: expected shape (n, {len(self.spec.band_names)}) with columns "
-                                  f"{', '.join(self.spec.band_names)}, got {X.shape}")
+            raise ModelInputError(
+                f"pixel rows: expected shape (n, {len(self.spec.band_names)}) with columns "
+                f"{', '.join(self.spec.band_names)}, got {X.shape}"
+            )
         if not np.isfinite(X).all():
             raise ModelInputError("pixel rows: reflectance values must be finite numbers")
         if not self.accepts_pixel_rows:
             raise ModelInputError(
                 f"pixel rows: this model's features ({self.spec.features.get('name')!r}) are spatial (statistics "
                 f"over up to {feature_halo(self.features)} pixels around each pixel), so single pixel rows cannot "
-                "be classified; classify a scene with `cropseg predict` instead")
+                "be classified; classify a scene with `cropseg predict` instead"
+            )
         if len(X) == 0:
             return np.zeros(0, dtype=np.int64)
         feats = self.features.compute(np.ascontiguousarray(X.T)[:, :, None], tuple(self.spec.band_names))
@@ -225,9 +247,18 @@ class InferencePipeline:
         return np.asarray(self.classifier.predict(F)).astype(np.int64)
 
     # -- scenes ----------------------------------------------------------------------------------------
-    def scene(self, image: Path | str, *, metadata: Path | str | None = None, scale: float | None = None,
-              aoi: Path | str | None = None, udm: Path | str | None = None, nodata: float | None = None,
-              name: str | None = None, ground_truth: Any = None) -> Scene:
+    def scene(
+        self,
+        image: Path | str,
+        *,
+        metadata: Path | str | None = None,
+        scale: float | None = None,
+        aoi: Path | str | None = None,
+        udm: Path | str | None = None,
+        nodata: float | None = None,
+        name: str | None = None,
+        ground_truth: Any = None,
+    ) -> Scene:
         """A :class:`Scene` for a new GeoTIFF, read as the model expects: same band count and CRS units as
         the training scenes, DN -> reflectance as in training (the scene's metadata XML or a scale; an
         explicit ``metadata`` or ``scale`` overrides), optionally cropped to an AOI."""
@@ -240,17 +271,26 @@ class InferencePipeline:
             synthetic = str(src.tags().get("SYNTHETIC", "")).lower() == "true"
             grid = Grid(src.crs, src.transform, src.width, src.height)
         if count != spec.band_count:
-            raise RasterFormatError(f"{image}: the model expects {spec.band_count} bands "
-                                    f"({', '.join(spec.band_names)}), the scene has {count}")
+            raise RasterFormatError(
+                f"{image}: the model expects {spec.band_count} bands "
+                f"({', '.join(spec.band_names)}), the scene has {count}"
+            )
         if crs is None or transform.is_identity:
             raise RasterFormatError(f"{image}: the raster has no georeferencing (CRS and transform)")
         units = crs_units(crs)
         if units != spec.crs_units:
-            raise CRSMismatchError(f"{image}: CRS {crs.to_string()} has units of {units!r}; the model was trained "
-                                   f"on scenes in {spec.crs_units!r} (reproject the scene first)")
+            raise CRSMismatchError(
+                f"{image}: CRS {crs.to_string()} has units of {units!r}; the model was trained "
+                f"on scenes in {spec.crs_units!r} (reproject the scene first)"
+            )
         if abs(abs(transform.a) - spec.pixel_size) > 0.25 * spec.pixel_size:
-            log.warning("%s: pixel size %.3g %s differs from the training scenes' %.3g", image, abs(transform.a),
-                        units, spec.pixel_size)
+            log.warning(
+                "%s: pixel size %.3g %s differs from the training scenes' %.3g",
+                image,
+                abs(transform.a),
+                units,
+                spec.pixel_size,
+            )
         gains, how = self._gains(image, metadata, scale)
         offsets = tuple(float(o) for o in spec.reflectance.get("offsets", [0.0] * len(spec.bands)))
         window, geom = None, None
@@ -265,10 +305,19 @@ class InferencePipeline:
         udm_path = Path(udm).expanduser() if udm is not None else None
         if udm_path is not None and not udm_path.exists():
             raise InputFileError(f"{udm_path}: usable-data raster not found")
-        return Scene(name=name or image.stem, path=image, gains=gains, offsets=offsets,
-                     bands=tuple(int(b) for b in spec.bands), window=window,
-                     nodata=spec.nodata if nodata is None else nodata, aoi=geom, usable_path=udm_path,
-                     ground_truth=ground_truth, metadata=meta_info)
+        return Scene(
+            name=name or image.stem,
+            path=image,
+            gains=gains,
+            offsets=offsets,
+            bands=tuple(int(b) for b in spec.bands),
+            window=window,
+            nodata=spec.nodata if nodata is None else nodata,
+            aoi=geom,
+            usable_path=udm_path,
+            ground_truth=ground_truth,
+            metadata=meta_info,
+        )
 
     def _gains(self, image: Path, metadata: Path | str | None, scale: float | None) -> tuple[tuple[float, ...], str]:
         from .planet_metadata import parse_metadata
@@ -287,14 +336,17 @@ class InferencePipeline:
                 log.warning("reflectance from %s, not as in training (%s)", metadata, _describe(refl))
             return tuple(meta.reflectance_coefficients[b] for b in self.spec.bands), "toa_xml"
         if refl["mode"] == "toa_xml":
-            raise ConfigError(f"{image}: the model converts DN to TOA reflectance with the scene's Planet metadata "
-                              "XML; give its metadata XML (--metadata) or a scale (--scale)")
+            raise ConfigError(
+                f"{image}: the model converts DN to TOA reflectance with the scene's Planet metadata "
+                "XML; give its metadata XML (--metadata) or a scale (--scale)"
+            )
         if refl["mode"] == "scale":
             return (float(refl["scale"]),) * len(self.spec.bands), f"scale={refl['scale']}"
         return tuple(float(g) for g in refl["gains"]), "gains"
 
-    def predict_scene(self, scene: Scene, out_path: Path, *, block: int = DEFAULT_BLOCK,
-                      raw_path: Path | None = None) -> Path:
+    def predict_scene(
+        self, scene: Scene, out_path: Path, *, block: int = DEFAULT_BLOCK, raw_path: Path | None = None
+    ) -> Path:
         """Classify ``scene`` block by block and apply the mask filters: a uint8 GeoTIFF on the scene's
         grid (0 non-crop, 1 crop, 255 nodata). The unfiltered mask goes to ``raw_path`` when given."""
         from .scene_ops import apply_filters, predict_scene

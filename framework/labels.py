@@ -27,7 +27,7 @@ def write_label_raster(scene: Scene, out_path: Path, burn: BurnFn, block: int = 
             lab = burn(w, grid.window_transform(w), valid.shape).astype(np.uint8, copy=False)
             lab = np.where(valid, lab, IGNORE).astype(np.uint8)
             dst.write(lab, 1, window=w)
-            counts += [np.count_nonzero(lab == NONCROP), np.count_nonzero(lab == CROP),
-                       np.count_nonzero(lab == IGNORE)]
-    return LabelRaster(Path(out_path), grid, {"noncrop": int(counts[0]), "crop": int(counts[1]),
-                                              "ignore": int(counts[2])})
+            counts += [np.count_nonzero(lab == NONCROP), np.count_nonzero(lab == CROP), np.count_nonzero(lab == IGNORE)]
+    return LabelRaster(
+        Path(out_path), grid, {"noncrop": int(counts[0]), "crop": int(counts[1]), "ignore": int(counts[2])}
+    )

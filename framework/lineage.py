@@ -60,7 +60,11 @@ def scene_refs(scene: Any, context: str) -> list[DataRef]:
     meta = getattr(scene, "metadata", {}) or {}
     scene_id = meta.get("scene_id") or Path(scene.path).stem
     window = getattr(scene, "window", None)
-    win = "" if window is None else f"{int(window.col_off)},{int(window.row_off)},{int(window.width)},{int(window.height)}"
+    win = (
+        ""
+        if window is None
+        else f"{int(window.col_off)},{int(window.row_off)},{int(window.width)},{int(window.height)}"
+    )
     digest = _digest(file_digest(scene.path), win, tuple(scene.bands), tuple(round(g, 12) for g in scene.gains))
     label = f"{scene_id}" + (f" [{win}]" if win else "")
     refs = [DataRef(f"{context} scene {label}", str(Path(scene.path).resolve()), digest, context, "scene")]
@@ -68,8 +72,15 @@ def scene_refs(scene: Any, context: str) -> list[DataRef]:
     if gt is not None:
         options = {k: v for k, v in vars(gt).items() if k != "path"}
         gt_digest = _digest(file_digest(gt.path), sorted(options.items()))
-        refs.append(DataRef(f"{context} ground truth {Path(gt.path).name}", str(Path(gt.path).resolve()),
-                            gt_digest, context, "ground_truth"))
+        refs.append(
+            DataRef(
+                f"{context} ground truth {Path(gt.path).name}",
+                str(Path(gt.path).resolve()),
+                gt_digest,
+                context,
+                "ground_truth",
+            )
+        )
     return refs
 
 

@@ -40,8 +40,15 @@ def _rgb_4326(scene: Scene, max_side: int) -> tuple[np.ndarray, list[list[float]
     src = np.concatenate([rgb.transpose(2, 0, 1), alpha[None]], axis=0)
     dst = np.zeros((4, dh, dw), dtype=np.uint8)
     for b in range(4):
-        reproject(src[b], dst[b], src_transform=src_transform, src_crs=grid.crs, dst_transform=dst_transform,
-                  dst_crs="EPSG:4326", resampling=Resampling.nearest)
+        reproject(
+            src[b],
+            dst[b],
+            src_transform=src_transform,
+            src_crs=grid.crs,
+            dst_transform=dst_transform,
+            dst_crs="EPSG:4326",
+            resampling=Resampling.nearest,
+        )
     (lon0, lon1), (lat1, lat0) = xy(dst_transform, [0, dh], [0, dw], offset="ul")  # top-left, bottom-right
     return dst.transpose(1, 2, 0), [[float(lat0), float(lon0)], [float(lat1), float(lon1)]]
 
@@ -84,8 +91,9 @@ def _truth_layer(scene: Scene, labels: Path, max_side: int):
     return gpd.GeoDataFrame(geometry=geoms, crs=crs).to_crs("EPSG:4326")
 
 
-def write_map(scene: Scene, labels: Path, segments: Path | None, out_path: Path, max_side: int = 1024,
-              title: str = "") -> Path:
+def write_map(
+    scene: Scene, labels: Path, segments: Path | None, out_path: Path, max_side: int = 1024, title: str = ""
+) -> Path:
     """Write a self-contained HTML map for the test scene of a run."""
     import folium
     import geopandas as gpd
@@ -96,12 +104,14 @@ def write_map(scene: Scene, labels: Path, segments: Path | None, out_path: Path,
     m.default_css = [("leaflet_css", _CSS_MARK)]
     folium.TileLayer("OpenStreetMap", name="OpenStreetMap (online)", show=False, overlay=False).add_to(m)
     synthetic = " [SYNTHETIC]" if scene.metadata.get("synthetic") else ""
-    folium.raster_layers.ImageOverlay(img, bounds=bounds, name=f"scene RGB{synthetic}", mercator_project=True,
-                                      pixelated=True).add_to(m)
+    folium.raster_layers.ImageOverlay(
+        img, bounds=bounds, name=f"scene RGB{synthetic}", mercator_project=True, pixelated=True
+    ).add_to(m)
     truth = _truth_layer(scene, labels, max_side)
     tooltip_fields = [c for c in ("CLASS1", "LABEL") if c in truth.columns]
     folium.GeoJson(
-        truth[[*tooltip_fields, "geometry"]], name="ground truth (crop)",
+        truth[[*tooltip_fields, "geometry"]],
+        name="ground truth (crop)",
         style_function=lambda _: {"color": "#f2c80f", "weight": 1.5, "fillOpacity": 0.0},
         tooltip=folium.GeoJsonTooltip(fields=tooltip_fields) if tooltip_fields else None,
     ).add_to(m)
@@ -111,16 +121,20 @@ def write_map(scene: Scene, labels: Path, segments: Path | None, out_path: Path,
             seg = _for_display(seg.to_crs(scene.grid.crs), scene.grid, max_side).to_crs("EPSG:4326")
         if len(seg):
             folium.GeoJson(
-                seg, name="predicted crop segments",
+                seg,
+                name="predicted crop segments",
                 style_function=lambda _: {"color": "#2e8b3a", "weight": 1, "fillColor": "#2e8b3a", "fillOpacity": 0.35},
                 tooltip=folium.GeoJsonTooltip(fields=["id", "area_ha"], aliases=["segment", "area (ha)"]),
             ).add_to(m)
     folium.LayerControl(collapsed=False).add_to(m)
     m.fit_bounds(bounds)
     if title:
-        m.get_root().html.add_child(folium.Element(  # type: ignore[attr-defined]  # the root is a Figure
-            f'<div style="position:fixed;top:8px;left:50px;z-index:1000;background:white;padding:2px 6px;'
-            f'font:13px sans-serif">{title}{synthetic}</div>'))
+        m.get_root().html.add_child(  # type: ignore[attr-defined]  # the root is a Figure
+            folium.Element(
+                f'<div style="position:fixed;top:8px;left:50px;z-index:1000;background:white;padding:2px 6px;'
+                f'font:13px sans-serif">{title}{synthetic}</div>'
+            )
+        )
     html = m.get_root().render()
     html = html.replace(f'<script src="{_JS_MARK}"></script>', f"<script>{_static('leaflet.js')}</script>")
     html = html.replace(f'<link rel="stylesheet" href="{_CSS_MARK}"/>', f"<style>{_static('leaflet.css')}</style>")

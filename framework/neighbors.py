@@ -78,8 +78,7 @@ class KNNIndex:
         y = np.asarray(y, dtype=np.int64)
         m = self.k // 2 + 1
         counts = np.bincount(y, minlength=self.n_classes)
-        self.binary = (self.n_classes == 2 and weights == "uniform"
-                       and counts[0] >= self.k - m + 1 and counts[1] >= m)
+        self.binary = self.n_classes == 2 and weights == "uniform" and counts[0] >= self.k - m + 1 and counts[1] >= m
         if self.binary:
             self._trees = [self._tree(kernel, X[y == c]) for c in (0, 1)]
         else:
@@ -111,8 +110,16 @@ class KNNIndex:
             kernel.vote_binary(Q, *zip(*self._trees), self.k, out)  # type: ignore[call-arg]  # numba dispatcher
         else:
             pts, *nodes = self._trees[0]
-            kernel.vote(Q, pts, self._labels, *nodes, self.k, self.n_classes,  # type: ignore[call-arg]  # numba
-                        self.weights == "distance", out)
+            kernel.vote(
+                Q,
+                pts,
+                self._labels,
+                *nodes,
+                self.k,
+                self.n_classes,  # type: ignore[call-arg]  # numba
+                self.weights == "distance",
+                out,
+            )
 
     def _predict_rows(self, X: np.ndarray, out: np.ndarray) -> None:
         order = self._order(X)
@@ -139,13 +146,17 @@ class KNNIndex:
             return out
         cuts = np.linspace(0, len(X), n_chunks + 1).astype(np.intp)
         with ThreadPoolExecutor(n_chunks, thread_name_prefix="cropseg-knn") as pool:
-            list(pool.map(lambda i: self._predict_rows(X[cuts[i]:cuts[i + 1]], out[cuts[i]:cuts[i + 1]]),
-                          range(n_chunks)))
+            list(
+                pool.map(
+                    lambda i: self._predict_rows(X[cuts[i] : cuts[i + 1]], out[cuts[i] : cuts[i + 1]]), range(n_chunks)
+                )
+            )
         return out
 
 
-def kneighbors_labels(X: np.ndarray, y: np.ndarray, Q: np.ndarray, k: int,
-                      threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def kneighbors_labels(
+    X: np.ndarray, y: np.ndarray, Q: np.ndarray, k: int, threads: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Squared distances and labels (class indices ``y``) of the ``k`` nearest rows of ``X`` to each row of
     ``Q``, nearest first, both (len(Q), k): one KD-tree, Morton-ordered warm-started searches, threaded
     chunks. Cross-validation votes every k of a grid from one such query."""
@@ -188,8 +199,10 @@ def kernels_cached(kernel: Any = None) -> bool | None:
     if kernel is None:
         from . import _knn_kernel as kernel
     try:
-        return all(Path(f._cache._cache_file._index_path).is_file()
-                   for f in (kernel.build_tree, kernel.morton_codes, kernel.vote, kernel.vote_binary))
+        return all(
+            Path(f._cache._cache_file._index_path).is_file()
+            for f in (kernel.build_tree, kernel.morton_codes, kernel.vote, kernel.vote_binary)
+        )
     except AttributeError:  # another numba version's internals
         return None
 
@@ -201,8 +214,11 @@ def _announce_compile(kernel: Any) -> None:
         return
     _CHECKED_CACHE = True
     if kernels_cached(kernel) is False:
-        log.info("compiling KNN kernels (once, ~%d s on an idle machine; later runs load them from numba's "
-                 "cache; `make setup` compiles them ahead)", COMPILE_SECONDS)
+        log.info(
+            "compiling KNN kernels (once, ~%d s on an idle machine; later runs load them from numba's "
+            "cache; `make setup` compiles them ahead)",
+            COMPILE_SECONDS,
+        )
 
 
 def warmup() -> float:
@@ -223,9 +239,14 @@ def supports(model: Any) -> bool:
     """Whether :func:`knn_predict` reproduces ``model.predict`` (else it falls back to it)."""
     metric = getattr(model, "effective_metric_", None)
     fit_X = getattr(model, "_fit_X", None)
-    return (getattr(model, "weights", None) in ("uniform", "distance") and metric == "euclidean"
-            and not getattr(model, "outputs_2d_", True) and isinstance(fit_X, np.ndarray)
-            and fit_X.ndim == 2 and 1 <= getattr(model, "n_neighbors", 0) <= len(fit_X))
+    return (
+        getattr(model, "weights", None) in ("uniform", "distance")
+        and metric == "euclidean"
+        and not getattr(model, "outputs_2d_", True)
+        and isinstance(fit_X, np.ndarray)
+        and fit_X.ndim == 2
+        and 1 <= getattr(model, "n_neighbors", 0) <= len(fit_X)
+    )
 
 
 def index_for(model: Any) -> KNNIndex:
@@ -262,6 +283,9 @@ class FastKNeighborsClassifier(KNeighborsClassifier):
 if __name__ == "__main__":  # `python -m cropseg.neighbors`: compile the kernels ahead (`make setup` runs it)
     _CHECKED_CACHE = True
     cached = kernels_cached()
-    print("cropseg: KNN kernels " + ("in numba's cache, loading" if cached else
-          f"compiling (once, ~{COMPILE_SECONDS} s on an idle machine)"), flush=True)
+    print(
+        "cropseg: KNN kernels "
+        + ("in numba's cache, loading" if cached else f"compiling (once, ~{COMPILE_SECONDS} s on an idle machine)"),
+        flush=True,
+    )
     print(f"cropseg: KNN kernels ready in {warmup():.1f} s", flush=True)

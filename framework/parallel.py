@@ -72,7 +72,9 @@ class ParallelConfig:
         if not isinstance(self.processes, bool):
             raise ConfigError(f"parallel.processes: true or false, got {self.processes!r}")
         if self.scheduler is not None and (not isinstance(self.scheduler, str) or not self.scheduler.strip()):
-            raise ConfigError(f"parallel.scheduler: a scheduler address such as tcp://host:8786, got {self.scheduler!r}")
+            raise ConfigError(
+                f"parallel.scheduler: a scheduler address such as tcp://host:8786, got {self.scheduler!r}"
+            )
 
     @classmethod
     def from_config(cls, node: Mapping[str, Any] | None) -> ParallelConfig:
@@ -178,25 +180,38 @@ class BlockExecutor:
                 _check_reachable(cfg.scheduler)
                 client = Client(cfg.scheduler, timeout="20s", set_as_default=False)
             except (OSError, TimeoutError) as exc:
-                raise ClusterError(f"parallel.scheduler: cannot connect to {cfg.scheduler}: "
-                                   f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+                raise ClusterError(
+                    f"parallel.scheduler: cannot connect to {cfg.scheduler}: "
+                    f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                ) from None
             log.info("dask: connected to %s (%d workers)", cfg.scheduler, len(client.scheduler_info()["workers"]))
             return client
         workers = cfg.workers or min(available_cores(), 8)
         if cfg.processes:
             with children_ignore_sigint():  # Ctrl-C goes to the process group; this process stops the workers
-                self._cluster = LocalCluster(n_workers=workers, threads_per_worker=cfg.threads_per_worker,
-                                             processes=True, host="127.0.0.1", dashboard_address=None,
-                                             silence_logs=logging.WARNING, scheduler_kwargs=_NO_FIXED_PORT)
+                self._cluster = LocalCluster(
+                    n_workers=workers,
+                    threads_per_worker=cfg.threads_per_worker,
+                    processes=True,
+                    host="127.0.0.1",
+                    dashboard_address=None,
+                    silence_logs=logging.WARNING,
+                    scheduler_kwargs=_NO_FIXED_PORT,
+                )
             log.info("dask: LocalCluster of %d worker processes x %d threads", workers, cfg.threads_per_worker)
         else:  # one in-process worker (in-process comms, no network) with a thread per `workers`
             # its scheduler and worker log every start, comm and stop at INFO into this process's log
             dist_log = logging.getLogger("distributed")
             self._restore_log = (dist_log, dist_log.level)
             dist_log.setLevel(max(logging.WARNING, dist_log.getEffectiveLevel()))
-            self._cluster = LocalCluster(n_workers=1, threads_per_worker=workers * cfg.threads_per_worker,
-                                         processes=False, dashboard_address=None, silence_logs=logging.WARNING,
-                                         scheduler_kwargs=_NO_FIXED_PORT)
+            self._cluster = LocalCluster(
+                n_workers=1,
+                threads_per_worker=workers * cfg.threads_per_worker,
+                processes=False,
+                dashboard_address=None,
+                silence_logs=logging.WARNING,
+                scheduler_kwargs=_NO_FIXED_PORT,
+            )
             log.info("dask: in-process LocalCluster of %d threads", workers * cfg.threads_per_worker)
         return Client(self._cluster, set_as_default=False)
 
@@ -242,8 +257,10 @@ def check_scheduler(config: ParallelConfig) -> None:
     try:
         _check_reachable(config.scheduler)
     except OSError as exc:
-        raise ClusterError(f"parallel.scheduler: cannot connect to {config.scheduler}: "
-                           f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        raise ClusterError(
+            f"parallel.scheduler: cannot connect to {config.scheduler}: "
+            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        ) from None
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:

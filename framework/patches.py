@@ -70,8 +70,10 @@ def check_patch_model(model: PatchModel, n_features: int) -> None:
     for attr in ("patch_size", "halo"):
         val = getattr(model, attr, None)
         if not isinstance(val, int) or isinstance(val, bool) or val < (1 if attr == "patch_size" else 0):
-            raise PluginError(f"patch model: {attr} must be a {'positive' if attr == 'patch_size' else 'non-negative'}"
-                              f" integer, got {val!r}")
+            raise PluginError(
+                f"patch model: {attr} must be a {'positive' if attr == 'patch_size' else 'non-negative'}"
+                f" integer, got {val!r}"
+            )
     model.prepare(n_features)
 
 
@@ -79,9 +81,11 @@ def check_scene_size(model: PatchModel, scene: Scene, role: str = "training") ->
     grid = scene.grid
     p = int(model.patch_size)
     if p > grid.height or p > grid.width:
-        raise ConfigError(f"classifier.patch_size={p}: larger than the {role} scene {scene.name!r} "
-                          f"({grid.width}x{grid.height} px); choose a patch size of at most "
-                          f"{min(grid.width, grid.height)}")
+        raise ConfigError(
+            f"classifier.patch_size={p}: larger than the {role} scene {scene.name!r} "
+            f"({grid.width}x{grid.height} px); choose a patch size of at most "
+            f"{min(grid.width, grid.height)}"
+        )
 
 
 def holdout_blocks(height: int, width: int, spatial_block: int, fraction: float, seed: int) -> np.ndarray:
@@ -130,7 +134,7 @@ def _candidates(labels: LabelRaster, p: int, stride: int, held: np.ndarray, spat
                 csum[cls] = c[cols + p] - c[cols]
             r0, r1 = int(r) // spatial_block, (int(r) + p - 1) // spatial_block
             # a patch is "held out" if every block it touches is, "training" if none is; else dropped
-            touched = [held[r0:r1 + 1, a:b + 1] for a, b in zip(b0, b1)]
+            touched = [held[r0 : r1 + 1, a : b + 1] for a, b in zip(b0, b1)]
             all_held = np.array([t.all() for t in touched])
             any_held = np.array([t.any() for t in touched])
             keep = all_held | ~any_held
@@ -139,8 +143,13 @@ def _candidates(labels: LabelRaster, p: int, stride: int, held: np.ndarray, spat
             out_crop.append(csum[CROP][keep])
             out_non.append(csum[NONCROP][keep])
             out_val.append(all_held[keep])
-    return _Candidates(np.concatenate(out_r), np.concatenate(out_c), np.concatenate(out_crop),
-                       np.concatenate(out_non), np.concatenate(out_val))
+    return _Candidates(
+        np.concatenate(out_r),
+        np.concatenate(out_c),
+        np.concatenate(out_crop),
+        np.concatenate(out_non),
+        np.concatenate(out_val),
+    )
 
 
 def _stratified(has_crop: np.ndarray, has_non: np.ndarray, cap: int, rng: np.random.Generator) -> np.ndarray:
@@ -153,8 +162,9 @@ def _stratified(has_crop: np.ndarray, has_non: np.ndarray, cap: int, rng: np.ran
     return np.sort(np.concatenate([crop_idx[:n_crop], non_idx[:n_non]]).astype(np.int64))
 
 
-def _read_patches(scene: Scene, labels: LabelRaster, features: Features, rows: np.ndarray, cols: np.ndarray,
-                  p: int) -> PatchSet:
+def _read_patches(
+    scene: Scene, labels: LabelRaster, features: Features, rows: np.ndarray, cols: np.ndarray, p: int
+) -> PatchSet:
     names = list(features.names(scene.band_names))
     X = np.empty((len(rows), len(names), p, p), dtype=np.float32)
     y = np.empty((len(rows), p, p), dtype=np.uint8)
@@ -177,8 +187,16 @@ class PatchSample:
     info: dict[str, float]
 
 
-def draw_patches(scene: Scene, labels: LabelRaster, features: Features, patch_size: int, options: PatchOptions,
-                 *, seed: int, spatial_block: int = 128) -> PatchSample:
+def draw_patches(
+    scene: Scene,
+    labels: LabelRaster,
+    features: Features,
+    patch_size: int,
+    options: PatchOptions,
+    *,
+    seed: int,
+    spatial_block: int = 128,
+) -> PatchSample:
     """Draw training patches (and validation patches from held-out spatial blocks) from ``scene``.
 
     Candidates lie on a grid of ``options.stride`` pixels; a candidate "has" a class when at least
@@ -202,10 +220,12 @@ def draw_patches(scene: Scene, labels: LabelRaster, features: Features, patch_si
     n_crop, n_non = int((has_crop & train_mask).sum()), int((has_non & train_mask).sum())
     short = [f"{n} with {name}" for n, name in ((n_crop, "crop"), (n_non, "non-crop")) if n < options.min_per_class]
     if short:
-        raise LabelError(f"{labels.path}: too few labelled training patches of {p}x{p} px ({', '.join(short)}; "
-                         f"need {options.min_per_class} of each, a patch counts when >= "
-                         f"{options.min_class_fraction:.0%} of it is that class): use a smaller "
-                         "classifier.patch_size, a larger training scene or check the ground truth")
+        raise LabelError(
+            f"{labels.path}: too few labelled training patches of {p}x{p} px ({', '.join(short)}; "
+            f"need {options.min_per_class} of each, a patch counts when >= "
+            f"{options.min_class_fraction:.0%} of it is that class): use a smaller "
+            "classifier.patch_size, a larger training scene or check the ground truth"
+        )
     rng = np.random.default_rng(seed)
     tr = np.flatnonzero(train_mask)
     pick = tr[_stratified(has_crop[tr], has_non[tr], options.max_patches, rng)]
@@ -217,16 +237,27 @@ def draw_patches(scene: Scene, labels: LabelRaster, features: Features, patch_si
         vpick = va[_stratified(has_crop[va], has_non[va], cap_v, rng)]
         validation = _read_patches(scene, labels, features, cand.rows[vpick], cand.cols[vpick], p)
     elif options.val_fraction > 0:
-        log.warning("no validation patches: the training scene has no labelled %dx%d patch inside held-out "
-                    "blocks of %d px (the model trains without validation)", p, p, block)
-    info = {"train_patches": float(len(train)), "val_patches": float(len(validation) if validation else 0),
-            "train_patches_with_crop": float((train.y == CROP).reshape(len(train), -1).any(1).sum()),
-            "patch_candidates_with_crop": float(n_crop), "patch_candidates_with_noncrop": float(n_non),
-            "val_blocks": float(held.sum()), "patch_size": float(p)}
+        log.warning(
+            "no validation patches: the training scene has no labelled %dx%d patch inside held-out "
+            "blocks of %d px (the model trains without validation)",
+            p,
+            p,
+            block,
+        )
+    info = {
+        "train_patches": float(len(train)),
+        "val_patches": float(len(validation) if validation else 0),
+        "train_patches_with_crop": float((train.y == CROP).reshape(len(train), -1).any(1).sum()),
+        "patch_candidates_with_crop": float(n_crop),
+        "patch_candidates_with_noncrop": float(n_non),
+        "val_blocks": float(held.sum()),
+        "patch_size": float(p),
+    }
     return PatchSample(train, validation, info)
 
 
 # -- scoring and the per-epoch callback -------------------------------------------------------------------
+
 
 def score_masks(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     """Crop precision / recall / F1 and IoU of a 0/1 prediction against labels (255 = ignore)."""
@@ -243,8 +274,9 @@ def score_masks(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     return {"crop_precision": prec, "crop_recall": rec, "crop_f1": f1, "iou": iou, "accuracy": acc}
 
 
-def epoch_callback(validation: PatchSet | None, log_metrics: Callable[[Mapping[str, float], int], None],
-                   label: str = "fit") -> EpochCallback:
+def epoch_callback(
+    validation: PatchSet | None, log_metrics: Callable[[Mapping[str, float], int], None], label: str = "fit"
+) -> EpochCallback:
     """The :class:`cropseg.types.EpochCallback` the pipeline hands to a patch model: scores the validation
     prediction, logs ``train_loss`` and ``val_crop_f1``/``val_iou``... at step ``epoch`` through
     ``log_metrics(metrics, step)`` and writes a progress line."""
@@ -254,12 +286,16 @@ def epoch_callback(validation: PatchSet | None, log_metrics: Callable[[Mapping[s
         if val_pred is not None and validation is not None:
             pred = np.asarray(val_pred)
             if pred.shape != validation.y.shape:
-                raise PluginError(f"patch model: validation prediction has shape {pred.shape}, expected "
-                                  f"{validation.y.shape}")
+                raise PluginError(
+                    f"patch model: validation prediction has shape {pred.shape}, expected {validation.y.shape}"
+                )
             metrics.update({f"val_{k}": v for k, v in score_masks(pred, validation.y).items()})
         log_metrics(metrics, int(epoch))
-        extra = (f", validation crop F1 {metrics['val_crop_f1']:.3f} IoU {metrics['val_iou']:.3f}"
-                 if "val_crop_f1" in metrics else "")
+        extra = (
+            f", validation crop F1 {metrics['val_crop_f1']:.3f} IoU {metrics['val_iou']:.3f}"
+            if "val_crop_f1" in metrics
+            else ""
+        )
         log.info("%s epoch %d: train loss %.4f%s", label, epoch, train_loss, extra)
         return metrics
 
@@ -267,6 +303,7 @@ def epoch_callback(validation: PatchSet | None, log_metrics: Callable[[Mapping[s
 
 
 # -- prediction -----------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class PatchPredictContext:
@@ -314,16 +351,18 @@ def predict_patch_block(ctx: PatchPredictContext, window: Window) -> tuple[np.nd
                 pred = np.asarray(ctx.model.predict_block(np.ascontiguousarray(feats, dtype=np.float32), blk.valid))
                 secs += time.perf_counter() - t
                 if pred.shape != blk.valid.shape:
-                    raise PluginError(f"patch model: predict_block returned shape {pred.shape} for a block of "
-                                      f"{blk.valid.shape}")
-                out = mask[ir0 - r0:ir1 - r0, ic0 - c0:ic1 - c0]
+                    raise PluginError(
+                        f"patch model: predict_block returned shape {pred.shape} for a block of {blk.valid.shape}"
+                    )
+                out = mask[ir0 - r0 : ir1 - r0, ic0 - c0 : ic1 - c0]
                 out[valid] = pred[core][valid].astype(np.uint8)
                 n_px += int(valid.sum())
     return mask, n_px, secs
 
 
-def predict_uniform_rows(model: PatchModel, features: np.ndarray, tile: int | None = None,
-                         chunk: int = 256) -> np.ndarray:
+def predict_uniform_rows(
+    model: PatchModel, features: np.ndarray, tile: int | None = None, chunk: int = 256
+) -> np.ndarray:
     """A patch model's answer for pixel rows ``(n, f)`` without neighbourhoods (the pyfunc model's
     pixel-row input, ``mlflow models serve``): each row is predicted as the centre of a uniform tile of
     that feature vector (side ``tile``, default ``2 * halo + 1`` and at least the patch size), i.e. a
@@ -333,7 +372,7 @@ def predict_uniform_rows(model: PatchModel, features: np.ndarray, tile: int | No
     side = int(tile or max(2 * int(model.halo) + 1, int(model.patch_size)))
     out = np.empty(n, dtype=np.uint8)
     for s in range(0, n, chunk):
-        rows = F[s:s + chunk]
+        rows = F[s : s + chunk]
         for i, row in enumerate(rows):
             block = np.broadcast_to(row[:, None, None], (f, side, side)).copy()
             pred = np.asarray(model.predict_block(block, np.ones((side, side), dtype=bool)))

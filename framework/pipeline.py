@@ -137,11 +137,17 @@ def build_stages(cfg: DictConfig, registry: Registry | None = None) -> Stages:
         else:
             raise PluginError(f"postprocessor {name!r} is neither a mask filter (halo, apply) nor a vectorizer")
     names["postprocessor"] = ",".join(n for n, _ in [*filters, *vectorizers]) or "none"
-    for stage, obj, proto in (("source", source, Source), ("labeler", labeler, Labeler),
-                              ("features", features, Features), ("classifier", classifier, Classifier)):
+    for stage, obj, proto in (
+        ("source", source, Source),
+        ("labeler", labeler, Labeler),
+        ("features", features, Features),
+        ("classifier", classifier, Classifier),
+    ):
         if not isinstance(obj, proto) and not (stage == "classifier" and isinstance(obj, PatchModel)):
-            raise PluginError(f"{stage} {names.get(stage)!r} does not implement cropseg.types.{proto.__name__}"
-                              + (" or PatchModel" if stage == "classifier" else ""))
+            raise PluginError(
+                f"{stage} {names.get(stage)!r} does not implement cropseg.types.{proto.__name__}"
+                + (" or PatchModel" if stage == "classifier" else "")
+            )
     kinds = getattr(source, "ground_truth_kinds", None)
     for what, kind in (kinds() if callable(kinds) else {}).items():  # before any scene is loaded
         check_labeler_fits(registry, names["labeler"], kind, what)
@@ -173,8 +179,10 @@ def _check_sample_size(cfg: DictConfig, classifier: Any) -> None:
     most, which = min(caps)
     n = int(need())
     if n > most:
-        raise ConfigError(f"{which} draws at most {most} training pixels; the classifier "
-                          f"{cfg.classifier.get('name')} needs at least {n} (e.g. KNN's largest k in every CV fold)")
+        raise ConfigError(
+            f"{which} draws at most {most} training pixels; the classifier "
+            f"{cfg.classifier.get('name')} needs at least {n} (e.g. KNN's largest k in every CV fold)"
+        )
 
 
 def _default_output_dir() -> Path:
@@ -189,8 +197,14 @@ def _default_output_dir() -> Path:
     return Path("outputs") / f"{stamp}-{uuid.uuid4().hex[:6]}"
 
 
-def execute(cfg: DictConfig, *, output_dir: Path | None = None, parent_run_id: str | None = None,
-            registry: Registry | None = None, run_name_suffix: str = "") -> RunResult:
+def execute(
+    cfg: DictConfig,
+    *,
+    output_dir: Path | None = None,
+    parent_run_id: str | None = None,
+    registry: Registry | None = None,
+    run_name_suffix: str = "",
+) -> RunResult:
     """Run the configured pipeline once and record it in MLflow; see :func:`cropseg.api.run`."""
     t_start = time.perf_counter()
     stages = build_stages(cfg, registry)
@@ -201,8 +215,13 @@ def execute(cfg: DictConfig, *, output_dir: Path | None = None, parent_run_id: s
     tracker = Tracker(tcfg.get("uri"), tcfg.get("experiment", "cropseg"), tcfg.get("artifact_location"))
     parent_run_id = parent_run_id or tcfg.get("parent_run_id")
     tags = {**_tags(stages), f"{TAG_PREFIX}output_dir": str(out)}
-    run_name = tcfg.get("run_name") + run_name_suffix if tcfg.get("run_name") else \
-        " ".join(p for p in (run_label(stages.names["classifier"], "", stages.names["features"]), run_name_suffix) if p)
+    run_name = (
+        tcfg.get("run_name") + run_name_suffix
+        if tcfg.get("run_name")
+        else " ".join(
+            p for p in (run_label(stages.names["classifier"], "", stages.names["features"]), run_name_suffix) if p
+        )
+    )
     with tracker.run(run_name, tags, parent_run_id) as rl:
         rl.name_suffix = run_name_suffix
         log.info("MLflow run %s in %s (experiment %r)", rl.run_id, tracker.uri, tracker.experiment_name)
@@ -225,8 +244,17 @@ def _cache_dir(cfg: DictConfig, stages: Stages) -> Path:
 
 #: what a run writes into its output folder; removed when the run fails or is stopped, so nothing there
 #: looks like a result (Hydra's .hydra/ and the job log stay, beside FAILED.txt)
-RESULT_ENTRIES = ("labels", "prediction", "train_prediction", "segments", "reports", "previews", "map", "model",
-                  "metrics.json")
+RESULT_ENTRIES = (
+    "labels",
+    "prediction",
+    "train_prediction",
+    "segments",
+    "reports",
+    "previews",
+    "map",
+    "model",
+    "metrics.json",
+)
 
 
 def discard_results(out: Path, reason: str | None = None) -> None:
@@ -245,8 +273,11 @@ def discard_results(out: Path, reason: str | None = None) -> None:
 
 
 def _tags(stages: Stages) -> dict[str, str]:
-    tags = {f"{TAG_PREFIX}version": __version__, f"{TAG_PREFIX}git_commit": git_commit(),
-            "mlflow.source.git.commit": git_commit()}
+    tags = {
+        f"{TAG_PREFIX}version": __version__,
+        f"{TAG_PREFIX}git_commit": git_commit(),
+        "mlflow.source.git.commit": git_commit(),
+    }
     for stage, name in stages.names.items():
         tags[f"{TAG_PREFIX}{stage}"] = name
         for n in name.split(","):
@@ -273,19 +304,33 @@ def _run_stages(cfg: DictConfig, st: Stages, rl: Any, out: Path, t_start: float)
     check_inputs(st, cache)
     t = time.perf_counter()
     scenes = st.source.load(cache)
-    log.info("source %s: train %s (%dx%d px), test %s (%dx%d px)%s", st.names["source"],
-             scenes.train.metadata.get("scene_id", scenes.train.name), scenes.train.grid.width,
-             scenes.train.grid.height, scenes.test.metadata.get("scene_id", scenes.test.name),
-             scenes.test.grid.width, scenes.test.grid.height, " [SYNTHETIC]" if scenes.synthetic else "")
-    rl.set_tags({f"{TAG_PREFIX}synthetic": str(scenes.synthetic).lower(),
-                 **{f"{TAG_PREFIX}{role}.{k}": v for role, sc in (("train", scenes.train), ("test", scenes.test))
-                    for k, v in sc.metadata.items() if v is not None},
-                 **{f"{TAG_PREFIX}source.{k}": v for k, v in scenes.metadata.items() if v is not None}})
+    log.info(
+        "source %s: train %s (%dx%d px), test %s (%dx%d px)%s",
+        st.names["source"],
+        scenes.train.metadata.get("scene_id", scenes.train.name),
+        scenes.train.grid.width,
+        scenes.train.grid.height,
+        scenes.test.metadata.get("scene_id", scenes.test.name),
+        scenes.test.grid.width,
+        scenes.test.grid.height,
+        " [SYNTHETIC]" if scenes.synthetic else "",
+    )
+    rl.set_tags(
+        {
+            f"{TAG_PREFIX}synthetic": str(scenes.synthetic).lower(),
+            **{
+                f"{TAG_PREFIX}{role}.{k}": v
+                for role, sc in (("train", scenes.train), ("test", scenes.test))
+                for k, v in sc.metadata.items()
+                if v is not None
+            },
+            **{f"{TAG_PREFIX}source.{k}": v for k, v in scenes.metadata.items() if v is not None},
+        }
+    )
     metrics["source_seconds"] = time.perf_counter() - t
     rl.log_datasets([*scene_refs(scenes.train, TRAINING), *scene_refs(scenes.test, TESTING)])
     if _same_scene(scenes.train, scenes.test):
-        log.warning("the test scene is the training scene (%s): test metrics are not held-out scores",
-                    scenes.test.path)
+        log.warning("the test scene is the training scene (%s): test metrics are not held-out scores", scenes.test.path)
         rl.set_tags({f"{TAG_PREFIX}warning.test_is_train": "true"})
     if isinstance(st.classifier, PatchModel):
         from .patches import check_scene_size
@@ -299,14 +344,24 @@ def _run_stages(cfg: DictConfig, st: Stages, rl: Any, out: Path, t_start: float)
         t = time.perf_counter()
         labels[role] = st.labeler.label(scene, out / "labels" / f"{role}_labels.tif")
         c = labels[role].counts
-        log.info("labels %s: %d crop, %d non-crop, %d ignored pixels (%.1f s)", role, c["crop"], c["noncrop"],
-                 c["ignore"], time.perf_counter() - t)
+        log.info(
+            "labels %s: %d crop, %d non-crop, %d ignored pixels (%.1f s)",
+            role,
+            c["crop"],
+            c["noncrop"],
+            c["ignore"],
+            time.perf_counter() - t,
+        )
         metrics.update({f"{role}_label_{k}_pixels": float(v) for k, v in c.items()})
         for k, v in labels[role].notes.items():
             metrics[f"{role}_ground_truth_{k}"] = float(v)
             if k == "repaired_geometries" and v:
-                log.warning("%s ground truth %s: %d invalid (e.g. self-intersecting) polygon(s) repaired", role,
-                            getattr(scene.ground_truth, "path", ""), int(v))
+                log.warning(
+                    "%s ground truth %s: %d invalid (e.g. self-intersecting) polygon(s) repaired",
+                    role,
+                    getattr(scene.ground_truth, "path", ""),
+                    int(v),
+                )
             rl.set_tags({f"{TAG_PREFIX}{role}.ground_truth.{k}": str(int(v)) if float(v).is_integer() else str(v)})
         _check_labelled(role, scene, c)
     outputs["test_labels"] = labels["test"].path
@@ -322,8 +377,11 @@ def _run_stages(cfg: DictConfig, st: Stages, rl: Any, out: Path, t_start: float)
         rl.set_tags({f"{TAG_PREFIX}{k}": v for k, v in fit_tags.items()})
         if not tcfg_run_name(cfg):  # the name now says what the fit chose: knn k=9 | bands
             chosen = fit_tags.get("chosen") or chosen_label(dict(fit.params))
-            rl.rename(" ".join(p for p in (run_label(st.names["classifier"], chosen, st.names["features"]),
-                                           rl.name_suffix) if p))
+            rl.rename(
+                " ".join(
+                    p for p in (run_label(st.names["classifier"], chosen, st.names["features"]), rl.name_suffix) if p
+                )
+            )
         metrics.update({k: float(v) for k, v in fit.metrics.items()})
 
     # -- predict, postprocess, evaluate --------------------------------------------------------------
@@ -333,8 +391,9 @@ def _run_stages(cfg: DictConfig, st: Stages, rl: Any, out: Path, t_start: float)
         raw = folder / f"{role}_mask_raw.tif"
         n_px, secs = predict_scene(scene, st.features, st.classifier, raw, block)
         if role == "test":
-            metrics.update(predict_seconds=secs, predict_pixels=float(n_px),
-                           predict_pixels_per_second=n_px / max(secs, 1e-9))
+            metrics.update(
+                predict_seconds=secs, predict_pixels=float(n_px), predict_pixels_per_second=n_px / max(secs, 1e-9)
+            )
         final = apply_filters(raw, st.filters, folder / f"{role}_mask.tif", block)
         for stage_name, path in (("raw", raw), ("post", final)):
             cm = confusion_from_rasters(labels[role].path, path)
@@ -345,36 +404,68 @@ def _run_stages(cfg: DictConfig, st: Stages, rl: Any, out: Path, t_start: float)
             metrics[f"{key}_iou"] = iou(cm)
         if role == "test":
             outputs.update(test_mask_raw=raw, test_mask=final)
-    log.info("test: crop precision %.3f recall %.3f F1 %.3f, weighted F1 %.3f", metrics["test_crop_precision"],
-             metrics["test_crop_recall"], metrics["test_crop_f1"], metrics["test_weighted_avg_f1"])
+    log.info(
+        "test: crop precision %.3f recall %.3f F1 %.3f, weighted F1 %.3f",
+        metrics["test_crop_precision"],
+        metrics["test_crop_recall"],
+        metrics["test_crop_f1"],
+        metrics["test_weighted_avg_f1"],
+    )
 
     # -- vectorize -----------------------------------------------------------------------------------
     grid = scenes.test.grid
     with rasterio.open(outputs["test_mask"]) as src:
-        crop_px = sum(int(np.count_nonzero(src.read(1, window=w) == 1)) for w in iter_windows(src.height, src.width, 1024))
+        crop_px = sum(
+            int(np.count_nonzero(src.read(1, window=w) == 1)) for w in iter_windows(src.height, src.width, 1024)
+        )
     metrics["crop_area_pixels_ha"] = crop_px * grid.pixel_area / 1e4 if not grid.crs.is_geographic else float("nan")
     for name, vec in st.vectorizers:
         t = time.perf_counter()
         res = vec.vectorize(outputs["test_mask"], out / "segments" / "test_segments.geojson")
         outputs["segments"] = res.path
         dropped = int(getattr(res, "n_dropped", 0))
-        metrics.update(crop_area_ha=res.area_ha, n_polygons=float(res.n_polygons),
-                       n_polygons_dropped=float(dropped), vectorize_seconds=time.perf_counter() - t)
-        log.info("%s: %d polygons, %.2f ha of crop (%d smaller polygons dropped, %.2f ha)", name,
-                 res.n_polygons, res.area_ha, dropped, float(getattr(res, "area_dropped_ha", 0.0)))
+        metrics.update(
+            crop_area_ha=res.area_ha,
+            n_polygons=float(res.n_polygons),
+            n_polygons_dropped=float(dropped),
+            vectorize_seconds=time.perf_counter() - t,
+        )
+        log.info(
+            "%s: %d polygons, %.2f ha of crop (%d smaller polygons dropped, %.2f ha)",
+            name,
+            res.n_polygons,
+            res.area_ha,
+            dropped,
+            float(getattr(res, "area_dropped_ha", 0.0)),
+        )
 
     # -- crop area: mapped vs reference, and the good-practice protocol simulated on the test scene ----
     ecfg = cfg.get("evaluate") or {}
-    metrics.update(area_metrics(outputs["test_mask"], labels["test"].path, ecfg.get("area_sample_size"),
-                                allocation=str(ecfg.get("area_allocation", "minimum")), seed=int(cfg.get("seed", 0)),
-                                report_dir=out / "reports"))
+    metrics.update(
+        area_metrics(
+            outputs["test_mask"],
+            labels["test"].path,
+            ecfg.get("area_sample_size"),
+            allocation=str(ecfg.get("area_allocation", "minimum")),
+            seed=int(cfg.get("seed", 0)),
+            report_dir=out / "reports",
+        )
+    )
 
     # -- record ----------------------------------------------------------------------------------------
     metrics["total_seconds"] = time.perf_counter() - t_start
     metrics = {k: v for k, v in metrics.items() if v is not None and np.isfinite(v)}
     model_info = _log_results(rl, st, scenes, labels, reports, outputs, out, metrics, cfg)
-    return RunResult(run_id=rl.run_id, experiment_id="", tracking_uri="", output_dir=out, metrics=metrics,
-                     outputs=outputs, params=dict(fit.params) if fit else {}, **model_info)
+    return RunResult(
+        run_id=rl.run_id,
+        experiment_id="",
+        tracking_uri="",
+        output_dir=out,
+        metrics=metrics,
+        outputs=outputs,
+        params=dict(fit.params) if fit else {},
+        **model_info,
+    )
 
 
 #: fewest labelled valid pixels a test scene may have (the model's input example takes five)
@@ -386,11 +477,11 @@ def _check_labelled(role: str, scene: Scene, counts: Any) -> None:
     :data:`MIN_TEST_PIXELS` (test), naming the input file."""
     n = int(counts["crop"]) + int(counts["noncrop"])
     if n == 0:
-        raise LabelError(f"{scene.path}: the {role} scene has no valid labelled pixel (all nodata, NaN, outside "
-                         f"the AOI or unusable)")
+        raise LabelError(
+            f"{scene.path}: the {role} scene has no valid labelled pixel (all nodata, NaN, outside the AOI or unusable)"
+        )
     if role == "test" and n < MIN_TEST_PIXELS:
-        raise LabelError(f"{scene.path}: the test scene has {n} valid labelled pixel(s), fewer than "
-                         f"{MIN_TEST_PIXELS}")
+        raise LabelError(f"{scene.path}: the test scene has {n} valid labelled pixel(s), fewer than {MIN_TEST_PIXELS}")
 
 
 def _same_scene(a: Scene, b: Scene) -> bool:
@@ -407,24 +498,39 @@ def _same_scene(a: Scene, b: Scene) -> bool:
     return bool(intersect(a.window, b.window))
 
 
-def _fit_pixel_model(cfg: DictConfig, st: Stages, scenes: Any, labels: dict, rl: Any, metrics: dict[str, float],
-                     block: int) -> Any:
+def _fit_pixel_model(
+    cfg: DictConfig, st: Stages, scenes: Any, labels: dict, rl: Any, metrics: dict[str, float], block: int
+) -> Any:
     """Draw the training pixels (one stratified cap keeping the class shares, or balanced) and fit the pixel
     classifier on them."""
     tcfg = cfg.get("train", {})
     caps = {k: None if tcfg.get(k) in (None, "all") else int(tcfg.get(k)) for k in ("max_pixels", "max_per_class")}
-    ts = sample_training_pixels(scenes.train, labels["train"], st.features, **caps,
-                                seed=int(tcfg.get("seed", cfg.get("seed", 0))),
-                                spatial_block=int(tcfg.get("spatial_block", 128)), block=block,
-                                balance=bool(tcfg.get("balance", False)))
+    ts = sample_training_pixels(
+        scenes.train,
+        labels["train"],
+        st.features,
+        **caps,
+        seed=int(tcfg.get("seed", cfg.get("seed", 0))),
+        spatial_block=int(tcfg.get("spatial_block", 128)),
+        block=block,
+        balance=bool(tcfg.get("balance", False)),
+    )
     n_train = len(ts.y)
-    log.info("training sample: %d pixels (%d crop) of %d labelled, features %s", n_train, int(ts.y.sum()),
-             sum(ts.available.values()), ts.feature_names)
+    log.info(
+        "training sample: %d pixels (%d crop) of %d labelled, features %s",
+        n_train,
+        int(ts.y.sum()),
+        sum(ts.available.values()),
+        ts.feature_names,
+    )
     rl.log_params({"features.names": ",".join(ts.feature_names), "train.n_pixels": n_train})
     fractions = ts.crop_fractions()
     metrics.update(fractions)
-    log.info("crop share: %.1f%% of the labelled training pixels, %.1f%% of the sample",
-             100 * fractions["train_labelled_crop_fraction"], 100 * fractions["train_sample_crop_fraction"])
+    log.info(
+        "crop share: %.1f%% of the labelled training pixels, %.1f%% of the sample",
+        100 * fractions["train_labelled_crop_fraction"],
+        100 * fractions["train_sample_crop_fraction"],
+    )
     t = time.perf_counter()
     assert isinstance(st.classifier, Classifier)
     fit = st.classifier.fit(ts.X, ts.y, ts.groups)
@@ -435,8 +541,9 @@ def _fit_pixel_model(cfg: DictConfig, st: Stages, scenes: Any, labels: dict, rl:
     return fit
 
 
-def _fit_patch_model(cfg: DictConfig, st: Stages, scenes: Any, labels: dict, rl: Any, out: Path,
-                     metrics: dict[str, float]) -> Any:
+def _fit_patch_model(
+    cfg: DictConfig, st: Stages, scenes: Any, labels: dict, rl: Any, out: Path, metrics: dict[str, float]
+) -> Any:
     """Draw patches from the training scene (validation from its held-out blocks), fit the patch model
     with per-epoch step metrics, and log its kept weights."""
     from .patches import PatchOptions, draw_patches, epoch_callback
@@ -445,19 +552,37 @@ def _fit_patch_model(cfg: DictConfig, st: Stages, scenes: Any, labels: dict, rl:
     assert isinstance(model, PatchModel)
     tcfg = cfg.get("train", {})
     t = time.perf_counter()
-    sample = draw_patches(scenes.train, labels["train"], st.features, int(model.patch_size),
-                          PatchOptions.from_config(tcfg.get("patches")), seed=int(tcfg.get("seed", cfg.get("seed", 0))),
-                          spatial_block=int(tcfg.get("spatial_block", 128)))
-    log.info("training patches: %d of %dx%d px (%d with crop), %d validation patches from %d held-out blocks "
-             "(%.1f s), features %s", len(sample.train), model.patch_size, model.patch_size,
-             int(sample.info["train_patches_with_crop"]), int(sample.info["val_patches"]),
-             int(sample.info["val_blocks"]), time.perf_counter() - t, sample.train.feature_names)
-    rl.log_params({"features.names": ",".join(sample.train.feature_names),
-                   "train.n_patches": len(sample.train), "train.n_val_patches": int(sample.info["val_patches"])})
+    sample = draw_patches(
+        scenes.train,
+        labels["train"],
+        st.features,
+        int(model.patch_size),
+        PatchOptions.from_config(tcfg.get("patches")),
+        seed=int(tcfg.get("seed", cfg.get("seed", 0))),
+        spatial_block=int(tcfg.get("spatial_block", 128)),
+    )
+    log.info(
+        "training patches: %d of %dx%d px (%d with crop), %d validation patches from %d held-out blocks "
+        "(%.1f s), features %s",
+        len(sample.train),
+        model.patch_size,
+        model.patch_size,
+        int(sample.info["train_patches_with_crop"]),
+        int(sample.info["val_patches"]),
+        int(sample.info["val_blocks"]),
+        time.perf_counter() - t,
+        sample.train.feature_names,
+    )
+    rl.log_params(
+        {
+            "features.names": ",".join(sample.train.feature_names),
+            "train.n_patches": len(sample.train),
+            "train.n_val_patches": int(sample.info["val_patches"]),
+        }
+    )
     n_train = int(np.count_nonzero(sample.train.y != 255))
     metrics.update(sample.info)
-    on_epoch = epoch_callback(sample.validation, lambda m, step: rl.log_metrics(m, step=step),
-                              st.names["classifier"])
+    on_epoch = epoch_callback(sample.validation, lambda m, step: rl.log_metrics(m, step=step), st.names["classifier"])
     t = time.perf_counter()
     fit = model.fit_patches(sample.train, sample.validation, on_epoch)
     fit_s = time.perf_counter() - t
@@ -471,8 +596,17 @@ def _fit_patch_model(cfg: DictConfig, st: Stages, scenes: Any, labels: dict, rl:
     return fit
 
 
-def _log_results(rl: Any, st: Stages, scenes: Any, labels: dict, reports: dict, outputs: dict, out: Path,
-                 metrics: dict[str, float], cfg: DictConfig) -> dict[str, str]:
+def _log_results(
+    rl: Any,
+    st: Stages,
+    scenes: Any,
+    labels: dict,
+    reports: dict,
+    outputs: dict,
+    out: Path,
+    metrics: dict[str, float],
+    cfg: DictConfig,
+) -> dict[str, str]:
     from . import previews
 
     rl.log_metrics(metrics)
@@ -487,8 +621,12 @@ def _log_results(rl: Any, st: Stages, scenes: Any, labels: dict, reports: dict, 
             if isinstance(vals, dict):
                 table["report"].append(key)
                 table["class"].append(cls)
-                for col, src in (("precision", "precision"), ("recall", "recall"), ("f1", "f1-score"),
-                                 ("support", "support")):
+                for col, src in (
+                    ("precision", "precision"),
+                    ("recall", "recall"),
+                    ("f1", "f1-score"),
+                    ("support", "support"),
+                ):
                     table[col].append(int(vals[src]) if col == "support" else float(vals[src]))
     for f in sorted(rep_dir.iterdir()):
         rl.log_artifact(f, "reports")
@@ -500,15 +638,26 @@ def _log_results(rl: Any, st: Stages, scenes: Any, labels: dict, reports: dict, 
     if "segments" in outputs:
         rl.log_artifact(outputs["segments"], "segments")
     prev_dir = out / "previews"
-    for path in previews.write_previews(scenes.test, outputs["test_labels"], outputs["test_mask"], prev_dir,
-                                        int(cfg.get("preview", {}).get("max_side", 1024))):
+    for path in previews.write_previews(
+        scenes.test,
+        outputs["test_labels"],
+        outputs["test_mask"],
+        prev_dir,
+        int(cfg.get("preview", {}).get("max_side", 1024)),
+    ):
         rl.log_artifact(path, "previews")
         outputs[f"preview_{path.stem}"] = path
     from .mapview import write_map
 
     title = f"{st.names['classifier']} on {scenes.test.metadata.get('scene_id', 'test scene')}"
-    map_path = write_map(scenes.test, outputs["test_labels"], outputs.get("segments"), out / "map" / "map.html",
-                         int(cfg.get("preview", {}).get("max_side", 1024)), title)
+    map_path = write_map(
+        scenes.test,
+        outputs["test_labels"],
+        outputs.get("segments"),
+        out / "map" / "map.html",
+        int(cfg.get("preview", {}).get("max_side", 1024)),
+        title,
+    )
     rl.log_artifact(map_path, "map")
     outputs["map"] = map_path
     model_info: dict[str, str] = {}

@@ -70,8 +70,9 @@ def parse_metadata(path: Path | str) -> PlanetMetadata:
         except ValueError:
             raise InputFileError(f"{p}: bad reflectanceCoefficient {coef!r} for band {num}") from None
     if not coefs:
-        raise InputFileError(f"{p}: no ps:bandSpecificMetadata/ps:reflectanceCoefficient (not a Planet analytic "
-                             "metadata XML?)")
+        raise InputFileError(
+            f"{p}: no ps:bandSpecificMetadata/ps:reflectanceCoefficient (not a Planet analytic metadata XML?)"
+        )
     if any(c <= 0 for c in coefs.values()):
         raise InputFileError(f"{p}: reflectance coefficients must be positive, got {coefs}")
     ident = _text(root, ".//eop:identifier") or p.stem.replace("_metadata", "")
@@ -99,6 +100,12 @@ def parse_metadata(path: Path | str) -> PlanetMetadata:
         num_bands=int(nb) if nb and nb.isdigit() else None,
         cloud_cover=float(cc) if cc else None,
         footprint_wkt=wkt,
-        extra={k: v for k, v in {"platform": _text(root, ".//eop:Platform/eop:serialIdentifier"),
-                                 "instrument": _text(root, ".//eop:Instrument/eop:shortName")}.items() if v},
+        extra={
+            k: v
+            for k, v in {
+                "platform": _text(root, ".//eop:Platform/eop:serialIdentifier"),
+                "instrument": _text(root, ".//eop:Instrument/eop:shortName"),
+            }.items()
+            if v
+        },
     )

@@ -153,8 +153,9 @@ class Registry:
         """
         info = self.get(stage, name)
         check_options(f"{stage}.{name}", info.factory, options)
-        check_factory_types(lambda key: f"{stage}.{name}.{key}" if stage == "postprocessor" else f"{stage}.{key}",
-                            info.factory, options)
+        check_factory_types(
+            lambda key: f"{stage}.{name}.{key}" if stage == "postprocessor" else f"{stage}.{key}", info.factory, options
+        )
         return info.factory(**dict(options))
 
 
@@ -178,8 +179,11 @@ def check_labeler_fits(registry: Registry, labeler: str, kind: str | None, what:
     accepts = getattr(registry.get("labeler", labeler).factory, "ground_truth_kinds", GROUND_TRUTH_KINDS)
     if kind in accepts:
         return
-    fits = [n for n in registry.names("labeler")
-            if kind in getattr(registry.get("labeler", n).factory, "ground_truth_kinds", GROUND_TRUTH_KINDS)]
+    fits = [
+        n
+        for n in registry.names("labeler")
+        if kind in getattr(registry.get("labeler", n).factory, "ground_truth_kinds", GROUND_TRUTH_KINDS)
+    ]
     needs = " or ".join("polygons (a vector file)" if k == "vector" else "a class raster" for k in accepts)
     use = " or ".join(f"labeler={n}" for n in fits) or "a labeler that reads it"
     raise ConfigError(f"labeler={labeler} needs {needs}, but {what} is a {kind} file: use {use}")

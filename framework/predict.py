@@ -63,7 +63,9 @@ class PredictResult:
         s = self.summary
         lines = [f"prediction of {s['scene']} with {self.model_uri} (trained in run {self.source_run_id})"]
         if s.get("scene_synthetic"):
-            lines.append("NOTE: the scene is SYNTHETIC (its GeoTIFF says so); scores on it say nothing about real imagery")
+            lines.append(
+                "NOTE: the scene is SYNTHETIC (its GeoTIFF says so); scores on it say nothing about real imagery"
+            )
         if s.get("model_synthetic"):
             lines.append("NOTE: the model was trained on SYNTHETIC data; its output says little about real imagery")
         lines += [
@@ -77,25 +79,42 @@ class PredictResult:
         if s.get("area_estimate"):
             crop = s["area_estimate"]["classes_detail"]["crop"]
             a = crop["area_ha"]
-            lines.append(f"crop area (error-adjusted, {s['area_estimate']['sample_size']} reference points) "
-                         f"{a['estimate']:,.2f} ha +- {a['ci95'][1] - a['estimate']:,.2f} ha (95% CI "
-                         f"{a['ci95'][0]:,.2f} - {a['ci95'][1]:,.2f}); user's accuracy "
-                         f"{crop['user_accuracy']['estimate']:.3f} +- "
-                         f"{crop['user_accuracy']['ci95'][1] - crop['user_accuracy']['estimate']:.3f}")
+            lines.append(
+                f"crop area (error-adjusted, {s['area_estimate']['sample_size']} reference points) "
+                f"{a['estimate']:,.2f} ha +- {a['ci95'][1] - a['estimate']:,.2f} ha (95% CI "
+                f"{a['ci95'][0]:,.2f} - {a['ci95'][1]:,.2f}); user's accuracy "
+                f"{crop['user_accuracy']['estimate']:.3f} +- "
+                f"{crop['user_accuracy']['ci95'][1] - crop['user_accuracy']['estimate']:.3f}"
+            )
         if self.report_text:
             lines += ["", f"classification report against {s['ground_truth']}:", self.report_text.rstrip()]
         return "\n".join(lines)
 
 
-def predict(model_uri: str, image: str | Path, *, metadata: str | Path | None = None, scale: float | None = None,
-            aoi: str | Path | None = None, udm: str | Path | None = None, nodata: float | None = None,
-            ground_truth: str | Path | None = None, attribute: str = "CLASS1",
-            crop_values: Sequence[Any] = DWR_CROP_CLASSES, layer: str | None = None, uncovered: str = "noncrop",
-            ignore_values: Sequence[int] = (),
-            labeler: str | None = None, output_dir: str | Path | None = None, tracking_uri: str | None = None,
-            experiment: str = DEFAULT_EXPERIMENT, run_name: str | None = None,
-            block: int = DEFAULT_BLOCK, parallel: ParallelConfig | None = None,
-            reference_sample: str | Path | None = None) -> PredictResult:
+def predict(
+    model_uri: str,
+    image: str | Path,
+    *,
+    metadata: str | Path | None = None,
+    scale: float | None = None,
+    aoi: str | Path | None = None,
+    udm: str | Path | None = None,
+    nodata: float | None = None,
+    ground_truth: str | Path | None = None,
+    attribute: str = "CLASS1",
+    crop_values: Sequence[Any] = DWR_CROP_CLASSES,
+    layer: str | None = None,
+    uncovered: str = "noncrop",
+    ignore_values: Sequence[int] = (),
+    labeler: str | None = None,
+    output_dir: str | Path | None = None,
+    tracking_uri: str | None = None,
+    experiment: str = DEFAULT_EXPERIMENT,
+    run_name: str | None = None,
+    block: int = DEFAULT_BLOCK,
+    parallel: ParallelConfig | None = None,
+    reference_sample: str | Path | None = None,
+) -> PredictResult:
     """Predict crop / non-crop on ``image`` with the model at ``model_uri``; see the module docstring.
 
     ``reference_sample``: a labelled stratified sample of this scene's mask (``cropseg sample-design``,
@@ -127,19 +146,28 @@ def predict(model_uri: str, image: str | Path, *, metadata: str | Path | None = 
     pipe = model.pipeline
     image = Path(image).expanduser()
     tags = {
-        f"{TAG_PREFIX}kind": "prediction", f"{TAG_PREFIX}model_uri": model_uri,
+        f"{TAG_PREFIX}kind": "prediction",
+        f"{TAG_PREFIX}model_uri": model_uri,
         f"{TAG_PREFIX}source_run_id": model.source_run_id or "unknown",
         f"{TAG_PREFIX}model_synthetic": str(pipe.spec.synthetic).lower(),
-        f"{TAG_PREFIX}classifier": pipe.spec.classifier, f"{TAG_PREFIX}features": pipe.spec.features["name"],
+        f"{TAG_PREFIX}classifier": pipe.spec.classifier,
+        f"{TAG_PREFIX}features": pipe.spec.features["name"],
         f"{TAG_PREFIX}postprocessor": ",".join(p["name"] for p in pipe.spec.filters + pipe.spec.vectorizers) or "none",
-        f"{TAG_PREFIX}version": __version__, f"{TAG_PREFIX}git_commit": git_commit(),
+        f"{TAG_PREFIX}version": __version__,
+        f"{TAG_PREFIX}git_commit": git_commit(),
     }
     if model.registered_name:
         tags[f"{TAG_PREFIX}registered_model"] = f"{model.registered_name}/{model.registered_version}"
     stage = out.parent / f".{out.name}.partial-{os.getpid()}"
     with tracker.run(run_name or f"predict-{image.stem}", tags) as rl:
-        log.info("prediction run %s in %s (experiment %r), model %s from run %s", rl.run_id, uri, experiment,
-                 model_uri, model.source_run_id)
+        log.info(
+            "prediction run %s in %s (experiment %r), model %s from run %s",
+            rl.run_id,
+            uri,
+            experiment,
+            model_uri,
+            model.source_run_id,
+        )
         try:
             shutil.rmtree(stage, ignore_errors=True)
             stage.mkdir(parents=True)
@@ -149,27 +177,52 @@ def predict(model_uri: str, image: str | Path, *, metadata: str | Path | None = 
                 if not gt_path.exists():
                     raise InputFileError(f"{gt_path}: ground truth file not found")
                 # as the local source reads it: a vector file or a class raster (crop and ignored values)
-                gt = make_ground_truth(gt_path, attribute=attribute, crop_values=crop_values,
-                                       ignore_values=ignore_values, uncovered=uncovered, layer=layer,
-                                       option="--ground-truth")
-            scene = pipe.scene(image, metadata=metadata, scale=scale, aoi=aoi, udm=udm, nodata=nodata,
-                               ground_truth=gt)
-            rl.log_params({"model_uri": model_uri, "image": str(image), "metadata": metadata, "scale": scale,
-                           "aoi": aoi, "udm": udm, "nodata": scene.nodata, "ground_truth": ground_truth,
-                           "attribute": attribute if gt else None, "crop_values": ",".join(map(str, crop_values))
-                           if gt else None, "block_size": block, "reflectance": scene.metadata.get("reflectance"),
-                           "parallel.backend": parallel.backend, "parallel.scheduler": parallel.scheduler,
-                           "parallel.workers": parallel.workers})
-            rl.set_tags({f"{TAG_PREFIX}scene_id": scene.metadata.get("scene_id", image.stem),
-                         f"{TAG_PREFIX}synthetic": str(scene.metadata["synthetic"]).lower()})
+                gt = make_ground_truth(
+                    gt_path,
+                    attribute=attribute,
+                    crop_values=crop_values,
+                    ignore_values=ignore_values,
+                    uncovered=uncovered,
+                    layer=layer,
+                    option="--ground-truth",
+                )
+            scene = pipe.scene(image, metadata=metadata, scale=scale, aoi=aoi, udm=udm, nodata=nodata, ground_truth=gt)
+            rl.log_params(
+                {
+                    "model_uri": model_uri,
+                    "image": str(image),
+                    "metadata": metadata,
+                    "scale": scale,
+                    "aoi": aoi,
+                    "udm": udm,
+                    "nodata": scene.nodata,
+                    "ground_truth": ground_truth,
+                    "attribute": attribute if gt else None,
+                    "crop_values": ",".join(map(str, crop_values)) if gt else None,
+                    "block_size": block,
+                    "reflectance": scene.metadata.get("reflectance"),
+                    "parallel.backend": parallel.backend,
+                    "parallel.scheduler": parallel.scheduler,
+                    "parallel.workers": parallel.workers,
+                }
+            )
+            rl.set_tags(
+                {
+                    f"{TAG_PREFIX}scene_id": scene.metadata.get("scene_id", image.stem),
+                    f"{TAG_PREFIX}synthetic": str(scene.metadata["synthetic"]).lower(),
+                }
+            )
             rl.log_datasets(scene_refs(scene, PREDICTION))
             with BlockExecutor(parallel) as executor, use_executor(executor):
                 summary, metrics, files, report_text = _predict_into(pipe, scene, stage, block, labeler)
             if reference_sample is not None:
                 _area_estimate(Path(reference_sample).expanduser(), files, summary, metrics, stage)
-            summary.update(model_uri=model_uri, source_run_id=model.source_run_id,
-                           registered_model=tags.get(f"{TAG_PREFIX}registered_model"),
-                           model_synthetic=pipe.spec.synthetic)
+            summary.update(
+                model_uri=model_uri,
+                source_run_id=model.source_run_id,
+                registered_model=tags.get(f"{TAG_PREFIX}registered_model"),
+                model_synthetic=pipe.spec.synthetic,
+            )
             metrics["total_seconds"] = time.perf_counter() - t_start
             summary["outputs"] = {k: str(Path(v).relative_to(stage)) for k, v in files.items()}
             files["summary"] = stage / "summary.json"
@@ -185,12 +238,14 @@ def predict(model_uri: str, image: str | Path, *, metadata: str | Path | None = 
             (out / "FAILED.txt").write_text(f"{type(exc).__name__}: {exc}\n")
             raise
     outputs = {k: final / Path(v).relative_to(stage) for k, v in files.items()}
-    return PredictResult(rl.run_id, experiment, uri, model_uri, model.source_run_id, final, summary, metrics,
-                         outputs, report_text)
+    return PredictResult(
+        rl.run_id, experiment, uri, model_uri, model.source_run_id, final, summary, metrics, outputs, report_text
+    )
 
 
-def _predict_into(pipe: Any, scene: Any, stage: Path, block: int, labeler_name: str | None
-                  ) -> tuple[dict[str, Any], dict[str, float], dict[str, Path], str | None]:
+def _predict_into(
+    pipe: Any, scene: Any, stage: Path, block: int, labeler_name: str | None
+) -> tuple[dict[str, Any], dict[str, float], dict[str, Path], str | None]:
     stem = scene.metadata.get("scene_id") or scene.path.stem
     files: dict[str, Path] = {}
     labels = None
@@ -199,8 +254,14 @@ def _predict_into(pipe: Any, scene: Any, stage: Path, block: int, labeler_name: 
         t = time.perf_counter()
         labels = lab.label(scene, stage / "labels" / f"{stem}_labels.tif")
         files["labels"] = labels.path
-        log.info("ground truth %s: %d crop, %d non-crop, %d ignored pixels (%.1f s)", scene.ground_truth.path,
-                 labels.counts["crop"], labels.counts["noncrop"], labels.counts["ignore"], time.perf_counter() - t)
+        log.info(
+            "ground truth %s: %d crop, %d non-crop, %d ignored pixels (%.1f s)",
+            scene.ground_truth.path,
+            labels.counts["crop"],
+            labels.counts["noncrop"],
+            labels.counts["ignore"],
+            time.perf_counter() - t,
+        )
     t = time.perf_counter()
     files["mask"] = pipe.predict_scene(scene, stage / "prediction" / f"{stem}_mask.tif", block=block)
     predict_s = time.perf_counter() - t
@@ -213,18 +274,32 @@ def _predict_into(pipe: Any, scene: Any, stage: Path, block: int, labeler_name: 
     n_px = int(counts.sum())
     px_ha = grid.pixel_area * _metres_per_unit(grid.crs) ** 2 / 1e4  # nan for geographic CRSs
     summary: dict[str, Any] = {
-        "scene": str(scene.path), "scene_id": scene.metadata.get("scene_id"),
-        "scene_synthetic": bool(scene.metadata.get("synthetic")), "crs": grid.crs.to_string(),
-        "width": grid.width, "height": grid.height, "pixel_size": abs(grid.transform.a),
-        "reflectance": scene.metadata.get("reflectance"), "pixels_classified": n_px,
-        "noncrop_pixels": int(counts[0]), "crop_pixels": int(counts[1]),
+        "scene": str(scene.path),
+        "scene_id": scene.metadata.get("scene_id"),
+        "scene_synthetic": bool(scene.metadata.get("synthetic")),
+        "crs": grid.crs.to_string(),
+        "width": grid.width,
+        "height": grid.height,
+        "pixel_size": abs(grid.transform.a),
+        "reflectance": scene.metadata.get("reflectance"),
+        "pixels_classified": n_px,
+        "noncrop_pixels": int(counts[0]),
+        "crop_pixels": int(counts[1]),
         "crop_fraction": float(counts[1] / n_px) if n_px else 0.0,
         "crop_area_ha_pixels": float(counts[1] * px_ha) if np.isfinite(px_ha) else None,
-        "crop_area_ha_polygons": None, "n_polygons": None, "ground_truth": None, "evaluation": None,
+        "crop_area_ha_polygons": None,
+        "n_polygons": None,
+        "ground_truth": None,
+        "evaluation": None,
     }
-    metrics = {"predict_seconds": predict_s, "pixels_classified": float(n_px), "crop_pixels": float(counts[1]),
-               "crop_fraction": summary["crop_fraction"], "crop_area_pixels_ha": float(counts[1] * px_ha),
-               "predict_pixels_per_second": n_px / max(predict_s, 1e-9)}
+    metrics = {
+        "predict_seconds": predict_s,
+        "pixels_classified": float(n_px),
+        "crop_pixels": float(counts[1]),
+        "crop_fraction": summary["crop_fraction"],
+        "crop_area_pixels_ha": float(counts[1] * px_ha),
+        "predict_pixels_per_second": n_px / max(predict_s, 1e-9),
+    }
     res = pipe.vectorize(files["mask"], stage / "segments" / f"{stem}_segments.geojson")
     if res is not None:
         files["segments"] = res.path
@@ -240,18 +315,28 @@ def _predict_into(pipe: Any, scene: Any, stage: Path, block: int, labeler_name: 
         files["report_txt"] = stage / "reports" / "classification_report.txt"
         files["report_json"] = stage / "reports" / "classification_report.json"
         files["confusion"] = stage / "reports" / "confusion_matrix.json"
-        for key, text in (("report_txt", report_text), ("report_json", json.dumps(rep, indent=2)),
-                          ("confusion", json.dumps(cm.tolist()))):
+        for key, text in (
+            ("report_txt", report_text),
+            ("report_json", json.dumps(rep, indent=2)),
+            ("confusion", json.dumps(cm.tolist())),
+        ):
             with atomic_path(files[key]) as tmp:
                 tmp.write_text(text)
-        summary.update(ground_truth=str(scene.ground_truth.path),
-                       evaluation={"report": rep, "confusion_matrix": cm.tolist(), "crop_iou": iou(cm),
-                                   "label_counts": dict(labels.counts)})
+        summary.update(
+            ground_truth=str(scene.ground_truth.path),
+            evaluation={
+                "report": rep,
+                "confusion_matrix": cm.tolist(),
+                "crop_iou": iou(cm),
+                "label_counts": dict(labels.counts),
+            },
+        )
     return summary, metrics, files, report_text
 
 
-def _area_estimate(sample: Path, files: dict[str, Path], summary: dict[str, Any], metrics: dict[str, float],
-                   stage: Path) -> None:
+def _area_estimate(
+    sample: Path, files: dict[str, Path], summary: dict[str, Any], metrics: dict[str, float], stage: Path
+) -> None:
     from .area_sample import estimate_area, estimate_metrics
 
     est = estimate_area(files["mask"], sample)
@@ -260,8 +345,12 @@ def _area_estimate(sample: Path, files: dict[str, Path], summary: dict[str, Any]
     files["area_txt"] = stage / "reports" / "area_estimate.txt"
     with atomic_path(files["area_txt"]) as tmp:
         tmp.write_text(est.text() + "\n")
-    log.info("error-adjusted crop area %.2f ha (SE %.2f) from %d reference points", est.area_ha()[1],
-             est.area_se_ha()[1], int(est.counts.sum()))
+    log.info(
+        "error-adjusted crop area %.2f ha (SE %.2f) from %d reference points",
+        est.area_ha()[1],
+        est.area_se_ha()[1],
+        int(est.counts.sum()),
+    )
 
 
 def _labeler(pipe: Any, name: str | None, gt: Any) -> Any:

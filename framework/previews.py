@@ -36,8 +36,13 @@ def _figure(img: np.ndarray, title: str, legend: list[tuple[tuple[int, int, int]
     ax.set_axis_off()
     fig.suptitle(title, fontsize=11)
     if legend:
-        fig.legend(handles=[Patch(color=_hex(c), label=t) for c, t in legend], loc="lower center",
-                   ncol=len(legend), fontsize=8, frameon=False)
+        fig.legend(
+            handles=[Patch(color=_hex(c), label=t) for c, t in legend],
+            loc="lower center",
+            ncol=len(legend),
+            fontsize=8,
+            frameon=False,
+        )
     return fig
 
 
@@ -103,8 +108,15 @@ def confusion_figure(cm_post: np.ndarray, cm_raw: np.ndarray) -> Figure:
         ax.imshow(norm, cmap="Greens", vmin=0, vmax=1)
         for r in range(2):
             for c in range(2):
-                ax.text(c, r, f"{cm[r, c]:,}\n{norm[r, c]:.1%}", ha="center", va="center",
-                        color="white" if norm[r, c] > 0.5 else "black", fontsize=9)
+                ax.text(
+                    c,
+                    r,
+                    f"{cm[r, c]:,}\n{norm[r, c]:.1%}",
+                    ha="center",
+                    va="center",
+                    color="white" if norm[r, c] > 0.5 else "black",
+                    fontsize=9,
+                )
         ax.set_xticks([0, 1], ["non-crop", "crop"])
         ax.set_yticks([0, 1], ["non-crop", "crop"])
         ax.set_xlabel("predicted")

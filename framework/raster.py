@@ -85,8 +85,10 @@ def check_scene_raster(path: Path | str, bands: int = 4, indexes: Sequence[int] 
             raise RasterFormatError(f"{path}: expected {bands} bands (blue, green, red, NIR), found {src.count}")
         wrong = [int(b) for b in indexes or () if not 1 <= int(b) <= src.count]
         if wrong:
-            raise RasterFormatError(f"source.bands={[int(b) for b in indexes or ()]}: {path} has {src.count} bands "
-                                    f"(1..{src.count}); no band {wrong[0]}")
+            raise RasterFormatError(
+                f"source.bands={[int(b) for b in indexes or ()]}: {path} has {src.count} bands "
+                f"(1..{src.count}); no band {wrong[0]}"
+            )
         if src.crs is None:
             raise RasterFormatError(f"{path}: the raster has no CRS")
         if src.transform.is_identity:
@@ -94,8 +96,13 @@ def check_scene_raster(path: Path | str, bands: int = 4, indexes: Sequence[int] 
         return Grid(src.crs, src.transform, src.width, src.height)
 
 
-def decimated_read(src: rasterio.DatasetReader, max_side: int, bands: list[int] | int = 1,
-                   resampling: str = "nearest", window: Window | None = None) -> np.ndarray:
+def decimated_read(
+    src: rasterio.DatasetReader,
+    max_side: int,
+    bands: list[int] | int = 1,
+    resampling: str = "nearest",
+    window: Window | None = None,
+) -> np.ndarray:
     """Read a whole raster (or window) decimated so its longer side is at most ``max_side`` pixels:
     GDAL reads only what is needed, so memory stays bounded for previews."""
     from rasterio.enums import Resampling

@@ -28,16 +28,19 @@ class TrainingSet:
     def crop_fractions(self) -> dict[str, float]:
         """Crop share of the labelled pixels and of the sample (what the cap kept of the proportions)."""
         total = sum(self.available.values())
-        return {"train_labelled_crop_fraction": self.available["crop"] / total if total else float("nan"),
-                "train_sample_crop_fraction": float(np.mean(self.y == CROP)) if len(self.y) else float("nan")}
+        return {
+            "train_labelled_crop_fraction": self.available["crop"] / total if total else float("nan"),
+            "train_sample_crop_fraction": float(np.mean(self.y == CROP)) if len(self.y) else float("nan"),
+        }
 
 
 def class_counts(labels: LabelRaster) -> dict[int, int]:
     return {NONCROP: int(labels.counts["noncrop"]), CROP: int(labels.counts["crop"])}
 
 
-def allocate(counts: dict[int, int], *, max_pixels: int | None = None, max_per_class: int | None = None,
-             balance: bool = False) -> dict[int, int]:
+def allocate(
+    counts: dict[int, int], *, max_pixels: int | None = None, max_per_class: int | None = None, balance: bool = False
+) -> dict[int, int]:
     """How many pixels of each class to draw from ``counts`` (labelled pixels per class).
 
     By default one cap, ``max_pixels``, bounds the total and the sample keeps the labelled class proportions
@@ -72,10 +75,18 @@ def allocate(counts: dict[int, int], *, max_pixels: int | None = None, max_per_c
     return take
 
 
-def sample_training_pixels(scene: Scene, labels: LabelRaster, features: Features, *, seed: int,
-                           max_pixels: int | None = None, max_per_class: int | None = None,
-                           spatial_block: int = 128, block: int = DEFAULT_BLOCK,
-                           balance: bool = False) -> TrainingSet:
+def sample_training_pixels(
+    scene: Scene,
+    labels: LabelRaster,
+    features: Features,
+    *,
+    seed: int,
+    max_pixels: int | None = None,
+    max_per_class: int | None = None,
+    spatial_block: int = 128,
+    block: int = DEFAULT_BLOCK,
+    balance: bool = False,
+) -> TrainingSet:
     """Labelled pixels of ``scene``, drawn uniformly without replacement within each class with ``seed``;
     how many of each class :func:`allocate` says (all of them when no cap applies; by default the labelled
     class proportions under one ``max_pixels`` cap on the total). Memory is bounded by the sample, not the
@@ -86,8 +97,10 @@ def sample_training_pixels(scene: Scene, labels: LabelRaster, features: Features
     counts = class_counts(labels)
     empty = [name for cls, name in ((NONCROP, "non-crop"), (CROP, "crop")) if counts[cls] == 0]
     if empty:
-        raise LabelError(f"{labels.path}: the training labels hold no {' and no '.join(empty)} pixels; a "
-                         "classifier needs both classes (check the ground truth and the scene overlap)")
+        raise LabelError(
+            f"{labels.path}: the training labels hold no {' and no '.join(empty)} pixels; a "
+            "classifier needs both classes (check the ground truth and the scene overlap)"
+        )
     take_n = allocate(counts, max_pixels=max_pixels, max_per_class=max_per_class, balance=balance)
     rng = np.random.default_rng(seed)
     chosen: dict[int, np.ndarray | None] = {}

@@ -42,8 +42,9 @@ class Progress:
         return secs
 
 
-def predict_scene(scene: Scene, features: Features, classifier: Classifier | PatchModel, out_path: Path,
-                  block: int = DEFAULT_BLOCK) -> tuple[int, float]:
+def predict_scene(
+    scene: Scene, features: Features, classifier: Classifier | PatchModel, out_path: Path, block: int = DEFAULT_BLOCK
+) -> tuple[int, float]:
     """Classify every valid pixel of ``scene`` block by block into a uint8 mask GeoTIFF on its grid
     (0 non-crop, 1 crop, 255 nodata). Returns (pixels classified, seconds spent in the classifier, summed
     over blocks). Blocks run on the current block executor (:func:`cropseg.parallel.current_executor`:
@@ -68,8 +69,9 @@ def predict_scene(scene: Scene, features: Features, classifier: Classifier | Pat
     return n_px, secs
 
 
-def apply_filters(mask_path: Path, filters: list[tuple[str, MaskFilter]], out_path: Path,
-                  block: int = DEFAULT_BLOCK) -> Path:
+def apply_filters(
+    mask_path: Path, filters: list[tuple[str, MaskFilter]], out_path: Path, block: int = DEFAULT_BLOCK
+) -> Path:
     """Run mask filters in order, block by block with each filter's halo (results equal whole-image
     filtering). Nodata stays nodata and is seen as non-crop by the filters. Blocks run on the current
     block executor, as in :func:`predict_scene`."""

@@ -31,9 +31,16 @@ def existing_path(value: Any, option: str) -> Path | None:
     return p
 
 
-def make_ground_truth(path: Path, *, attribute: str = "CLASS1", crop_values: Sequence[Any] = (),
-                      ignore_values: Sequence[int] = (), uncovered: str = "noncrop", layer: str | None = None,
-                      option: str = "ground_truth") -> GroundTruth:
+def make_ground_truth(
+    path: Path,
+    *,
+    attribute: str = "CLASS1",
+    crop_values: Sequence[Any] = (),
+    ignore_values: Sequence[int] = (),
+    uncovered: str = "noncrop",
+    layer: str | None = None,
+    option: str = "ground_truth",
+) -> GroundTruth:
     """A class raster (``.tif``/``.img``/``.vrt``: pixel values in ``crop_values`` are crop) or a vector file
     (``attribute`` values in ``crop_values`` are crop)."""
     if uncovered not in UNCOVERED:
@@ -42,8 +49,9 @@ def make_ground_truth(path: Path, *, attribute: str = "CLASS1", crop_values: Seq
         try:
             crop = tuple(int(v) for v in crop_values)
         except (TypeError, ValueError):
-            raise ConfigError(f"source.crop_values: a class raster ({option}) needs integer values, got "
-                              f"{list(crop_values)}") from None
+            raise ConfigError(
+                f"source.crop_values: a class raster ({option}) needs integer values, got {list(crop_values)}"
+            ) from None
         return RasterGroundTruth(path, crop, tuple(int(v) for v in ignore_values))
     return VectorGroundTruth(path, attribute, tuple(str(v) for v in crop_values), layer, uncovered)
 
@@ -53,8 +61,11 @@ def toa_gains(metadata_xml: Path, bands: Sequence[int]) -> tuple[tuple[float, ..
     meta = parse_metadata(metadata_xml)
     meta.gains(max(int(b) for b in bands))  # every selected band has a coefficient
     gains = tuple(meta.reflectance_coefficients[int(b)] for b in bands)
-    return gains, {"scene_id": meta.scene_id, "acquired": meta.acquired.isoformat() if meta.acquired else None,
-                   "reflectance": "toa_xml"}
+    return gains, {
+        "scene_id": meta.scene_id,
+        "acquired": meta.acquired.isoformat() if meta.acquired else None,
+        "reflectance": "toa_xml",
+    }
 
 
 def aoi_window(grid: Grid, aoi: Any, *, image: Path, what: Any) -> tuple[Any, Any]:
@@ -68,8 +79,9 @@ def aoi_window(grid: Grid, aoi: Any, *, image: Path, what: Any) -> tuple[Any, An
     if clipped.is_empty or clipped.area == 0:
         raise InputFileError(f"{what}: the AOI does not overlap {image}")
     window = from_bounds(*clipped.bounds, transform=grid.transform).round_offsets().round_lengths()
-    window = window.intersection(from_bounds(west, south, east, north, transform=grid.transform)
-                                 .round_offsets().round_lengths())
+    window = window.intersection(
+        from_bounds(west, south, east, north, transform=grid.transform).round_offsets().round_lengths()
+    )
     return window, clipped
 
 
@@ -102,10 +114,21 @@ def aoi_geometry(value: Any, crs: Any, *, option: str) -> Any:
     return read_aoi(path, crs)
 
 
-def build_scene(role: str, image: Path, *, gains: Sequence[float], bands: Sequence[int], nodata: float | None,
-                ground_truth: GroundTruth | None, metadata: Mapping[str, Any], aoi: Any = None,
-                aoi_what: Any = None, usable: Path | None = None, usable_band: int = 1,
-                expected_bands: int = 4) -> Scene:
+def build_scene(
+    role: str,
+    image: Path,
+    *,
+    gains: Sequence[float],
+    bands: Sequence[int],
+    nodata: float | None,
+    ground_truth: GroundTruth | None,
+    metadata: Mapping[str, Any],
+    aoi: Any = None,
+    aoi_what: Any = None,
+    usable: Path | None = None,
+    usable_band: int = 1,
+    expected_bands: int = 4,
+) -> Scene:
     """A file-backed scene: ``image`` checked (band count, georeferencing), restricted to the window of
     ``aoi`` (shapely, in the image CRS) when given."""
     grid = check_scene_raster(image, bands=expected_bands, indexes=bands)
@@ -117,14 +140,27 @@ def build_scene(role: str, image: Path, *, gains: Sequence[float], bands: Sequen
             if src.count < usable_band:
                 raise RasterFormatError(f"{usable}: usable-data band {usable_band} missing ({src.count} bands)")
             if (src.width, src.height) != (grid.width, grid.height) or not src.transform.almost_equals(grid.transform):
-                raise RasterFormatError(f"{usable}: the usable-data raster's grid ({src.width}x{src.height} px) does "
-                                        f"not match the scene {image} ({grid.width}x{grid.height} px); grids must match")
+                raise RasterFormatError(
+                    f"{usable}: the usable-data raster's grid ({src.width}x{src.height} px) does "
+                    f"not match the scene {image} ({grid.width}x{grid.height} px); grids must match"
+                )
             if src.crs is not None and src.crs != grid.crs:
-                raise RasterFormatError(f"{usable}: the usable-data raster's CRS {src.crs} differs from the scene's "
-                                        f"{grid.crs}")
-    return Scene(name=role, path=image, gains=tuple(float(g) for g in gains), bands=tuple(int(b) for b in bands),
-                 window=window, nodata=nodata, aoi=aoi, usable_path=usable, usable_band=usable_band,
-                 ground_truth=ground_truth, metadata=dict(metadata))
+                raise RasterFormatError(
+                    f"{usable}: the usable-data raster's CRS {src.crs} differs from the scene's {grid.crs}"
+                )
+    return Scene(
+        name=role,
+        path=image,
+        gains=tuple(float(g) for g in gains),
+        bands=tuple(int(b) for b in bands),
+        window=window,
+        nodata=nodata,
+        aoi=aoi,
+        usable_path=usable,
+        usable_band=usable_band,
+        ground_truth=ground_truth,
+        metadata=dict(metadata),
+    )
 
 
 def check_ground_truth(scene: Scene) -> None:
@@ -146,9 +182,11 @@ def check_ground_truth(scene: Scene) -> None:
             try:
                 w, s, e, n = transform_bounds(src.crs, scene.grid.crs, *src.bounds, densify_pts=21)
             except Exception as exc:  # noqa: BLE001 - PROJ/GDAL errors for impossible transforms
-                raise CRSMismatchError(f"{gt.path}: cannot transform {src.crs} to the scene CRS {scene.grid.crs}: "
-                                       f"{exc}") from None
+                raise CRSMismatchError(
+                    f"{gt.path}: cannot transform {src.crs} to the scene CRS {scene.grid.crs}: {exc}"
+                ) from None
             west, south, east, north = scene.grid.bounds
             if e <= west or w >= east or n <= south or s >= north:
-                raise GroundTruthError(f"{gt.path}: the ground-truth raster does not overlap the {scene.name} scene "
-                                       f"{scene.path}")
+                raise GroundTruthError(
+                    f"{gt.path}: the ground-truth raster does not overlap the {scene.name} scene {scene.path}"
+                )

@@ -45,8 +45,14 @@ def _num(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else str(v)
 
 
-_NAMES = {int: ("an integer", "integers"), float: ("a number", "numbers"), str: ("a string", "strings"),
-          bool: ("true or false", "booleans"), type(None): ("null", "nulls"), Path: ("a path", "paths")}
+_NAMES = {
+    int: ("an integer", "integers"),
+    float: ("a number", "numbers"),
+    str: ("a string", "strings"),
+    bool: ("true or false", "booleans"),
+    type(None): ("null", "nulls"),
+    Path: ("a path", "paths"),
+}
 
 
 def conforms(value: Any, tp: Any) -> bool:
@@ -139,8 +145,9 @@ def factory_hints(factory: Callable[..., Any]) -> dict[str, Any]:
     return hints
 
 
-def check_factory_types(option_path: Callable[[str], str], factory: Callable[..., Any],
-                        options: Mapping[str, Any]) -> None:
+def check_factory_types(
+    option_path: Callable[[str], str], factory: Callable[..., Any], options: Mapping[str, Any]
+) -> None:
     """Raise :class:`ConfigError` for the first option whose value does not fit the factory's annotation.
     A value equal to the parameter's default is always accepted (``max_depth: int = None`` style)."""
     hints = factory_hints(factory)

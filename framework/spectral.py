@@ -58,8 +58,14 @@ def band(reflectance: np.ndarray, band_names: Sequence[str], name: str, option: 
         raise ConfigError(f"{option}: the scene has no {name!r} band (bands: {', '.join(band_names)})") from None
 
 
-def compute_indices(reflectance: np.ndarray, band_names: Sequence[str], indices: Sequence[str], *,
-                    savi_l: float = 0.5, option: str = "features") -> np.ndarray:
+def compute_indices(
+    reflectance: np.ndarray,
+    band_names: Sequence[str],
+    indices: Sequence[str],
+    *,
+    savi_l: float = 0.5,
+    option: str = "features",
+) -> np.ndarray:
     """The ``indices`` of ``reflectance`` ``(bands, h, w)`` as float32 ``(len(indices), h, w)``."""
     b = {n: band(reflectance, band_names, n, option) for i in indices for n in INDICES[i]}
     out = np.empty((len(indices), *reflectance.shape[1:]), dtype=np.float32)

@@ -66,13 +66,16 @@ class SweepCallback(Callback):
         launcher = OmegaConf.select(config, "hydra.launcher._target_", default="") or ""
         sweeper = OmegaConf.select(config, "hydra.sweeper._target_", default="") or ""
         name = config.get("tracking", {}).get("sweep_name") or f"sweep {sweep_dir.parent.name} {sweep_dir.name}"
-        run_id = tracker.start_parent(name, {
-            f"{TAG_PREFIX}sweep": "true",
-            f"{TAG_PREFIX}sweep.dir": str(sweep_dir),
-            f"{TAG_PREFIX}sweep.overrides": " ".join(overrides)[:5000],
-            f"{TAG_PREFIX}sweep.launcher": launcher.rsplit(".", 1)[-1],
-            f"{TAG_PREFIX}sweep.sweeper": sweeper.rsplit(".", 1)[-1],
-        })
+        run_id = tracker.start_parent(
+            name,
+            {
+                f"{TAG_PREFIX}sweep": "true",
+                f"{TAG_PREFIX}sweep.dir": str(sweep_dir),
+                f"{TAG_PREFIX}sweep.overrides": " ".join(overrides)[:5000],
+                f"{TAG_PREFIX}sweep.launcher": launcher.rsplit(".", 1)[-1],
+                f"{TAG_PREFIX}sweep.sweeper": sweeper.rsplit(".", 1)[-1],
+            },
+        )
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / PARENT_FILE).write_text(run_id)
         os.environ[PARENT_ENV] = run_id
@@ -88,13 +91,18 @@ class SweepCallback(Callback):
         tracker = _tracker(config)
         children = tracker.child_runs(run_id)
         failed = [r for r in children if r.info.status != "FINISHED"]
-        SweepState.failed = [f"{r.info.run_name}: {r.data.tags.get(TAG_PREFIX + 'error', r.info.status)}"
-                             for r in failed]
+        SweepState.failed = [
+            f"{r.info.run_name}: {r.data.tags.get(TAG_PREFIX + 'error', r.info.status)}" for r in failed
+        ]
         SweepState.finished = len(children) - len(failed)
         logger = tracker.logger(run_id)
-        logger.set_tags({f"{TAG_PREFIX}sweep.children": len(children),
-                         f"{TAG_PREFIX}sweep.finished": SweepState.finished,
-                         f"{TAG_PREFIX}sweep.failed": len(failed)})
+        logger.set_tags(
+            {
+                f"{TAG_PREFIX}sweep.children": len(children),
+                f"{TAG_PREFIX}sweep.finished": SweepState.finished,
+                f"{TAG_PREFIX}sweep.failed": len(failed),
+            }
+        )
         tracker.end_parent(run_id, "FINISHED" if children and len(failed) < len(children) else "FAILED")
         log.info("sweep parent run %s: %d child runs finished, %d failed", run_id, SweepState.finished, len(failed))
 

@@ -44,8 +44,13 @@ BAND_TEMPLATE = """    <ps:bandSpecificMetadata>
     </ps:bandSpecificMetadata>"""
 
 
-def write_planet_metadata(path: Path, scene_id: str, coefficients=TINY_COEFFICIENTS, epsg: int = 32610,
-                          acquired: str = "2017-06-01T18:04:25+00:00") -> Path:
+def write_planet_metadata(
+    path: Path,
+    scene_id: str,
+    coefficients=TINY_COEFFICIENTS,
+    epsg: int = 32610,
+    acquired: str = "2017-06-01T18:04:25+00:00",
+) -> Path:
     bands = "\n".join(BAND_TEMPLATE.format(n=i + 1, coef=float(c)) for i, c in enumerate(coefficients))
     path.write_text(METADATA_TEMPLATE.format(scene_id=scene_id, acquired=acquired, epsg=epsg, bands=bands))
     return path
@@ -72,9 +77,21 @@ class TinyScene:
         return self.left + col * self.res, self.top - row * self.res
 
 
-def write_tiny_scene(directory: Path, *, name: str = "tiny", width: int = 64, height: int = 64, seed: int = 0,
-                     left: float = 630000.0, top: float = 4240000.0, res: float = 3.0, noise: float = 0.01,
-                     epsg: int = 32610, bands: int = 4, ground_truth_list: bool = False) -> TinyScene:
+def write_tiny_scene(
+    directory: Path,
+    *,
+    name: str = "tiny",
+    width: int = 64,
+    height: int = 64,
+    seed: int = 0,
+    left: float = 630000.0,
+    top: float = 4240000.0,
+    res: float = 3.0,
+    noise: float = 0.01,
+    epsg: int = 32610,
+    bands: int = 4,
+    ground_truth_list: bool = False,
+) -> TinyScene:
     """Write ``<name>.tif`` (bands x uint16 DN, nodata 0 in columns >= ``width - 8``), ``<name>_metadata.xml``
     and ``<name>_ground_truth.geojson`` (EPSG:4326). Crop pixels look like green vegetation, the rest like
     soil. Ground truth: two crop fields (``CLASS1`` "F" with a hole, "V"), one urban polygon ("U")."""
@@ -92,8 +109,10 @@ def write_tiny_scene(directory: Path, *, name: str = "tiny", width: int = 64, he
     truth = np.zeros((h, w), dtype=bool)
     for r0, r1, c0, c1 in crop_boxes:
         truth[r0:r1, c0:c1] = True
-    truth[hole[0]:hole[1], hole[2]:hole[3]] = False
-    refl = np.where(truth[None], np.asarray(CROP_REFLECTANCE)[:, None, None], np.asarray(SOIL_REFLECTANCE)[:, None, None])
+    truth[hole[0] : hole[1], hole[2] : hole[3]] = False
+    refl = np.where(
+        truth[None], np.asarray(CROP_REFLECTANCE)[:, None, None], np.asarray(SOIL_REFLECTANCE)[:, None, None]
+    )
     refl = refl + rng.normal(0, noise, size=refl.shape)
     coefs = np.asarray(TINY_COEFFICIENTS)[:, None, None]
     dn = np.clip(np.round(refl / coefs), 1, 65535).astype(np.uint16)
@@ -102,8 +121,18 @@ def write_tiny_scene(directory: Path, *, name: str = "tiny", width: int = 64, he
         dn = np.concatenate([dn, dn[:1]], axis=0)[:bands]
     image = directory / f"{name}.tif"
     transform = from_origin(left, top, res, res)
-    with rasterio.open(image, "w", driver="GTiff", width=w, height=h, count=bands, dtype="uint16",
-                       crs=f"EPSG:{epsg}", transform=transform, nodata=0) as dst:
+    with rasterio.open(
+        image,
+        "w",
+        driver="GTiff",
+        width=w,
+        height=h,
+        count=bands,
+        dtype="uint16",
+        crs=f"EPSG:{epsg}",
+        transform=transform,
+        nodata=0,
+    ) as dst:
         dst.write(dn)
     meta = write_planet_metadata(directory / f"{name}_metadata.xml", f"20170601_180425_{name[:4]}", epsg=epsg)
 
@@ -114,12 +143,18 @@ def write_tiny_scene(directory: Path, *, name: str = "tiny", width: int = 64, he
         return [list(to_ll.transform(left + c * res, top - r * res)) for c, r in pts]
 
     def feature(fid, cls, rings):
-        return {"type": "Feature", "id": str(fid),
-                "properties": {"CLASS1": cls, "SURVEYYEAR": "2015", "SYNTHETIC": True},
-                "geometry": {"type": "Polygon", "coordinates": rings}}
+        return {
+            "type": "Feature",
+            "id": str(fid),
+            "properties": {"CLASS1": cls, "SURVEYYEAR": "2015", "SYNTHETIC": True},
+            "geometry": {"type": "Polygon", "coordinates": rings},
+        }
 
-    feats = [feature(1, "F", [ring(*crop_boxes[0]), ring(*hole)[::-1]]), feature(2, "V", [ring(*crop_boxes[1])]),
-             feature(3, "U", [ring(*noncrop)])]
+    feats = [
+        feature(1, "F", [ring(*crop_boxes[0]), ring(*hole)[::-1]]),
+        feature(2, "V", [ring(*crop_boxes[1])]),
+        feature(3, "U", [ring(*noncrop)]),
+    ]
     gt = directory / f"{name}_ground_truth.geojson"
     payload = feats if ground_truth_list else {"type": "FeatureCollection", "synthetic": True, "features": feats}
     gt.write_text(json.dumps(payload))

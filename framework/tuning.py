@@ -63,8 +63,10 @@ class CVSpec:
         from sklearn.metrics import get_scorer_names
 
         if self.scoring not in get_scorer_names():
-            raise ConfigError(f"{self.where}.scoring: {self.scoring!r} is not a scikit-learn scorer name "
-                              "(e.g. f1_weighted, f1_macro, accuracy, balanced_accuracy, roc_auc)")
+            raise ConfigError(
+                f"{self.where}.scoring: {self.scoring!r} is not a scikit-learn scorer name "
+                "(e.g. f1_weighted, f1_macro, accuracy, balanced_accuracy, roc_auc)"
+            )
 
 
 def splitter(kind: str, spec: CVSpec, y: np.ndarray, groups: np.ndarray | None) -> Any:
@@ -77,20 +79,24 @@ def splitter(kind: str, spec: CVSpec, y: np.ndarray, groups: np.ndarray | None) 
             raise ConfigError(f"{spec.where}.cv=spatial: no spatial groups were given to fit()")
         n_groups = len(np.unique(groups))
         if n_groups < spec.folds:
-            raise ConfigError(f"{spec.where}.cv=spatial: the training pixels lie in {n_groups} spatial block(s), "
-                              f"fewer than cv_folds={spec.folds} (lower train.spatial_block or use cv=random)")
+            raise ConfigError(
+                f"{spec.where}.cv=spatial: the training pixels lie in {n_groups} spatial block(s), "
+                f"fewer than cv_folds={spec.folds} (lower train.spatial_block or use cv=random)"
+            )
         return GroupKFold(n_splits=spec.folds)
     if kind == "random":
         smallest = int(np.bincount(np.asarray(y, dtype=np.int64)).min()) if len(y) else 0
         if smallest < spec.folds:
-            raise ConfigError(f"{spec.where}.cv=random: a class has {smallest} training pixel(s), fewer than "
-                              f"cv_folds={spec.folds}")
+            raise ConfigError(
+                f"{spec.where}.cv=random: a class has {smallest} training pixel(s), fewer than cv_folds={spec.folds}"
+            )
         return StratifiedKFold(n_splits=spec.folds, shuffle=True, random_state=spec.seed)
     raise ConfigError(f"{spec.where}.cv: no splitter for {kind!r}")
 
 
-def expand_grid(grid: Mapping[str, Sequence[Any]] | None, where: str,
-                allowed: Sequence[str] | None = None) -> list[dict[str, Any]]:
+def expand_grid(
+    grid: Mapping[str, Sequence[Any]] | None, where: str, allowed: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
     """The candidates of ``grid`` (``{name: [values...]}``) in a stable order, validated: unknown names
     (when ``allowed`` is given) and empty lists raise :class:`ConfigError`. An empty grid is one candidate."""
     from sklearn.model_selection import ParameterGrid
@@ -98,8 +104,9 @@ def expand_grid(grid: Mapping[str, Sequence[Any]] | None, where: str,
     grid = dict(grid or {})
     for name, values in grid.items():
         if allowed is not None and name not in allowed:
-            raise ConfigError(f"{where}.grid: {name!r} is not a hyperparameter of this classifier "
-                              f"(tunable: {', '.join(allowed)})")
+            raise ConfigError(
+                f"{where}.grid: {name!r} is not a hyperparameter of this classifier (tunable: {', '.join(allowed)})"
+            )
         if isinstance(values, str) or not isinstance(values, Sequence):
             raise ConfigError(f"{where}.grid.{name}: a list of candidate values, got {values!r}")
         if len(values) == 0:
@@ -124,14 +131,30 @@ class CVScore:
     seconds: float
 
 
-def cv_score(build: Callable[[], Any], X: np.ndarray, y: np.ndarray, cv: Any, scoring: str,
-             groups: np.ndarray | None = None, fit_params: Mapping[str, Any] | None = None) -> CVScore:
+def cv_score(
+    build: Callable[[], Any],
+    X: np.ndarray,
+    y: np.ndarray,
+    cv: Any,
+    scoring: str,
+    groups: np.ndarray | None = None,
+    fit_params: Mapping[str, Any] | None = None,
+) -> CVScore:
     """Mean and std of ``scoring`` over the folds of ``cv`` for a fresh estimator from ``build()``."""
     from sklearn.model_selection import cross_validate
 
     t = time.perf_counter()
-    res = cross_validate(build(), X, y, groups=groups, cv=cv, scoring=scoring, n_jobs=1,
-                         params=dict(fit_params or {}), error_score="raise")
+    res = cross_validate(
+        build(),
+        X,
+        y,
+        groups=groups,
+        cv=cv,
+        scoring=scoring,
+        n_jobs=1,
+        params=dict(fit_params or {}),
+        error_score="raise",
+    )
     scores = np.asarray(res["test_score"], dtype=float)
     return CVScore(float(np.mean(scores)), float(np.std(scores)), time.perf_counter() - t)
 
@@ -141,8 +164,15 @@ def cv_score(build: Callable[[], Any], X: np.ndarray, y: np.ndarray, cv: Any, sc
 PredictAll = Callable[[np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]], list[np.ndarray]]
 
 
-def cv_scores_all(predict_all: PredictAll, candidates: list[dict[str, Any]], X: np.ndarray, y: np.ndarray,
-                  cv: Any, scoring: str, groups: np.ndarray | None) -> list[CVScore] | None:
+def cv_scores_all(
+    predict_all: PredictAll,
+    candidates: list[dict[str, Any]],
+    X: np.ndarray,
+    y: np.ndarray,
+    cv: Any,
+    scoring: str,
+    groups: np.ndarray | None,
+) -> list[CVScore] | None:
     """CV scores of every candidate from one ``predict_all`` call per fold; ``None`` when ``scoring``
     needs more than predicted labels (e.g. ``roc_auc``), so the caller scores candidates one by one."""
     from sklearn.metrics import get_scorer
@@ -191,14 +221,25 @@ def grid_edges(grid: Mapping[str, Sequence[Any]] | None, best: Mapping[str, Any]
         chosen, lo, hi = best[name], min(nums), max(nums)
         if chosen in (lo, hi):
             side = "largest" if chosen == hi else "smallest"
-            out.append(f"{where}: chosen {name}={chosen} is the {side} value of its grid ({lo}..{hi}); the CV "
-                       f"score may improve beyond it: widen the grid")
+            out.append(
+                f"{where}: chosen {name}={chosen} is the {side} value of its grid ({lo}..{hi}); the CV "
+                f"score may improve beyond it: widen the grid"
+            )
     return out
 
 
-def tune(build: Callable[..., Any], grid: Mapping[str, Sequence[Any]] | None, X: np.ndarray, y: np.ndarray,
-         groups: np.ndarray | None, spec: CVSpec, *, fit_params: Mapping[str, Any] | None = None,
-         allowed: Sequence[str] | None = None, predict_all: PredictAll | None = None) -> Tuned:
+def tune(
+    build: Callable[..., Any],
+    grid: Mapping[str, Sequence[Any]] | None,
+    X: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray | None,
+    spec: CVSpec,
+    *,
+    fit_params: Mapping[str, Any] | None = None,
+    allowed: Sequence[str] | None = None,
+    predict_all: PredictAll | None = None,
+) -> Tuned:
     """Pick the best candidate of ``grid`` by the CV ``spec.cv`` names, refit it on all of ``X``, and score
     it with the other CV too.
 
@@ -221,8 +262,10 @@ def tune(build: Callable[..., Any], grid: Mapping[str, Sequence[Any]] | None, X:
     results: list[CVScore] = []
     if spec.cv == "none":
         if len(candidates) > 1:
-            raise ConfigError(f"{spec.where}.cv=none: the grid holds {len(candidates)} candidates; "
-                              "tuning needs cv=spatial or cv=random")
+            raise ConfigError(
+                f"{spec.where}.cv=none: the grid holds {len(candidates)} candidates; "
+                "tuning needs cv=spatial or cv=random"
+            )
         best = candidates[0]
     else:
         tuning_cv = splitter(spec.cv, spec, y, groups)
@@ -235,16 +278,38 @@ def tune(build: Callable[..., Any], grid: Mapping[str, Sequence[Any]] | None, X:
                 results.append(at_once[n])
                 if len(candidates) > 1:
                     metrics[f"cv_{spec.scoring}_{candidate_key(cand)}"] = at_once[n].mean
-                log.info("%s: %s cv %s %s = %.4f ± %.4f", spec.where, spec.cv, spec.scoring,
-                         candidate_key(cand) or "defaults", at_once[n].mean, at_once[n].std)
+                log.info(
+                    "%s: %s cv %s %s = %.4f ± %.4f",
+                    spec.where,
+                    spec.cv,
+                    spec.scoring,
+                    candidate_key(cand) or "defaults",
+                    at_once[n].mean,
+                    at_once[n].std,
+                )
                 continue
-            s = cv_score(functools.partial(build, **cand), X, y, tuning_cv, spec.scoring,
-                         groups if spec.cv == "spatial" else None, fit_params)
+            s = cv_score(
+                functools.partial(build, **cand),
+                X,
+                y,
+                tuning_cv,
+                spec.scoring,
+                groups if spec.cv == "spatial" else None,
+                fit_params,
+            )
             results.append(s)
             if len(candidates) > 1:
                 metrics[f"cv_{spec.scoring}_{candidate_key(cand)}"] = s.mean
-            log.info("%s: %s cv %s %s = %.4f ± %.4f (%.1f s)", spec.where, spec.cv, spec.scoring,
-                     candidate_key(cand) or "defaults", s.mean, s.std, s.seconds)
+            log.info(
+                "%s: %s cv %s %s = %.4f ± %.4f (%.1f s)",
+                spec.where,
+                spec.cv,
+                spec.scoring,
+                candidate_key(cand) or "defaults",
+                s.mean,
+                s.std,
+                s.seconds,
+            )
         # first of the best on ties: the grid order (as written in the config) breaks ties
         i = max(range(len(results)), key=lambda j: (results[j].mean, -j))
         best = candidates[i]
@@ -257,10 +322,24 @@ def tune(build: Callable[..., Any], grid: Mapping[str, Sequence[Any]] | None, X:
             except ConfigError as exc:
                 log.warning("%s: no %s CV score for the chosen hyperparameters: %s", spec.where, other, exc)
             else:
-                scores[other] = cv_score(lambda: build(**best), X, y, other_cv, spec.scoring,
-                                         groups if other == "spatial" else None, fit_params)
-                log.info("%s: %s cv %s of the chosen %s = %.4f ± %.4f", spec.where, other, spec.scoring,
-                         candidate_key(best) or "defaults", scores[other].mean, scores[other].std)
+                scores[other] = cv_score(
+                    lambda: build(**best),
+                    X,
+                    y,
+                    other_cv,
+                    spec.scoring,
+                    groups if other == "spatial" else None,
+                    fit_params,
+                )
+                log.info(
+                    "%s: %s cv %s of the chosen %s = %.4f ± %.4f",
+                    spec.where,
+                    other,
+                    spec.scoring,
+                    candidate_key(best) or "defaults",
+                    scores[other].mean,
+                    scores[other].std,
+                )
         for kind, s in scores.items():
             metrics[f"cv_{kind}_{spec.scoring}"] = s.mean
             metrics[f"cv_{kind}_{spec.scoring}_std"] = s.std
@@ -294,8 +373,9 @@ def balanced_sample_weight(y: np.ndarray) -> np.ndarray:
 
 def check_threads(value: Any, where: str) -> int | None:
     if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-        raise ConfigError(f"{where}.n_threads: a positive number of threads or null (the libraries' default), "
-                          f"got {value!r}")
+        raise ConfigError(
+            f"{where}.n_threads: a positive number of threads or null (the libraries' default), got {value!r}"
+        )
     return value
 
 
@@ -327,9 +407,17 @@ class SklearnClassifier:
     #: takes class_weight itself)
     sample_weight_param: str | None = None
 
-    def __init__(self, *, grid: Mapping[str, Sequence[Any]] | None = None, cv: str = "spatial",
-                 cv_folds: int = 3, scoring: str = "f1_weighted", seed: int = 0, class_weight: str | None = None,
-                 **hyper: Any):
+    def __init__(
+        self,
+        *,
+        grid: Mapping[str, Sequence[Any]] | None = None,
+        cv: str = "spatial",
+        cv_folds: int = 3,
+        scoring: str = "f1_weighted",
+        seed: int = 0,
+        class_weight: str | None = None,
+        **hyper: Any,
+    ):
         self.where = f"classifier.{self.name}"
         self.spec = CVSpec(cv=cv, folds=cv_folds, scoring=scoring, seed=int(seed), where=self.where)
         self.seed = int(seed)
@@ -350,8 +438,9 @@ class SklearnClassifier:
         if self.class_weight == "balanced" and self.sample_weight_param:
             fit_params[self.sample_weight_param] = balanced_sample_weight(y)
         with self._threads():
-            tuned = tune(self._build, self.grid, X, y, groups, self.spec, fit_params=fit_params,
-                         allowed=self.hyperparameters)
+            tuned = tune(
+                self._build, self.grid, X, y, groups, self.spec, fit_params=fit_params, allowed=self.hyperparameters
+            )
         self.model_ = tuned.estimator
         extra = self.describe(self.model_)
         tuned.params.update(extra)

@@ -211,8 +211,10 @@ class SceneReader:
         except rasterio.errors.RasterioError as exc:  # a truncated or corrupt file fails only when read
             from .errors import InputFileError
 
-            raise InputFileError(f"{self.scene.path}: cannot read pixels (truncated or corrupt file?): "
-                                 f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+            raise InputFileError(
+                f"{self.scene.path}: cannot read pixels (truncated or corrupt file?): "
+                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            ) from None
         if nodata is not None:
             valid = ~np.all(dn == nodata, axis=0)
         else:
@@ -330,11 +332,9 @@ class Features(Protocol):
     ``valid``) and crops the result (:mod:`cropseg.featurize`). Models on them cannot classify pixel rows.
     """
 
-    def names(self, band_names: Sequence[str]) -> list[str]:
-        ...
+    def names(self, band_names: Sequence[str]) -> list[str]: ...
 
-    def compute(self, reflectance: np.ndarray, band_names: Sequence[str]) -> np.ndarray:
-        ...
+    def compute(self, reflectance: np.ndarray, band_names: Sequence[str]) -> np.ndarray: ...
 
 
 @runtime_checkable
@@ -346,11 +346,9 @@ class Classifier(Protocol):
     picklable (it is logged as the run's model).
     """
 
-    def fit(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None) -> FitResult:
-        ...
+    def fit(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None) -> FitResult: ...
 
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        ...
+    def predict(self, X: np.ndarray) -> np.ndarray: ...
 
 
 @runtime_checkable
@@ -364,16 +362,14 @@ class MaskFilter(Protocol):
 
     halo: int
 
-    def apply(self, mask: np.ndarray) -> np.ndarray:
-        ...
+    def apply(self, mask: np.ndarray) -> np.ndarray: ...
 
 
 @runtime_checkable
 class Vectorizer(Protocol):
     """A postprocessor mask -> polygons: writes GeoJSON (EPSG:4326) from a mask GeoTIFF."""
 
-    def vectorize(self, mask_path: Path, out_path: Path) -> VectorResult:
-        ...
+    def vectorize(self, mask_path: Path, out_path: Path) -> VectorResult: ...
 
 
 # --------------------------------------------------------------------------------------------------
@@ -408,8 +404,7 @@ class EpochCallback(Protocol):
     (``val_crop_f1``, ``val_iou``...) so the model can keep its best epoch.
     """
 
-    def __call__(self, epoch: int, train_loss: float, val_pred: np.ndarray | None) -> Mapping[str, float]:
-        ...
+    def __call__(self, epoch: int, train_loss: float, val_pred: np.ndarray | None) -> Mapping[str, float]: ...
 
 
 @runtime_checkable
@@ -437,12 +432,10 @@ class PatchModel(Protocol):
     patch_size: int
     halo: int
 
-    def prepare(self, n_features: int) -> None:
-        ...
+    def prepare(self, n_features: int) -> None: ...
 
-    def fit_patches(self, train: PatchSet, validation: PatchSet | None,
-                    on_epoch: EpochCallback | None = None) -> FitResult:
-        ...
+    def fit_patches(
+        self, train: PatchSet, validation: PatchSet | None, on_epoch: EpochCallback | None = None
+    ) -> FitResult: ...
 
-    def predict_block(self, features: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        ...
+    def predict_block(self, features: np.ndarray, valid: np.ndarray) -> np.ndarray: ...

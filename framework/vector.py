@@ -17,8 +17,15 @@ from pyproj.exceptions import CRSError
 from .errors import CRSMismatchError, GroundTruthError, InputFileError
 from .types import Grid, VectorGroundTruth
 
-GEOMETRY_TYPES = {"Polygon", "MultiPolygon", "Point", "MultiPoint", "LineString", "MultiLineString",
-                  "GeometryCollection"}
+GEOMETRY_TYPES = {
+    "Polygon",
+    "MultiPolygon",
+    "Point",
+    "MultiPoint",
+    "LineString",
+    "MultiLineString",
+    "GeometryCollection",
+}
 WGS84 = "EPSG:4326"
 log = logging.getLogger(__name__)
 
@@ -46,8 +53,9 @@ def _read_json(path: Path) -> Any | None:
         raise InputFileError(f"{path}: not valid JSON: {exc}") from None
 
 
-def read_vector(path: Path | str, *, layer: str | None = None, bbox: tuple | None = None,
-                bbox_crs: Any = None) -> gpd.GeoDataFrame:
+def read_vector(
+    path: Path | str, *, layer: str | None = None, bbox: tuple | None = None, bbox_crs: Any = None
+) -> gpd.GeoDataFrame:
     """Read any GDAL vector (GeoJSON FeatureCollection, GPKG, Shapefile...), a bare JSON list of GeoJSON
     features or a bare GeoJSON geometry. GeoJSON without a CRS is EPSG:4326 (RFC 7946).
 
@@ -94,8 +102,9 @@ def read_vector(path: Path | str, *, layer: str | None = None, bbox: tuple | Non
         coords, index = shapely.get_coordinates(gdf.geometry.values, return_index=True)
         bad = np.unique(index[~np.isfinite(coords).all(axis=1)])
         if bad.size:
-            raise InputFileError(f"{p}: {bad.size} feature(s) have NaN or infinite coordinates "
-                                 f"(first: feature #{int(bad[0])})")
+            raise InputFileError(
+                f"{p}: {bad.size} feature(s) have NaN or infinite coordinates (first: feature #{int(bad[0])})"
+            )
     return gdf
 
 
@@ -185,13 +194,17 @@ def _explain(gt: VectorGroundTruth, grid: Grid) -> GroundTruthError:
         return GroundTruthError(f"{path}: no features (the file holds no geometry)")
     types = sorted(set(full.geometry.geom_type))
     if not any(t in ("Polygon", "MultiPolygon") for t in types):
-        return GroundTruthError(f"{path}: holds only {', '.join(types)} geometries; crop ground truth needs "
-                                f"polygons")
+        return GroundTruthError(f"{path}: holds only {', '.join(types)} geometries; crop ground truth needs polygons")
     minx, miny, maxx, maxy = full.total_bounds
-    if full.crs is not None and full.crs.is_geographic and (max(abs(minx), abs(maxx)) > 180
-                                                            or max(abs(miny), abs(maxy)) > 90):
-        return GroundTruthError(f"{path}: coordinates look projected (x {minx:.0f}..{maxx:.0f}, y {miny:.0f}..{maxy:.0f}) "
-                                f"but the file declares lon/lat ({full.crs.to_string()}); declare its CRS")
+    if (
+        full.crs is not None
+        and full.crs.is_geographic
+        and (max(abs(minx), abs(maxx)) > 180 or max(abs(miny), abs(maxy)) > 90)
+    ):
+        return GroundTruthError(
+            f"{path}: coordinates look projected (x {minx:.0f}..{maxx:.0f}, y {miny:.0f}..{maxy:.0f}) "
+            f"but the file declares lon/lat ({full.crs.to_string()}); declare its CRS"
+        )
     polys = full[full.geometry.geom_type.isin(["Polygon", "MultiPolygon"])]
     try:
         local = polys.to_crs(grid.crs)
@@ -207,8 +220,10 @@ def _explain(gt: VectorGroundTruth, grid: Grid) -> GroundTruthError:
         cols = ", ".join(c for c in inside.columns if c != "geometry") or "none"
         return GroundTruthError(f"{path}: no attribute {gt.attribute!r} (attributes: {cols})")
     seen = sorted({str(v).strip() for v in inside[gt.attribute].dropna()})[:12]
-    return GroundTruthError(f"{path}: no crop polygons ({gt.attribute} in {sorted(str(v) for v in gt.crop_values)}) "
-                            f"among the {len(inside)} polygon(s) overlapping the scene (found: {', '.join(seen) or 'none'})")
+    return GroundTruthError(
+        f"{path}: no crop polygons ({gt.attribute} in {sorted(str(v) for v in gt.crop_values)}) "
+        f"among the {len(inside)} polygon(s) overlapping the scene (found: {', '.join(seen) or 'none'})"
+    )
 
 
 def _distance_km(gdf: gpd.GeoDataFrame, scene_box: shapely.Geometry, grid: Grid) -> float:

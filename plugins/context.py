@@ -56,9 +56,16 @@ def _quant_bits(radius: int) -> int:
 class ContextFeatures:
     """Focal statistics per band and index (see the module docstring)."""
 
-    def __init__(self, radii: Sequence[int] | int = (5,), stats: Sequence[str] | str = ("mean", "std"),
-                 bands: Sequence[str] | str | None = (), indices: Sequence[str] | str | None = ("ndvi",),
-                 include_bands: bool = True, include_indices: bool = False, savi_l: float = 0.5):
+    def __init__(
+        self,
+        radii: Sequence[int] | int = (5,),
+        stats: Sequence[str] | str = ("mean", "std"),
+        bands: Sequence[str] | str | None = (),
+        indices: Sequence[str] | str | None = ("ndvi",),
+        include_bands: bool = True,
+        include_indices: bool = False,
+        savi_l: float = 0.5,
+    ):
         rad = _as_list(radii)
         if not rad:
             raise ConfigError(f"{OPTION}.radii: at least one radius (pixels) is needed")
@@ -90,7 +97,11 @@ class ContextFeatures:
             raise ConfigError(f"{OPTION}.savi_l: a soil factor >= 0, got {savi_l!r}")
         self.radii = sorted(int(r) for r in rad)
         self.stats, self.bands, self.indices = st, bnd, idx
-        self.include_bands, self.include_indices, self.savi_l = bool(include_bands), bool(include_indices), float(savi_l)
+        self.include_bands, self.include_indices, self.savi_l = (
+            bool(include_bands),
+            bool(include_indices),
+            float(savi_l),
+        )
         #: pixels of context each block needs on every side
         self.halo = max(self.radii)
 
@@ -98,8 +109,9 @@ class ContextFeatures:
         base = [*(band_names if self.include_bands else ()), *(self.indices if self.include_indices else ())]
         return base + [f"{v}_{s}_r{r}" for v in (*self.bands, *self.indices) for r in self.radii for s in self.stats]
 
-    def compute(self, reflectance: np.ndarray, band_names: Sequence[str],
-                valid: np.ndarray | None = None) -> np.ndarray:
+    def compute(
+        self, reflectance: np.ndarray, band_names: Sequence[str], valid: np.ndarray | None = None
+    ) -> np.ndarray:
         """Features ``(n_features, h, w)`` float32 of ``reflectance`` ``(bands, h, w)``; ``valid`` ``(h, w)``
         marks the pixels that count in the statistics (all when None). Statistics near the array's border
         see only the pixels inside it: the framework pads blocks by :attr:`halo` and crops the result."""
@@ -121,11 +133,13 @@ class ContextFeatures:
             out[: len(band_names)] = refl
             k = len(band_names)
         if self.include_indices:
-            out[k: k + len(idx)] = idx
+            out[k : k + len(idx)] = idx
             k += len(idx)
         border = cv2.BORDER_CONSTANT
-        counts = {r: cv2.boxFilter(okf, cv2.CV_64F, (2 * r + 1, 2 * r + 1), normalize=False, borderType=border)
-                  for r in self.radii}
+        counts = {
+            r: cv2.boxFilter(okf, cv2.CV_64F, (2 * r + 1, 2 * r + 1), normalize=False, borderType=border)
+            for r in self.radii
+        }
         want_moments = "mean" in self.stats or "std" in self.stats
         for layer in layers:
             clipped = np.clip(layer, -CLIP, CLIP)
@@ -138,24 +152,32 @@ class ContextFeatures:
                 if want_moments:
                     bits = _quant_bits(r)
                     if bits not in quant:
-                        quant[bits] = np.rint(clipped.astype(np.float64) * 2.0 ** bits) * okf
+                        quant[bits] = np.rint(clipped.astype(np.float64) * 2.0**bits) * okf
                     q = quant[bits]
                     s1 = cv2.boxFilter(q, cv2.CV_64F, ksize, normalize=False, borderType=border)
                     mean = np.divide(s1, cnt, out=np.zeros_like(s1), where=has)
-                    res["mean"] = mean / 2.0 ** bits
+                    res["mean"] = mean / 2.0**bits
                     if "std" in self.stats:
                         s2 = cv2.boxFilter(q * q, cv2.CV_64F, ksize, normalize=False, borderType=border)
                         var = np.divide(s2, cnt, out=np.zeros_like(s2), where=has) - mean * mean
-                        res["std"] = np.sqrt(np.maximum(var, 0.0)) / 2.0 ** bits
+                        res["std"] = np.sqrt(np.maximum(var, 0.0)) / 2.0**bits
                 if "min" in self.stats or "max" in self.stats:
                     kernel = np.ones(ksize, dtype=np.uint8)
                     if "min" in self.stats:
-                        lo = cv2.erode(np.where(ok, clipped, np.inf).astype(np.float32), kernel,
-                                       borderType=border, borderValue=np.inf)
+                        lo = cv2.erode(
+                            np.where(ok, clipped, np.inf).astype(np.float32),
+                            kernel,
+                            borderType=border,
+                            borderValue=np.inf,
+                        )
                         res["min"] = np.where(has, lo, 0.0)
                     if "max" in self.stats:
-                        hi = cv2.dilate(np.where(ok, clipped, -np.inf).astype(np.float32), kernel,
-                                        borderType=border, borderValue=-np.inf)
+                        hi = cv2.dilate(
+                            np.where(ok, clipped, -np.inf).astype(np.float32),
+                            kernel,
+                            borderType=border,
+                            borderValue=-np.inf,
+                        )
                         res["max"] = np.where(has, hi, 0.0)
                 for s in self.stats:
                     out[k] = res[s]

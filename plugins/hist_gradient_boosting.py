@@ -17,26 +17,55 @@ from cropseg.tuning import SklearnClassifier, check_threads
 
 class HistGradientBoosting(SklearnClassifier):
     name = "hist_gradient_boosting"
-    hyperparameters = ("learning_rate", "max_iter", "max_leaf_nodes", "max_depth", "min_samples_leaf",
-                       "l2_regularization")
+    hyperparameters = (
+        "learning_rate",
+        "max_iter",
+        "max_leaf_nodes",
+        "max_depth",
+        "min_samples_leaf",
+        "l2_regularization",
+    )
 
-    def __init__(self, learning_rate: float = 0.1, max_iter: int = 50, max_leaf_nodes: int = 31,
-                 max_depth: int | None = None, min_samples_leaf: int = 20, l2_regularization: float = 0.0,
-                 early_stopping: bool | str = "auto", class_weight: str | None = None,
-                 grid: Mapping[str, Sequence[Any]] | None = None, cv: str = "spatial", cv_folds: int = 3,
-                 scoring: str = "f1_weighted", n_threads: int | None = 1, seed: int = 0):
-        super().__init__(grid=grid, cv=cv, cv_folds=cv_folds, scoring=scoring, seed=seed, class_weight=class_weight,
-                         learning_rate=learning_rate, max_iter=max_iter, max_leaf_nodes=max_leaf_nodes,
-                         max_depth=max_depth, min_samples_leaf=min_samples_leaf,
-                         l2_regularization=l2_regularization)
+    def __init__(
+        self,
+        learning_rate: float = 0.1,
+        max_iter: int = 50,
+        max_leaf_nodes: int = 31,
+        max_depth: int | None = None,
+        min_samples_leaf: int = 20,
+        l2_regularization: float = 0.0,
+        early_stopping: bool | str = "auto",
+        class_weight: str | None = None,
+        grid: Mapping[str, Sequence[Any]] | None = None,
+        cv: str = "spatial",
+        cv_folds: int = 3,
+        scoring: str = "f1_weighted",
+        n_threads: int | None = 1,
+        seed: int = 0,
+    ):
+        super().__init__(
+            grid=grid,
+            cv=cv,
+            cv_folds=cv_folds,
+            scoring=scoring,
+            seed=seed,
+            class_weight=class_weight,
+            learning_rate=learning_rate,
+            max_iter=max_iter,
+            max_leaf_nodes=max_leaf_nodes,
+            max_depth=max_depth,
+            min_samples_leaf=min_samples_leaf,
+            l2_regularization=l2_regularization,
+        )
         self.early_stopping = early_stopping
         self.n_threads = check_threads(n_threads, self.where)
 
     def build(self, **params: Any) -> Any:
         from sklearn.ensemble import HistGradientBoostingClassifier
 
-        return HistGradientBoostingClassifier(**params, early_stopping=self.early_stopping,
-                                              class_weight=self.class_weight, random_state=self.seed)
+        return HistGradientBoostingClassifier(
+            **params, early_stopping=self.early_stopping, class_weight=self.class_weight, random_state=self.seed
+        )
 
     def describe(self, model: Any) -> dict[str, Any]:
         return {"n_iter": int(model.n_iter_)}

@@ -18,8 +18,9 @@ __all__ = ["INDICES", "IndexFeatures", "safe_ratio"]
 
 
 class IndexFeatures:
-    def __init__(self, indices: Sequence[str] = ("ndvi", "ndwi", "savi", "sr"), include_bands: bool = True,
-                 savi_l: float = 0.5):
+    def __init__(
+        self, indices: Sequence[str] = ("ndvi", "ndwi", "savi", "sr"), include_bands: bool = True, savi_l: float = 0.5
+    ):
         indices = check_indices(indices, "features.indices.indices")
         if not indices and not include_bands:
             raise ConfigError("features.indices: no indices and include_bands=false leaves no features")
@@ -32,8 +33,9 @@ class IndexFeatures:
 
     def compute(self, reflectance: np.ndarray, band_names: Sequence[str]) -> np.ndarray:
         out = [reflectance.astype(np.float32, copy=False)] if self.include_bands else []
-        out.append(compute_indices(reflectance, band_names, self.indices, savi_l=self.savi_l,
-                                   option="features.indices"))
+        out.append(
+            compute_indices(reflectance, band_names, self.indices, savi_l=self.savi_l, option="features.indices")
+        )
         return np.concatenate(out, axis=0)
 
 

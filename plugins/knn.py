@@ -21,9 +21,17 @@ from cropseg.tuning import CVSpec, tune
 
 
 class KNNClassifier:
-    def __init__(self, k_grid: Sequence[int] = tuple(range(3, 32, 2)), cv_folds: int = 3, cv: str = "spatial",
-                 scoring: str = "f1_weighted", weights: str = "uniform", algorithm: str = "auto",
-                 n_jobs: int = -1, seed: int = 0):
+    def __init__(
+        self,
+        k_grid: Sequence[int] = tuple(range(3, 32, 2)),
+        cv_folds: int = 3,
+        cv: str = "spatial",
+        scoring: str = "f1_weighted",
+        weights: str = "uniform",
+        algorithm: str = "auto",
+        n_jobs: int = -1,
+        seed: int = 0,
+    ):
         k_grid = [int(k) for k in ([k_grid] if isinstance(k_grid, int) else k_grid)]
         if not k_grid or min(k_grid) < 1:
             raise ConfigError(f"classifier.knn.k_grid: needs positive integers, got {k_grid!r}")
@@ -38,7 +46,9 @@ class KNNClassifier:
         # scikit-learn's KNeighborsClassifier with the fast exact vote as predict (CV folds score with it)
         from cropseg.neighbors import FastKNeighborsClassifier
 
-        return FastKNeighborsClassifier(n_neighbors=k, weights=self.weights, algorithm=self.algorithm, n_jobs=self.n_jobs)
+        return FastKNeighborsClassifier(
+            n_neighbors=k, weights=self.weights, algorithm=self.algorithm, n_jobs=self.n_jobs
+        )
 
     def min_training_pixels(self) -> int:
         """The smallest training sample the k grid can work with (every CV training fold holds k pixels)."""
@@ -51,14 +61,17 @@ class KNNClassifier:
         usable = n if self.cv == "none" else n - -(-n // int(self.cv_folds))  # pixels a CV training fold keeps
         if max(self.k_grid) > usable:
             where = f"a CV training fold ({self.cv_folds} folds of {n} pixels)" if self.cv != "none" else "the sample"
-            raise ConfigError(f"classifier.k_grid: k={max(self.k_grid)} is larger than the training sample: "
-                              f"{where} holds about {usable} pixels; use smaller k or more training pixels")
+            raise ConfigError(
+                f"classifier.k_grid: k={max(self.k_grid)} is larger than the training sample: "
+                f"{where} holds about {usable} pixels; use smaller k or more training pixels"
+            )
         tuned = tune(self._estimator, {"k": self.k_grid}, X, y, groups, self.spec, predict_all=self._predict_all)
         self.model_ = tuned.estimator
         return tuned.fit_result()
 
-    def _predict_all(self, X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray,
-                     candidates: list[dict]) -> list[np.ndarray]:
+    def _predict_all(
+        self, X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, candidates: list[dict]
+    ) -> list[np.ndarray]:
         """Every candidate k's labels for ``X_test`` from one query of the largest k
         (:func:`cropseg.neighbors.kneighbors_labels`): the k nearest are the first k of the k_max nearest,
         and the vote follows scikit-learn (ties to the first class; distance weights 1/d, exact matches
@@ -69,7 +82,7 @@ class KNNClassifier:
         classes, yi = np.unique(y_train, return_inverse=True)
         out = [np.empty(len(X_test), dtype=y_train.dtype) for _ in ks]
         for lo in range(0, len(X_test), 200_000):  # bounded memory: (rows, k_max) per chunk
-            d2, lab = kneighbors_labels(X_train, yi, X_test[lo:lo + 200_000], max(ks))
+            d2, lab = kneighbors_labels(X_train, yi, X_test[lo : lo + 200_000], max(ks))
             if self.weights == "distance":
                 with np.errstate(divide="ignore"):
                     w = 1.0 / np.sqrt(d2)
@@ -79,7 +92,7 @@ class KNNClassifier:
                 w = np.ones(d2.shape)
             votes = np.stack([np.cumsum(w * (lab == c), axis=1) for c in range(len(classes))], axis=2)
             for j, k in enumerate(ks):
-                out[j][lo:lo + len(lab)] = classes[np.argmax(votes[:, min(k, lab.shape[1]) - 1, :], axis=1)]
+                out[j][lo : lo + len(lab)] = classes[np.argmax(votes[:, min(k, lab.shape[1]) - 1, :], axis=1)]
         return out
 
     def predict(self, X: np.ndarray) -> np.ndarray:

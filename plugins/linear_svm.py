@@ -15,12 +15,22 @@ class LinearSVM(SklearnClassifier):
     name = "linear_svm"
     hyperparameters = ("C",)
 
-    def __init__(self, C: float = 1.0, max_iter: int = 2000, calibration: str = "sigmoid",
-                 calibration_folds: int = 3, class_weight: str | None = None,
-                 grid: Mapping[str, Sequence[Any]] | None = None, cv: str = "spatial", cv_folds: int = 3,
-                 scoring: str = "f1_weighted", seed: int = 0):
-        super().__init__(grid=grid, cv=cv, cv_folds=cv_folds, scoring=scoring, seed=seed, class_weight=class_weight,
-                         C=C)
+    def __init__(
+        self,
+        C: float = 1.0,
+        max_iter: int = 2000,
+        calibration: str = "sigmoid",
+        calibration_folds: int = 3,
+        class_weight: str | None = None,
+        grid: Mapping[str, Sequence[Any]] | None = None,
+        cv: str = "spatial",
+        cv_folds: int = 3,
+        scoring: str = "f1_weighted",
+        seed: int = 0,
+    ):
+        super().__init__(
+            grid=grid, cv=cv, cv_folds=cv_folds, scoring=scoring, seed=seed, class_weight=class_weight, C=C
+        )
         if calibration not in ("sigmoid", "isotonic"):
             raise ConfigError(f"{self.where}.calibration: 'sigmoid' or 'isotonic', got {calibration!r}")
         if not isinstance(calibration_folds, int) or calibration_folds < 2:
@@ -33,10 +43,19 @@ class LinearSVM(SklearnClassifier):
         from sklearn.preprocessing import StandardScaler
         from sklearn.svm import LinearSVC
 
-        svc = LinearSVC(C=float(params["C"]), dual="auto", max_iter=self.max_iter, class_weight=self.class_weight,
-                        random_state=self.seed)
-        return Pipeline([("scale", StandardScaler()),
-                         ("svm", CalibratedClassifierCV(svc, method=self.calibration, cv=self.calibration_folds))])
+        svc = LinearSVC(
+            C=float(params["C"]),
+            dual="auto",
+            max_iter=self.max_iter,
+            class_weight=self.class_weight,
+            random_state=self.seed,
+        )
+        return Pipeline(
+            [
+                ("scale", StandardScaler()),
+                ("svm", CalibratedClassifierCV(svc, method=self.calibration, cv=self.calibration_folds)),
+            ]
+        )
 
 
 @hookimpl

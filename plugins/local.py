@@ -32,14 +32,31 @@ from cropseg.types import DWR_CROP_CLASSES, Scene, SceneSet
 class LocalSource:
     synthetic = False
 
-    def __init__(self, image: str | None = None, train_aoi: str | None = None, test_aoi: str | None = None,
-                 train_image: str | None = None, test_image: str | None = None, metadata: str | None = None,
-                 train_metadata: str | None = None, test_metadata: str | None = None, scale: float = 1e-4,
-                 nodata: float | None = 0, bands: Sequence[int] = (1, 2, 3, 4), ground_truth: str | None = None,
-                 train_ground_truth: str | None = None, test_ground_truth: str | None = None,
-                 attribute: str = "CLASS1", crop_values: Sequence[Any] = DWR_CROP_CLASSES,
-                 ignore_values: Sequence[int] = (), uncovered: str = "noncrop", layer: str | None = None,
-                 udm: str | None = None, train_udm: str | None = None, test_udm: str | None = None):
+    def __init__(
+        self,
+        image: str | None = None,
+        train_aoi: str | None = None,
+        test_aoi: str | None = None,
+        train_image: str | None = None,
+        test_image: str | None = None,
+        metadata: str | None = None,
+        train_metadata: str | None = None,
+        test_metadata: str | None = None,
+        scale: float = 1e-4,
+        nodata: float | None = 0,
+        bands: Sequence[int] = (1, 2, 3, 4),
+        ground_truth: str | None = None,
+        train_ground_truth: str | None = None,
+        test_ground_truth: str | None = None,
+        attribute: str = "CLASS1",
+        crop_values: Sequence[Any] = DWR_CROP_CLASSES,
+        ignore_values: Sequence[int] = (),
+        uncovered: str = "noncrop",
+        layer: str | None = None,
+        udm: str | None = None,
+        train_udm: str | None = None,
+        test_udm: str | None = None,
+    ):
         if uncovered not in UNCOVERED:
             raise ConfigError(f"source.uncovered: 'noncrop' or 'ignore', got {uncovered!r}")
         if len(bands) != 4:
@@ -77,9 +94,12 @@ class LocalSource:
                     raise ConfigError(f"source.{opt}: required (or set source.image with train/test AOIs)")
             train = self._scene("train", "train_image", "train_aoi", "train_metadata", "train_udm")
             test = self._scene("test", "test_image", "test_aoi", "test_metadata", "test_udm")
-        return SceneSet(train=train, test=test, synthetic=False,
-                        metadata={"train_scene_id": train.metadata.get("scene_id"),
-                                  "test_scene_id": test.metadata.get("scene_id")})
+        return SceneSet(
+            train=train,
+            test=test,
+            synthetic=False,
+            metadata={"train_scene_id": train.metadata.get("scene_id"), "test_scene_id": test.metadata.get("scene_id")},
+        )
 
     def check(self, workdir: Path) -> None:
         """Cheap checks before a run starts (no pixel is read): the files exist and open, band counts,
@@ -94,9 +114,15 @@ class LocalSource:
         path = existing_path(o[opt], opt)
         if path is None:
             raise ConfigError("source.ground_truth: required (a vector file or a class raster)")
-        return make_ground_truth(path, attribute=o["attribute"], crop_values=o["crop_values"],
-                                 ignore_values=o["ignore_values"], uncovered=o["uncovered"], layer=o["layer"],
-                                 option=opt)
+        return make_ground_truth(
+            path,
+            attribute=o["attribute"],
+            crop_values=o["crop_values"],
+            ignore_values=o["ignore_values"],
+            uncovered=o["uncovered"],
+            layer=o["layer"],
+            option=opt,
+        )
 
     def _scene(self, role: str, image_opt: str, aoi_opt: str, meta_opt: str, udm_opt: str) -> Scene:
         o = self.opts
@@ -112,10 +138,18 @@ class LocalSource:
             gains = (float(o["scale"]),) * 4
             metadata.update(scene_id=image.stem, reflectance=f"scale={o['scale']}")
         aoi = aoi_geometry(o[aoi_opt], grid.crs, option=aoi_opt) if o[aoi_opt] else None
-        return build_scene(role, image, gains=gains, bands=bands, nodata=o["nodata"], aoi=aoi,
-                           aoi_what=existing_path(o[aoi_opt], aoi_opt) if aoi is not None else None,
-                           usable=existing_path(o[udm_opt], udm_opt), ground_truth=self._ground_truth(role),
-                           metadata=metadata)
+        return build_scene(
+            role,
+            image,
+            gains=gains,
+            bands=bands,
+            nodata=o["nodata"],
+            aoi=aoi,
+            aoi_what=existing_path(o[aoi_opt], aoi_opt) if aoi is not None else None,
+            usable=existing_path(o[udm_opt], udm_opt),
+            ground_truth=self._ground_truth(role),
+            metadata=metadata,
+        )
 
 
 @hookimpl

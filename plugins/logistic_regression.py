@@ -14,11 +14,20 @@ class LogisticRegressionClassifier(SklearnClassifier):
     name = "logistic_regression"
     hyperparameters = ("C",)
 
-    def __init__(self, C: float = 1.0, max_iter: int = 1000, class_weight: str | None = None,
-                 grid: Mapping[str, Sequence[Any]] | None = None, cv: str = "spatial", cv_folds: int = 3,
-                 scoring: str = "f1_weighted", seed: int = 0):
-        super().__init__(grid=grid, cv=cv, cv_folds=cv_folds, scoring=scoring, seed=seed, class_weight=class_weight,
-                         C=C)
+    def __init__(
+        self,
+        C: float = 1.0,
+        max_iter: int = 1000,
+        class_weight: str | None = None,
+        grid: Mapping[str, Sequence[Any]] | None = None,
+        cv: str = "spatial",
+        cv_folds: int = 3,
+        scoring: str = "f1_weighted",
+        seed: int = 0,
+    ):
+        super().__init__(
+            grid=grid, cv=cv, cv_folds=cv_folds, scoring=scoring, seed=seed, class_weight=class_weight, C=C
+        )
         self.max_iter = max_iter
 
     def build(self, **params: Any) -> Any:
@@ -26,9 +35,20 @@ class LogisticRegressionClassifier(SklearnClassifier):
         from sklearn.pipeline import Pipeline
         from sklearn.preprocessing import StandardScaler
 
-        return Pipeline([("scale", StandardScaler()),
-                         ("logreg", LogisticRegression(C=float(params["C"]), max_iter=self.max_iter,
-                                                       class_weight=self.class_weight, random_state=self.seed))])
+        return Pipeline(
+            [
+                ("scale", StandardScaler()),
+                (
+                    "logreg",
+                    LogisticRegression(
+                        C=float(params["C"]),
+                        max_iter=self.max_iter,
+                        class_weight=self.class_weight,
+                        random_state=self.seed,
+                    ),
+                ),
+            ]
+        )
 
 
 @hookimpl

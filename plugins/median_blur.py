@@ -23,8 +23,10 @@ class MedianBlur:
         if not isinstance(kernel, int) or isinstance(kernel, bool) or kernel < 1 or kernel % 2 == 0:
             raise ConfigError(f"postprocessor.median_blur.kernel: must be an odd positive integer, got {kernel!r}")
         if kernel > MAX_KERNEL:
-            raise ConfigError(f"postprocessor.median_blur.kernel={kernel}: at most {MAX_KERNEL} (each block is read "
-                              f"with kernel // 2 extra pixels on every side)")
+            raise ConfigError(
+                f"postprocessor.median_blur.kernel={kernel}: at most {MAX_KERNEL} (each block is read "
+                f"with kernel // 2 extra pixels on every side)"
+            )
         self.kernel = kernel
         self.halo = kernel // 2
 
@@ -36,8 +38,9 @@ class MedianBlur:
         mask = np.ascontiguousarray(mask, dtype=np.uint8)
         if self.kernel <= CV2_MAX_KERNEL or mask.max(initial=0) > 1:
             return cv2.medianBlur(mask, self.kernel)
-        ones = cv2.boxFilter(mask, cv2.CV_32S, (self.kernel, self.kernel), normalize=False,
-                             borderType=cv2.BORDER_REPLICATE)
+        ones = cv2.boxFilter(
+            mask, cv2.CV_32S, (self.kernel, self.kernel), normalize=False, borderType=cv2.BORDER_REPLICATE
+        )
         return (ones > (self.kernel * self.kernel) // 2).astype(np.uint8)
 
 

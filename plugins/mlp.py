@@ -20,20 +20,43 @@ class MLP(SklearnClassifier):
     hyperparameters = ("hidden_layer_sizes", "alpha", "learning_rate_init", "batch_size")
     sample_weight_param = "mlp__sample_weight"
 
-    def __init__(self, hidden_layer_sizes: Sequence[int] = (32,), alpha: float = 1e-4,
-                 learning_rate_init: float = 0.01, batch_size: int = 1024, max_iter: int = 100,
-                 n_iter_no_change: int = 3, validation_fraction: float = 0.1, class_weight: str | None = None,
-                 grid: Mapping[str, Sequence[Any]] | None = None, cv: str = "spatial", cv_folds: int = 3,
-                 scoring: str = "f1_weighted", n_threads: int | None = 1, seed: int = 0):
-        super().__init__(grid=grid, cv=cv, cv_folds=cv_folds, scoring=scoring, seed=seed, class_weight=class_weight,
-                         hidden_layer_sizes=_layers(hidden_layer_sizes), alpha=alpha,
-                         learning_rate_init=learning_rate_init, batch_size=batch_size)
+    def __init__(
+        self,
+        hidden_layer_sizes: Sequence[int] = (32,),
+        alpha: float = 1e-4,
+        learning_rate_init: float = 0.01,
+        batch_size: int = 1024,
+        max_iter: int = 100,
+        n_iter_no_change: int = 3,
+        validation_fraction: float = 0.1,
+        class_weight: str | None = None,
+        grid: Mapping[str, Sequence[Any]] | None = None,
+        cv: str = "spatial",
+        cv_folds: int = 3,
+        scoring: str = "f1_weighted",
+        n_threads: int | None = 1,
+        seed: int = 0,
+    ):
+        super().__init__(
+            grid=grid,
+            cv=cv,
+            cv_folds=cv_folds,
+            scoring=scoring,
+            seed=seed,
+            class_weight=class_weight,
+            hidden_layer_sizes=_layers(hidden_layer_sizes),
+            alpha=alpha,
+            learning_rate_init=learning_rate_init,
+            batch_size=batch_size,
+        )
         if self.class_weight == "balanced":
             from sklearn.neural_network import MLPClassifier
 
             if not accepts(MLPClassifier.fit, "sample_weight"):
-                raise ConfigError(f"{self.where}.class_weight=balanced needs scikit-learn >= 1.7 (sample_weight "
-                                  "in MLPClassifier.fit); use train.balance=true instead")
+                raise ConfigError(
+                    f"{self.where}.class_weight=balanced needs scikit-learn >= 1.7 (sample_weight "
+                    "in MLPClassifier.fit); use train.balance=true instead"
+                )
         self.max_iter, self.n_iter_no_change = max_iter, n_iter_no_change
         self.validation_fraction = validation_fraction
         self.n_threads = check_threads(n_threads, self.where)
@@ -44,8 +67,14 @@ class MLP(SklearnClassifier):
         from sklearn.preprocessing import StandardScaler
 
         params["hidden_layer_sizes"] = _layers(params["hidden_layer_sizes"])
-        mlp = MLPClassifier(**params, early_stopping=True, validation_fraction=self.validation_fraction,
-                            n_iter_no_change=self.n_iter_no_change, max_iter=self.max_iter, random_state=self.seed)
+        mlp = MLPClassifier(
+            **params,
+            early_stopping=True,
+            validation_fraction=self.validation_fraction,
+            n_iter_no_change=self.n_iter_no_change,
+            max_iter=self.max_iter,
+            random_state=self.seed,
+        )
         return Pipeline([("scale", StandardScaler()), ("mlp", mlp)])
 
     def describe(self, model: Any) -> dict[str, Any]:

@@ -18,21 +18,42 @@ class RandomForest(SklearnClassifier):
     name = "random_forest"
     hyperparameters = ("n_estimators", "max_depth", "min_samples_leaf", "max_features", "max_samples")
 
-    def __init__(self, n_estimators: int = 50, max_depth: int | None = None, min_samples_leaf: int = 1,
-                 max_features: str | float | int | None = "sqrt", max_samples: float | int | None = 0.1,
-                 class_weight: str | None = None, grid: Mapping[str, Sequence[Any]] | None = None,
-                 cv: str = "spatial", cv_folds: int = 3, scoring: str = "f1_weighted", n_jobs: int = -1,
-                 seed: int = 0):
-        super().__init__(grid=grid, cv=cv, cv_folds=cv_folds, scoring=scoring, seed=seed, class_weight=class_weight,
-                         n_estimators=n_estimators, max_depth=max_depth, min_samples_leaf=min_samples_leaf,
-                         max_features=max_features, max_samples=max_samples)
+    def __init__(
+        self,
+        n_estimators: int = 50,
+        max_depth: int | None = None,
+        min_samples_leaf: int = 1,
+        max_features: str | float | int | None = "sqrt",
+        max_samples: float | int | None = 0.1,
+        class_weight: str | None = None,
+        grid: Mapping[str, Sequence[Any]] | None = None,
+        cv: str = "spatial",
+        cv_folds: int = 3,
+        scoring: str = "f1_weighted",
+        n_jobs: int = -1,
+        seed: int = 0,
+    ):
+        super().__init__(
+            grid=grid,
+            cv=cv,
+            cv_folds=cv_folds,
+            scoring=scoring,
+            seed=seed,
+            class_weight=class_weight,
+            n_estimators=n_estimators,
+            max_depth=max_depth,
+            min_samples_leaf=min_samples_leaf,
+            max_features=max_features,
+            max_samples=max_samples,
+        )
         self.n_jobs = n_jobs
 
     def build(self, **params: Any) -> Any:
         from sklearn.ensemble import RandomForestClassifier
 
-        return RandomForestClassifier(**params, class_weight=self.class_weight, n_jobs=self.n_jobs,
-                                      random_state=self.seed)
+        return RandomForestClassifier(
+            **params, class_weight=self.class_weight, n_jobs=self.n_jobs, random_state=self.seed
+        )
 
 
 @hookimpl

@@ -52,8 +52,9 @@ class RasterizeLabeler:
             if idx.size == 0:
                 return np.full(shape, fill, dtype=np.uint8)
             shapes = [(g, CROP if c else NONCROP) for g, c in zip(gdf.geometry.values[idx], gdf["crop"].values[idx])]
-            return rasterize(shapes, out_shape=shape, transform=transform, fill=fill, dtype="uint8",
-                             all_touched=self.all_touched)
+            return rasterize(
+                shapes, out_shape=shape, transform=transform, fill=fill, dtype="uint8", all_touched=self.all_touched
+            )
 
         result = write_label_raster(scene, out_path, burn, self.block_size)
         return replace(result, notes={"repaired_geometries": float(gdf.attrs.get("repaired_geometries", 0))})
@@ -69,15 +70,25 @@ class RasterizeLabeler:
                 raise CRSMismatchError(f"{gt.path}: the ground-truth raster has no CRS")
             nodata = src.nodatavals[gt.band - 1]
             try:
-                vrt = WarpedVRT(src, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
-                                resampling=Resampling.nearest, nodata=nodata if nodata is not None else 0)
+                vrt = WarpedVRT(
+                    src,
+                    crs=grid.crs,
+                    transform=grid.transform,
+                    width=grid.width,
+                    height=grid.height,
+                    resampling=Resampling.nearest,
+                    nodata=nodata if nodata is not None else 0,
+                )
             except Exception as exc:  # noqa: BLE001 - GDAL raises CPLE_* for impossible transforms
-                raise CRSMismatchError(f"{gt.path}: cannot warp {src.crs} onto the scene CRS {grid.crs}: {exc}") from None
+                raise CRSMismatchError(
+                    f"{gt.path}: cannot warp {src.crs} onto the scene CRS {grid.crs}: {exc}"
+                ) from None
             crop = np.asarray(gt.crop_values)
             ignore = np.asarray(list(gt.ignore_values) + ([nodata] if nodata is not None else []))
             seen_crop = False
 
             with vrt:
+
                 def burn(window, transform, shape):
                     nonlocal seen_crop
                     vals = vrt.read(gt.band, window=window)
@@ -91,7 +102,9 @@ class RasterizeLabeler:
         if result.counts["crop"] == 0:
             Path(out_path).unlink(missing_ok=True)
             if not seen_crop:
-                raise GroundTruthError(f"{gt.path}: no pixel with a crop value {list(gt.crop_values)} overlaps the scene")
+                raise GroundTruthError(
+                    f"{gt.path}: no pixel with a crop value {list(gt.crop_values)} overlaps the scene"
+                )
             raise GroundTruthError(f"{gt.path}: crop pixels fall only outside the scene's valid data")
         return result
 

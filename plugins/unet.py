@@ -46,39 +46,76 @@ class UNet:
     #: distributions the logged model needs where it is loaded (pinned into its pip requirements)
     requirements = ("torch", "torchvision", "segmentation-models-pytorch")
 
-    def __init__(self, arch: str = "Unet", encoder: str = "resnet18", encoder_weights: str | None = None,
-                 arch_options: Mapping[str, Any] | None = None, weights: str | None = None, device: str = "auto",
-                 epochs: int = 10, patch_size: int = 64, batch_size: int = 16, lr: float = 1e-3,
-                 weight_decay: float = 0.0, augment: bool = True, class_weight: str | None = None,
-                 patience: int | None = None, halo: int = 32, tile_size: int = 512, threads: int | None = None, seed: int = 0):
+    def __init__(
+        self,
+        arch: str = "Unet",
+        encoder: str = "resnet18",
+        encoder_weights: str | None = None,
+        arch_options: Mapping[str, Any] | None = None,
+        weights: str | None = None,
+        device: str = "auto",
+        epochs: int = 10,
+        patch_size: int = 64,
+        batch_size: int = 16,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        augment: bool = True,
+        class_weight: str | None = None,
+        patience: int | None = None,
+        halo: int = 32,
+        tile_size: int = 512,
+        threads: int | None = None,
+        seed: int = 0,
+    ):
         torch, smp = _deep()
         self.arch, self.encoder = str(arch), str(encoder)
         self.arch_options = dict(arch_options or {})
         if encoder_weights is not None:
-            raise ConfigError(f"classifier.encoder_weights={encoder_weights}: cropseg downloads no weights; keep "
-                              "it null and give a local state-dict file as classifier.weights")
+            raise ConfigError(
+                f"classifier.encoder_weights={encoder_weights}: cropseg downloads no weights; keep "
+                "it null and give a local state-dict file as classifier.weights"
+            )
         if not hasattr(smp, self.arch) or not isinstance(getattr(smp, self.arch), type):
-            archs = ", ".join(sorted(n for n in dir(smp) if n[:1].isupper() and isinstance(getattr(smp, n), type)
-                                     and issubclass(getattr(smp, n), torch.nn.Module)))
-            raise ConfigError(f"classifier.arch={self.arch}: not a segmentation-models-pytorch architecture "
-                              f"(one of {archs})")
+            archs = ", ".join(
+                sorted(
+                    n
+                    for n in dir(smp)
+                    if n[:1].isupper()
+                    and isinstance(getattr(smp, n), type)
+                    and issubclass(getattr(smp, n), torch.nn.Module)
+                )
+            )
+            raise ConfigError(
+                f"classifier.arch={self.arch}: not a segmentation-models-pytorch architecture (one of {archs})"
+            )
         if self.encoder not in smp.encoders.get_encoder_names():
-            raise ConfigError(f"classifier.encoder={self.encoder}: unknown encoder (e.g. resnet18, resnet34, "
-                              "mobilenet_v2, efficientnet-b0; see segmentation-models-pytorch's encoder list)")
+            raise ConfigError(
+                f"classifier.encoder={self.encoder}: unknown encoder (e.g. resnet18, resnet34, "
+                "mobilenet_v2, efficientnet-b0; see segmentation-models-pytorch's encoder list)"
+            )
         if device not in DEVICES:
             raise ConfigError(f"classifier.device: one of {', '.join(DEVICES)}, got {device!r}")
         if device == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("classifier.device=cuda: PyTorch sees no CUDA device here (use device=auto or cpu; "
-                              f"PyTorch {torch.__version__})")
+            raise ConfigError(
+                "classifier.device=cuda: PyTorch sees no CUDA device here (use device=auto or cpu; "
+                f"PyTorch {torch.__version__})"
+            )
         self.device = device
-        for name, val, lo in (("epochs", epochs, 1), ("patch_size", patch_size, 8), ("batch_size", batch_size, 1),
-                              ("halo", halo, 0), ("tile_size", tile_size, 8)):
+        for name, val, lo in (
+            ("epochs", epochs, 1),
+            ("patch_size", patch_size, 8),
+            ("batch_size", batch_size, 1),
+            ("halo", halo, 0),
+            ("tile_size", tile_size, 8),
+        ):
             if not isinstance(val, int) or isinstance(val, bool) or val < lo:
                 raise ConfigError(f"classifier.{name}: an integer >= {lo}, got {val!r}")
         self.divisor = 2 ** int(self.arch_options.get("encoder_depth", 5))
         if patch_size % self.divisor:
-            raise ConfigError(f"classifier.patch_size={patch_size}: must be a multiple of {self.divisor} "
-                              f"(2^encoder_depth) for {self.arch}")
+            raise ConfigError(
+                f"classifier.patch_size={patch_size}: must be a multiple of {self.divisor} "
+                f"(2^encoder_depth) for {self.arch}"
+            )
         if class_weight not in (None, "balanced"):
             raise ConfigError(f"classifier.class_weight: null or balanced, got {class_weight!r}")
         if patience is not None and (not isinstance(patience, int) or patience < 1):
@@ -103,8 +140,9 @@ class UNet:
         torch, smp = _deep()
         torch.manual_seed(self.seed)
         opts = {k: v for k, v in self.arch_options.items()}
-        return getattr(smp, self.arch)(encoder_name=self.encoder, encoder_weights=None, in_channels=n_features,
-                                       classes=1, **opts)
+        return getattr(smp, self.arch)(
+            encoder_name=self.encoder, encoder_weights=None, in_channels=n_features, classes=1, **opts
+        )
 
     def _device(self) -> Any:
         torch, _ = _deep()
@@ -130,8 +168,10 @@ class UNet:
             target.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             first = " ".join(str(exc).split("\n\t")[1:2] or str(exc).split())[:200]
-            raise ConfigError(f"{where}: does not fit {self.arch} with encoder {self.encoder} and "
-                              f"{self.n_features} input features ({first})") from None
+            raise ConfigError(
+                f"{where}: does not fit {self.arch} with encoder {self.encoder} and "
+                f"{self.n_features} input features ({first})"
+            ) from None
 
     def prepare(self, n_features: int) -> None:
         """Check what needs the feature count before any scene is loaded: the weights file fits."""
@@ -140,8 +180,9 @@ class UNet:
             self._load_weights(self._build(self.n_features))
 
     # -- fitting -----------------------------------------------------------------------------------------
-    def fit_patches(self, train: PatchSet, validation: PatchSet | None,
-                    on_epoch: EpochCallback | None = None) -> FitResult:
+    def fit_patches(
+        self, train: PatchSet, validation: PatchSet | None, on_epoch: EpochCallback | None = None
+    ) -> FitResult:
         torch, _ = _deep()
         if self.threads:
             torch.set_num_threads(int(self.threads))
@@ -169,7 +210,7 @@ class UNet:
             order = rng.permutation(len(Xn))
             loss_sum, px_sum = 0.0, 0
             for s in range(0, len(order), self.batch_size):
-                idx = order[s:s + self.batch_size]
+                idx = order[s : s + self.batch_size]
                 xb, yb = Xn[idx], y[idx]
                 if self.augment:
                     xb, yb = _augment(xb, yb, rng)
@@ -180,7 +221,8 @@ class UNet:
                     continue
                 logits = net(xt)[:, 0]
                 loss = torch.nn.functional.binary_cross_entropy_with_logits(
-                    logits[keep], (yt[keep] == 1).float(), pos_weight=pos_weight, reduction="sum")
+                    logits[keep], (yt[keep] == 1).float(), pos_weight=pos_weight, reduction="sum"
+                )
                 n = int(keep.sum())
                 opt.zero_grad()
                 (loss / n).backward()
@@ -194,7 +236,10 @@ class UNet:
             score = float(metrics.get("val_crop_f1", -train_loss))
             history.append(score)
             if score > best[0] or best[2] is None:
-                best, waited = (score, epoch, copy.deepcopy({k: v.detach().cpu() for k, v in net.state_dict().items()})), 0
+                best, waited = (
+                    (score, epoch, copy.deepcopy({k: v.detach().cpu() for k, v in net.state_dict().items()})),
+                    0,
+                )
             else:
                 waited += 1
                 if self.patience is not None and waited >= self.patience:
@@ -204,10 +249,17 @@ class UNet:
         self._state = best[2]
         net.eval()
         self._net = net
-        params = {"best_epoch": best[1], "epochs_run": len(history), "device": str(dev),
-                  "n_parameters": int(sum(p.numel() for p in net.parameters()))}
-        metrics_out = {"fit_epochs": float(len(history)), "best_epoch": float(best[1]),
-                       "train_seconds_per_epoch": (time.perf_counter() - t0) / max(len(history), 1)}
+        params = {
+            "best_epoch": best[1],
+            "epochs_run": len(history),
+            "device": str(dev),
+            "n_parameters": int(sum(p.numel() for p in net.parameters())),
+        }
+        metrics_out = {
+            "fit_epochs": float(len(history)),
+            "best_epoch": float(best[1]),
+            "train_seconds_per_epoch": (time.perf_counter() - t0) / max(len(history), 1),
+        }
         if validation is not None:
             metrics_out["val_best_crop_f1"] = float(best[0])
         return FitResult(params=params, metrics=metrics_out)
@@ -250,7 +302,7 @@ class UNet:
     def _predict_batch(self, X: np.ndarray) -> np.ndarray:
         out = np.empty((X.shape[0], X.shape[2], X.shape[3]), dtype=np.uint8)
         for s in range(0, len(X), 64):
-            out[s:s + 64] = self._logits(self._normalise(X[s:s + 64])) > 0
+            out[s : s + 64] = self._logits(self._normalise(X[s : s + 64])) > 0
         return out
 
     def predict_block(self, features: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -303,7 +355,7 @@ def _recalibrate_batchnorm(net: Any, X: np.ndarray, batch_size: int, dev: Any) -
     net.train()
     with torch.no_grad():
         for s in range(0, len(X), batch_size):
-            net(torch.from_numpy(np.ascontiguousarray(X[s:s + batch_size])).to(dev))
+            net(torch.from_numpy(np.ascontiguousarray(X[s : s + batch_size])).to(dev))
     for m, mom in zip(bns, saved):
         m.momentum = mom
     net.eval()

@@ -23,8 +23,13 @@ from cropseg.types import CROP, VectorResult
 
 
 class Vectorize:
-    def __init__(self, min_area_ha: float = 0.1, simplify: float = 0.0, connectivity: int = 4,
-                 block_size: Annotated[int, Range(1, None)] = 1024):
+    def __init__(
+        self,
+        min_area_ha: float = 0.1,
+        simplify: float = 0.0,
+        connectivity: int = 4,
+        block_size: Annotated[int, Range(1, None)] = 1024,
+    ):
         if connectivity not in (4, 8):
             raise ConfigError(f"postprocessor.vectorize.connectivity: must be 4 or 8, got {connectivity!r}")
         if min_area_ha < 0 or simplify < 0:
@@ -53,12 +58,20 @@ class Vectorize:
                     continue
                 c0, r0 = int(w.col_off), int(w.row_off)
                 c1, r1 = c0 + int(w.width), r0 + int(w.height)
-                for geom, _ in shapes(crop.astype(np.uint8), mask=crop, connectivity=self.connectivity,
-                                      transform=Affine.translation(c0, r0)):
+                for geom, _ in shapes(
+                    crop.astype(np.uint8),
+                    mask=crop,
+                    connectivity=self.connectivity,
+                    transform=Affine.translation(c0, r0),
+                ):
                     poly = shapely.geometry.shape(geom)
                     minx, miny, maxx, maxy = poly.bounds
-                    touches = (minx == c0 and c0 > 0) or (miny == r0 and r0 > 0) or \
-                              (maxx == c1 and c1 < src.width) or (maxy == r1 and r1 < src.height)
+                    touches = (
+                        (minx == c0 and c0 > 0)
+                        or (miny == r0 and r0 > 0)
+                        or (maxx == c1 and c1 < src.width)
+                        or (maxy == r1 and r1 < src.height)
+                    )
                     (seam if touches else inner).append(poly)
         if self.connectivity == 8:
             # pixels meeting only at a corner belong together: GDAL draws such a region as one polygon whose

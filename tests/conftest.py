@@ -101,12 +101,29 @@ def example_plugin_site(tmp_path_factory: pytest.TempPathFactory) -> InstalledPl
     import sys
 
     tmp = tmp_path_factory.mktemp("example-plugin")
-    src = shutil.copytree(EXAMPLE_PLUGIN, tmp / "src", ignore=shutil.ignore_patterns("build", "*.egg-info",
-                                                                                   "__pycache__"))
+    src = shutil.copytree(
+        EXAMPLE_PLUGIN, tmp / "src", ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__")
+    )
     site = tmp / "site"
-    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                           "--no-index", "--disable-pip-version-check", "--target", str(site), str(src)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--disable-pip-version-check",
+            "--target",
+            str(site),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return InstalledPlugin(EXAMPLE_PLUGIN, site)
 

@@ -63,21 +63,38 @@ class DoubleScene:
 
     def item(self, base: str) -> dict:
         return {
-            "type": "Feature", "id": self.id, "geometry": self.footprint,
-            "properties": {"acquired": self.acquired.isoformat().replace("+00:00", "Z"),
-                           "cloud_cover": self.cloud_cover,
-                           "item_type": ITEM_TYPE, "quality_category": "standard", "instrument": "PS2",
-                           "published": self.acquired.isoformat(), "synthetic": True},
-            "assets": list(self.assets), "_permissions": [f"assets.{a}:download" for a in self.assets],
+            "type": "Feature",
+            "id": self.id,
+            "geometry": self.footprint,
+            "properties": {
+                "acquired": self.acquired.isoformat().replace("+00:00", "Z"),
+                "cloud_cover": self.cloud_cover,
+                "item_type": ITEM_TYPE,
+                "quality_category": "standard",
+                "instrument": "PS2",
+                "published": self.acquired.isoformat(),
+                "synthetic": True,
+            },
+            "assets": list(self.assets),
+            "_permissions": [f"assets.{a}:download" for a in self.assets],
             "_links": {"_self": f"{base}/data/v1/item-types/{ITEM_TYPE}/items/{self.id}"},
         }
 
 
-def make_scene(directory: Path, scene_id: str, seed: int, left: float, top: float, acquired: datetime,
-               cloud_cover: float, size: int = 256) -> DoubleScene:
+def make_scene(
+    directory: Path,
+    scene_id: str,
+    seed: int,
+    left: float,
+    top: float,
+    acquired: datetime,
+    cloud_cover: float,
+    size: int = 256,
+) -> DoubleScene:
     """Generate a synthetic scene, its surface-reflectance variant and an 8-band udm2."""
-    s = generate_scene(directory, scene_id=scene_id, seed=seed, width=size, height=size, left=left, top=top,
-                       acquired=acquired)
+    s = generate_scene(
+        directory, scene_id=scene_id, seed=seed, width=size, height=size, left=left, top=top, acquired=acquired
+    )
     meta = parse_metadata(s.metadata_xml)
     with rasterio.open(s.analytic) as src:
         dn = src.read()
@@ -99,10 +116,21 @@ def make_scene(directory: Path, scene_id: str, seed: int, left: float, top: floa
     with rasterio.open(sr_path, "w", **profile) as dst:
         dst.write(sr)
     footprint = shapely.geometry.mapping(shapely_wkt.loads(meta.footprint_wkt))
-    return DoubleScene(scene_id, acquired, cloud_cover,
-                       {"ortho_analytic_4b": s.analytic, "ortho_analytic_4b_sr": sr_path,
-                        "ortho_analytic_4b_xml": s.metadata_xml, "ortho_udm2": udm_path},
-                       s.ground_truth, json.loads(json.dumps(footprint)), left, top)
+    return DoubleScene(
+        scene_id,
+        acquired,
+        cloud_cover,
+        {
+            "ortho_analytic_4b": s.analytic,
+            "ortho_analytic_4b_sr": sr_path,
+            "ortho_analytic_4b_xml": s.metadata_xml,
+            "ortho_udm2": udm_path,
+        },
+        s.ground_truth,
+        json.loads(json.dumps(footprint)),
+        left,
+        top,
+    )
 
 
 def default_scenes(directory: Path) -> dict[str, DoubleScene]:
@@ -111,13 +139,21 @@ def default_scenes(directory: Path) -> dict[str, DoubleScene]:
     utc = timezone.utc
     specs = {
         "train": ("20170601_180425_0f35", 11, 626000.0, 4243000.0, datetime(2017, 6, 1, 18, 4, 25, tzinfo=utc), 0.02),
-        "train_late": ("20170605_181012_1a2b", 13, 626000.0, 4243000.0, datetime(2017, 6, 5, 18, 10, 12, tzinfo=utc),
-                       0.08),
+        "train_late": (
+            "20170605_181012_1a2b",
+            13,
+            626000.0,
+            4243000.0,
+            datetime(2017, 6, 5, 18, 10, 12, tzinfo=utc),
+            0.08,
+        ),
         "test": ("20170601_180427_0f35", 12, 641000.0, 4241000.0, datetime(2017, 6, 1, 18, 4, 27, tzinfo=utc), 0.01),
         "edge": ("20170603_175959_0c1d", 14, 626420.0, 4243000.0, datetime(2017, 6, 3, 17, 59, 59, tzinfo=utc), 0.0),
     }
-    out = {k: make_scene(directory / k, sid, seed, left, top, acq, cc)
-           for k, (sid, seed, left, top, acq, cc) in specs.items()}
+    out = {
+        k: make_scene(directory / k, sid, seed, left, top, acq, cc)
+        for k, (sid, seed, left, top, acq, cc) in specs.items()
+    }
     del out["train_late"].assets["ortho_analytic_4b_sr"]  # like archive scenes without a surface-reflectance asset
     return out
 
@@ -127,8 +163,13 @@ def utm_box_geojson(left: float, top: float, x0: float, y0: float, x1: float, y1
     from pyproj import Transformer
 
     tr = Transformer.from_crs("EPSG:32610", "EPSG:4326", always_xy=True)
-    pts = [(left + x0, top - y0), (left + x1, top - y0), (left + x1, top - y1), (left + x0, top - y1),
-           (left + x0, top - y0)]
+    pts = [
+        (left + x0, top - y0),
+        (left + x1, top - y0),
+        (left + x1, top - y1),
+        (left + x0, top - y1),
+        (left + x0, top - y0),
+    ]
     return {"type": "Polygon", "coordinates": [[list(tr.transform(x, y)) for x, y in pts]]}
 
 
@@ -166,8 +207,12 @@ def matches(f: dict, item: dict) -> bool:
             return False
         conv = _time if t == "DateRangeFilter" else float
         v = conv(v)
-        ops = {"gt": lambda a, b: a > b, "gte": lambda a, b: a >= b, "lt": lambda a, b: a < b,
-               "lte": lambda a, b: a <= b}
+        ops = {
+            "gt": lambda a, b: a > b,
+            "gte": lambda a, b: a >= b,
+            "lt": lambda a, b: a < b,
+            "lte": lambda a, b: a <= b,
+        }
         return all(ops[k](v, conv(b)) for k, b in cfg.items())
     if t in ("StringInFilter", "NumberInFilter"):
         return _value(item, f["field_name"]) in cfg
@@ -271,8 +316,14 @@ class PlanetDouble:
             order.state = order.outcome
             if order.state == "success":
                 p = order.request["products"][0]
-                order.bundle = next((b for b in p["product_bundle"].split(",") if all(
-                    set(BUNDLE_ASSETS[b]) <= set(self.scenes[i].assets) for i in p["item_ids"])), "")
+                order.bundle = next(
+                    (
+                        b
+                        for b in p["product_bundle"].split(",")
+                        if all(set(BUNDLE_ASSETS[b]) <= set(self.scenes[i].assets) for i in p["item_ids"])
+                    ),
+                    "",
+                )
                 if order.bundle:
                     self.deliver(order)
                 else:
@@ -300,8 +351,13 @@ class PlanetDouble:
                     with rasterio.open(src_path) as src:
                         geom = transform_geom("EPSG:4326", src.crs, clip)
                         data, transform = rasterio.mask.mask(src, [geom], crop=True, nodata=0)
-                        prof = {**src.profile, "height": data.shape[1], "width": data.shape[2], "transform": transform,
-                                "tiled": False}
+                        prof = {
+                            **src.profile,
+                            "height": data.shape[1],
+                            "width": data.shape[2],
+                            "transform": transform,
+                            "tiled": False,
+                        }
                         prof.pop("blockxsize", None), prof.pop("blockysize", None)
                     with rasterio.open(dest, "w", **prof) as dst:
                         dst.write(data)
@@ -309,31 +365,53 @@ class PlanetDouble:
                     shutil.copyfile(src_path, dest)
                 order.files[f"{ITEM_TYPE}/{name}"] = dest
                 raw = dest.read_bytes()
-                entries.append({"path": f"{ITEM_TYPE}/{name}", "size": len(raw),
-                                "media_type": "text/xml" if name.endswith(".xml") else "image/tiff",
-                                "digests": {"md5": hashlib.md5(raw).hexdigest(),
-                                            "sha256": hashlib.sha256(raw).hexdigest()},
-                                "annotations": {"planet/asset_type": asset, "planet/bundle_type": bundle,
-                                                "planet/item_id": sid, "planet/item_type": ITEM_TYPE}})
+                entries.append(
+                    {
+                        "path": f"{ITEM_TYPE}/{name}",
+                        "size": len(raw),
+                        "media_type": "text/xml" if name.endswith(".xml") else "image/tiff",
+                        "digests": {"md5": hashlib.md5(raw).hexdigest(), "sha256": hashlib.sha256(raw).hexdigest()},
+                        "annotations": {
+                            "planet/asset_type": asset,
+                            "planet/bundle_type": bundle,
+                            "planet/item_id": sid,
+                            "planet/item_type": ITEM_TYPE,
+                        },
+                    }
+                )
         manifest = root / "manifest.json"
         manifest.write_text(json.dumps({"name": "", "files": entries}, indent=2))
         order.files["manifest.json"] = manifest
 
     def describe(self, order: Order) -> dict:
-        out = {"id": order.id, "name": order.request.get("name"), "state": order.state,
-               "products": order.request.get("products"), "tools": order.request.get("tools", []),
-               "created_on": "2017-06-10T00:00:00Z", "last_message": f"Order {order.state}",
-               "_links": {"_self": f"{self.url}/compute/ops/orders/v2/{order.id}"}}
+        out = {
+            "id": order.id,
+            "name": order.request.get("name"),
+            "state": order.state,
+            "products": order.request.get("products"),
+            "tools": order.request.get("tools", []),
+            "created_on": "2017-06-10T00:00:00Z",
+            "last_message": f"Order {order.state}",
+            "_links": {"_self": f"{self.url}/compute/ops/orders/v2/{order.id}"},
+        }
         if order.state == "failed":
-            out["last_message"] = ("Order failed: no assets could be delivered (injected fault)"
-                                   if order.outcome == "failed"
-                                   else "Order failed: the bundle's assets are not available for the item")
+            out["last_message"] = (
+                "Order failed: no assets could be delivered (injected fault)"
+                if order.outcome == "failed"
+                else "Order failed: the bundle's assets are not available for the item"
+            )
         if order.state == "partial":
             out["last_message"] = "Order partially succeeded: 1 of 3 assets failed (injected fault)"
         if order.state == "success":
             out["_links"]["results"] = [
-                {"name": f"{order.id}/{rel}", "location": f"{self.url}/download/{order.id}/{rel}",
-                 "delivery": "success", "expires_at": "2099-01-01T00:00:00Z"} for rel in order.files]
+                {
+                    "name": f"{order.id}/{rel}",
+                    "location": f"{self.url}/download/{order.id}/{rel}",
+                    "delivery": "success",
+                    "expires_at": "2099-01-01T00:00:00Z",
+                }
+                for rel in order.files
+            ]
         return out
 
 
@@ -345,8 +423,14 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     # -- plumbing -------------------------------------------------------------------------------------
-    def _send(self, status: int, payload: Any = None, body: bytes | None = None, ctype: str = "application/json",
-              length: int | None = None) -> None:
+    def _send(
+        self,
+        status: int,
+        payload: Any = None,
+        body: bytes | None = None,
+        ctype: str = "application/json",
+        length: int | None = None,
+    ) -> None:
         if body is None:
             body = json.dumps(payload if payload is not None else {}).encode()
         self.send_response(status)
@@ -368,8 +452,13 @@ class _Handler(BaseHTTPRequestHandler):
             return False
         with d._lock:
             d.counts[f"fault_{status}"] += 1
-        messages = {401: "Please provide a valid API key", 403: "You do not have access to this resource",
-                    429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable"}
+        messages = {
+            401: "Please provide a valid API key",
+            403: "You do not have access to this resource",
+            429: "Too Many Requests",
+            500: "Internal Server Error",
+            503: "Service Unavailable",
+        }
         self._send(status, {"message": messages.get(status, "injected fault")})
         return True
 
@@ -444,7 +533,7 @@ class _Handler(BaseHTTPRequestHandler):
         if found is None:
             return self._send(404, {"message": "search not found"})
         n = d.page_size
-        chunk = found[(page - 1) * n: page * n]
+        chunk = found[(page - 1) * n : page * n]
         links = {"_self": f"{d.url}/data/v1/searches/{sid}/results?_page={page}"}
         if page * n < len(found):
             links["_next"] = f"{d.url}/data/v1/searches/{sid}/results?_page={page + 1}"

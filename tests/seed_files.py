@@ -21,15 +21,23 @@ import numpy as np
 
 ROLES = ("train", "test")
 FILES = tuple(f"{r}_scene_cropped_metadata.xml" for r in ROLES) + tuple(
-    f"{kind}-{r}.geojson" for kind in ("aoi", "ground-truth") for r in ROLES)
+    f"{kind}-{r}.geojson" for kind in ("aoi", "ground-truth") for r in ROLES
+)
 
 #: what the real seed-study files hold (checked by tests/test_inputs.py when they are present)
 REAL_EXPECTED: dict[str, dict[str, Any]] = {
-    "train": {"scene_id": "20160831_180231_0e0e", "acquired": "2016-08-31T18:02:31+00:00", "features": 221,
-              "gains": (2.2272053411087134e-05, 2.3286941101653296e-05, 2.617770294902722e-05,
-                        3.857934042956696e-05)},
-    "test": {"scene_id": "20160831_180257_0e26", "acquired": "2016-08-31T18:02:57+00:00", "features": 340,
-             "gains": None},  # only checked to be in range and to differ from the train scene's
+    "train": {
+        "scene_id": "20160831_180231_0e0e",
+        "acquired": "2016-08-31T18:02:31+00:00",
+        "features": 221,
+        "gains": (2.2272053411087134e-05, 2.3286941101653296e-05, 2.617770294902722e-05, 3.857934042956696e-05),
+    },
+    "test": {
+        "scene_id": "20160831_180257_0e26",
+        "acquired": "2016-08-31T18:02:57+00:00",
+        "features": 340,
+        "gains": None,
+    },  # only checked to be in range and to differ from the train scene's
 }
 
 
@@ -58,10 +66,18 @@ def seed_files(candidates: tuple[Path, ...], generated: Path) -> SeedFiles:
 
 SYNTHETIC_SCENES = {
     # role: scene id, acquisition time, reflectance coefficients (blue, green, red, NIR), AOI (W, S, E, N)
-    "train": ("20160831_180231_5e1f", "2016-08-31T18:02:31+00:00",
-              (2.2301e-05, 2.3250e-05, 2.6203e-05, 3.8611e-05), (-121.5846, 38.2917, -121.5249, 38.3273)),
-    "test": ("20160831_180257_5e2a", "2016-08-31T18:02:57+00:00",
-             (2.2412e-05, 2.3367e-05, 2.6291e-05, 3.8702e-05), (-121.5620, 38.2950, -121.5150, 38.3250)),
+    "train": (
+        "20160831_180231_5e1f",
+        "2016-08-31T18:02:31+00:00",
+        (2.2301e-05, 2.3250e-05, 2.6203e-05, 3.8611e-05),
+        (-121.5846, 38.2917, -121.5249, 38.3273),
+    ),
+    "test": (
+        "20160831_180257_5e2a",
+        "2016-08-31T18:02:57+00:00",
+        (2.2412e-05, 2.3367e-05, 2.6291e-05, 3.8702e-05),
+        (-121.5620, 38.2950, -121.5150, 38.3250),
+    ),
 }
 
 METADATA_XML = """<?xml version="1.0" encoding="UTF-8"?>
@@ -198,21 +214,38 @@ def _survey(role: str, bounds: tuple[float, float, float, float], seed: int) -> 
             kind = rng.random()
             if kind < 0.15:  # a farmstead left out of the field
                 hx0, hy0, hx1, hy1 = x0 + 0.1 * dx, y0 + 0.1 * dy, x0 + 0.3 * dx, y0 + 0.3 * dy
-                geom = {"type": "Polygon",
-                        "coordinates": [shell, [[hx0, hy0], [hx0, hy1], [hx1, hy1], [hx1, hy0], [hx0, hy0]]]}
+                geom = {
+                    "type": "Polygon",
+                    "coordinates": [shell, [[hx0, hy0], [hx0, hy1], [hx1, hy1], [hx1, hy0], [hx0, hy0]]],
+                }
             elif kind < 0.25:  # one field in two parts across a canal
                 xm = (x0 + x1) / 2
-                geom = {"type": "MultiPolygon", "coordinates": [
-                    [[[x0, y0], [xm - 0.02 * dx, y0], [xm - 0.02 * dx, y1], [x0, y1], [x0, y0]]],
-                    [[[xm + 0.02 * dx, y0], [x1, y0], [x1, y1], [xm + 0.02 * dx, y1], [xm + 0.02 * dx, y0]]]]}
+                geom = {
+                    "type": "MultiPolygon",
+                    "coordinates": [
+                        [[[x0, y0], [xm - 0.02 * dx, y0], [xm - 0.02 * dx, y1], [x0, y1], [x0, y0]]],
+                        [[[xm + 0.02 * dx, y0], [x1, y0], [x1, y1], [xm + 0.02 * dx, y1], [xm + 0.02 * dx, y0]]],
+                    ],
+                }
             else:
                 geom = {"type": "Polygon", "coordinates": [shell]}
             fid = 1000 * (ROLES.index(role) + 1) + len(feats)
-            feats.append({"type": "Feature", "id": str(fid), "properties": {
-                "CLASS1": code, "SUBCLASS1": str(int(rng.integers(1, 9))),
-                "ACRES": round(float(0.84 * dx * 87000 * 0.84 * dy * 111000 / 4046.86), 3),
-                "MULTIUSE": "S", "SURVEYAREA": "SACRAMENTO", "SURVEYYEAR": "2015", "SYNTHETIC": True},
-                "geometry": geom})
+            feats.append(
+                {
+                    "type": "Feature",
+                    "id": str(fid),
+                    "properties": {
+                        "CLASS1": code,
+                        "SUBCLASS1": str(int(rng.integers(1, 9))),
+                        "ACRES": round(float(0.84 * dx * 87000 * 0.84 * dy * 111000 / 4046.86), 3),
+                        "MULTIUSE": "S",
+                        "SURVEYAREA": "SACRAMENTO",
+                        "SURVEYYEAR": "2015",
+                        "SYNTHETIC": True,
+                    },
+                    "geometry": geom,
+                }
+            )
     return feats
 
 
@@ -223,14 +256,24 @@ def write_seed_equivalents(directory: Path) -> SeedFiles:
     for k, role in enumerate(ROLES):
         scene_id, acquired, coefs, (west, south, east, north) = SYNTHETIC_SCENES[role]
         # the scene footprint: a little larger than the AOI, as with the real cropped scenes
-        ring = " ".join(f"{x},{y}" for x, y in [(west - 0.1, south - 0.05), (east + 0.1, south - 0.05),
-                                                   (east + 0.1, north + 0.05), (west - 0.1, north + 0.05),
-                                                   (west - 0.1, south - 0.05)])
+        ring = " ".join(
+            f"{x},{y}"
+            for x, y in [
+                (west - 0.1, south - 0.05),
+                (east + 0.1, south - 0.05),
+                (east + 0.1, north + 0.05),
+                (west - 0.1, north + 0.05),
+                (west - 0.1, south - 0.05),
+            ]
+        )
         bands = "\n".join(BAND_XML.format(n=i + 1, coef=float(c)) for i, c in enumerate(coefs))
         (directory / f"{role}_scene_cropped_metadata.xml").write_text(
-            METADATA_XML.format(scene_id=scene_id, acquired=acquired, satellite=scene_id[-4:], ring=ring, bands=bands))
-        aoi = {"type": "Polygon",
-               "coordinates": [[[west, south], [west, north], [east, north], [east, south], [west, south]]]}
+            METADATA_XML.format(scene_id=scene_id, acquired=acquired, satellite=scene_id[-4:], ring=ring, bands=bands)
+        )
+        aoi = {
+            "type": "Polygon",
+            "coordinates": [[[west, south], [west, north], [east, north], [east, south], [west, south]]],
+        }
         (directory / f"aoi-{role}.geojson").write_text(json.dumps(aoi))
         feats = _survey(role, (west, south, east, north), seed=20 + k)
         (directory / f"ground-truth-{role}.geojson").write_text(json.dumps(feats))

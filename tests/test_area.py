@@ -44,8 +44,12 @@ PRODUCERS = [0.75, 0.85, 0.93, 0.96]
 PRODUCERS_CI = [0.21, 0.25, 0.03, 0.02]
 OVERALL, OVERALL_CI = 0.95, 0.02
 # Table 9 (error matrix in estimated area proportions)
-PROPORTIONS = [[0.0176, 0.0000, 0.0013, 0.0011], [0.0000, 0.0110, 0.0016, 0.0024],
-               [0.0019, 0.0000, 0.2967, 0.0213], [0.0040, 0.0020, 0.0179, 0.6212]]
+PROPORTIONS = [
+    [0.0176, 0.0000, 0.0013, 0.0011],
+    [0.0000, 0.0110, 0.0016, 0.0024],
+    [0.0019, 0.0000, 0.2967, 0.0213],
+    [0.0040, 0.0020, 0.0179, 0.6212],
+]
 
 
 def test_olofsson_2014_worked_example():
@@ -94,8 +98,16 @@ def test_too_few_points_in_a_stratum_is_named():
 
 # -- SYNTHETIC mask and truth rasters (EPSG:32610, 3 m pixels) -------------------------------------------------
 def _write(path: Path, a: np.ndarray, crs: str = "EPSG:32610", count: int = 1) -> Path:
-    prof = {"driver": "GTiff", "width": a.shape[-1], "height": a.shape[-2], "count": count, "dtype": a.dtype.name,
-            "crs": crs, "transform": from_origin(630_000, 4_240_000, 3, 3), "nodata": 255}
+    prof = {
+        "driver": "GTiff",
+        "width": a.shape[-1],
+        "height": a.shape[-2],
+        "count": count,
+        "dtype": a.dtype.name,
+        "crs": crs,
+        "transform": from_origin(630_000, 4_240_000, 3, 3),
+        "nodata": 255,
+    }
     with rasterio.open(path, "w", **prof) as dst:
         dst.write(a if a.ndim == 3 else a[None])
     return path
@@ -117,9 +129,15 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> dict:
     truth_path = _write(d / "truth.tif", truth)
     mask_path = _write(d / "mask.tif", mask)
     valid = mask != 255
-    return {"dir": d, "mask": mask_path, "truth": truth_path, "truth_a": truth, "mask_a": mask,
-            "true_crop_ha": float(np.count_nonzero(truth[valid] == 1) * 9 / 1e4),
-            "mapped_crop_ha": float(np.count_nonzero(mask == 1) * 9 / 1e4)}
+    return {
+        "dir": d,
+        "mask": mask_path,
+        "truth": truth_path,
+        "truth_a": truth,
+        "mask_a": mask,
+        "true_crop_ha": float(np.count_nonzero(truth[valid] == 1) * 9 / 1e4),
+        "mapped_crop_ha": float(np.count_nonzero(mask == 1) * 9 / 1e4),
+    }
 
 
 def test_design_draws_from_the_right_strata_in_windows(synthetic):
@@ -133,8 +151,9 @@ def test_design_draws_from_the_right_strata_in_windows(synthetic):
     assert d1.rows.tolist() == d2.rows.tolist() and d1.rows.tolist() != d3.rows.tolist()
     # Cochran: target SE 0.02 with anticipated user's accuracies 0.95 (non-crop) and 0.75 (crop)
     d4 = design_sample(synthetic["mask"], target_se=0.02, user_accuracies=[0.95, 0.75], seed=0)
-    assert d4.n == cochran_sample_size(d4.mask.counts / d4.mask.counts.sum(), [0.95, 0.75], 0.02,
-                                       population=int(d4.mask.counts.sum()))
+    assert d4.n == cochran_sample_size(
+        d4.mask.counts / d4.mask.counts.sum(), [0.95, 0.75], 0.02, population=int(d4.mask.counts.sum())
+    )
 
 
 def test_coverage_and_bias_of_the_protocol(synthetic):
@@ -143,8 +162,7 @@ def test_coverage_and_bias_of_the_protocol(synthetic):
     truth_ha, reps = synthetic["true_crop_ha"], 400
     est, se = np.empty(reps), np.empty(reps)
     for seed in range(reps):
-        e = simulate_protocol(synthetic["mask"], synthetic["truth"], 150, allocation="minimum", minimum=50,
-                              seed=seed)
+        e = simulate_protocol(synthetic["mask"], synthetic["truth"], 150, allocation="minimum", minimum=50, seed=seed)
         est[seed], se[seed] = e.area_ha()[1], e.area_se_ha()[1]
     covered = np.mean(np.abs(est - truth_ha) <= 1.96 * se)
     assert 0.93 <= covered <= 0.97, covered
@@ -170,8 +188,11 @@ def labelled(synthetic) -> dict:
     d = synthetic["dir"]
     design = design_sample(synthetic["mask"], n=200, allocation="minimum", seed=1)
     write_sample(design, d / "sample.geojson", d / "sample.csv")
-    return {"sample": d / "sample.geojson", "csv": d / "sample.csv",
-            "labelled": _label(d / "sample.geojson", synthetic["truth_a"], d / "labelled.geojson")}
+    return {
+        "sample": d / "sample.geojson",
+        "csv": d / "sample.csv",
+        "labelled": _label(d / "sample.geojson", synthetic["truth_a"], d / "labelled.geojson"),
+    }
 
 
 def test_sample_files(synthetic, labelled):
@@ -213,8 +234,17 @@ def test_estimate_area_command_and_mlflow(synthetic, labelled, tmp_path, capsys)
     from mlflow import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    rc = main(["estimate-area", str(synthetic["mask"]), str(labelled["labelled"]), "--output-dir",
-               str(tmp_path / "out"), "--tracking-uri", uri])
+    rc = main(
+        [
+            "estimate-area",
+            str(synthetic["mask"]),
+            str(labelled["labelled"]),
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--tracking-uri",
+            uri,
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0 and "error-adjusted ha" in out and "overall accuracy" in out
     data = json.loads((tmp_path / "out" / "area_estimate.json").read_text())
@@ -261,8 +291,9 @@ def test_bad_input_is_one_line(synthetic, labelled, tmp_path, capsys):
     crop = np.flatnonzero(g["stratum"] == 1)
     g.loc[crop[1:], "reference"] = None
     g.to_file(d / "thin.geojson", driver="GeoJSON")
-    assert "stratum 'crop' (1 labelled point)" in _bad(["estimate-area", mask, str(d / "thin.geojson"), *common],
-                                                       capsys)
+    assert "stratum 'crop' (1 labelled point)" in _bad(
+        ["estimate-area", mask, str(d / "thin.geojson"), *common], capsys
+    )
     # a sample drawn from another map
     g = gpd.read_file(labelled["labelled"])
     g["stratum"] = 1 - g["stratum"]
@@ -270,8 +301,9 @@ def test_bad_input_is_one_line(synthetic, labelled, tmp_path, capsys):
     assert "drawn from another map" in _bad(["estimate-area", mask, str(d / "other_map.geojson"), *common], capsys)
     assert "sample file not found" in _bad(["estimate-area", mask, str(d / "nope.geojson"), *common], capsys)
     assert "--sample-size" in _bad(["sample-design", mask, "--sample-size", "0"], capsys)
-    assert "reference sample file not found" in _bad(["predict", "runs:/0/model", mask, "--reference-sample",
-                                                      str(d / "nope.geojson"), *common], capsys)
+    assert "reference sample file not found" in _bad(
+        ["predict", "runs:/0/model", mask, "--reference-sample", str(d / "nope.geojson"), *common], capsys
+    )
     # nothing that looks like a result was written
     assert not (d / "out").exists() and not (d / "mlflow.db").exists()
     assert not list(Path(synthetic["dir"]).glob("classes_sample*"))
@@ -302,9 +334,16 @@ def test_run_reports_area_and_predict_uses_a_reference_sample(tmp_path, tiny_pai
     from cropseg.testing import local_overrides
 
     train, test = tiny_pair
-    result = cropseg.run([*local_overrides(train, test), f"tracking.uri={tracking_uri}",
-                          "evaluate.area_sample_size=120", "postprocessor=[median_blur]", "classifier.k_grid=[3]"],
-                         output_dir=tmp_path / "run")
+    result = cropseg.run(
+        [
+            *local_overrides(train, test),
+            f"tracking.uri={tracking_uri}",
+            "evaluate.area_sample_size=120",
+            "postprocessor=[median_blur]",
+            "classifier.k_grid=[3]",
+        ],
+        output_dir=tmp_path / "run",
+    )
     m = result.metrics
     assert m["area_mapped_crop_ha"] - m["area_reference_crop_ha"] == pytest.approx(m["area_difference_ha"])
     assert m["area_sample_size"] == 120
@@ -318,16 +357,32 @@ def test_run_reports_area_and_predict_uses_a_reference_sample(tmp_path, tiny_pai
     with rasterio.open(result.outputs["test_labels"]) as src:
         labels = src.read(1)
     g = gpd.read_file(tmp_path / "s.geojson")
-    g["reference"] = [("1" if labels[r, c] == 1 else "0") if labels[r, c] != 255 else None
-                      for r, c in zip(g["pixel_row"], g["pixel_col"])]
+    g["reference"] = [
+        ("1" if labels[r, c] == 1 else "0") if labels[r, c] != 255 else None
+        for r, c in zip(g["pixel_row"], g["pixel_col"])
+    ]
     g.to_file(tmp_path / "s_labelled.geojson", driver="GeoJSON")
     capsys.readouterr()
-    rc = main(["predict", result.model_uri, str(test.image), "--metadata", str(test.metadata), "--serial",
-               "--reference-sample", str(tmp_path / "s_labelled.geojson"), "--output-dir", str(tmp_path / "pred"),
-               "--tracking-uri", tracking_uri])
+    rc = main(
+        [
+            "predict",
+            result.model_uri,
+            str(test.image),
+            "--metadata",
+            str(test.metadata),
+            "--serial",
+            "--reference-sample",
+            str(tmp_path / "s_labelled.geojson"),
+            "--output-dir",
+            str(tmp_path / "pred"),
+            "--tracking-uri",
+            tracking_uri,
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0 and "crop area (error-adjusted, " in out
     summary = json.loads((tmp_path / "pred" / "summary.json").read_text())
     expected = estimate_area(result.outputs["test_mask"], tmp_path / "s_labelled.geojson")
     assert summary["area_estimate"]["classes_detail"]["crop"]["area_ha"]["estimate"] == pytest.approx(
-        float(expected.area_ha()[1]))
+        float(expected.area_ha()[1])
+    )

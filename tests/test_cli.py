@@ -21,26 +21,62 @@ from cropseg.testing import local_overrides, write_tiny_scene
 EXPECTED_METRICS = [
     f"{split}_{name}"
     for split in ("train", "train_raw", "test", "test_raw")
-    for name in ("crop_precision", "crop_recall", "crop_f1", "crop_support", "noncrop_precision",
-                 "noncrop_recall", "noncrop_f1", "noncrop_support", "accuracy", "macro_avg_f1",
-                 "weighted_avg_precision", "weighted_avg_recall", "weighted_avg_f1", "iou")
-] + ["crop_area_ha", "crop_area_pixels_ha", "n_polygons", "fit_seconds", "fit_pixels_per_second",
-     "predict_seconds", "predict_pixels_per_second", "cv_score", "total_seconds",
-     "cv_spatial_f1_weighted", "cv_spatial_f1_weighted_std", "cv_random_f1_weighted", "cv_random_f1_weighted_std"]
+    for name in (
+        "crop_precision",
+        "crop_recall",
+        "crop_f1",
+        "crop_support",
+        "noncrop_precision",
+        "noncrop_recall",
+        "noncrop_f1",
+        "noncrop_support",
+        "accuracy",
+        "macro_avg_f1",
+        "weighted_avg_precision",
+        "weighted_avg_recall",
+        "weighted_avg_f1",
+        "iou",
+    )
+] + [
+    "crop_area_ha",
+    "crop_area_pixels_ha",
+    "n_polygons",
+    "fit_seconds",
+    "fit_pixels_per_second",
+    "predict_seconds",
+    "predict_pixels_per_second",
+    "cv_score",
+    "total_seconds",
+    "cv_spatial_f1_weighted",
+    "cv_spatial_f1_weighted_std",
+    "cv_random_f1_weighted",
+    "cv_random_f1_weighted_std",
+]
 
 EXPECTED_ARTIFACTS = [
-    "config/resolved_config.yaml", "reports/test_classification_report.txt",
-    "reports/test_classification_report.json", "reports/test_raw_classification_report.txt",
-    "reports/train_classification_report.json", "reports/classification_reports.json",
-    "reports/confusion_matrix.png", "prediction/test_mask.tif", "prediction/test_mask_raw.tif",
-    "labels/test_labels.tif", "segments/test_segments.geojson", "previews/rgb.png", "previews/ground_truth.png",
-    "previews/prediction.png", "previews/disagreement.png", "map/map.html",
+    "config/resolved_config.yaml",
+    "reports/test_classification_report.txt",
+    "reports/test_classification_report.json",
+    "reports/test_raw_classification_report.txt",
+    "reports/train_classification_report.json",
+    "reports/classification_reports.json",
+    "reports/confusion_matrix.png",
+    "prediction/test_mask.tif",
+    "prediction/test_mask_raw.tif",
+    "labels/test_labels.tif",
+    "segments/test_segments.geojson",
+    "previews/rgb.png",
+    "previews/ground_truth.png",
+    "previews/prediction.png",
+    "previews/disagreement.png",
+    "map/map.html",
 ]
 
 
 def run_cli(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cropseg.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "cropseg.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def all_artifacts(client: MlflowClient, run_id: str, path: str | None = None) -> list[str]:
@@ -96,7 +132,7 @@ def test_cli_end_to_end_local_source(tmp_path, tiny_pair, cli_env, tracking_uri)
         assert m.profile["compress"].lower() == "deflate"
         mask = m.read(1)
     assert set(np.unique(mask)) <= {0, 1, 255}
-    assert (mask[:, test.nodata_cols_from:] == 255).all()
+    assert (mask[:, test.nodata_cols_from :] == 255).all()
 
     # polygons are in EPSG:4326 and fall inside the test scene's valid footprint
     seg = Path(client.download_artifacts(run.info.run_id, "segments/test_segments.geojson", str(tmp_path / "dl")))
@@ -106,8 +142,11 @@ def test_cli_end_to_end_local_source(tmp_path, tiny_pair, cli_env, tracking_uri)
     assert gdf.to_crs(32610).geometry.within(footprint.buffer(0.01)).all()
     assert abs(gdf["area_ha"].sum() - run.data.metrics["crop_area_ha"]) < 1e-3
 
-    report = json.loads(Path(client.download_artifacts(
-        run.info.run_id, "reports/test_classification_report.json", str(tmp_path / "dl"))).read_text())
+    report = json.loads(
+        Path(
+            client.download_artifacts(run.info.run_id, "reports/test_classification_report.json", str(tmp_path / "dl"))
+        ).read_text()
+    )
     assert report["crop"]["f1-score"] == pytest.approx(run.data.metrics["test_crop_f1"])
 
 
@@ -188,8 +227,9 @@ def test_ground_truth_not_overlapping_is_one_line(inproc_env, capfd, tiny_pair):
 
 def test_single_class_training_labels_is_one_line(inproc_env, capfd, tiny_pair):
     train, test = tiny_pair
-    line = _one_line_error(capfd, main([*local_overrides(train, test), "source.uncovered=ignore",
-                                        "source.crop_values=[F,V,U]"]))
+    line = _one_line_error(
+        capfd, main([*local_overrides(train, test), "source.uncovered=ignore", "source.crop_values=[F,V,U]"])
+    )
     assert "no non-crop" in line
 
 
@@ -231,8 +271,9 @@ def test_cli_sample_source_seed_experiment(tmp_path, cli_env, tracking_uri, capl
     with rasterio.open(mask) as m, rasterio.open(test_tif) as s:
         assert m.crs == s.crs and m.transform == s.transform and m.shape == s.shape
     footprint = shapely.from_wkt(parse_metadata(cache / f"{test_id}_3B_AnalyticMS_metadata.xml").footprint_wkt)
-    seg = gpd.read_file(client.download_artifacts(run.info.run_id, "segments/test_segments.geojson",
-                                                  str(tmp_path / "dl")))
+    seg = gpd.read_file(
+        client.download_artifacts(run.info.run_id, "segments/test_segments.geojson", str(tmp_path / "dl"))
+    )
     assert len(seg) > 0
     # pixels whose centres lie in the footprint reach at most half a pixel diagonal (3 m pixels) beyond it
     footprint_utm = gpd.GeoSeries([footprint], crs=4326).to_crs(32610).iloc[0]

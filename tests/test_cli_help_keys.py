@@ -39,8 +39,15 @@ def test_help_lists_subcommands_and_common_overrides_before_hydras_help(inproc, 
         assert out.index(override) < hydra_part, override
 
 
-@pytest.mark.parametrize("key, valid", [("classifier.kk", "k_grid"), ("train.foo", "max_pixels"),
-                                        ("postprocessor.median_blur.kernell", "kernel"), ("nonsense.key", "train")])
+@pytest.mark.parametrize(
+    "key, valid",
+    [
+        ("classifier.kk", "k_grid"),
+        ("train.foo", "max_pixels"),
+        ("postprocessor.median_blur.kernell", "kernel"),
+        ("nonsense.key", "train"),
+    ],
+)
 def test_unknown_key_gives_the_same_line_with_or_without_plus(inproc, capfd, key, valid):
     plain = _error_line(capfd, main([f"{key}=3"]))
     plus = _error_line(capfd, main([f"+{key}=3"]))
@@ -49,15 +56,19 @@ def test_unknown_key_gives_the_same_line_with_or_without_plus(inproc, capfd, key
 
 
 def test_contours_labeler_with_a_raster_ground_truth_fails_before_loading_scenes(inproc, capfd, tracking_uri):
-    train, test = write_tiny_scene(inproc / "d", name="train", seed=1), write_tiny_scene(inproc / "d", name="test", seed=2)
+    train, test = (
+        write_tiny_scene(inproc / "d", name="train", seed=1),
+        write_tiny_scene(inproc / "d", name="test", seed=2),
+    )
     classes = inproc / "classes.tif"
     with rasterio.open(train.image) as src:
         profile = dict(src.profile, count=1, dtype="uint8", nodata=0)
     with rasterio.open(classes, "w", **profile) as dst:
         dst.write(np.full((1, profile["height"], profile["width"]), 5, dtype=np.uint8))
     overrides = [o for o in local_overrides(train, test) if "ground_truth" not in o]
-    line = _error_line(capfd, main([*overrides, f"source.ground_truth={classes}", "source.crop_values=[5]",
-                                    "+experiment=seed_knn"]))
+    line = _error_line(
+        capfd, main([*overrides, f"source.ground_truth={classes}", "source.crop_values=[5]", "+experiment=seed_knn"])
+    )
     assert "labeler=contours needs polygons" in line and "use labeler=rasterize" in line and "classes.tif" in line
     assert not (inproc / "cache").exists()  # no scene was loaded
     assert not Path(tracking_uri.removeprefix("sqlite:///")).exists()  # no run was even started

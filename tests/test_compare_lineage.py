@@ -45,10 +45,19 @@ def test_runs_log_their_scenes_and_ground_truth_as_dataset_inputs(runs):
     for key, res in results.items():
         run = client.get_run(res.run_id)
         test = test_a if key.startswith("a") else test_b
-        got = {(json.loads(i.dataset.source)["uri"], next(t.value for t in i.tags if t.key == "mlflow.data.context"))
-               for i in run.inputs.dataset_inputs}
-        assert got == {(p.resolve().as_uri(), ctx) for p, ctx in ((train.image, "training"),
-                       (train.ground_truth, "training"), (test.image, "testing"), (test.ground_truth, "testing"))}
+        got = {
+            (json.loads(i.dataset.source)["uri"], next(t.value for t in i.tags if t.key == "mlflow.data.context"))
+            for i in run.inputs.dataset_inputs
+        }
+        assert got == {
+            (p.resolve().as_uri(), ctx)
+            for p, ctx in (
+                (train.image, "training"),
+                (train.ground_truth, "training"),
+                (test.image, "testing"),
+                (test.ground_truth, "testing"),
+            )
+        }
         digests[key] = {i.dataset.name: i.dataset.digest for i in run.inputs.dataset_inputs}
         assert run.data.tags["cropseg.data.testing"]
     # the same files give the same digests; another test scene another one
@@ -71,9 +80,20 @@ def test_run_names_carry_chosen_hyperparameters_and_features(runs):
 def test_run_summary_prints_areas_in_hectares_with_two_decimals_and_counts_as_integers():
     from cropseg.pipeline import RunResult
 
-    res = RunResult("r", "1", "sqlite://", Path("."), {"crop_area_pixels_ha": 48.8043, "crop_area_ha": 371.0,
-                                                       "n_polygons": 21.0, "n_polygons_dropped": 657.0,
-                                                       "test_weighted_avg_f1": 0.81234}, {})
+    res = RunResult(
+        "r",
+        "1",
+        "sqlite://",
+        Path("."),
+        {
+            "crop_area_pixels_ha": 48.8043,
+            "crop_area_ha": 371.0,
+            "n_polygons": 21.0,
+            "n_polygons_dropped": 657.0,
+            "test_weighted_avg_f1": 0.81234,
+        },
+        {},
+    )
     values = dict(line.rsplit(None, 1) for line in res.summary().splitlines()[2:])
     values = {k.strip(): v for k, v in values.items()}
     assert values["crop area, all crop pixels (ha)"] == "48.80" and values["crop area, kept polygons (ha)"] == "371.00"
@@ -83,8 +103,9 @@ def test_run_summary_prints_areas_in_hectares_with_two_decimals_and_counts_as_in
 
 def test_compare_groups_by_test_data_and_warns(runs, tmp_path, capsys):
     url, results, _ = runs
-    code = main(["compare", "--tracking-uri", url, "--experiment", "lineage", "--out", str(tmp_path / "cmp"),
-                 "--width", "120"])
+    code = main(
+        ["compare", "--tracking-uri", url, "--experiment", "lineage", "--out", str(tmp_path / "cmp"), "--width", "120"]
+    )
     out, err = capsys.readouterr()
     assert code == 0, err[-3000:]
     assert "warning: the runs were tested on 2 different test data sets" in err
@@ -103,30 +124,69 @@ def test_compare_groups_by_test_data_and_warns(runs, tmp_path, capsys):
     assert ai["config"].endswith("| indices")
     assert "source.test_image" in rows[0] and "classifier.k_grid" in rows[0]  # the CSV keeps every param
     # no single best run across different test data: registering is refused, one group can be chosen
-    code = main(["compare", "--tracking-uri", url, "--experiment", "lineage", "--out", str(tmp_path / "cmp2"),
-                 "--register", "x"])
+    code = main(
+        [
+            "compare",
+            "--tracking-uri",
+            url,
+            "--experiment",
+            "lineage",
+            "--out",
+            str(tmp_path / "cmp2"),
+            "--register",
+            "x",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "different test data" in err and "--test-data" in err
     res = compare(url, "lineage", out_dir=tmp_path / "cmp3", test_data=a["test data digest"][:8])
-    assert res["warning"] is None and {r.run_id for r in res["rows"]} == {results["a_bands"].run_id,
-                                                                          results["a_indices"].run_id}
+    assert res["warning"] is None and {r.run_id for r in res["rows"]} == {
+        results["a_bands"].run_id,
+        results["a_indices"].run_id,
+    }
 
 
 def _row(i: int, clf: str, feats: str, chosen: str, params: dict[str, str], f1: float, digest: str = "d1") -> Row:
-    stages = {"source": "sample", "labeler": "rasterize", "features": feats, "classifier": clf,
-              "postprocessor": "median_blur,vectorize"}
+    stages = {
+        "source": "sample",
+        "labeler": "rasterize",
+        "features": feats,
+        "classifier": clf,
+        "postprocessor": "median_blur,vectorize",
+    }
     base = {"fit.cv": "spatial", "fit.cv_folds": "3", "source.size": "1000", "postprocessor.median_blur.kernel": "5"}
-    return Row(f"{i:032x}", f"{clf}#{i}", "FINISHED", stages, {**base, **params},
-               {"test_weighted_avg_f1": f1, "test_crop_f1": f1 - 0.01, "fit_seconds": 12.345,
-                "predict_pixels_per_second": 1234567.0}, "", test_digest=digest, chosen=chosen)
+    return Row(
+        f"{i:032x}",
+        f"{clf}#{i}",
+        "FINISHED",
+        stages,
+        {**base, **params},
+        {
+            "test_weighted_avg_f1": f1,
+            "test_crop_f1": f1 - 0.01,
+            "fit_seconds": 12.345,
+            "predict_pixels_per_second": 1234567.0,
+        },
+        "",
+        test_digest=digest,
+        chosen=chosen,
+    )
 
 
 SWEEP = [  # a four-classifier x two-feature sweep as its runs log it
     (clf, feats, chosen, params)
     for clf, chosen, params in [
         ("knn", "k=9", {"classifier.k_grid": "[3, 5, 7, 9]", "fit.k": "9"}),
-        ("mlp", "alpha=0.0001", {"classifier.alpha_grid": "[0.0001, 0.001]", "classifier.hidden_layer_sizes": "[64, 32]",
-                                 "fit.alpha": "0.0001", "fit.n_iter": "200"}),
+        (
+            "mlp",
+            "alpha=0.0001",
+            {
+                "classifier.alpha_grid": "[0.0001, 0.001]",
+                "classifier.hidden_layer_sizes": "[64, 32]",
+                "fit.alpha": "0.0001",
+                "fit.n_iter": "200",
+            },
+        ),
         ("random_forest", "max_depth=20", {"classifier.n_estimators": "200", "fit.max_depth": "20"}),
         ("hist_gradient_boosting", "learning_rate=0.1", {"classifier.max_iter": "300", "fit.learning_rate": "0.1"}),
     ]
@@ -151,8 +211,10 @@ def test_sweep_table_fits_160_columns_and_tells_every_run_apart():
 
 
 def test_config_shows_options_that_differ_between_runs():
-    rows = [_row(0, "mlp", "indices", "alpha=0.0001", {"postprocessor.median_blur.kernel": "7"}, 0.8),
-            _row(1, "mlp", "indices", "alpha=0.001", {}, 0.7)]
+    rows = [
+        _row(0, "mlp", "indices", "alpha=0.0001", {"postprocessor.median_blur.kernel": "7"}, 0.8),
+        _row(1, "mlp", "indices", "alpha=0.001", {}, 0.7),
+    ]
     for r in rows:
         r.config = config_label(r, rows)
     assert rows[0].config == "mlp alpha=0.0001 | indices | median_blur kernel=7"
@@ -160,8 +222,11 @@ def test_config_shows_options_that_differ_between_runs():
 
 
 def test_groups_by_test_data_digest_and_ranks_within_each():
-    rows = [_row(0, "knn", "bands", "k=9", {}, 0.9, digest="big"), _row(1, "knn", "bands", "k=7", {}, 0.8, digest="small"),
-            _row(2, "mlp", "bands", "alpha=0.001", {}, 0.7, digest="big")]
+    rows = [
+        _row(0, "knn", "bands", "k=9", {}, 0.9, digest="big"),
+        _row(1, "knn", "bands", "k=7", {}, 0.8, digest="small"),
+        _row(2, "mlp", "bands", "alpha=0.001", {}, 0.7, digest="big"),
+    ]
     failed_early = _row(3, "mlp", "bands", "", {}, 0.0, digest="unknown")
     failed_early.status, failed_early.error = "FAILED", "source.image: file not found"
     groups = group_rows([*rows, failed_early])

@@ -19,18 +19,41 @@ from cropseg.testing import local_overrides
 pytestmark = pytest.mark.slow
 
 #: the cheapest complete run: one logistic-regression candidate without CV, no model logging
-CHEAP = ["classifier=logistic_regression", "classifier.cv=none", "classifier.grid.C=[1]", "parallel.backend=serial",
-         "tracking.log_model=false", "postprocessor=[]"]
+CHEAP = [
+    "classifier=logistic_regression",
+    "classifier.cv=none",
+    "classifier.grid.C=[1]",
+    "parallel.backend=serial",
+    "tracking.log_model=false",
+    "postprocessor=[]",
+]
 
 
 def _start_four(tiny_pair, env: dict[str, str], work: Path) -> list[tuple[subprocess.Popen, Path]]:
     procs = []
     for i in range(4):
         out = work / f"run{i}"
-        procs.append((subprocess.Popen(
-            [sys.executable, "-m", "cropseg.cli", *local_overrides(*tiny_pair)[:-1], *CHEAP, f"output_dir={out}",
-             f"tracking.run_name=concurrent-{i}"], cwd=work, env=env, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True), out))
+        procs.append(
+            (
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "cropseg.cli",
+                        *local_overrides(*tiny_pair)[:-1],
+                        *CHEAP,
+                        f"output_dir={out}",
+                        f"tracking.run_name=concurrent-{i}",
+                    ],
+                    cwd=work,
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                ),
+                out,
+            )
+        )
     return procs
 
 
@@ -67,10 +90,26 @@ def mlflow_server(tmp_path):
     port = _free_port()
     log = open(tmp_path / "server.log", "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "2",
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "server-artifacts")],
-        stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "server-artifacts"),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=tmp_path,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     try:

@@ -11,8 +11,11 @@ from cropseg.plugins import Registry, get_plugin_manager
 EXAMPLE = "nearest_centroid"
 _REG = Registry.from_plugin_manager(get_plugin_manager())
 # pixel classifiers only: patch models (classifier=unet) have their own suite (tests/test_unet.py)
-REGISTERED = [n for n in _REG.names("classifier")
-              if n != EXAMPLE and _REG.stages["classifier"][n].hook == "cropseg_register_classifiers"]
+REGISTERED = [
+    n
+    for n in _REG.names("classifier")
+    if n != EXAMPLE and _REG.stages["classifier"][n].hook == "cropseg_register_classifiers"
+]
 BUILTIN_CLASSIFIERS = {"knn", "random_forest", "hist_gradient_boosting", "logistic_regression", "linear_svm", "mlp"}
 
 

@@ -30,8 +30,8 @@ def _reference(values: np.ndarray, valid: np.ndarray, r: int) -> dict[str, np.nd
     out = {s: np.zeros((h, w)) for s in ("mean", "std", "min", "max")}
     for i in range(h):
         for j in range(w):
-            win = values[max(i - r, 0): i + r + 1, max(j - r, 0): j + r + 1]
-            ok = valid[max(i - r, 0): i + r + 1, max(j - r, 0): j + r + 1]
+            win = values[max(i - r, 0) : i + r + 1, max(j - r, 0) : j + r + 1]
+            ok = valid[max(i - r, 0) : i + r + 1, max(j - r, 0) : j + r + 1]
             v = win[ok].astype(np.float64)
             if v.size:
                 out["mean"][i, j], out["std"][i, j] = v.mean(), v.std()
@@ -45,8 +45,9 @@ def test_statistics_match_a_brute_force_reference_with_nodata_and_edges():
     valid = rng.random((13, 11)) > 0.3
     valid[:5, :5] = False  # a hole bigger than a radius-1 window: those windows hold no valid pixel
     refl[:, ~valid] = 0.0
-    f = ContextFeatures(radii=[1, 3], stats=["mean", "std", "min", "max"], bands=["red", "nir"], indices=["ndvi"],
-                        include_indices=True)
+    f = ContextFeatures(
+        radii=[1, 3], stats=["mean", "std", "min", "max"], bands=["red", "nir"], indices=["ndvi"], include_indices=True
+    )
     out = f.compute(refl, BAND_NAMES, valid=valid)
     names = f.names(BAND_NAMES)
     assert names[:5] == ["blue", "green", "red", "nir", "ndvi"]
@@ -63,17 +64,20 @@ def test_statistics_match_a_brute_force_reference_with_nodata_and_edges():
     assert f.halo == 3
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [
-    ({"radii": [0, 3]}, r"radii: radii are positive whole numbers of pixels, got 0"),
-    ({"radii": [2.5]}, r"radii: .*got 2.5"),
-    ({"radii": ["3"]}, r"radii: .*got '3'"),
-    ({"radii": []}, r"radii: at least one"),
-    ({"radii": [3, 3]}, r"radii: a radius is listed twice"),
-    ({"stats": ["mean", "median"]}, r"stats: unknown statistic 'median' \(known: mean, std, min, max\)"),
-    ({"indices": ["evi"]}, r"indices: unknown index 'evi'"),
-    ({"bands": ["swir"]}, r"bands: unknown band 'swir' \(known: blue, green, red, nir\)"),
-    ({"bands": [], "indices": []}, r"no bands and no indices"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"radii": [0, 3]}, r"radii: radii are positive whole numbers of pixels, got 0"),
+        ({"radii": [2.5]}, r"radii: .*got 2.5"),
+        ({"radii": ["3"]}, r"radii: .*got '3'"),
+        ({"radii": []}, r"radii: at least one"),
+        ({"radii": [3, 3]}, r"radii: a radius is listed twice"),
+        ({"stats": ["mean", "median"]}, r"stats: unknown statistic 'median' \(known: mean, std, min, max\)"),
+        ({"indices": ["evi"]}, r"indices: unknown index 'evi'"),
+        ({"bands": ["swir"]}, r"bands: unknown band 'swir' \(known: blue, green, red, nir\)"),
+        ({"bands": [], "indices": []}, r"no bands and no indices"),
+    ],
+)
 def test_bad_options_are_one_line_config_errors(kwargs, match):
     with pytest.raises(ConfigError, match=r"^features\.context[.:] ?" + match) as err:
         ContextFeatures(**kwargs)
@@ -82,8 +86,9 @@ def test_bad_options_are_one_line_config_errors(kwargs, match):
 
 def test_bad_options_stop_a_run_before_any_work(tmp_path, tracking_uri):
     with pytest.raises(ConfigError, match=r"features.context.radii: .*got -2"):
-        cropseg.run(["features=context", "features.radii=[3,-2]", f"tracking.uri={tracking_uri}"],
-                    output_dir=tmp_path / "out")
+        cropseg.run(
+            ["features=context", "features.radii=[3,-2]", f"tracking.uri={tracking_uri}"], output_dir=tmp_path / "out"
+        )
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.tif"))
 
 
@@ -106,8 +111,13 @@ def scene_and_labels(tmp_path_factory):
     from cropseg.types import VectorGroundTruth
 
     meta = parse_metadata(tiny.metadata)
-    scene = Scene(name="train", path=tiny.image, gains=tuple(meta.gains(4)), nodata=0,
-                  ground_truth=VectorGroundTruth(tiny.ground_truth))
+    scene = Scene(
+        name="train",
+        path=tiny.image,
+        gains=tuple(meta.gains(4)),
+        nodata=0,
+        ground_truth=VectorGroundTruth(tiny.ground_truth),
+    )
     labeler = Registry.from_plugin_manager(get_plugin_manager()).create("labeler", "rasterize", {})
     return scene, labeler.label(scene, d / "labels.tif"), d
 
@@ -119,7 +129,7 @@ def _scene_features(scene: Scene, feats: ContextFeatures, block: int) -> np.ndar
         for w in iter_windows(grid.height, grid.width, block):
             f, valid = window_features(reader, feats, w, scene.band_names)
             r0, c0 = int(w.row_off), int(w.col_off)
-            out[:, r0:r0 + f.shape[1], c0:c0 + f.shape[2]] = np.where(valid, f, 0)
+            out[:, r0 : r0 + f.shape[1], c0 : c0 + f.shape[2]] = np.where(valid, f, 0)
     return out
 
 
@@ -143,8 +153,9 @@ def test_features_and_training_pixels_do_not_depend_on_the_block_size(scene_and_
     assert a.X.shape[1] == 45 and np.array_equal(a.X[oa], whole[:, a.rows[oa], a.cols[oa]].T)
 
 
-@pytest.mark.parametrize("name", ["knn", "random_forest", "hist_gradient_boosting", "logistic_regression",
-                                  "linear_svm", "mlp"])
+@pytest.mark.parametrize(
+    "name", ["knn", "random_forest", "hist_gradient_boosting", "logistic_regression", "linear_svm", "mlp"]
+)
 def test_every_classifier_fits_and_predicts_on_context_features(scene_and_labels, name):
     scene, labels, d = scene_and_labels
     feats = ContextFeatures()
@@ -166,14 +177,32 @@ def test_run_predict_and_served_rows(tmp_path, tiny_pair, tracking_uri, capfd):
     """features=context end to end: names logged, `cropseg predict` reproduces the run's test mask pixel for
     pixel from the logged model, and the pyfunc model refuses pixel rows with one clear message."""
     train, test = tiny_pair
-    result = cropseg.run([*local_overrides(train, test), "features=context", "features.radii=[4,2]",
-                          "features.include_indices=true", "block_size=24", f"tracking.uri={tracking_uri}"],
-                         output_dir=tmp_path / "out")
+    result = cropseg.run(
+        [
+            *local_overrides(train, test),
+            "features=context",
+            "features.radii=[4,2]",
+            "features.include_indices=true",
+            "block_size=24",
+            f"tracking.uri={tracking_uri}",
+        ],
+        output_dir=tmp_path / "out",
+    )
     client = MlflowClient(tracking_uri)
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
     names = run.data.params["features.names"].split(",")
-    assert names == ["blue", "green", "red", "nir", "ndvi", "ndvi_mean_r2", "ndvi_std_r2", "ndvi_mean_r4", "ndvi_std_r4"]
+    assert names == [
+        "blue",
+        "green",
+        "red",
+        "nir",
+        "ndvi",
+        "ndvi_mean_r2",
+        "ndvi_std_r2",
+        "ndvi_mean_r4",
+        "ndvi_std_r4",
+    ]
     spec = json.loads((result.output_dir / "model" / "pipeline.json").read_text())
     assert spec["features"]["name"] == "context" and spec["feature_names"] == names
 
@@ -181,8 +210,21 @@ def test_run_predict_and_served_rows(tmp_path, tiny_pair, tracking_uri, capfd):
     from cropseg.tracking.model import load_pipeline_model
 
     out = tmp_path / "pred"
-    code = main(["predict", f"runs:/{result.run_id}/model", str(test.image), "--metadata", str(test.metadata),
-                 "--output-dir", str(out), "--tracking-uri", tracking_uri, "--block-size", "40"])
+    code = main(
+        [
+            "predict",
+            f"runs:/{result.run_id}/model",
+            str(test.image),
+            "--metadata",
+            str(test.metadata),
+            "--output-dir",
+            str(out),
+            "--tracking-uri",
+            tracking_uri,
+            "--block-size",
+            "40",
+        ]
+    )
     assert code == 0, capfd.readouterr().err
     run_mask = Path(client.download_artifacts(result.run_id, "prediction/test_mask.tif", str(tmp_path / "dl")))
     with rasterio.open(run_mask) as a, rasterio.open(next(out.rglob("*mask.tif"))) as b:
@@ -200,7 +242,8 @@ def test_run_predict_and_served_rows(tmp_path, tiny_pair, tracking_uri, capfd):
     from mlflow.pyfunc import scoring_server
 
     with TestClient(scoring_server.init(loaded.pyfunc)) as http:
-        answer = http.post("/invocations", json={"dataframe_split": {"columns": list(BAND_NAMES),
-                                                                     "data": rows.to_numpy().tolist()}})
+        answer = http.post(
+            "/invocations", json={"dataframe_split": {"columns": list(BAND_NAMES), "data": rows.to_numpy().tolist()}}
+        )
     assert answer.status_code == 400
     assert "are spatial" in answer.json()["message"] and "cropseg predict" in answer.json()["message"]

@@ -48,9 +48,17 @@ def trained(tmp_path_factory):
     uri = f"sqlite:///{root / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
-        result = cropseg.run(["source.size=200", "train.max_per_class=3000", "classifier.k_grid=[3,5]",
-                              f"tracking.uri={uri}", f"tracking.register_model={REGISTERED}",
-                              f"cache_dir={root / 'cache'}"], output_dir=root / "train")
+        result = cropseg.run(
+            [
+                "source.size=200",
+                "train.max_per_class=3000",
+                "classifier.k_grid=[3,5]",
+                f"tracking.uri={uri}",
+                f"tracking.register_model={REGISTERED}",
+                f"cache_dir={root / 'cache'}",
+            ],
+            output_dir=root / "train",
+        )
     assert not (root / "mlruns").exists()  # the model went to the run's experiment, not a default file store
     client = MlflowClient(uri)
     run = client.get_run(result.run_id)
@@ -60,17 +68,30 @@ def trained(tmp_path_factory):
     assert logged.artifact_location.startswith((root / "mlartifacts").as_uri())
     test_id = run.data.tags["cropseg.test.scene_id"]
     cache = next((root / "cache" / "sample").glob("v*-200x200"))
-    return {"uri": uri, "root": root, "result": result, "run": run, "client": client,
-            "test_tif": cache / f"{test_id}_3B_AnalyticMS.tif",
-            "test_xml": cache / f"{test_id}_3B_AnalyticMS_metadata.xml"}
+    return {
+        "uri": uri,
+        "root": root,
+        "result": result,
+        "run": run,
+        "client": client,
+        "test_tif": cache / f"{test_id}_3B_AnalyticMS.tif",
+        "test_xml": cache / f"{test_id}_3B_AnalyticMS_metadata.xml",
+    }
 
 
 @pytest.fixture(scope="module")
 def new_scene(tmp_path_factory):
     """A different SYNTHETIC scene (another seed, ~20 km from the sample) with its survey ground truth."""
-    return generate_scene(tmp_path_factory.mktemp("new"), scene_id="20170602_180000_0007", seed=7, width=160,
-                          height=160, left=652000.0, top=4230000.0,
-                          acquired=datetime(2017, 6, 2, 18, 0, tzinfo=timezone.utc))
+    return generate_scene(
+        tmp_path_factory.mktemp("new"),
+        scene_id="20170602_180000_0007",
+        seed=7,
+        width=160,
+        height=160,
+        left=652000.0,
+        top=4230000.0,
+        acquired=datetime(2017, 6, 2, 18, 0, tzinfo=timezone.utc),
+    )
 
 
 def _read(path: Path) -> tuple[np.ndarray, dict]:
@@ -121,8 +142,9 @@ def test_run_logs_pyfunc_model_that_reproduces_the_mask(trained, tmp_path, monke
 
     # pixel rows through loaded.predict == the run's unfiltered classifier output at those pixels
     rows, rr, cc = _valid_rows(model.pipeline, trained["test_tif"], trained["test_xml"], 400)
-    raw = _read(Path(client.download_artifacts(run.info.run_id, "prediction/test_mask_raw.tif",
-                                               str(tmp_path / "dl"))))[0]
+    raw = _read(Path(client.download_artifacts(run.info.run_id, "prediction/test_mask_raw.tif", str(tmp_path / "dl"))))[
+        0
+    ]
     pred = loaded.predict(pd.DataFrame(rows, columns=BANDS))
     assert pred.dtype == np.int64 and set(np.unique(pred)) == {0, 1}
     assert np.array_equal(pred, raw[rr, cc])
@@ -155,9 +177,23 @@ def test_registered_version_carries_the_run_metrics(trained):
 def test_predict_new_scene_from_the_registry(trained, new_scene, tmp_path, capsys):
     uri = trained["uri"]
     out = tmp_path / "pred"
-    code = main(["predict", f"models:/{REGISTERED}/1", str(new_scene.analytic), "--metadata",
-                 str(new_scene.metadata_xml), "--ground-truth", str(new_scene.ground_truth), "--output-dir", str(out),
-                 "--tracking-uri", uri, "--block-size", "64"])
+    code = main(
+        [
+            "predict",
+            f"models:/{REGISTERED}/1",
+            str(new_scene.analytic),
+            "--metadata",
+            str(new_scene.metadata_xml),
+            "--ground-truth",
+            str(new_scene.ground_truth),
+            "--output-dir",
+            str(out),
+            "--tracking-uri",
+            uri,
+            "--block-size",
+            "64",
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert "crop area (polygons)" in printed and "classification report against" in printed
@@ -210,10 +246,18 @@ def test_predict_new_scene_from_the_registry(trained, new_scene, tmp_path, capsy
     assert run.data.params["parallel.backend"] == "dask"
     assert run.data.metrics["eval_weighted_avg_f1"] == pytest.approx(expected["weighted avg"]["f1-score"])
     assert run.data.metrics["crop_pixels"] == summary["crop_pixels"]
-    arts = {f.path for d in ("prediction", "segments", "reports", "labels") for f in client.list_artifacts(run.info.run_id, d)}
+    arts = {
+        f.path
+        for d in ("prediction", "segments", "reports", "labels")
+        for f in client.list_artifacts(run.info.run_id, d)
+    }
     arts |= {f.path for f in client.list_artifacts(run.info.run_id)}
-    assert {f"prediction/{mask_path.name}", f"segments/{seg_path.name}", "summary.json",
-            "reports/classification_report.txt"} <= arts
+    assert {
+        f"prediction/{mask_path.name}",
+        f"segments/{seg_path.name}",
+        "summary.json",
+        "reports/classification_report.txt",
+    } <= arts
     assert not list(tmp_path.glob(".pred.partial-*"))
 
 
@@ -221,15 +265,35 @@ def test_predict_serially_or_with_bad_parallel_options(trained, new_scene, tmp_p
     from cropseg.parallel import ParallelConfig
     from cropseg.predict import predict
 
-    res = predict(f"models:/{REGISTERED}/1", new_scene.analytic, metadata=new_scene.metadata_xml,
-                  tracking_uri=trained["uri"], output_dir=tmp_path / "serial", block=48,
-                  parallel=ParallelConfig(backend="serial"))
+    res = predict(
+        f"models:/{REGISTERED}/1",
+        new_scene.analytic,
+        metadata=new_scene.metadata_xml,
+        tracking_uri=trained["uri"],
+        output_dir=tmp_path / "serial",
+        block=48,
+        parallel=ParallelConfig(backend="serial"),
+    )
     model = load_pipeline_model(trained["uri"], f"models:/{REGISTERED}/1").pyfunc.unwrap_python_model()
     again = model.predict_scene(new_scene.analytic, tmp_path / "again.tif", metadata=new_scene.metadata_xml)
     assert np.array_equal(_read(res.outputs["mask"])[0], _read(again)[0])
     capfd.readouterr()  # the library calls' logging, not the command's output
-    line = _one_line(capfd, main(["predict", f"models:/{REGISTERED}/1", str(new_scene.analytic), "--workers", "0",
-                                  "--tracking-uri", trained["uri"], "--output-dir", str(tmp_path / "w0")]))
+    line = _one_line(
+        capfd,
+        main(
+            [
+                "predict",
+                f"models:/{REGISTERED}/1",
+                str(new_scene.analytic),
+                "--workers",
+                "0",
+                "--tracking-uri",
+                trained["uri"],
+                "--output-dir",
+                str(tmp_path / "w0"),
+            ]
+        ),
+    )
     assert "parallel.workers" in line
 
 
@@ -241,8 +305,14 @@ def test_predict_inside_an_aoi(trained, new_scene, tmp_path):
     aoi = shapely.box(west - 500, south + 90, west + 240, north + 500)  # the scene's left 80 columns, less 30 rows
     aoi_path = tmp_path / "aoi.geojson"
     gpd.GeoDataFrame(geometry=[aoi], crs=32610).to_crs(4326).to_file(aoi_path, driver="GeoJSON")
-    res = predict(f"models:/{REGISTERED}/1", new_scene.analytic, metadata=new_scene.metadata_xml, aoi=aoi_path,
-                  tracking_uri=trained["uri"], output_dir=tmp_path / "aoi-out")
+    res = predict(
+        f"models:/{REGISTERED}/1",
+        new_scene.analytic,
+        metadata=new_scene.metadata_xml,
+        aoi=aoi_path,
+        tracking_uri=trained["uri"],
+        output_dir=tmp_path / "aoi-out",
+    )
     mask, prof = _read(res.outputs["mask"])
     assert mask.shape == (130, 80)
     assert prof["transform"].c == west and prof["transform"].f == north
@@ -273,12 +343,36 @@ def test_mlflow_models_serve(trained, new_scene, tmp_path):
 
     port = _free_port()
     bindir = str(Path(sys.executable).parent)  # `--env-manager local` runs uvicorn from the environment
-    env = dict(os.environ, MLFLOW_TRACKING_URI=uri, PATH=bindir + os.pathsep + os.environ.get("PATH", ""),
-               MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false", CROPSEG_SERVE_MAX_ROWS="500")
+    env = dict(
+        os.environ,
+        MLFLOW_TRACKING_URI=uri,
+        PATH=bindir + os.pathsep + os.environ.get("PATH", ""),
+        MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false",
+        CROPSEG_SERVE_MAX_ROWS="500",
+    )
     log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{REGISTERED}/1",
-                             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)], env=env, cwd=tmp_path,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "models",
+            "serve",
+            "-m",
+            f"models:/{REGISTERED}/1",
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        env=env,
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -298,11 +392,16 @@ def test_mlflow_models_serve(trained, new_scene, tmp_path):
         with pytest.raises(urllib.error.HTTPError) as err:
             _post(base + "/invocations", {"dataframe_split": {"columns": ["blue", "green"], "data": [[0.1, 0.1]]}})
         assert err.value.code == 400
-        assert _post(base + "/invocations", {"dataframe_split": {"columns": BANDS, "data": rows[:3].tolist()}}) \
-            == {"predictions": local[:3].tolist()}
+        assert _post(base + "/invocations", {"dataframe_split": {"columns": BANDS, "data": rows[:3].tolist()}}) == {
+            "predictions": local[:3].tolist()
+        }
         # null / NaN / Infinity / 1e308: a 400 with cropseg's one-line reason naming the column and row
-        for bad, shown in ((None, "is null or NaN"), (float("nan"), "is null or NaN"), (float("inf"), "inf is not finite"),
-                           (1e308, "1e+308 is beyond float32 range")):
+        for bad, shown in (
+            (None, "is null or NaN"),
+            (float("nan"), "is null or NaN"),
+            (float("inf"), "inf is not finite"),
+            (1e308, "1e+308 is beyond float32 range"),
+        ):
             data = rows[:3].tolist()
             data[1][2] = bad
             with pytest.raises(urllib.error.HTTPError) as err:
@@ -316,8 +415,9 @@ def test_mlflow_models_serve(trained, new_scene, tmp_path):
         with pytest.raises(urllib.error.HTTPError) as err:
             _post(base + "/invocations", {"dataframe_split": {"columns": BANDS, "data": [rows[0].tolist()] * 501}})
         assert err.value.code == 400
-        assert json.loads(err.value.read())["message"] == ("pixel rows: 501 rows in one request, at most 500; send "
-                                                             "the rows in batches of up to 500")
+        assert json.loads(err.value.read())["message"] == (
+            "pixel rows: 501 rows in one request, at most 500; send the rows in batches of up to 500"
+        )
     finally:
         # SIGTERM to the `mlflow models serve` process alone (as a service manager sends it) stops the server
         proc.send_signal(signal.SIGTERM)
@@ -357,13 +457,27 @@ def _last_prediction_run(client: MlflowClient):
     return client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=1)[0]
 
 
-@pytest.mark.parametrize("model_uri", ["runs:/0123456789abcdef0123456789abcdef/model", "models:/no-such-model/1",
-                                       f"models:/{REGISTERED}/99"])
+@pytest.mark.parametrize(
+    "model_uri", ["runs:/0123456789abcdef0123456789abcdef/model", "models:/no-such-model/1", f"models:/{REGISTERED}/99"]
+)
 def test_missing_model_is_one_line(trained, new_scene, tmp_path, capfd, model_uri):
     out = tmp_path / "out"
-    line = _one_line(capfd, main(["predict", model_uri, str(new_scene.analytic), "--metadata",
-                                  str(new_scene.metadata_xml), "--output-dir", str(out), "--tracking-uri",
-                                  trained["uri"]]))
+    line = _one_line(
+        capfd,
+        main(
+            [
+                "predict",
+                model_uri,
+                str(new_scene.analytic),
+                "--metadata",
+                str(new_scene.metadata_xml),
+                "--output-dir",
+                str(out),
+                "--tracking-uri",
+                trained["uri"],
+            ]
+        ),
+    )
     assert model_uri in line and "cannot be loaded" in line
     assert not out.exists()
 
@@ -378,13 +492,23 @@ def _bad_scene_case(kind: str, tmp_path: Path, new_scene) -> tuple[list[str], st
     if kind == "aoi":
         far = tmp_path / "far.geojson"
         gpd.GeoDataFrame(geometry=[shapely.box(-100.0, 40.0, -99.9, 40.1)], crs=4326).to_file(far, driver="GeoJSON")
-        return [str(new_scene.analytic), "--metadata", str(new_scene.metadata_xml), "--aoi", str(far)], \
-            "does not overlap"
+        return [
+            str(new_scene.analytic),
+            "--metadata",
+            str(new_scene.metadata_xml),
+            "--aoi",
+            str(far),
+        ], "does not overlap"
     if kind == "no-metadata":
         return [str(new_scene.analytic)], "--metadata"
     if kind == "scheduler":  # nothing listens on port 9: the blocks cannot run
-        return [str(new_scene.analytic), "--metadata", str(new_scene.metadata_xml), "--scheduler",
-                "tcp://127.0.0.1:9"], "parallel.scheduler: cannot connect to tcp://127.0.0.1:9"
+        return [
+            str(new_scene.analytic),
+            "--metadata",
+            str(new_scene.metadata_xml),
+            "--scheduler",
+            "tcp://127.0.0.1:9",
+        ], "parallel.scheduler: cannot connect to tcp://127.0.0.1:9"
     raise AssertionError(kind)
 
 
@@ -392,8 +516,10 @@ def _bad_scene_case(kind: str, tmp_path: Path, new_scene) -> tuple[list[str], st
 def test_bad_scene_is_one_line_and_run_failed(trained, new_scene, tmp_path, capfd, kind):
     args, expected = _bad_scene_case(kind, tmp_path, new_scene)
     out = tmp_path / "out"
-    line = _one_line(capfd, main(["predict", f"models:/{REGISTERED}/1", *args, "--output-dir", str(out),
-                                  "--tracking-uri", trained["uri"]]))
+    line = _one_line(
+        capfd,
+        main(["predict", f"models:/{REGISTERED}/1", *args, "--output-dir", str(out), "--tracking-uri", trained["uri"]]),
+    )
     assert expected in line, line
     _no_results(out)
     assert (out / "FAILED.txt").is_file()
@@ -404,8 +530,10 @@ def test_bad_scene_is_one_line_and_run_failed(trained, new_scene, tmp_path, capf
 
 def test_register_without_model_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="tracking.register_model"):
-        cropseg.run(["tracking.log_model=false", "tracking.register_model=x",
-                     f"tracking.uri=sqlite:///{tmp_path / 'm.db'}"], output_dir=tmp_path / "o")
+        cropseg.run(
+            ["tracking.log_model=false", "tracking.register_model=x", f"tracking.uri=sqlite:///{tmp_path / 'm.db'}"],
+            output_dir=tmp_path / "o",
+        )
     assert not (tmp_path / "m.db").exists()
 
 
@@ -415,8 +543,19 @@ def test_register_without_model_is_a_config_error(tmp_path):
 
 
 def _predict_args(trained, new_scene, out: Path, *extra: str) -> list[str]:
-    return ["predict", f"models:/{REGISTERED}/1", str(new_scene.analytic), "--metadata", str(new_scene.metadata_xml),
-            "--output-dir", str(out), "--tracking-uri", trained["uri"], "--serial", *extra]
+    return [
+        "predict",
+        f"models:/{REGISTERED}/1",
+        str(new_scene.analytic),
+        "--metadata",
+        str(new_scene.metadata_xml),
+        "--output-dir",
+        str(out),
+        "--tracking-uri",
+        trained["uri"],
+        "--serial",
+        *extra,
+    ]
 
 
 def test_predict_scores_against_a_class_raster_as_against_the_polygons(trained, new_scene, tmp_path, capsys):
@@ -438,8 +577,10 @@ def test_predict_scores_against_a_class_raster_as_against_the_polygons(trained, 
     support = ras["evaluation"]["report"]["crop"]["support"]
     assert isinstance(support, int) and f" {support}\n" in printed  # supports print as integers
     run = trained["client"].get_run(_last_prediction_run(trained["client"]).info.run_id)
-    logged = {(i.dataset.name.split()[1], next(t.value for t in i.tags if t.key == "mlflow.data.context"))
-              for i in run.inputs.dataset_inputs}
+    logged = {
+        (i.dataset.name.split()[1], next(t.value for t in i.tags if t.key == "mlflow.data.context"))
+        for i in run.inputs.dataset_inputs
+    }
     assert logged == {("scene", "prediction"), ("ground", "prediction")}
 
 

@@ -19,8 +19,9 @@ DIST, VERSION = "cropseg-nearest-centroid", "0.1.0"
 
 
 def cropseg_cli(args, cwd, env):
-    return subprocess.run([sys.executable, "-m", "cropseg.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "cropseg.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_installed_and_registered_with_its_distribution(example_plugin):
@@ -63,9 +64,14 @@ def test_cli_runs_it_by_name(example_plugin, tmp_path, tiny_pair, cli_env, track
 
 @pytest.mark.slow
 def test_its_own_conformance_suite_passes(example_plugin, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           str(example_plugin.source / "tests")],
-                          cwd=tmp_path, env=example_plugin.env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(example_plugin.source / "tests")],
+        cwd=tmp_path,
+        env=example_plugin.env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "8 passed" in proc.stdout
 

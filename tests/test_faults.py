@@ -28,16 +28,33 @@ from pyproj import Transformer
 from cropseg.cli import main
 from cropseg.testing import TinyScene, local_overrides, write_tiny_scene
 
-RESULT_FILES = ("metrics.json", "prediction/test_mask.tif", "prediction/test_mask_raw.tif",
-                "segments/test_segments.geojson", "model")
+RESULT_FILES = (
+    "metrics.json",
+    "prediction/test_mask.tif",
+    "prediction/test_mask_raw.tif",
+    "segments/test_segments.geojson",
+    "model",
+)
 
 
 # -- files --------------------------------------------------------------------------------------------
 
 
 def _copy_scene(src: TinyScene, image: Path) -> TinyScene:
-    return TinyScene(image, src.metadata, src.ground_truth, src.width, src.height, src.left, src.top, src.res,
-                     src.crop_boxes, src.hole_box, src.noncrop_box, src.nodata_cols_from)
+    return TinyScene(
+        image,
+        src.metadata,
+        src.ground_truth,
+        src.width,
+        src.height,
+        src.left,
+        src.top,
+        src.res,
+        src.crop_boxes,
+        src.hole_box,
+        src.noncrop_box,
+        src.nodata_cols_from,
+    )
 
 
 def _rewrite(src: Path, dst: Path, fn, dtype: str | None = None) -> Path:
@@ -106,8 +123,17 @@ def files(tmp_path_factory):
     shutil.copy(train.image, trunc)
     os.truncate(trunc, trunc.stat().st_size * 6 // 10)
     f["truncated"] = trunc
-    with rasterio.open(d / "udm_small.tif", "w", driver="GTiff", width=32, height=32, count=1, dtype="uint8",
-                       crs="EPSG:32610", transform=rasterio.transform.from_origin(train.left, train.top, 3, 3)) as dst:
+    with rasterio.open(
+        d / "udm_small.tif",
+        "w",
+        driver="GTiff",
+        width=32,
+        height=32,
+        count=1,
+        dtype="uint8",
+        crs="EPSG:32610",
+        transform=rasterio.transform.from_origin(train.left, train.top, 3, 3),
+    ) as dst:
         dst.write(np.ones((1, 32, 32), dtype=np.uint8))
     f["udm_small"] = d / "udm_small.tif"
 
@@ -118,8 +144,14 @@ def files(tmp_path_factory):
     nan_feats = json.loads(json.dumps(feats))
     nan_feats[0]["geometry"]["coordinates"][0][1] = [float("nan"), float("nan")]
     f["gt_nan"] = _fc(d / "nan_coords.geojson", nan_feats)
-    points = [{"type": "Feature", "properties": p["properties"],
-               "geometry": {"type": "Point", "coordinates": p["geometry"]["coordinates"][0][0]}} for p in feats]
+    points = [
+        {
+            "type": "Feature",
+            "properties": p["properties"],
+            "geometry": {"type": "Point", "coordinates": p["geometry"]["coordinates"][0][0]},
+        }
+        for p in feats
+    ]
     f["gt_points"] = _fc(d / "points.geojson", points)
     utm = _map_coords(feats, to_utm.transform)
     f["gt_projected_as_lonlat"] = _fc(d / "projected_as_lonlat.geojson", utm)
@@ -131,8 +163,17 @@ def files(tmp_path_factory):
     x1, y1 = train.xy(8, 8)
     to_ll = Transformer.from_crs("EPSG:32610", "EPSG:4326", always_xy=True)
     bowtie = [list(to_ll.transform(x, y)) for x, y in ((x0, y0), (x1, y1), (x1, y0), (x0, y1), (x0, y0))]
-    f["gt_bowtie"] = _fc(d / "bowtie.geojson", [*feats, {"type": "Feature", "properties": {"CLASS1": "F"},
-                                                          "geometry": {"type": "Polygon", "coordinates": [bowtie]}}])
+    f["gt_bowtie"] = _fc(
+        d / "bowtie.geojson",
+        [
+            *feats,
+            {
+                "type": "Feature",
+                "properties": {"CLASS1": "F"},
+                "geometry": {"type": "Polygon", "coordinates": [bowtie]},
+            },
+        ],
+    )
     f["bad_db"] = d / "not_sqlite.db"
     f["bad_db"].write_bytes(b"this is not an SQLite database\n" * 64)
     f["a_file"] = d / "a_file.txt"
@@ -171,8 +212,13 @@ def _experiment(request) -> str:
 
 
 def _args(files, *extra: str, out: Path | None = None) -> list[str]:
-    return [*local_overrides(files["train"], files["test"]), "train.max_per_class=300",
-            f"tracking.experiment={EXPERIMENT}", *([f"output_dir={out}"] if out else []), *extra]
+    return [
+        *local_overrides(files["train"], files["test"]),
+        "train.max_per_class=300",
+        f"tracking.experiment={EXPERIMENT}",
+        *([f"output_dir={out}"] if out else []),
+        *extra,
+    ]
 
 
 def _set(args: list[str], key: str, value) -> list[str]:
@@ -313,11 +359,15 @@ def test_unreachable_scheduler_is_noticed_before_loading(env, capfd, files, trac
     assert run_statuses(tracking_uri) == ["FAILED"] and not (out / "labels").exists()
 
 
-@pytest.mark.parametrize("key,role,expect", [
-    ("all_nodata", "train", ["all_nodata.tif", "no valid labelled pixel"]),
-    ("sparse", "test", ["sparse.tif", "3 valid labelled pixel(s), fewer than 5"]),
-    ("truncated", "train", ["truncated.tif", "cannot read pixels"]),
-], ids=["all_nodata", "test_under_5_pixels", "truncated"])
+@pytest.mark.parametrize(
+    "key,role,expect",
+    [
+        ("all_nodata", "train", ["all_nodata.tif", "no valid labelled pixel"]),
+        ("sparse", "test", ["sparse.tif", "3 valid labelled pixel(s), fewer than 5"]),
+        ("truncated", "train", ["truncated.tif", "cannot read pixels"]),
+    ],
+    ids=["all_nodata", "test_under_5_pixels", "truncated"],
+)
 def test_unusable_scene_names_the_input_file(env, capfd, files, tracking_uri, key, role, expect):
     out = env / "out"
     line = one_line_error(capfd, main(_set(_args(files, out=out), f"source.{role}_image", files[key])))
@@ -359,12 +409,19 @@ def awkward_run(files, store, tmp_path_factory):
 
     d = tmp_path_factory.mktemp("awkward")
     uri = store
-    args = _set(_set(_args(files, out=d / "out"), "source.train_image", files["nan"]),
-                "source.test_ground_truth", files["gt_utm"])
+    args = _set(
+        _set(_args(files, out=d / "out"), "source.train_image", files["nan"]),
+        "source.test_ground_truth",
+        files["gt_utm"],
+    )
     args = _set(args, "tracking.experiment", "faults-awkward")
     args = _set(args, "source.train_ground_truth", files["gt_bowtie"])
-    args += [f"tracking.uri={uri}", f"cache_dir={d / 'cache'}", "postprocessor.median_blur.kernel=1001",
-             "tracking.log_model=true"]
+    args += [
+        f"tracking.uri={uri}",
+        f"cache_dir={d / 'cache'}",
+        "postprocessor.median_blur.kernel=1001",
+        "tracking.log_model=true",
+    ]
     records: list[str] = []
 
     class Keep(logging.Handler):
@@ -399,8 +456,20 @@ def test_nan_pixels_a_utm_ground_truth_and_a_bowtie_run_to_finished(awkward_run)
 @pytest.mark.slow
 def test_cropseg_predict_marks_nan_pixels_255(awkward_run, files, tmp_path, capfd):
     result, uri, _ = awkward_run
-    code = main(["predict", result.model_uri, str(files["nan"]), "--metadata", str(files["train"].metadata),
-                 "--tracking-uri", uri, "--output-dir", str(tmp_path / "pred"), "--serial"])
+    code = main(
+        [
+            "predict",
+            result.model_uri,
+            str(files["nan"]),
+            "--metadata",
+            str(files["train"].metadata),
+            "--tracking-uri",
+            uri,
+            "--output-dir",
+            str(tmp_path / "pred"),
+            "--serial",
+        ]
+    )
     assert code == 0, capfd.readouterr().err[-3000:]
     mask = next((tmp_path / "pred" / "prediction").glob("*_mask.tif"))
     with rasterio.open(mask) as src:
@@ -412,9 +481,20 @@ def test_cropseg_predict_marks_nan_pixels_255(awkward_run, files, tmp_path, capf
 @pytest.mark.slow
 def test_cropseg_predict_on_a_truncated_scene_is_one_line(awkward_run, files, tmp_path, capfd):
     result, uri, _ = awkward_run
-    code = main(["predict", result.model_uri, str(files["truncated"]), "--metadata", str(files["train"].metadata),
-                 "--tracking-uri", uri,
-                 "--output-dir", str(tmp_path / "pred"), "--serial"])
+    code = main(
+        [
+            "predict",
+            result.model_uri,
+            str(files["truncated"]),
+            "--metadata",
+            str(files["train"].metadata),
+            "--tracking-uri",
+            uri,
+            "--output-dir",
+            str(tmp_path / "pred"),
+            "--serial",
+        ]
+    )
     line = one_line_error(capfd, code)
     assert "truncated.tif" in line and "cannot read pixels" in line
     assert not (tmp_path / "pred" / "prediction").exists()
@@ -426,11 +506,26 @@ def test_cropseg_predict_destinations_are_one_line(awkward_run, files, tmp_path,
     result, uri, _ = awkward_run
     out = files["a_file"] if fault == "output_is_a_file" else tmp_path / "pred"
     store = f"sqlite:///{files['bad_db']}" if fault == "corrupt_store" else uri
-    code = main(["predict", result.model_uri, str(files["nan"]), "--metadata", str(files["train"].metadata),
-                 "--tracking-uri", store, "--output-dir", str(out), "--serial"])
+    code = main(
+        [
+            "predict",
+            result.model_uri,
+            str(files["nan"]),
+            "--metadata",
+            str(files["train"].metadata),
+            "--tracking-uri",
+            store,
+            "--output-dir",
+            str(out),
+            "--serial",
+        ]
+    )
     line = one_line_error(capfd, code)
-    assert ("a_file.txt" in line and "is a file" in line) if fault == "output_is_a_file" else \
-        ("not_sqlite.db" in line and "not a readable SQLite database" in line)
+    assert (
+        ("a_file.txt" in line and "is a file" in line)
+        if fault == "output_is_a_file"
+        else ("not_sqlite.db" in line and "not a readable SQLite database" in line)
+    )
 
 
 @pytest.mark.slow
@@ -439,8 +534,11 @@ def test_same_scene_as_train_and_test_is_a_warning_and_a_tag(env, files, trackin
     FINISHED, and the reuse is a warning in the log and an MLflow tag."""
     from cropseg import run
 
-    args = _set(_set(_args(files, out=env / "out"), "source.train_image", files["constant"]),
-                "source.test_image", files["constant"])
+    args = _set(
+        _set(_args(files, out=env / "out"), "source.train_image", files["constant"]),
+        "source.test_image",
+        files["constant"],
+    )
     result = run([*args, "tracking.log_model=false", "postprocessor=[median_blur]"])
     tags = MlflowClient(tracking_uri).get_run(result.run_id).data.tags
     assert MlflowClient(tracking_uri).get_run(result.run_id).info.status == "FINISHED"
@@ -464,8 +562,14 @@ def test_one_line_contract_in_a_real_subprocess(tmp_path, files, cli_env, store,
         args.append(f"tracking.uri=sqlite:///{files['bad_db']}")
     else:
         args = _set(args, "source.test_ground_truth", files["gt_unknown_crs"])
-    proc = subprocess.run([sys.executable, "-m", "cropseg.cli", *args], cwd=tmp_path, env=cli_env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cropseg.cli", *args],
+        cwd=tmp_path,
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("cropseg: error:")]

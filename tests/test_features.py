@@ -17,8 +17,7 @@ from cropseg_plugins.bands import BandFeatures
 from cropseg_plugins.indices import IndexFeatures
 
 # (bands, h=1, w=3): vegetation, bare soil, a nodata pixel (all zero)
-REFL = np.array([[[0.05, 0.12, 0.0]], [[0.08, 0.15, 0.0]], [[0.05, 0.19, 0.0]], [[0.40, 0.25, 0.0]]],
-                dtype=np.float32)
+REFL = np.array([[[0.05, 0.12, 0.0]], [[0.08, 0.15, 0.0]], [[0.05, 0.19, 0.0]], [[0.40, 0.25, 0.0]]], dtype=np.float32)
 
 
 def test_bands_are_the_reflectance():
@@ -60,15 +59,20 @@ def test_indices_only_and_a_subset():
     assert f.names(BAND_NAMES) == ["ndwi", "ndvi"]
     out = f.compute(REFL, BAND_NAMES)
     assert out.shape == (2, 1, 3)
-    np.testing.assert_allclose(out[1], IndexFeatures(indices=["ndvi"], include_bands=False).compute(REFL, BAND_NAMES)[0])
+    np.testing.assert_allclose(
+        out[1], IndexFeatures(indices=["ndvi"], include_bands=False).compute(REFL, BAND_NAMES)[0]
+    )
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"indices": ["ndvi", "evi"]}, "evi"),
-    ({"indices": [], "include_bands": False}, "no features"),
-    ({"indices": ["ndvi", "ndvi"]}, "twice"),
-    ({"savi_l": -1}, "savi_l"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"indices": ["ndvi", "evi"]}, "evi"),
+        ({"indices": [], "include_bands": False}, "no features"),
+        ({"indices": ["ndvi", "ndvi"]}, "twice"),
+        ({"savi_l": -1}, "savi_l"),
+    ],
+)
 def test_bad_index_options(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         IndexFeatures(**kwargs)
@@ -83,8 +87,15 @@ def test_pipeline_trains_and_predicts_on_the_configured_features(tmp_path, tiny_
     """features=indices: the classifier is fitted on 8 named features and predicts the test scene on the
     same 8 (a 4-feature prediction would fail in scikit-learn), names logged and saved with the model."""
     train, test = tiny_pair
-    result = cropseg.run([*local_overrides(train, test), "features=indices", "features.indices=[ndvi,sr]",
-                          f"tracking.uri={tracking_uri}"], output_dir=tmp_path / "out")
+    result = cropseg.run(
+        [
+            *local_overrides(train, test),
+            "features=indices",
+            "features.indices=[ndvi,sr]",
+            f"tracking.uri={tracking_uri}",
+        ],
+        output_dir=tmp_path / "out",
+    )
     run = MlflowClient(tracking_uri).get_run(result.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["features.names"] == "blue,green,red,nir,ndvi,sr"

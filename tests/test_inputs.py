@@ -41,8 +41,9 @@ TO_UTM = Transformer.from_crs("EPSG:4326", "EPSG:32610", always_xy=True)
 
 def test_parse_synthetic_metadata(tmp_path):
     coefs = (1.5e-05, 2.25e-05, 3.125e-05, 4.0625e-05)
-    path = write_planet_metadata(tmp_path / "m.xml", "20170601_180425_abcd", coefficients=coefs, epsg=32611,
-                                 acquired="2017-06-01T18:04:25+00:00")
+    path = write_planet_metadata(
+        tmp_path / "m.xml", "20170601_180425_abcd", coefficients=coefs, epsg=32611, acquired="2017-06-01T18:04:25+00:00"
+    )
     meta = parse_metadata(path)
     assert meta.path == path
     assert meta.identifier == "20170601_180425_abcd_3B_AnalyticMS"
@@ -87,12 +88,16 @@ def test_parse_seed_metadata(seed_data, role):
     assert gains != other.gains() and meta.scene_id != other.scene_id
 
 
-@pytest.mark.parametrize("content", [
-    '<?xml version="1.0"?><root><a>1</a></root>',
-    '<?xml version="1.0"?><kml xmlns="http://www.opengis.net/kml/2.2"><Document/></kml>',
-    "this is not xml at all <",
-    "",
-], ids=["other_xml", "kml", "not_xml", "empty"])
+@pytest.mark.parametrize(
+    "content",
+    [
+        '<?xml version="1.0"?><root><a>1</a></root>',
+        '<?xml version="1.0"?><kml xmlns="http://www.opengis.net/kml/2.2"><Document/></kml>',
+        "this is not xml at all <",
+        "",
+    ],
+    ids=["other_xml", "kml", "not_xml", "empty"],
+)
 def test_non_planet_xml_is_an_input_file_error(tmp_path, content):
     path = tmp_path / "other.xml"
     path.write_text(content)
@@ -156,8 +161,17 @@ def blank_scene_over(aoi: shapely.Geometry, path: Path, res: float = 30.0) -> Pa
     west, north = np.floor(west / res) * res, np.ceil(north / res) * res
     width = int(np.ceil((east - west) / res))
     height = int(np.ceil((north - south) / res))
-    with rasterio.open(path, "w", driver="GTiff", width=width, height=height, count=4, dtype="uint16",
-                       crs="EPSG:32610", transform=from_origin(west, north, res, res)) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=width,
+        height=height,
+        count=4,
+        dtype="uint16",
+        crs="EPSG:32610",
+        transform=from_origin(west, north, res, res),
+    ) as dst:
         dst.write(np.full((4, height, width), 1000, dtype=np.uint16))
     return path
 
@@ -205,8 +219,9 @@ def aoi_file(path: Path, tiny, r0, r1, c0, c1) -> Path:
 
 def test_local_two_files_with_scale(tmp_path, pair):
     train, test = pair
-    src = LocalSource(train_image=str(train.image), test_image=str(test.image), ground_truth=str(train.ground_truth),
-                      scale=2e-4)
+    src = LocalSource(
+        train_image=str(train.image), test_image=str(test.image), ground_truth=str(train.ground_truth), scale=2e-4
+    )
     ss = src.load(tmp_path / "cache")
     assert isinstance(ss, SceneSet) and ss.synthetic is False
     assert (ss.train.path, ss.test.path) == (train.image, test.image)
@@ -226,8 +241,12 @@ def test_local_metadata_xml_gains_are_used(tmp_path, pair):
     train, test = pair
     coefs = (1e-05, 2e-05, 3e-05, 4e-05)
     xml = write_planet_metadata(tmp_path / "custom_metadata.xml", "20160831_180231_0e0e", coefficients=coefs)
-    src = LocalSource(train_image=str(train.image), test_image=str(test.image), train_metadata=str(xml),
-                      ground_truth=str(train.ground_truth))
+    src = LocalSource(
+        train_image=str(train.image),
+        test_image=str(test.image),
+        train_metadata=str(xml),
+        ground_truth=str(train.ground_truth),
+    )
     ss = src.load(tmp_path / "cache")
     assert ss.train.gains == coefs
     assert ss.train.metadata["scene_id"] == "20160831_180231_0e0e"
@@ -246,8 +265,14 @@ def test_local_band_order_selects_the_matching_coefficients(tmp_path, pair):
     train, test = pair
     coefs = (1e-05, 2e-05, 3e-05, 4e-05)
     xml = write_planet_metadata(tmp_path / "m.xml", "x", coefficients=coefs)
-    ss = LocalSource(train_image=str(train.image), test_image=str(test.image), train_metadata=str(xml),
-                     test_metadata=str(xml), bands=(4, 3, 2, 1), ground_truth=str(train.ground_truth)).load(tmp_path)
+    ss = LocalSource(
+        train_image=str(train.image),
+        test_image=str(test.image),
+        train_metadata=str(xml),
+        test_metadata=str(xml),
+        bands=(4, 3, 2, 1),
+        ground_truth=str(train.ground_truth),
+    ).load(tmp_path)
     assert ss.train.bands == (4, 3, 2, 1)
     assert ss.train.gains == (4e-05, 3e-05, 2e-05, 1e-05)
 
@@ -256,8 +281,9 @@ def test_local_one_image_two_aois(tmp_path, pair):
     tiny, _ = pair
     train_aoi = aoi_file(tmp_path / "aoi_train.geojson", tiny, 0, 32, 0, 64)
     test_aoi = aoi_file(tmp_path / "aoi_test.geojson", tiny, 32, 64, 0, 64)
-    ss = LocalSource(image=str(tiny.image), train_aoi=str(train_aoi), test_aoi=str(test_aoi),
-                     ground_truth=str(tiny.ground_truth)).load(tmp_path / "cache")
+    ss = LocalSource(
+        image=str(tiny.image), train_aoi=str(train_aoi), test_aoi=str(test_aoi), ground_truth=str(tiny.ground_truth)
+    ).load(tmp_path / "cache")
     assert ss.train.path == ss.test.path == tiny.image
     assert ss.train.window == Window(0, 0, 64, 32)
     assert ss.test.window == Window(0, 32, 64, 32)
@@ -271,8 +297,11 @@ def test_local_one_image_two_aois(tmp_path, pair):
     res = RasterizeLabeler().label(ss.train, tmp_path / "train_labels.tif")
     (r0, r1, c0, c1), (h0, h1, h2, h3) = tiny.crop_boxes[0], tiny.hole_box
     assert r1 <= 32
-    assert res.counts == {"crop": (r1 - r0) * (c1 - c0) - (h1 - h0) * (h3 - h2), "ignore": 32 * 8,
-                          "noncrop": 32 * 64 - 640 - 256}
+    assert res.counts == {
+        "crop": (r1 - r0) * (c1 - c0) - (h1 - h0) * (h3 - h2),
+        "ignore": 32 * 8,
+        "noncrop": 32 * 64 - 640 - 256,
+    }
     with rasterio.open(res.path) as f:
         assert (f.height, f.width) == (32, 64)
         assert f.transform == ss.train.grid.transform
@@ -282,8 +311,9 @@ def test_local_aoi_partly_outside_the_image_is_clipped(tmp_path, pair):
     tiny, _ = pair
     train_aoi = aoi_file(tmp_path / "aoi_train.geojson", tiny, -20, 16, 40, 100)
     test_aoi = aoi_file(tmp_path / "aoi_test.geojson", tiny, 32, 64, 0, 64)
-    ss = LocalSource(image=str(tiny.image), train_aoi=str(train_aoi), test_aoi=str(test_aoi),
-                     ground_truth=str(tiny.ground_truth)).load(tmp_path / "cache")
+    ss = LocalSource(
+        image=str(tiny.image), train_aoi=str(train_aoi), test_aoi=str(test_aoi), ground_truth=str(tiny.ground_truth)
+    ).load(tmp_path / "cache")
     assert ss.train.window == Window(40, 0, 24, 16)
 
 
@@ -292,8 +322,9 @@ def test_local_aoi_outside_the_image(tmp_path, pair):
     far = aoi_file(tmp_path / "far.geojson", tiny, 1000, 1100, 1000, 1100)
     test_aoi = aoi_file(tmp_path / "aoi_test.geojson", tiny, 32, 64, 0, 64)
     with pytest.raises(InputFileError) as exc:
-        LocalSource(image=str(tiny.image), train_aoi=str(far), test_aoi=str(test_aoi),
-                    ground_truth=str(tiny.ground_truth)).load(tmp_path / "cache")
+        LocalSource(
+            image=str(tiny.image), train_aoi=str(far), test_aoi=str(test_aoi), ground_truth=str(tiny.ground_truth)
+        ).load(tmp_path / "cache")
     assert str(far) in str(exc.value)
 
 
@@ -303,8 +334,9 @@ def test_local_three_band_image_is_a_raster_format_error(tmp_path, pair):
     with rasterio.open(three.image) as f:
         assert f.count == 3
     with pytest.raises(RasterFormatError) as exc:
-        LocalSource(train_image=str(train.image), test_image=str(three.image),
-                    ground_truth=str(train.ground_truth)).load(tmp_path / "cache")
+        LocalSource(
+            train_image=str(train.image), test_image=str(three.image), ground_truth=str(train.ground_truth)
+        ).load(tmp_path / "cache")
     assert str(three.image) in str(exc.value)
     assert "3" in str(exc.value)
 
@@ -326,11 +358,26 @@ def test_local_missing_file_names_the_file(tmp_path, pair, option):
 def test_local_raster_ground_truth(tmp_path, pair):
     train, test = pair
     gt = tmp_path / "classes.tif"
-    with rasterio.open(gt, "w", driver="GTiff", width=64, height=64, count=1, dtype="uint8", crs="EPSG:32610",
-                       transform=from_origin(train.left, train.top, 3.0, 3.0), nodata=0) as dst:
+    with rasterio.open(
+        gt,
+        "w",
+        driver="GTiff",
+        width=64,
+        height=64,
+        count=1,
+        dtype="uint8",
+        crs="EPSG:32610",
+        transform=from_origin(train.left, train.top, 3.0, 3.0),
+        nodata=0,
+    ) as dst:
         dst.write(np.full((1, 64, 64), 2, dtype=np.uint8))
-    ss = LocalSource(train_image=str(train.image), test_image=str(test.image), ground_truth=str(gt),
-                     crop_values=[1, "5"], ignore_values=[3]).load(tmp_path / "cache")
+    ss = LocalSource(
+        train_image=str(train.image),
+        test_image=str(test.image),
+        ground_truth=str(gt),
+        crop_values=[1, "5"],
+        ignore_values=[3],
+    ).load(tmp_path / "cache")
     assert ss.train.ground_truth == RasterGroundTruth(gt, (1, 5), (3,))
     with pytest.raises(ConfigError, match="crop_values"):
         LocalSource(train_image=str(train.image), test_image=str(test.image), ground_truth=str(gt)).load(tmp_path)
@@ -338,18 +385,27 @@ def test_local_raster_ground_truth(tmp_path, pair):
 
 def test_local_role_ground_truth_overrides_the_shared_one(tmp_path, pair):
     train, test = pair
-    ss = LocalSource(train_image=str(train.image), test_image=str(test.image), ground_truth=str(train.ground_truth),
-                     test_ground_truth=str(test.ground_truth), uncovered="ignore", attribute="CLASS1",
-                     crop_values=["F"]).load(tmp_path)
+    ss = LocalSource(
+        train_image=str(train.image),
+        test_image=str(test.image),
+        ground_truth=str(train.ground_truth),
+        test_ground_truth=str(test.ground_truth),
+        uncovered="ignore",
+        attribute="CLASS1",
+        crop_values=["F"],
+    ).load(tmp_path)
     assert ss.train.ground_truth == VectorGroundTruth(train.ground_truth, "CLASS1", ("F",), None, "ignore")
     assert ss.test.ground_truth.path == test.ground_truth
 
 
-@pytest.mark.parametrize("opts,match", [
-    ({"uncovered": "maybe"}, "uncovered"),
-    ({"bands": (1, 2, 3)}, "bands"),
-    ({"scale": 0}, "scale"),
-])
+@pytest.mark.parametrize(
+    "opts,match",
+    [
+        ({"uncovered": "maybe"}, "uncovered"),
+        ({"bands": (1, 2, 3)}, "bands"),
+        ({"scale": 0}, "scale"),
+    ],
+)
 def test_local_bad_options(opts, match):
     with pytest.raises(ConfigError, match=match):
         LocalSource(**opts)

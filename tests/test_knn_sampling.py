@@ -124,14 +124,16 @@ def test_knn_is_deterministic_under_a_seed():
     assert dict(fa.params) == dict(fb.params)
     timing = ("cv_seconds", "refit_seconds")
     assert {k: v for k, v in fa.metrics.items() if k not in timing} == {
-        k: v for k, v in fb.metrics.items() if k not in timing}
+        k: v for k, v in fb.metrics.items() if k not in timing
+    }
     np.testing.assert_array_equal(a.predict(Xt), b.predict(Xt))
 
 
 def test_knn_seed_changes_the_cv_folds():
     X, y = blobs(100, seed=5, sep=1.5)
-    scores = {KNNClassifier(k_grid=K_GRID, n_jobs=1, seed=s, cv="random").fit(X, y).metrics["cv_score"]
-              for s in range(4)}
+    scores = {
+        KNNClassifier(k_grid=K_GRID, n_jobs=1, seed=s, cv="random").fit(X, y).metrics["cv_score"] for s in range(4)
+    }
     assert len(scores) > 1
 
 
@@ -146,15 +148,18 @@ def test_knn_fitted_model_is_picklable():
     np.testing.assert_allclose(proba.sum(axis=1), 1.0)
 
 
-@pytest.mark.parametrize("opts", [
-    {"k_grid": []},
-    {"k_grid": [0, 3]},
-    {"k_grid": [-1]},
-    {"cv": "loo"},
-    {"weights": "gaussian"},
-    {"cv_folds": 1},
-    {"scoring": "f1_wieghted"},
-])
+@pytest.mark.parametrize(
+    "opts",
+    [
+        {"k_grid": []},
+        {"k_grid": [0, 3]},
+        {"k_grid": [-1]},
+        {"cv": "loo"},
+        {"weights": "gaussian"},
+        {"cv_folds": 1},
+        {"scoring": "f1_wieghted"},
+    ],
+)
 def test_knn_bad_options(opts):
     with pytest.raises(ConfigError):
         KNNClassifier(**opts)
@@ -170,8 +175,9 @@ def labelled(tmp_path_factory):
     """A tiny scene and its rasterize labels (880 crop, 2704 non-crop, 512 ignored pixels)."""
     d = tmp_path_factory.mktemp("sampling")
     tiny = write_tiny_scene(d, seed=3)
-    scene = Scene(name="t", path=tiny.image, gains=TINY_COEFFICIENTS, nodata=0,
-                  ground_truth=VectorGroundTruth(tiny.ground_truth))
+    scene = Scene(
+        name="t", path=tiny.image, gains=TINY_COEFFICIENTS, nodata=0, ground_truth=VectorGroundTruth(tiny.ground_truth)
+    )
     labels = RasterizeLabeler().label(scene, d / "labels.tif")
     with rasterio.open(labels.path) as src:
         lab = src.read(1)
@@ -258,7 +264,7 @@ def test_sampled_pixels_train_a_knn_that_separates_the_tiny_scene(labelled):
     fit = KNNClassifier(k_grid=(3, 5), n_jobs=1, cv="spatial").fit(ts.X, ts.y, ts.groups)
     assert fit.params["k"] in (3, 5) and fit.metrics["cv_score"] > 0.95
     valid = lab != 255
-    X = (dn[:, valid].T.astype(np.float32) * np.asarray(TINY_COEFFICIENTS, dtype=np.float32))
+    X = dn[:, valid].T.astype(np.float32) * np.asarray(TINY_COEFFICIENTS, dtype=np.float32)
     pred = KNNClassifier(k_grid=3, n_jobs=1, cv="none")
     pred.fit(ts.X, ts.y)
     assert np.mean(pred.predict(X) == lab[valid]) > 0.99

@@ -57,7 +57,7 @@ def crop_truth(tiny, *, fill_hole: bool = False) -> np.ndarray:
 
 def nodata_mask(tiny) -> np.ndarray:
     m = np.zeros((tiny.height, tiny.width), dtype=bool)
-    m[:, tiny.nodata_cols_from:] = True
+    m[:, tiny.nodata_cols_from :] = True
     return m
 
 
@@ -69,8 +69,11 @@ def expected_labels(tiny) -> np.ndarray:
 
 
 def counts_of(arr: np.ndarray) -> dict[str, int]:
-    return {"noncrop": int(np.sum(arr == NONCROP)), "crop": int(np.sum(arr == CROP)),
-            "ignore": int(np.sum(arr == IGNORE))}
+    return {
+        "noncrop": int(np.sum(arr == NONCROP)),
+        "crop": int(np.sum(arr == CROP)),
+        "ignore": int(np.sum(arr == IGNORE)),
+    }
 
 
 def pixel_box(tiny, r0, r1, c0, c1) -> shapely.Polygon:
@@ -132,8 +135,8 @@ def test_rasterize_hole_is_noncrop(tiny, rasterized):
 
 def test_rasterize_nodata_columns_are_ignore(tiny, rasterized):
     _, arr = rasterized
-    assert np.all(arr[:, tiny.nodata_cols_from:] == IGNORE)
-    assert not np.any(arr[:, :tiny.nodata_cols_from] == IGNORE)
+    assert np.all(arr[:, tiny.nodata_cols_from :] == IGNORE)
+    assert not np.any(arr[:, : tiny.nodata_cols_from] == IGNORE)
 
 
 def test_rasterize_bare_list_of_features_same_as_feature_collection(tmp_path, tiny, rasterized):
@@ -258,9 +261,10 @@ def test_scene_without_ground_truth(tmp_path, tiny):
         RasterizeLabeler().label(scene, tmp_path / "l.tif")
 
 
-@pytest.mark.parametrize("fmt,suffix,crs", [("GPKG", ".gpkg", "EPSG:4326"),
-                                            ("ESRI Shapefile", ".shp", "EPSG:4326"),
-                                            ("GPKG", ".gpkg", "EPSG:32610")])
+@pytest.mark.parametrize(
+    "fmt,suffix,crs",
+    [("GPKG", ".gpkg", "EPSG:4326"), ("ESRI Shapefile", ".shp", "EPSG:4326"), ("GPKG", ".gpkg", "EPSG:32610")],
+)
 def test_gpkg_and_shapefile_ground_truth_give_the_same_labels(tmp_path, tiny, rasterized, fmt, suffix, crs):
     _, arr_geojson = rasterized
     gdf = gpd.read_file(tiny.ground_truth).to_crs(crs)
@@ -277,8 +281,18 @@ def test_gpkg_and_shapefile_ground_truth_give_the_same_labels(tmp_path, tiny, ra
 
 
 def write_class_raster(path: Path, arr: np.ndarray, crs, transform, nodata=0) -> Path:
-    with rasterio.open(path, "w", driver="GTiff", width=arr.shape[1], height=arr.shape[0], count=1,
-                       dtype=arr.dtype, crs=crs, transform=transform, nodata=nodata) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=arr.shape[1],
+        height=arr.shape[0],
+        count=1,
+        dtype=arr.dtype,
+        crs=crs,
+        transform=transform,
+        nodata=nodata,
+    ) as dst:
         dst.write(arr, 1)
     return path
 
@@ -293,8 +307,9 @@ def class_array(tiny) -> np.ndarray:
 
 def test_raster_ground_truth_on_the_same_grid_is_exact(tmp_path, tiny):
     arr = class_array(tiny)
-    path = write_class_raster(tmp_path / "classes.tif", arr, "EPSG:32610",
-                              from_origin(tiny.left, tiny.top, tiny.res, tiny.res))
+    path = write_class_raster(
+        tmp_path / "classes.tif", arr, "EPSG:32610", from_origin(tiny.left, tiny.top, tiny.res, tiny.res)
+    )
     gt = RasterGroundTruth(path, crop_values=(1,), ignore_values=(3,))
     res = RasterizeLabeler().label(make_scene(tiny, gt), tmp_path / "l.tif")
     out = read_band(res.path)
@@ -308,10 +323,10 @@ def test_raster_ground_truth_on_the_same_grid_is_exact(tmp_path, tiny):
 def test_raster_ground_truth_partial_coverage_outside_is_ignore(tmp_path, tiny):
     """A class raster (with nodata) covering only the top half: the rest of the scene is ignore."""
     arr = class_array(tiny)[:32]
-    path = write_class_raster(tmp_path / "classes.tif", arr, "EPSG:32610",
-                              from_origin(tiny.left, tiny.top, tiny.res, tiny.res))
-    res = RasterizeLabeler().label(make_scene(tiny, RasterGroundTruth(path, crop_values=(1,))),
-                                   tmp_path / "l.tif")
+    path = write_class_raster(
+        tmp_path / "classes.tif", arr, "EPSG:32610", from_origin(tiny.left, tiny.top, tiny.res, tiny.res)
+    )
+    res = RasterizeLabeler().label(make_scene(tiny, RasterGroundTruth(path, crop_values=(1,))), tmp_path / "l.tif")
     out = read_band(res.path)
     assert np.all(out[32:] == IGNORE)
     expected = expected_labels(tiny)[:32]
@@ -330,14 +345,22 @@ def test_raster_ground_truth_in_another_crs_mostly_agrees(tmp_path, tiny, raster
     w, s = tiny.xy(tiny.height, 0)
     e, n = tiny.xy(0, tiny.width)
     transform, width, height = calculate_default_transform(
-        "EPSG:32610", dst_crs, tiny.width, tiny.height, w, s, e, n,
-        dst_width=2 * tiny.width, dst_height=2 * tiny.height)
+        "EPSG:32610", dst_crs, tiny.width, tiny.height, w, s, e, n, dst_width=2 * tiny.width, dst_height=2 * tiny.height
+    )
     dst = np.zeros((height, width), dtype=np.uint8)
-    reproject(src_arr, dst, src_transform=src_transform, src_crs="EPSG:32610", dst_transform=transform,
-              dst_crs=dst_crs, resampling=Resampling.nearest, src_nodata=0, dst_nodata=0)
+    reproject(
+        src_arr,
+        dst,
+        src_transform=src_transform,
+        src_crs="EPSG:32610",
+        dst_transform=transform,
+        dst_crs=dst_crs,
+        resampling=Resampling.nearest,
+        src_nodata=0,
+        dst_nodata=0,
+    )
     path = write_class_raster(tmp_path / "classes.tif", dst, dst_crs, transform)
-    res = RasterizeLabeler().label(make_scene(tiny, RasterGroundTruth(path, crop_values=(1,))),
-                                   tmp_path / "l.tif")
+    res = RasterizeLabeler().label(make_scene(tiny, RasterGroundTruth(path, crop_values=(1,))), tmp_path / "l.tif")
     out = read_band(res.path)
     valid = ~nodata_mask(tiny)
     assert np.all(out[~valid] == IGNORE)
@@ -350,8 +373,9 @@ def test_raster_ground_truth_in_another_crs_mostly_agrees(tmp_path, tiny, raster
 
 def test_raster_ground_truth_without_crop_pixels(tmp_path, tiny):
     arr = np.full((tiny.height, tiny.width), 2, dtype=np.uint8)
-    path = write_class_raster(tmp_path / "classes.tif", arr, "EPSG:32610",
-                              from_origin(tiny.left, tiny.top, tiny.res, tiny.res))
+    path = write_class_raster(
+        tmp_path / "classes.tif", arr, "EPSG:32610", from_origin(tiny.left, tiny.top, tiny.res, tiny.res)
+    )
     out = tmp_path / "l.tif"
     with pytest.raises(GroundTruthError):
         RasterizeLabeler().label(make_scene(tiny, RasterGroundTruth(path, crop_values=(1,))), out)
@@ -361,8 +385,7 @@ def test_raster_ground_truth_without_crop_pixels(tmp_path, tiny):
 def test_raster_ground_truth_missing_file(tmp_path, tiny):
     missing = tmp_path / "classes.tif"
     with pytest.raises(InputFileError) as exc:
-        RasterizeLabeler().label(make_scene(tiny, RasterGroundTruth(missing, crop_values=(1,))),
-                                 tmp_path / "l.tif")
+        RasterizeLabeler().label(make_scene(tiny, RasterGroundTruth(missing, crop_values=(1,))), tmp_path / "l.tif")
     assert str(missing) in str(exc.value)
 
 
@@ -380,8 +403,8 @@ def edge_ring(tiny, box) -> np.ndarray:
     """
     r0, r1, c0, c1 = box
     m = np.zeros((tiny.height, tiny.width), dtype=bool)
-    m[max(r0 - 1, 0):r1 + 1, max(c0 - 1, 0):c1 + 1] = True
-    m[r0 + 1:r1 - 1, c0 + 1:c1 - 1] = False
+    m[max(r0 - 1, 0) : r1 + 1, max(c0 - 1, 0) : c1 + 1] = True
+    m[r0 + 1 : r1 - 1, c0 + 1 : c1 - 1] = False
     return m
 
 
@@ -393,7 +416,7 @@ def test_contours_fills_holes_and_agrees_with_rasterize_elsewhere(tmp_path, tiny
     h0, h1, h2, h3 = tiny.hole_box
     assert np.all(arr_c[h0:h1, h2:h3] == CROP)
     # nodata columns stay ignore
-    assert np.all(arr_c[:, tiny.nodata_cols_from:] == IGNORE)
+    assert np.all(arr_c[:, tiny.nodata_cols_from :] == IGNORE)
     assert res.counts["ignore"] == 512
     # away from the crop boxes' edges and outside the hole, contours == rasterize exactly
     ambiguous = np.zeros_like(arr_c, dtype=bool)
@@ -409,12 +432,13 @@ def test_contours_fills_holes_and_agrees_with_rasterize_elsewhere(tmp_path, tiny
     assert abs(res.counts["crop"] - int(filled.sum())) <= tol
     # and the surveyed non-crop polygon is not drawn (contours draws crop polygons only)
     r0, r1, c0, c1 = tiny.noncrop_box
-    assert np.all(arr_c[r0 + 1:r1 - 1, c0 + 1:c1 - 1] == NONCROP)
+    assert np.all(arr_c[r0 + 1 : r1 - 1, c0 + 1 : c1 - 1] == NONCROP)
 
 
 def test_contours_needs_vector_ground_truth(tmp_path, tiny):
     arr = np.where(crop_truth(tiny), 1, 2).astype(np.uint8)
-    path = write_class_raster(tmp_path / "classes.tif", arr, "EPSG:32610",
-                              from_origin(tiny.left, tiny.top, tiny.res, tiny.res))
+    path = write_class_raster(
+        tmp_path / "classes.tif", arr, "EPSG:32610", from_origin(tiny.left, tiny.top, tiny.res, tiny.res)
+    )
     with pytest.raises(GroundTruthError):
         ContoursLabeler().label(make_scene(tiny, RasterGroundTruth(path, crop_values=(1,))), tmp_path / "c.tif")

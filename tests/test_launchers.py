@@ -18,8 +18,9 @@ def _compose(overrides):
 
 
 def test_slurm_launcher_composes_with_its_defaults_and_overrides():
-    cfg = _compose(["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.mem_gb=32",
-                    "classifier.k_grid=[5]"])
+    cfg = _compose(
+        ["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.mem_gb=32", "classifier.k_grid=[5]"]
+    )
     launcher = cfg.hydra.launcher
     assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     assert (launcher.partition, launcher.mem_gb, launcher.cpus_per_task) == ("gpu", 32, 4)

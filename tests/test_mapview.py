@@ -11,9 +11,17 @@ import subprocess
 import geopandas as gpd
 import pytest
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--virtual-time-budget=5000"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--virtual-time-budget=5000",
+]
 
 
 def chromium() -> str:
@@ -33,8 +41,12 @@ def test_map_renders_layers_in_headless_chromium(tmp_path, tiny_run):
     html = html_path.read_text()
     assert "cdn.jsdelivr" not in html and "L.map(" in html  # Leaflet inlined, no CDN needed
     n_segments = len(gpd.read_file(result.outputs["segments"]))
-    dom = subprocess.run([exe, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chrome'}", "--dump-dom",
-                          html_path.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    dom = subprocess.run(
+        [exe, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chrome'}", "--dump-dom", html_path.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     assert "leaflet-container" in dom
     assert re.search(r'<img[^>]*class="[^"]*leaflet-image-layer', dom), "RGB overlay not rendered"
     paths = re.findall(r'<path[^>]*class="[^"]*leaflet-interactive', dom)
@@ -42,6 +54,16 @@ def test_map_renders_layers_in_headless_chromium(tmp_path, tiny_run):
     for label in ("scene RGB", "ground truth (crop)", "predicted crop segments"):
         assert label in dom
     shot = tmp_path / "map.png"
-    subprocess.run([exe, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chrome2'}", "--window-size=800,600",
-                    f"--screenshot={shot}", html_path.as_uri()], capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            exe,
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={tmp_path / 'chrome2'}",
+            "--window-size=800,600",
+            f"--screenshot={shot}",
+            html_path.as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+    )
     assert shot.is_file() and shot.stat().st_size > 10_000

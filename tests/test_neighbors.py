@@ -23,8 +23,9 @@ def reflectance_like(n: int, seed: int, quantum: float = 0.006):
     return X.astype(np.float32), y
 
 
-@pytest.mark.parametrize("k,weights", [(3, "uniform"), (4, "uniform"), (9, "uniform"), (8, "uniform"),
-                                       (5, "distance"), (6, "distance")])
+@pytest.mark.parametrize(
+    "k,weights", [(3, "uniform"), (4, "uniform"), (9, "uniform"), (8, "uniform"), (5, "distance"), (6, "distance")]
+)
 def test_agrees_with_sklearn_on_at_least_999_per_mille(k, weights):
     X, y = reflectance_like(12000, seed=11)
     Xt, _ = reflectance_like(40000, seed=12)
@@ -94,8 +95,10 @@ def test_unsupported_configurations_fall_back_to_sklearn():
     rng = np.random.default_rng(6)
     X, y = rng.normal(size=(300, 4)), rng.integers(0, 2, 300)
     Xt = rng.normal(size=(200, 4))
-    for model in (KNeighborsClassifier(n_neighbors=3, metric="manhattan").fit(X, y),
-                  KNeighborsClassifier(n_neighbors=3, weights=lambda d: np.exp(-d)).fit(X, y)):
+    for model in (
+        KNeighborsClassifier(n_neighbors=3, metric="manhattan").fit(X, y),
+        KNeighborsClassifier(n_neighbors=3, weights=lambda d: np.exp(-d)).fit(X, y),
+    ):
         assert not supports(model)
         np.testing.assert_array_equal(knn_predict(model, Xt), model.predict(Xt))
 

@@ -15,10 +15,13 @@ AFFINE_STAR = re.compile(r"(transform\w*|Affine\.\w+\([^)]*\))\s*\*\s*[\w(~]")
 
 
 def test_no_affine_products_with_star_in_cropseg():
-    hits = [f"{path.relative_to(REPO)}:{n}: {line.strip()}"
-            for folder in ("framework", "plugins") for path in sorted((REPO / folder).rglob("*.py"))
-            for n, line in enumerate(path.read_text().splitlines(), 1)
-            if AFFINE_STAR.search(line.split("#")[0])]
+    hits = [
+        f"{path.relative_to(REPO)}:{n}: {line.strip()}"
+        for folder in ("framework", "plugins")
+        for path in sorted((REPO / folder).rglob("*.py"))
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if AFFINE_STAR.search(line.split("#")[0])
+    ]
     assert not hits, "use `@` for Affine products:\n" + "\n".join(hits)
 
 

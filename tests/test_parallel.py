@@ -33,15 +33,18 @@ BLOCK = 48
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("opts,match", [
-    ({"backend": "ray"}, "parallel.backend"),
-    ({"workers": 0}, "parallel.workers"),
-    ({"threads_per_worker": 0}, "parallel.threads_per_worker"),
-    ({"max_in_flight": -2}, "parallel.max_in_flight"),
-    ({"min_blocks": "many"}, "parallel.min_blocks"),
-    ({"scheduler": ""}, "parallel.scheduler"),
-    ({"nodes": 3}, "unknown option 'nodes'"),
-])
+@pytest.mark.parametrize(
+    "opts,match",
+    [
+        ({"backend": "ray"}, "parallel.backend"),
+        ({"workers": 0}, "parallel.workers"),
+        ({"threads_per_worker": 0}, "parallel.threads_per_worker"),
+        ({"max_in_flight": -2}, "parallel.max_in_flight"),
+        ({"min_blocks": "many"}, "parallel.min_blocks"),
+        ({"scheduler": ""}, "parallel.scheduler"),
+        ({"nodes": 3}, "unknown option 'nodes'"),
+    ],
+)
 def test_bad_parallel_options(opts, match):
     with pytest.raises(ConfigError, match=match):
         ParallelConfig.from_config(opts)
@@ -124,8 +127,17 @@ def dask_cluster(tmp_path_factory):
         out.close()
 
     try:
-        spawn("scheduler", "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-              "--scheduler-file", str(sched_file))
+        spawn(
+            "scheduler",
+            "scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--no-dashboard",
+            "--scheduler-file",
+            str(sched_file),
+        )
         deadline = time.monotonic() + 60
         while not sched_file.is_file():
             if time.monotonic() > deadline or procs[0].poll() is not None:
@@ -133,9 +145,23 @@ def dask_cluster(tmp_path_factory):
             time.sleep(0.2)
         address = json.loads(sched_file.read_text())["address"]
         for i in range(2):
-            spawn(f"worker{i}", "worker", address, "--host", "127.0.0.1", "--nthreads", "1", "--no-nanny",
-                  "--no-dashboard", "--name", f"w{i}", "--death-timeout", "60",
-                  "--local-directory", str(tmp_path / f"w{i}"))
+            spawn(
+                f"worker{i}",
+                "worker",
+                address,
+                "--host",
+                "127.0.0.1",
+                "--nthreads",
+                "1",
+                "--no-nanny",
+                "--no-dashboard",
+                "--name",
+                f"w{i}",
+                "--death-timeout",
+                "60",
+                "--local-directory",
+                str(tmp_path / f"w{i}"),
+            )
         with Client(address, timeout="30s") as client:
             client.wait_for_workers(2, timeout=90)
         yield address
@@ -149,8 +175,10 @@ def tiny_model(tmp_path_factory):
     d = tmp_path_factory.mktemp("par")
     train = write_tiny_scene(d, name="train", width=120, height=96, seed=1)
     test = write_tiny_scene(d, name="test", width=200, height=160, seed=2, noise=0.04)
-    scenes = [Scene(name=n, path=t.image, gains=TINY_COEFFICIENTS, nodata=0,
-                    ground_truth=VectorGroundTruth(t.ground_truth)) for n, t in (("train", train), ("test", test))]
+    scenes = [
+        Scene(name=n, path=t.image, gains=TINY_COEFFICIENTS, nodata=0, ground_truth=VectorGroundTruth(t.ground_truth))
+        for n, t in (("train", train), ("test", test))
+    ]
     labels = RasterizeLabeler().label(scenes[0], d / "train_labels.tif")
     ts = sample_training_pixels(scenes[0], labels, BandFeatures(), max_per_class=2000, seed=0)
     clf = KNNClassifier(k_grid=5, cv="random", n_jobs=1)
@@ -205,8 +233,14 @@ def serial_run(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("serial-run")
     pair = write_tiny_scene(d, name="train", seed=1), write_tiny_scene(d, name="test", seed=2)
-    base = [*local_overrides(*pair), f"tracking.uri=sqlite:///{d / 'mlflow.db'}", "block_size=16",
-            f"cache_dir={d / 'cache'}", "tracking.log_model=false", "classifier.k_grid=[5]"]
+    base = [
+        *local_overrides(*pair),
+        f"tracking.uri=sqlite:///{d / 'mlflow.db'}",
+        "block_size=16",
+        f"cache_dir={d / 'cache'}",
+        "tracking.log_model=false",
+        "classifier.k_grid=[5]",
+    ]
     return base, cropseg.run([*base, "parallel.backend=serial"], output_dir=d / "serial")
 
 
@@ -217,8 +251,9 @@ def test_a_run_on_the_dask_cluster_equals_the_serial_run(tmp_path, dask_cluster,
     import cropseg
 
     base, serial = serial_run
-    dask = cropseg.run([*base, "parallel.backend=dask", f"parallel.scheduler={dask_cluster}"],
-                       output_dir=tmp_path / "dask")
+    dask = cropseg.run(
+        [*base, "parallel.backend=dask", f"parallel.scheduler={dask_cluster}"], output_dir=tmp_path / "dask"
+    )
     for key in ("test_mask_raw", "test_mask"):
         assert dask.outputs[key].read_bytes() == serial.outputs[key].read_bytes()
     for key in ("test_weighted_avg_f1", "test_crop_f1", "train_weighted_avg_f1", "crop_area_ha", "predict_pixels"):

@@ -48,8 +48,15 @@ def offline_env(tmp_path, monkeypatch):
 
     home = tmp_path / "home"
     home.mkdir()
-    env = {"PL_API_KEY": FAKE_KEY, "HOME": str(home), "HTTPS_PROXY": DEAD_PROXY, "HTTP_PROXY": DEAD_PROXY,
-           "ALL_PROXY": DEAD_PROXY, "NO_PROXY": "127.0.0.1,localhost", "MPLCONFIGDIR": MPLCONFIGDIR}
+    env = {
+        "PL_API_KEY": FAKE_KEY,
+        "HOME": str(home),
+        "HTTPS_PROXY": DEAD_PROXY,
+        "HTTP_PROXY": DEAD_PROXY,
+        "ALL_PROXY": DEAD_PROXY,
+        "NO_PROXY": "127.0.0.1,localhost",
+        "MPLCONFIGDIR": MPLCONFIGDIR,
+    }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     monkeypatch.setattr("planet.constants.SECRET_FILE_PATH", home / ".planet.json")
@@ -76,8 +83,10 @@ def aois(scenes, tmp_path):
 
 
 def make_source(double, scenes, aois, train=None, test=None, **opts) -> PlanetSource:
-    parts = {role: {"aoi": str(aois[role]), "ground_truth": str(scenes[role].ground_truth), **(extra or {})}
-             for role, extra in (("train", train), ("test", test))}
+    parts = {
+        role: {"aoi": str(aois[role]), "ground_truth": str(scenes[role].ground_truth), **(extra or {})}
+        for role, extra in (("train", train), ("test", test))
+    }
     return PlanetSource(train=parts["train"], test=parts["test"], api_url=double.url, **{**QUICK, **opts})
 
 
@@ -86,17 +95,24 @@ def cached_files(cache: Path) -> list[Path]:
 
 
 def overrides(double, scenes, aois) -> list[str]:
-    return ["source=planet", f"source.api_url={double.url}",
-            f"source.train.aoi={aois['train']}", f"source.test.aoi={aois['test']}",
-            f"source.train.ground_truth={scenes['train'].ground_truth}",
-            f"source.test.ground_truth={scenes['test'].ground_truth}",
-            "source.poll_seconds=0", "source.retry_backoff_max=0.01", "classifier.k_grid=[3,5]",
-            "train.max_per_class=1000"]
+    return [
+        "source=planet",
+        f"source.api_url={double.url}",
+        f"source.train.aoi={aois['train']}",
+        f"source.test.aoi={aois['test']}",
+        f"source.train.ground_truth={scenes['train'].ground_truth}",
+        f"source.test.ground_truth={scenes['test'].ground_truth}",
+        "source.poll_seconds=0",
+        "source.retry_backoff_max=0.01",
+        "classifier.k_grid=[3,5]",
+        "train.max_per_class=1000",
+    ]
 
 
 def run_cli(args, cwd, env):
-    return subprocess.run([sys.executable, "-m", "cropseg.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "cropseg.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def files_containing(root: Path, needle: bytes) -> list[Path]:
@@ -107,8 +123,9 @@ def files_containing(root: Path, needle: bytes) -> list[Path]:
 
 
 @pytest.mark.slow
-def test_cli_planet_search_order_train_predict_then_cache_reuse(tmp_path, double, scenes, aois, cli_env,
-                                                                 tracking_uri, offline_env):
+def test_cli_planet_search_order_train_predict_then_cache_reuse(
+    tmp_path, double, scenes, aois, cli_env, tracking_uri, offline_env
+):
     env = {**cli_env, **offline_env}
     work = tmp_path / "work"
     work.mkdir()
@@ -195,8 +212,11 @@ def test_search_pages_coverage_and_rules(double, scenes, aois, tmp_path):
 
 
 def test_rank_rules_and_ties():
-    c = [Candidate("a", "2017-06-01T00:00:00Z", 0.05, 0.9, {}), Candidate("b", "2017-06-03T00:00:00Z", 0.05, 1.0, {}),
-         Candidate("c", "2017-06-02T00:00:00Z", 0.01, 0.6, {})]
+    c = [
+        Candidate("a", "2017-06-01T00:00:00Z", 0.05, 0.9, {}),
+        Candidate("b", "2017-06-03T00:00:00Z", 0.05, 1.0, {}),
+        Candidate("c", "2017-06-02T00:00:00Z", 0.01, 0.6, {}),
+    ]
     assert [x.id for x in rank(c, "least_cloud")] == ["c", "b", "a"]
     assert [x.id for x in rank(c, "most_recent")] == ["b", "c", "a"]
     assert [x.id for x in rank(c, "best_coverage")] == ["b", "a", "c"]
@@ -257,8 +277,7 @@ def test_fetch_download_fills_the_cache_the_pipeline_reuses(double, scenes, aois
     assert double.counts["orders_created"] == 2
 
 
-def test_fetch_download_stopped_by_sigterm_is_one_line_and_resumes(double, scenes, aois, tmp_path, capsys,
-                                                                     monkeypatch):
+def test_fetch_download_stopped_by_sigterm_is_one_line_and_resumes(double, scenes, aois, tmp_path, capsys, monkeypatch):
     """SIGTERM to a real ``cropseg-fetch download`` once its first order is placed: exit 143, one line, no
     partial file in the cache; the next download resumes that order instead of placing a new one."""
     import signal
@@ -267,9 +286,14 @@ def test_fetch_download_stopped_by_sigterm_is_one_line_and_resumes(double, scene
 
     monkeypatch.setenv("CROPSEG_CACHE_DIR", str(tmp_path / "cache"))
     args = [o for o in overrides(double, scenes, aois) if o.startswith("source.")]
-    proc = subprocess.Popen([sys.executable, "-m", "cropseg_plugins.planet.fetch", "download", *args],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cropseg_plugins.planet.fetch", "download", *args],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
     err = []
     for line in proc.stderr:  # type: ignore[union-attr]
         err.append(line)
@@ -283,7 +307,8 @@ def test_fetch_download_stopped_by_sigterm_is_one_line_and_resumes(double, scene
     assert "Traceback" not in text
     assert [ln for ln in text.splitlines() if "error:" in ln] == [
         "cropseg-fetch: error: terminated by SIGTERM; partial downloads are discarded and the next download "
-        "resumes the Planet order"]
+        "resumes the Planet order"
+    ]
     assert not [p for p in (tmp_path / "cache").rglob("*") if ".partial" in p.parts and p.is_file()]
     placed = double.counts["orders_created"]
     assert main(["download", *args]) == 0
@@ -303,8 +328,9 @@ def test_loaded_scenes_toa_udm2_mask_and_aoi(double, scenes, aois, tmp_path):
     s = scenes["train"]
     with sc.reader() as rd:
         blk = rd.read(Window(0, 0, sc.grid.width, sc.grid.height))
-        r, c = rasterio.transform.rowcol(sc.grid.transform, s.left + (CLOUD[1].start + 15) * 3.0,
-                                         s.top - (CLOUD[0].start + 8) * 3.0)
+        r, c = rasterio.transform.rowcol(
+            sc.grid.transform, s.left + (CLOUD[1].start + 15) * 3.0, s.top - (CLOUD[0].start + 8) * 3.0
+        )
         assert not blk.valid[r, c]  # udm2: cloud
         assert blk.valid.mean() > 0.9
         refl = blk.reflectance[:, blk.valid]
@@ -326,8 +352,9 @@ def test_fallback_bundle_when_an_asset_is_missing(double, scenes, aois, tmp_path
     late = {"scene_id": scenes["train_late"].id}
     with pytest.raises(SourceError, match="ended 'failed': Order failed: the bundle's assets are not available"):
         make_source(double, scenes, aois, train=late, bundle="analytic_sr_udm2").load(tmp_path / "cache")
-    ss = make_source(double, scenes, aois, train=late, bundle="analytic_sr_udm2",
-                     fallback_bundles=["analytic_udm2"]).load(tmp_path / "cache")
+    ss = make_source(
+        double, scenes, aois, train=late, bundle="analytic_sr_udm2", fallback_bundles=["analytic_udm2"]
+    ).load(tmp_path / "cache")
     assert ss.train.metadata["bundle"] == "analytic_udm2" and ss.train.metadata["reflectance"] == "toa_xml"
     assert ss.test.metadata["bundle"] == "analytic_sr_udm2"
     assert ss.test.metadata["reflectance"].startswith("surface_reflectance")
@@ -415,8 +442,10 @@ def test_missing_key(double, scenes, aois, tmp_path, monkeypatch):
     assert not double.requests
 
 
-@pytest.mark.parametrize("status,match", [(401, r"rejected the API key \(HTTP 401\).*PL_API_KEY"),
-                                          (403, r"refused access \(HTTP 403\).*PL_API_KEY")])
+@pytest.mark.parametrize(
+    "status,match",
+    [(401, r"rejected the API key \(HTTP 401\).*PL_API_KEY"), (403, r"refused access \(HTTP 403\).*PL_API_KEY")],
+)
 def test_auth_errors(double, scenes, aois, tmp_path, status, match):
     double.fail("search", status)
     with pytest.raises(SourceError, match=match):
@@ -424,8 +453,9 @@ def test_auth_errors(double, scenes, aois, tmp_path, status, match):
     assert double.counts[f"fault_{status}"] == 1 and double.counts["searches"] == 0
 
 
-@pytest.mark.parametrize("endpoint,status", [("search", 429), ("order_create", 500), ("order_get", 503),
-                                             ("download", 429), ("item", 502)])
+@pytest.mark.parametrize(
+    "endpoint,status", [("search", 429), ("order_create", 500), ("order_get", 503), ("download", 429), ("item", 502)]
+)
 def test_transient_errors_are_retried(double, scenes, aois, tmp_path, endpoint, status):
     double.fail(endpoint, status, status)
     train = {"scene_id": scenes["train"].id} if endpoint == "item" else None
@@ -433,8 +463,14 @@ def test_transient_errors_are_retried(double, scenes, aois, tmp_path, endpoint, 
     assert double.counts[f"fault_{status}"] == 2 and ss.train.metadata["scene_id"] == scenes["train"].id
 
 
-@pytest.mark.parametrize("status,match", [(429, r"kept rate-limiting \(HTTP 429\) while searching"),
-                                          (503, r"HTTP 503 after 3 attempts"), (500, r"HTTP 500 after 3 attempts")])
+@pytest.mark.parametrize(
+    "status,match",
+    [
+        (429, r"kept rate-limiting \(HTTP 429\) while searching"),
+        (503, r"HTTP 503 after 3 attempts"),
+        (500, r"HTTP 500 after 3 attempts"),
+    ],
+)
 def test_persistent_errors_stop_after_bounded_retries(double, scenes, aois, tmp_path, status, match):
     double.fail("search", *[status] * 20)
     with pytest.raises(SourceError, match=match):
@@ -474,7 +510,7 @@ def readme_seed_command() -> list[str]:
     """The overrides of the README's ``cropseg ... source=planet`` seed command, continuation lines joined."""
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     start = text.index(".venv/bin/cropseg +experiment=seed_knn source=planet")
-    block = text[start:text.index("```", start)]
+    block = text[start : text.index("```", start)]
     return shlex.split(block.replace("\\\n", " ").replace("$D", "SEED_DATA"))[1:]
 
 

@@ -35,20 +35,24 @@ class ShipsConfigs:
 def shipped(tmp_path):
     conf = tmp_path / "conf"
     (conf / "classifier").mkdir(parents=True)
-    (conf / "classifier" / "tmp_knn_variant.yaml").write_text(textwrap.dedent("""\
+    (conf / "classifier" / "tmp_knn_variant.yaml").write_text(
+        textwrap.dedent("""\
         name: tmp_knn_variant
         k_grid: [1]
         cv: none
         seed: ${seed}
-        """))
+        """)
+    )
     (conf / "classifier" / "knn.yaml").write_text("name: knn\nk_grid: [99]\n")  # clashes with cropseg's own
     (conf / "experiment").mkdir()
-    (conf / "experiment" / "tmp_study.yaml").write_text(textwrap.dedent("""\
+    (conf / "experiment" / "tmp_study.yaml").write_text(
+        textwrap.dedent("""\
         # @package _global_
         defaults:
           - override /classifier: tmp_knn_variant
         seed: 7
-        """))
+        """)
+    )
     (conf / "stray.yaml").write_text("a: 1\n")
     plugin = ShipsConfigs(conf)
     return plugin, get_plugin_manager(extra=[plugin])

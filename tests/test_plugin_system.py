@@ -16,8 +16,15 @@ BUILTINS = {
     "source": {"sample", "local"},
     "labeler": {"rasterize", "contours"},
     "features": {"bands", "indices", "context"},
-    "classifier": {"knn", "random_forest", "hist_gradient_boosting", "logistic_regression", "linear_svm", "mlp",
-                   "unet"},
+    "classifier": {
+        "knn",
+        "random_forest",
+        "hist_gradient_boosting",
+        "logistic_regression",
+        "linear_svm",
+        "mlp",
+        "unet",
+    },
     "postprocessor": {"median_blur", "vectorize"},
 }
 
@@ -95,10 +102,12 @@ def test_broken_plugin_is_reported_and_others_stay_usable(tmp_path, monkeypatch)
     dist = site / "broken_cropseg_plugin-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-cropseg-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(textwrap.dedent("""\
+    (dist / "entry_points.txt").write_text(
+        textwrap.dedent("""\
         [cropseg]
         broken = broken_cropseg_plugin
-        """))
+        """)
+    )
     monkeypatch.syspath_prepend(str(site))
     pm = get_plugin_manager()
     assert "broken" in pm.failed and "missing dependency xyz" in pm.failed["broken"]

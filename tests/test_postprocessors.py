@@ -28,8 +28,18 @@ PIXEL_HA = RES * RES / 1e4
 
 def write_mask(path: Path, mask: np.ndarray, *, crs="EPSG:32610", transform=None) -> Path:
     transform = transform or from_origin(LEFT, TOP, RES, RES)
-    with rasterio.open(path, "w", driver="GTiff", width=mask.shape[1], height=mask.shape[0], count=1,
-                       dtype="uint8", crs=crs, transform=transform, nodata=IGNORE) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=mask.shape[1],
+        height=mask.shape[0],
+        count=1,
+        dtype="uint8",
+        crs=crs,
+        transform=transform,
+        nodata=IGNORE,
+    ) as dst:
         dst.write(mask.astype(np.uint8), 1)
     return path
 
@@ -213,8 +223,12 @@ def test_vectorize_random_mask_does_not_depend_on_block_size(tmp_path, connectiv
     rng = np.random.default_rng(11)
     mask = (rng.random((90, 75)) < 0.45).astype(np.uint8)
     src = write_mask(tmp_path / "mask.tif", mask)
-    whole = Vectorize(min_area_ha=0, connectivity=connectivity, block_size=1024).vectorize(src, tmp_path / "whole.geojson")
-    blocks = Vectorize(min_area_ha=0, connectivity=connectivity, block_size=16).vectorize(src, tmp_path / "blocks.geojson")
+    whole = Vectorize(min_area_ha=0, connectivity=connectivity, block_size=1024).vectorize(
+        src, tmp_path / "whole.geojson"
+    )
+    blocks = Vectorize(min_area_ha=0, connectivity=connectivity, block_size=16).vectorize(
+        src, tmp_path / "blocks.geojson"
+    )
     assert blocks.n_polygons == whole.n_polygons
     assert blocks.area_ha == pytest.approx(whole.area_ha, abs=1e-6)
 

@@ -45,9 +45,15 @@ class Case:
 
     def start(self, env: dict[str, str]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen([sys.executable, "-m", "cropseg.cli", *self.args], cwd=self.root,
-                                     env=dict(env, MLFLOW_TRACKING_URI=self.uri), stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cropseg.cli", *self.args],
+            cwd=self.root,
+            env=dict(env, MLFLOW_TRACKING_URI=self.uri),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         self.threads = [threading.Thread(target=self._read, args=(s,), daemon=True) for s in ("stdout", "stderr")]
         for t in self.threads:
             t.start()
@@ -94,8 +100,15 @@ def cases(tmp_path_factory) -> dict[str, tuple[Case, int]]:
 
     def run_case(name: str, trigger: str, sig: signal.Signals, *extra: str) -> Case:
         d = root / name
-        return Case(name, [*local, f"output_dir={d / 'out'}", f"cache_dir={root / 'cache'}", *extra], trigger, sig,
-                    d, f"sqlite:///{d / 'mlflow.db'}", d / "out")
+        return Case(
+            name,
+            [*local, f"output_dir={d / 'out'}", f"cache_dir={root / 'cache'}", *extra],
+            trigger,
+            sig,
+            d,
+            f"sqlite:///{d / 'mlflow.db'}",
+            d / "out",
+        )
 
     cases = [
         # KNN's k grid is tuned by spatial CV right after the sample is drawn
@@ -104,15 +117,28 @@ def cases(tmp_path_factory) -> dict[str, tuple[Case, int]]:
         run_case("predict-SIGINT", "dask: in-process LocalCluster", signal.SIGINT, "block_size=32"),
         run_case("model-SIGTERM", "logging the pipeline as the run's MLflow model", signal.SIGTERM),
         # Ctrl-C in a terminal reaches the Dask worker processes too: they leave the shutdown to cropseg
-        run_case("workers-ctrl-c", "dask: LocalCluster of 2 worker processes", signal.SIGINT, "block_size=32",
-                 "parallel.processes=true", "parallel.workers=2"),
+        run_case(
+            "workers-ctrl-c",
+            "dask: LocalCluster of 2 worker processes",
+            signal.SIGINT,
+            "block_size=32",
+            "parallel.processes=true",
+            "parallel.workers=2",
+        ),
         run_case("model-SIGINT", "logging the pipeline as the run's MLflow model", signal.SIGINT),
     ]
     sweep = root / "sweep-SIGTERM"
-    cases.append(Case("sweep-SIGTERM", ["--multirun", *local, "classifier.k_grid=[3],[5]",
-                                        f"hydra.sweep.dir={sweep / 'multirun'}"],
-                      "training sample:", signal.SIGTERM, sweep, f"sqlite:///{sweep / 'mlflow.db'}",
-                      sweep / "multirun" / "0"))
+    cases.append(
+        Case(
+            "sweep-SIGTERM",
+            ["--multirun", *local, "classifier.k_grid=[3],[5]", f"hydra.sweep.dir={sweep / 'multirun'}"],
+            "training sample:",
+            signal.SIGTERM,
+            sweep,
+            f"sqlite:///{sweep / 'mlflow.db'}",
+            sweep / "multirun" / "0",
+        )
+    )
     cases[3].group = True  # workers-ctrl-c
     for c in cases:
         c.start(env)
@@ -121,22 +147,57 @@ def cases(tmp_path_factory) -> dict[str, tuple[Case, int]]:
     trained = root / "trained"
     uri = f"sqlite:///{trained / 'mlflow.db'}"
     trained.mkdir()
-    result = cropseg.run([*local, "classifier=logistic_regression", "classifier.cv=none", "classifier.grid.C=[1]",
-                          f"tracking.uri={uri}", f"cache_dir={root / 'cache'}"], output_dir=trained / "out")
+    result = cropseg.run(
+        [
+            *local,
+            "classifier=logistic_regression",
+            "classifier.cv=none",
+            "classifier.grid.C=[1]",
+            f"tracking.uri={uri}",
+            f"cache_dir={root / 'cache'}",
+        ],
+        output_dir=trained / "out",
+    )
     for sig in (signal.SIGTERM, signal.SIGINT):
         d = root / f"cropseg-predict-{sig.name}"
-        c = Case(f"cropseg-predict-{sig.name}",
-                 ["predict", f"runs:/{result.run_id}/model", str(test.image), "--metadata", str(test.metadata),
-                  "--ground-truth", str(test.ground_truth), "--output-dir", str(d / "out"), "--block-size", "32",
-                  "--run-name", d.name],
-                 "dask: in-process LocalCluster", sig, d, uri, d / "out")
+        c = Case(
+            f"cropseg-predict-{sig.name}",
+            [
+                "predict",
+                f"runs:/{result.run_id}/model",
+                str(test.image),
+                "--metadata",
+                str(test.metadata),
+                "--ground-truth",
+                str(test.ground_truth),
+                "--output-dir",
+                str(d / "out"),
+                "--block-size",
+                "32",
+                "--run-name",
+                d.name,
+            ],
+            "dask: in-process LocalCluster",
+            sig,
+            d,
+            uri,
+            d / "out",
+        )
         c.start(env)
         cases.append(c)
     return {c.name: (c, c.wait(timeout=600)) for c in cases}
 
 
-NAMES = ["fit-SIGTERM", "predict-SIGINT", "model-SIGTERM", "workers-ctrl-c", "model-SIGINT", "sweep-SIGTERM",
-         "cropseg-predict-SIGTERM", "cropseg-predict-SIGINT"]
+NAMES = [
+    "fit-SIGTERM",
+    "predict-SIGINT",
+    "model-SIGTERM",
+    "workers-ctrl-c",
+    "model-SIGINT",
+    "sweep-SIGTERM",
+    "cropseg-predict-SIGTERM",
+    "cropseg-predict-SIGINT",
+]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -168,15 +229,23 @@ def test_signal_ends_the_command_cleanly(cases, name):
     assert runs and all(r.info.status == "KILLED" for r in runs), [(r.info.run_name, r.info.status) for r in runs]
     reason = "terminated by SIGTERM" if case.sig == signal.SIGTERM else "interrupted by SIGINT (Ctrl-C)"
     if name == "sweep-SIGTERM":  # the parent and the job it was running
-        assert {r.data.tags.get("cropseg.sweep"): r.data.tags["cropseg.error"] for r in runs} == \
-            {"true": "the sweep was stopped by a signal", None: reason}
+        assert {r.data.tags.get("cropseg.sweep"): r.data.tags["cropseg.error"] for r in runs} == {
+            "true": "the sweep was stopped by a signal",
+            None: reason,
+        }
     else:
         assert [r.data.tags["cropseg.error"] for r in runs] == [reason]
 
     # nothing that looks like a result: FAILED.txt only (Hydra's own .hydra/ and job log aside)
-    left = sorted(p.relative_to(case.out).as_posix() for p in case.out.rglob("*")
-                  if p.is_file() and ".hydra" not in p.parts and p.suffix != ".log")
+    left = sorted(
+        p.relative_to(case.out).as_posix()
+        for p in case.out.rglob("*")
+        if p.is_file() and ".hydra" not in p.parts and p.suffix != ".log"
+    )
     assert left == ["FAILED.txt"], left
-    assert (case.out / "FAILED.txt").read_text().startswith(
-        "Terminated:" if case.sig == signal.SIGTERM else "KeyboardInterrupt")
+    assert (
+        (case.out / "FAILED.txt")
+        .read_text()
+        .startswith("Terminated:" if case.sig == signal.SIGTERM else "KeyboardInterrupt")
+    )
     assert not list(case.out.parent.glob(f".{case.out.name}.partial-*"))

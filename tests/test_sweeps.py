@@ -19,8 +19,9 @@ from cropseg.testing import local_overrides
 
 
 def run_cli(args, cwd, env, timeout=900):
-    return subprocess.run([sys.executable, "-m", "cropseg.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "cropseg.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def sweep_runs(uri: str):
@@ -46,8 +47,13 @@ CLASSIFIERS = ["knn", "random_forest", "hist_gradient_boosting", "logistic_regre
 def test_parallel_sweep_on_fresh_store_then_compare(work, tiny_pair, cli_env, tracking_uri, tmp_path):
     """Four classifiers through the joblib launcher (two processes at once) on a store that does not exist yet."""
     assert not Path(tracking_uri.removeprefix("sqlite:///")).exists()
-    args = ["--multirun", "hydra/launcher=parallel", *local_overrides(*tiny_pair)[:-1],
-            f"classifier={','.join(CLASSIFIERS)}", "tracking.sweep_name=model-sweep"]
+    args = [
+        "--multirun",
+        "hydra/launcher=parallel",
+        *local_overrides(*tiny_pair)[:-1],
+        f"classifier={','.join(CLASSIFIERS)}",
+        "tracking.sweep_name=model-sweep",
+    ]
     proc = run_cli(args, work, cli_env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     client, parents, children = sweep_runs(tracking_uri)
@@ -112,12 +118,17 @@ def test_sweep_with_a_failing_job(work, tiny_pair, cli_env, tracking_uri, tmp_pa
     assert [r["status"] for r in rows] == ["FINISHED", "FAILED"]
     assert "no crop polygons" in rows[1]["error"]
 
-    proc = run_cli(["compare", "--sweep", parents[0].info.run_id, "--rank-by", "nosuch_metric", "--out",
-                    str(tmp_path / "cmp2")], work, cli_env)
+    proc = run_cli(
+        ["compare", "--sweep", parents[0].info.run_id, "--rank-by", "nosuch_metric", "--out", str(tmp_path / "cmp2")],
+        work,
+        cli_env,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
-    assert proc.stderr.startswith("cropseg: error: --rank-by nosuch_metric: no compared run has this metric; "
-                                  "e.g. ") and "test_weighted_avg_f1" in proc.stderr
+    assert (
+        proc.stderr.startswith("cropseg: error: --rank-by nosuch_metric: no compared run has this metric; e.g. ")
+        and "test_weighted_avg_f1" in proc.stderr
+    )
     assert not (tmp_path / "cmp2").exists()
 
 
@@ -140,10 +151,26 @@ def mlflow_server(tmp_path):
     port = _free_port()
     log = open(tmp_path / "server.log", "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "2",
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "server-artifacts")],
-        stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "server-artifacts"),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=tmp_path,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     try:
@@ -170,8 +197,7 @@ def mlflow_server(tmp_path):
 @pytest.mark.slow
 def test_parallel_sweep_against_mlflow_server(work, tiny_pair, cli_env, mlflow_server):
     env = dict(cli_env, MLFLOW_TRACKING_URI=mlflow_server)
-    args = ["--multirun", "hydra/launcher=parallel", *local_overrides(*tiny_pair)[:-1],
-            "classifier.k_grid=[3],[5],[7]"]
+    args = ["--multirun", "hydra/launcher=parallel", *local_overrides(*tiny_pair)[:-1], "classifier.k_grid=[3],[5],[7]"]
     proc = run_cli(args, work, env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     client, parents, children = sweep_runs(mlflow_server)
@@ -182,17 +208,29 @@ def test_parallel_sweep_against_mlflow_server(work, tiny_pair, cli_env, mlflow_s
     assert "prediction/test_mask.tif" in arts
     # data lineage as the MLflow UI sees it (REST): each run's train/test scenes and ground truth
     exp_id = children[0].info.experiment_id
-    req = urllib.request.Request(f"{mlflow_server}/api/2.0/mlflow/runs/search", method="POST",
-                                 data=json.dumps({"experiment_ids": [exp_id]}).encode(),
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"{mlflow_server}/api/2.0/mlflow/runs/search",
+        method="POST",
+        data=json.dumps({"experiment_ids": [exp_id]}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=30) as resp:
         found = {r["info"]["run_id"]: r for r in json.loads(resp.read())["runs"]}
     for c in children:
         inputs = found[c.info.run_id]["inputs"]["dataset_inputs"]
-        seen = {(json.loads(i["dataset"]["source"])["uri"], i["dataset"]["digest"],
-                 next(t["value"] for t in i["tags"] if t["key"] == "mlflow.data.context")) for i in inputs}
-        want = {(p.resolve().as_uri(), ctx) for scene, ctx in zip(tiny_pair, ("training", "testing"))
-                for p in (scene.image, scene.ground_truth)}
+        seen = {
+            (
+                json.loads(i["dataset"]["source"])["uri"],
+                i["dataset"]["digest"],
+                next(t["value"] for t in i["tags"] if t["key"] == "mlflow.data.context"),
+            )
+            for i in inputs
+        }
+        want = {
+            (p.resolve().as_uri(), ctx)
+            for scene, ctx in zip(tiny_pair, ("training", "testing"))
+            for p in (scene.image, scene.ground_truth)
+        }
         assert {(uri, ctx) for uri, _, ctx in seen} == want
         assert all(len(digest) == 16 for _, digest, _ in seen)
 
@@ -202,7 +240,8 @@ def test_unreachable_server_fails_before_the_sweep(work, tiny_pair, cli_env):
     proc = run_cli(["--multirun", *local_overrides(*tiny_pair), "classifier.k_grid=[3],[5]"], work, env, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "cropseg: error: tracking server http://127.0.0.1:9 is unreachable: [Errno 111] Connection refused"]
+        "cropseg: error: tracking server http://127.0.0.1:9 is unreachable: [Errno 111] Connection refused"
+    ]
     assert not (work / "multirun").exists()
 
 
@@ -215,7 +254,9 @@ def test_sweep_over_the_example_third_party_plugin(example_plugin, work, tiny_pa
     assert len(parents) == 1 and all(c.info.status == "FINISHED" for c in children)
     tags = {c.data.tags["cropseg.classifier"]: c.data.tags for c in children}
     assert set(tags) == {"knn", "nearest_centroid"}
-    assert tags["nearest_centroid"]["cropseg.classifier.nearest_centroid.version"].startswith("cropseg-nearest-centroid ")
+    assert tags["nearest_centroid"]["cropseg.classifier.nearest_centroid.version"].startswith(
+        "cropseg-nearest-centroid "
+    )
 
 
 @pytest.mark.slow
@@ -223,8 +264,13 @@ def test_optuna_sweeper_maximises_the_spatial_cv_score(work, tiny_pair, cli_env,
     """Hydra's Optuna sweeper tunes KNN's k on the training scene's spatial-CV score, never the test score."""
     import yaml
 
-    args = ["--multirun", "+experiment=optuna_knn", *local_overrides(*tiny_pair)[:-1], "hydra.sweeper.n_trials=3",
-            "hydra.sweep.dir=optuna-sweep"]
+    args = [
+        "--multirun",
+        "+experiment=optuna_knn",
+        *local_overrides(*tiny_pair)[:-1],
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweep.dir=optuna-sweep",
+    ]
     proc = run_cli(args, work, cli_env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     _, parents, children = sweep_runs(tracking_uri)
@@ -234,5 +280,4 @@ def test_optuna_sweeper_maximises_the_spatial_cv_score(work, tiny_pair, cli_env,
     best = yaml.safe_load((work / "optuna-sweep" / "optimization_results.yaml").read_text())
     scores = [c.data.metrics["cv_score"] for c in children]
     assert best["best_value"] == pytest.approx(max(scores))
-    assert best["best_value"] == pytest.approx(
-        max(c.data.metrics["cv_spatial_f1_weighted"] for c in children))
+    assert best["best_value"] == pytest.approx(max(c.data.metrics["cv_spatial_f1_weighted"] for c in children))

@@ -32,8 +32,17 @@ NS = {
 
 
 def _generate(directory: Path, seed: int = 3, block_size: int = 512) -> synth.SyntheticScene:
-    return generate_scene(directory, scene_id=SCENE_ID, seed=seed, width=SIZE, height=SIZE, left=LEFT, top=TOP,
-                          acquired=ACQUIRED, block_size=block_size)
+    return generate_scene(
+        directory,
+        scene_id=SCENE_ID,
+        seed=seed,
+        width=SIZE,
+        height=SIZE,
+        left=LEFT,
+        top=TOP,
+        acquired=ACQUIRED,
+        block_size=block_size,
+    )
 
 
 def _read(path: Path) -> np.ndarray:
@@ -76,7 +85,8 @@ def test_files_and_no_leftovers(scene: synth.SyntheticScene) -> None:
     assert scene.metadata_xml == d / f"{SCENE_ID}_3B_AnalyticMS_metadata.xml"
     assert scene.ground_truth == d / f"{SCENE_ID}_ground_truth.geojson"
     assert sorted(p.name for p in d.iterdir()) == sorted(
-        p.name for p in (scene.analytic, scene.metadata_xml, scene.ground_truth))
+        p.name for p in (scene.analytic, scene.metadata_xml, scene.ground_truth)
+    )
 
 
 def test_raster_format(scene: synth.SyntheticScene) -> None:
@@ -128,8 +138,9 @@ def test_footprint_tilted_with_nodata_outside(scene: synth.SyntheticScene, dn: n
     assert np.all((-122 < lonlat[:, 0]) & (lonlat[:, 0] < -121) & (38 < lonlat[:, 1]) & (lonlat[:, 1] < 39))
     x, y = Transformer.from_crs(4326, 32610, always_xy=True).transform(lonlat[:, 0], lonlat[:, 1])
     with rasterio.open(scene.analytic) as src:
-        inside = rasterize([Polygon(np.column_stack([x, y]))], out_shape=(SIZE, SIZE), transform=src.transform,
-                           dtype="uint8").astype(bool)
+        inside = rasterize(
+            [Polygon(np.column_stack([x, y]))], out_shape=(SIZE, SIZE), transform=src.transform, dtype="uint8"
+        ).astype(bool)
     assert (inside == valid).mean() > 0.995
 
 

@@ -70,10 +70,15 @@ def test_spatial_cv_errors_name_the_fix():
     assert "cv_random_f1_weighted" in tuned.metrics and "cv_spatial_f1_weighted" not in tuned.metrics
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"cv": "loo"}, "cv"), ({"folds": 1}, "cv_folds"), ({"folds": 2.5}, "cv_folds"),
-    ({"scoring": "f1_wieghted"}, "scoring"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"cv": "loo"}, "cv"),
+        ({"folds": 1}, "cv_folds"),
+        ({"folds": 2.5}, "cv_folds"),
+        ({"scoring": "f1_wieghted"}, "scoring"),
+    ],
+)
 def test_bad_cv_options(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         CVSpec(where="classifier.x", **kwargs)
@@ -118,15 +123,19 @@ def sample_pixels(tmp_path_factory):
     d = tmp_path_factory.mktemp("sample")
     scenes = SampleSource(size=256).load(d)
     labels = RasterizeLabeler().label(scenes.train, d / "labels.tif")
-    return sample_training_pixels(scenes.train, labels, BandFeatures(), max_per_class=5000, seed=0,
-                                  spatial_block=64)
+    return sample_training_pixels(scenes.train, labels, BandFeatures(), max_per_class=5000, seed=0, spatial_block=64)
 
 
-@pytest.mark.parametrize("make", [
-    lambda: knn(5),
-    lambda: RandomForest(n_estimators=20, max_samples=None, cv="none", n_jobs=1).build(
-        n_estimators=20, max_depth=None, min_samples_leaf=1, max_features="sqrt", max_samples=None),
-], ids=["knn", "random_forest"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: knn(5),
+        lambda: RandomForest(n_estimators=20, max_samples=None, cv="none", n_jobs=1).build(
+            n_estimators=20, max_depth=None, min_samples_leaf=1, max_features="sqrt", max_samples=None
+        ),
+    ],
+    ids=["knn", "random_forest"],
+)
 def test_spatial_cv_is_lower_than_random_cv_on_the_synthetic_sample(sample_pixels, make):
     """Neighbouring pixels are near-duplicates: random pixel folds leak them, spatial blocks do not."""
     ts = sample_pixels

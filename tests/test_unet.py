@@ -27,11 +27,22 @@ pytest.importorskip("segmentation_models_pytorch", reason="the 'deep' extra (mak
 
 SIZE = 160
 #: a small U-Net (3 encoder stages of resnet18, narrow decoder) keeps the tests fast on 2 CPU cores
-SMALL = ["classifier.arch_options={encoder_depth:3,decoder_channels:[32,16,8]}", "classifier.patch_size=32",
-         "classifier.batch_size=8", "classifier.threads=1",
-         "classifier.tile_size=64"]
-FAST = ["classifier=unet", f"source.size={SIZE}", "classifier.epochs=2", *SMALL,
-        "train.patches.max_patches=48", "block_size=64", "parallel.backend=serial"]
+SMALL = [
+    "classifier.arch_options={encoder_depth:3,decoder_channels:[32,16,8]}",
+    "classifier.patch_size=32",
+    "classifier.batch_size=8",
+    "classifier.threads=1",
+    "classifier.tile_size=64",
+]
+FAST = [
+    "classifier=unet",
+    f"source.size={SIZE}",
+    "classifier.epochs=2",
+    *SMALL,
+    "train.patches.max_patches=48",
+    "block_size=64",
+    "parallel.backend=serial",
+]
 
 
 def _read(path: Path) -> np.ndarray:
@@ -50,8 +61,15 @@ def unet_run(tmp_path_factory):
     run = client.get_run(result.run_id)
     test_id = run.data.tags["cropseg.test.scene_id"]
     cache = next((root / "cache" / "sample").glob(f"v*-{SIZE}x{SIZE}"))
-    return {"uri": uri, "root": root, "result": result, "run": run, "client": client,
-            "test_tif": cache / f"{test_id}_3B_AnalyticMS.tif", "test_xml": cache / f"{test_id}_3B_AnalyticMS_metadata.xml"}
+    return {
+        "uri": uri,
+        "root": root,
+        "result": result,
+        "run": run,
+        "client": client,
+        "test_tif": cache / f"{test_id}_3B_AnalyticMS.tif",
+        "test_xml": cache / f"{test_id}_3B_AnalyticMS_metadata.xml",
+    }
 
 
 def test_run_records_learning_curves_and_weights(unet_run):
@@ -82,9 +100,21 @@ def test_run_records_learning_curves_and_weights(unet_run):
 def test_cropseg_predict_reproduces_the_run_test_mask(unet_run, tmp_path, capsys):
     run, client = unet_run["run"], unet_run["client"]
     out = tmp_path / "pred"
-    code = main(["predict", f"runs:/{run.info.run_id}/model", str(unet_run["test_tif"]), "--metadata",
-                 str(unet_run["test_xml"]), "--output-dir", str(out), "--tracking-uri", unet_run["uri"],
-                 "--block-size", "96"])
+    code = main(
+        [
+            "predict",
+            f"runs:/{run.info.run_id}/model",
+            str(unet_run["test_tif"]),
+            "--metadata",
+            str(unet_run["test_xml"]),
+            "--output-dir",
+            str(out),
+            "--tracking-uri",
+            unet_run["uri"],
+            "--block-size",
+            "96",
+        ]
+    )
     assert code == 0, capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
     mine = _read(out / summary["outputs"]["mask"])
@@ -123,12 +153,23 @@ def test_pixel_rows_answer_as_uniform_fields(unet_run):
 def test_compare_lists_unet_beside_pixel_models(unet_run, tmp_path, capsys):
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(unet_run["root"])
-        cropseg.run([f"source.size={SIZE}", "train.max_per_class=2000", "classifier=logistic_regression",
-                     "classifier.grid.C=[1]", "postprocessor=[median_blur]", "tracking.log_model=false", f"tracking.uri={unet_run['uri']}",
-                     f"cache_dir={unet_run['root'] / 'cache'}"], output_dir=unet_run["root"] / "knn")
+        cropseg.run(
+            [
+                f"source.size={SIZE}",
+                "train.max_per_class=2000",
+                "classifier=logistic_regression",
+                "classifier.grid.C=[1]",
+                "postprocessor=[median_blur]",
+                "tracking.log_model=false",
+                f"tracking.uri={unet_run['uri']}",
+                f"cache_dir={unet_run['root'] / 'cache'}",
+            ],
+            output_dir=unet_run["root"] / "knn",
+        )
     capsys.readouterr()
-    code = main(["compare", "--tracking-uri", unet_run["uri"], "--out", str(tmp_path / "cmp"), "--rank-by",
-                 "test_crop_f1"])
+    code = main(
+        ["compare", "--tracking-uri", unet_run["uri"], "--out", str(tmp_path / "cmp"), "--rank-by", "test_crop_f1"]
+    )
     text = capsys.readouterr().out
     assert code == 0
     assert "unet" in text and "logistic_regression" in text
@@ -138,9 +179,16 @@ def test_compare_lists_unet_beside_pixel_models(unet_run, tmp_path, capsys):
 def test_same_seed_same_mask_on_cpu(unet_run, tmp_path):
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(unet_run["root"])
-        again = cropseg.run([*FAST, "classifier.device=cpu", "tracking.log_model=false",
-                             f"tracking.uri={unet_run['uri']}", f"cache_dir={unet_run['root'] / 'cache'}"],
-                            output_dir=tmp_path / "again")
+        again = cropseg.run(
+            [
+                *FAST,
+                "classifier.device=cpu",
+                "tracking.log_model=false",
+                f"tracking.uri={unet_run['uri']}",
+                f"cache_dir={unet_run['root'] / 'cache'}",
+            ],
+            output_dir=tmp_path / "again",
+        )
     first = unet_run["result"]
     assert np.array_equal(_read(first.outputs["test_mask_raw"]), _read(again.outputs["test_mask_raw"]))
     assert again.metrics["test_crop_f1"] == first.metrics["test_crop_f1"]
@@ -166,11 +214,11 @@ def test_patches_stratified_seeded_and_held_out(tmp_path):
     assert 0 < with_crop < 12
     # training patches never touch a held-out block; validation patches lie inside held-out blocks
     held = holdout_blocks(128, 128, 32, 0.25, 4)
-    for (r, c) in a.train.origins:
-        assert not held[r // 32:(r + 31) // 32 + 1, c // 32:(c + 31) // 32 + 1].any()
+    for r, c in a.train.origins:
+        assert not held[r // 32 : (r + 31) // 32 + 1, c // 32 : (c + 31) // 32 + 1].any()
     assert a.validation is not None
-    for (r, c) in a.validation.origins:
-        assert held[r // 32:(r + 31) // 32 + 1, c // 32:(c + 31) // 32 + 1].all()
+    for r, c in a.validation.origins:
+        assert held[r // 32 : (r + 31) // 32 + 1, c // 32 : (c + 31) // 32 + 1].all()
 
 
 # -- bad input: one line, non-zero exit, FAILED run, nothing that looks like a result ------------------------
@@ -212,11 +260,23 @@ def test_bad_options_stop_before_any_work(case, tmp_path, capfd, monkeypatch, wr
 @pytest.mark.parametrize("case", ["patch_too_large", "too_few_patches"])
 def test_bad_scene_for_patches_fails_the_run(case, unet_run, tmp_path, capfd, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    override, expect = {"patch_too_large": ("classifier.patch_size=192", "larger than the training scene"),
-                        "too_few_patches": ("train.patches.min_per_class=500", "too few labelled training patches")}[case]
+    override, expect = {
+        "patch_too_large": ("classifier.patch_size=192", "larger than the training scene"),
+        "too_few_patches": ("train.patches.min_per_class=500", "too few labelled training patches"),
+    }[case]
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    line = _one_line(capfd, main([*FAST, override, f"tracking.uri={uri}", f"cache_dir={unet_run['root'] / 'cache'}",
-                                  f"hydra.run.dir={tmp_path / 'out'}"]))
+    line = _one_line(
+        capfd,
+        main(
+            [
+                *FAST,
+                override,
+                f"tracking.uri={uri}",
+                f"cache_dir={unet_run['root'] / 'cache'}",
+                f"hydra.run.dir={tmp_path / 'out'}",
+            ]
+        ),
+    )
     assert expect in line
     (run,) = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("cropseg").experiment_id])
     assert run.info.status == "FAILED"
@@ -226,9 +286,11 @@ def test_bad_scene_for_patches_fails_the_run(case, unet_run, tmp_path, capfd, mo
 
 
 def test_without_the_extra_one_line_says_how_to_install(tmp_path):
-    code = ("import sys; sys.modules['torch'] = None; sys.modules['segmentation_models_pytorch'] = None\n"
-            "from cropseg.cli import main\n"
-            f"sys.exit(main(['classifier=unet', 'tracking.uri=sqlite:///{tmp_path / 'm.db'}']))")
+    code = (
+        "import sys; sys.modules['torch'] = None; sys.modules['segmentation_models_pytorch'] = None\n"
+        "from cropseg.cli import main\n"
+        f"sys.exit(main(['classifier=unet', 'tracking.uri=sqlite:///{tmp_path / 'm.db'}']))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("cropseg: error:")]
     assert proc.returncode != 0 and "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr

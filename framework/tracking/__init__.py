@@ -40,7 +40,7 @@ def resolve_uri(uri: str | None) -> str:
 def _sqlite_path(uri: str) -> Path | None:
     if not uri.startswith("sqlite:///"):
         return None
-    return Path(uri[len("sqlite:///"):]).expanduser().resolve()
+    return Path(uri[len("sqlite:///") :]).expanduser().resolve()
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
@@ -105,8 +105,9 @@ def git_commit(path: Path | None = None) -> str:
     """The commit of the cropseg source tree (``unknown`` outside a git checkout)."""
     path = path or Path(__file__).resolve().parents[2]
     try:
-        out = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=10, check=False)
+        out = subprocess.run(
+            ["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=False
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return out.stdout.strip() if out.returncode == 0 else "unknown"
@@ -136,8 +137,13 @@ class SignalSafeClient:
 class Tracker:
     """A tracking store plus an experiment in it."""
 
-    def __init__(self, uri: str | None = None, experiment: str = "cropseg", artifact_location: str | None = None,
-                 create: bool = True):
+    def __init__(
+        self,
+        uri: str | None = None,
+        experiment: str = "cropseg",
+        artifact_location: str | None = None,
+        create: bool = True,
+    ):
         from mlflow import MlflowClient
 
         # MLflow sets its logger to INFO on import; its store-migration chatter is not cropseg's progress,
@@ -187,8 +193,9 @@ class Tracker:
         return f"open {self.uri} in a browser"
 
     @contextmanager
-    def run(self, run_name: str | None = None, tags: Mapping[str, Any] | None = None,
-            parent_run_id: str | None = None) -> Iterator[RunLogger]:
+    def run(
+        self, run_name: str | None = None, tags: Mapping[str, Any] | None = None, parent_run_id: str | None = None
+    ) -> Iterator[RunLogger]:
         """Create a run (a child of ``parent_run_id`` when given) and end it FINISHED, or FAILED with the
         error recorded when the body raises (KILLED on Ctrl-C)."""
         all_tags = {k: str(v) for k, v in (tags or {}).items()}
@@ -220,8 +227,7 @@ class Tracker:
 
     def start_parent(self, run_name: str, tags: Mapping[str, Any]) -> str:
         """Create a sweep's parent run (left RUNNING until :meth:`end_parent`)."""
-        run = self.client.create_run(self.experiment_id, tags={k: str(v) for k, v in tags.items()},
-                                     run_name=run_name)
+        run = self.client.create_run(self.experiment_id, tags={k: str(v) for k, v in tags.items()}, run_name=run_name)
         return run.info.run_id
 
     def end_parent(self, run_id: str, status: str = "FINISHED") -> None:
@@ -229,13 +235,18 @@ class Tracker:
 
     def child_runs(self, parent_run_id: str) -> list[Any]:
         """Every run of the experiment whose parent is ``parent_run_id``."""
-        return self.client.search_runs([self.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'",
-                                       max_results=10000)
+        return self.client.search_runs(
+            [self.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=10000
+        )
 
     def latest_sweep(self) -> str | None:
         """The id of the most recently started sweep parent run of the experiment."""
-        runs = self.client.search_runs([self.experiment_id], f"tags.{TAG_PREFIX}sweep = 'true'",
-                                       order_by=["attributes.start_time DESC"], max_results=1)
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            f"tags.{TAG_PREFIX}sweep = 'true'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
         return runs[0].info.run_id if runs else None
 
     def get_run(self, run_id: str) -> Any:
@@ -345,11 +356,17 @@ class RunLogger:
                 warnings.simplefilter("ignore", UserWarning)
                 source = resolve_dataset_source(Path(ref.source).as_uri())
             ds = MetaDataset(source, name=ref.name, digest=ref.digest)  # type: ignore[abstract]
-            inputs.append(DatasetInput(ds._to_mlflow_entity(), tags=[
-                InputTag("mlflow.data.context", ref.context), InputTag(f"{TAG_PREFIX}kind", ref.kind)]))
+            inputs.append(
+                DatasetInput(
+                    ds._to_mlflow_entity(),
+                    tags=[InputTag("mlflow.data.context", ref.context), InputTag(f"{TAG_PREFIX}kind", ref.kind)],
+                )
+            )
         if inputs:
             _log_inputs_retrying(self.client, self.run_id, inputs)
-        self.set_tags({f"{TAG_PREFIX}data.{c}": combined_digest(list(refs), c) for c in sorted({r.context for r in refs})})
+        self.set_tags(
+            {f"{TAG_PREFIX}data.{c}": combined_digest(list(refs), c) for c in sorted({r.context for r in refs})}
+        )
 
 
 def _log_inputs_retrying(client: Any, run_id: str, inputs: list[Any], attempts: int = 5) -> None:
@@ -365,8 +382,9 @@ def _log_inputs_retrying(client: Any, run_id: str, inputs: list[Any], attempts: 
             return
         except MlflowException as exc:
             msg = str(exc)
-            duplicate = "datasets" in msg and any(t in msg for t in ("UNIQUE constraint", "Duplicate entry",
-                                                                       "duplicate key"))
+            duplicate = "datasets" in msg and any(
+                t in msg for t in ("UNIQUE constraint", "Duplicate entry", "duplicate key")
+            )
             if attempt == attempts - 1 or not duplicate:
                 raise
             time.sleep(0.2 * (attempt + 1))
@@ -386,9 +404,18 @@ def register_run_model(tracking_uri: str, run_id: str, name: str) -> str:
     return _register(tracking_uri, run_id, name)
 
 
-def log_area_estimate(tracker: Tracker, run_name: str, *, params: Mapping[str, Any], metrics: Mapping[str, float],
-                      tables: Mapping[str, Any], files: list[Path], sample: Any, sample_source: str,
-                      tags: Mapping[str, Any] | None = None) -> str:
+def log_area_estimate(
+    tracker: Tracker,
+    run_name: str,
+    *,
+    params: Mapping[str, Any],
+    metrics: Mapping[str, float],
+    tables: Mapping[str, Any],
+    files: list[Path],
+    sample: Any,
+    sample_source: str,
+    tags: Mapping[str, Any] | None = None,
+) -> str:
     """Record an area estimate from a labelled reference sample as one run of ``tracker``'s experiment:
     params, metrics, the tables (``log_table``), report files, and the sample as an input dataset
     (context ``reference_sample``). Returns the run id; the run ends FINISHED, or FAILED on error."""
@@ -405,12 +432,16 @@ def log_area_estimate(tracker: Tracker, run_name: str, *, params: Mapping[str, A
             rl.log_table(table, name)
         for f in files:
             rl.log_artifact(f, "area")
-        frame = sample.drop(columns="geometry").assign(lon=sample.geometry.to_crs("EPSG:4326").x,
-                                                       lat=sample.geometry.to_crs("EPSG:4326").y)
+        frame = sample.drop(columns="geometry").assign(
+            lon=sample.geometry.to_crs("EPSG:4326").x, lat=sample.geometry.to_crs("EPSG:4326").y
+        )
         with warnings.catch_warnings():  # MLflow registers the local-file source twice and says so
             warnings.simplefilter("ignore", UserWarning)
             ds = mlflow.data.from_pandas(  # type: ignore[attr-defined]
-                frame.astype(str), source=sample_source, name=Path(sample_source).name)
-        rl.client.log_inputs(rl.run_id, [DatasetInput(ds._to_mlflow_entity(),
-                                                      tags=[InputTag("mlflow.data.context", "reference_sample")])])
+                frame.astype(str), source=sample_source, name=Path(sample_source).name
+            )
+        rl.client.log_inputs(
+            rl.run_id,
+            [DatasetInput(ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "reference_sample")])],
+        )
         return rl.run_id

@@ -104,8 +104,10 @@ def check_rows(df: pd.DataFrame, names: list[str]) -> np.ndarray:
         raise ServingInputError(f"pixel rows: missing column(s) {', '.join(missing)} (expected {', '.join(names)})")
     limit = int(os.environ.get("CROPSEG_SERVE_MAX_ROWS", MAX_ROWS))
     if len(df) > limit:
-        raise ServingInputError(f"pixel rows: {len(df):,} rows in one request, at most {limit:,}; send the rows "
-                                f"in batches of up to {limit:,}")
+        raise ServingInputError(
+            f"pixel rows: {len(df):,} rows in one request, at most {limit:,}; send the rows "
+            f"in batches of up to {limit:,}"
+        )
     cols = []
     for name in names:
         col = pd.to_numeric(df[name], errors="coerce").to_numpy(dtype=np.float64)
@@ -113,10 +115,19 @@ def check_rows(df: pd.DataFrame, names: list[str]) -> np.ndarray:
         if bad.any():
             i = int(np.argmax(bad))
             raw, val = df[name].iloc[i], col[i]
-            what = ("is null or NaN" if pd.isna(raw) else f"{raw!r} is not a number" if np.isnan(val)
-                    else f"{val:g} is not finite" if not np.isfinite(val) else f"{val:g} is beyond float32 range")
-            raise ServingInputError(f"pixel rows: column {name!r}, row {i}: {what}; reflectance values must be "
-                                    f"finite numbers (drop nodata pixels before sending)")
+            what = (
+                "is null or NaN"
+                if pd.isna(raw)
+                else f"{raw!r} is not a number"
+                if np.isnan(val)
+                else f"{val:g} is not finite"
+                if not np.isfinite(val)
+                else f"{val:g} is beyond float32 range"
+            )
+            raise ServingInputError(
+                f"pixel rows: column {name!r}, row {i}: {what}; reflectance values must be "
+                f"finite numbers (drop nodata pixels before sending)"
+            )
         cols.append(col)
     return np.stack(cols, axis=1) if cols else np.zeros((len(df), 0))
 
@@ -127,8 +138,9 @@ class CropsegPipelineModel(PythonModel):
     pipeline: InferencePipeline
 
     def load_context(self, context):  # noqa: ANN001, ANN201 - MLflow's PythonModel API
-        self.pipeline = InferencePipeline.load(Path(context.artifacts["pipeline"]),
-                                               Path(context.artifacts["classifier"]))
+        self.pipeline = InferencePipeline.load(
+            Path(context.artifacts["pipeline"]), Path(context.artifacts["classifier"])
+        )
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> np.ndarray:  # noqa: ANN001
         """Pixel rows (a DataFrame with the band columns) -> int64 classes (0 non-crop, 1 crop)."""
@@ -142,17 +154,28 @@ class CropsegPipelineModel(PythonModel):
         out = []
         for i in range(0, max(len(X), 1), CHUNK_ROWS):
             if time.monotonic() - t0 > timeout:
-                raise ServingInputError(f"pixel rows: {len(X):,} rows took longer than the server's request "
-                                        f"timeout of {timeout:.0f} s; send smaller batches")
+                raise ServingInputError(
+                    f"pixel rows: {len(X):,} rows took longer than the server's request "
+                    f"timeout of {timeout:.0f} s; send smaller batches"
+                )
             try:
                 out.append(self.pipeline.predict_rows(X[i : i + CHUNK_ROWS]))
             except ModelInputError as exc:  # e.g. a model whose features need neighbours: a 400 with this reason
                 raise ServingInputError(str(exc)) from None
         return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
-    def predict_scene(self, image: Path | str, out_path: Path | str, *, metadata: Path | str | None = None,
-                      scale: float | None = None, aoi: Path | str | None = None, udm: Path | str | None = None,
-                      nodata: float | None = None, block: int = 512) -> Path:
+    def predict_scene(
+        self,
+        image: Path | str,
+        out_path: Path | str,
+        *,
+        metadata: Path | str | None = None,
+        scale: float | None = None,
+        aoi: Path | str | None = None,
+        udm: Path | str | None = None,
+        nodata: float | None = None,
+        block: int = 512,
+    ) -> Path:
         """Classify a whole scene GeoTIFF block by block and apply the mask filters (see
         :meth:`cropseg.inference.InferencePipeline.scene` for the options); returns ``out_path``."""
         scene = self.pipeline.scene(image, metadata=metadata, scale=scale, aoi=aoi, udm=udm, nodata=nodata)
@@ -178,8 +201,9 @@ def _requirements(pipeline: InferencePipeline) -> list[str]:
 
 
 @deferred()  # a signal waits for the store calls to finish (see cropseg.tracking.SignalSafeClient)
-def log_pipeline_model(tracking_uri: str, run_id: str, pipeline: InferencePipeline, example: np.ndarray,
-                       work_dir: Path) -> str:
+def log_pipeline_model(
+    tracking_uri: str, run_id: str, pipeline: InferencePipeline, example: np.ndarray, work_dir: Path
+) -> str:
     """Log ``pipeline`` into run ``run_id`` as the pyfunc model ``model`` with a signature (reflectance
     columns -> class) and ``example`` pixel rows as input example. Returns ``runs:/<run_id>/model``."""
     from mlflow.models import Model, infer_signature
@@ -187,22 +211,38 @@ def log_pipeline_model(tracking_uri: str, run_id: str, pipeline: InferencePipeli
     spec_path, clf_path = pipeline.save(Path(work_dir))
     example_df = pd.DataFrame(np.asarray(example, dtype=np.float64), columns=list(pipeline.spec.band_names))
     # a model on spatial features refuses pixel rows: its signature still says rows in, one int64 class out
-    classes = pipeline.predict_rows(example_df.to_numpy()) if pipeline.accepts_pixel_rows else \
-        np.zeros(len(example_df), dtype=np.int64)
+    classes = (
+        pipeline.predict_rows(example_df.to_numpy())
+        if pipeline.accepts_pixel_rows
+        else np.zeros(len(example_df), dtype=np.int64)
+    )
     signature = infer_signature(example_df, classes)
     client = mlflow.MlflowClient(tracking_uri)
     # created here so that it lands in the run's experiment (and its artifact location), not the default one
-    logged = client.create_logged_model(client.get_run(run_id).info.experiment_id, name=MODEL_NAME,
-                                        source_run_id=run_id, model_type="cropseg-pipeline",
-                                        tags={"cropseg.classifier": pipeline.spec.classifier,
-                                              "cropseg.synthetic": str(pipeline.spec.synthetic).lower()})
+    logged = client.create_logged_model(
+        client.get_run(run_id).info.experiment_id,
+        name=MODEL_NAME,
+        source_run_id=run_id,
+        model_type="cropseg-pipeline",
+        tags={
+            "cropseg.classifier": pipeline.spec.classifier,
+            "cropseg.synthetic": str(pipeline.spec.synthetic).lower(),
+        },
+    )
     with mlflow_uri(tracking_uri):
-        Model.log(None, name=MODEL_NAME, flavor=mlflow.pyfunc, run_id=run_id, model_id=logged.model_id,
-                  python_model=str(MODEL_CODE),
-                  artifacts={"pipeline": str(spec_path), "classifier": str(clf_path)}, signature=signature,
-                  input_example=example_df, pip_requirements=_requirements(pipeline),
-                  metadata={"cropseg_classifier": pipeline.spec.classifier,
-                            "cropseg_synthetic": pipeline.spec.synthetic})
+        Model.log(
+            None,
+            name=MODEL_NAME,
+            flavor=mlflow.pyfunc,
+            run_id=run_id,
+            model_id=logged.model_id,
+            python_model=str(MODEL_CODE),
+            artifacts={"pipeline": str(spec_path), "classifier": str(clf_path)},
+            signature=signature,
+            input_example=example_df,
+            pip_requirements=_requirements(pipeline),
+            metadata={"cropseg_classifier": pipeline.spec.classifier, "cropseg_synthetic": pipeline.spec.synthetic},
+        )
     return f"runs:/{run_id}/{MODEL_NAME}"
 
 
@@ -245,7 +285,7 @@ def _registered_version(tracking_uri: str, model_uri: str) -> tuple[str | None, 
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    ref = model_uri[len("models:/"):].strip("/")
+    ref = model_uri[len("models:/") :].strip("/")
     client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     try:
         if "@" in ref:
@@ -289,10 +329,12 @@ def version_description(run: Any) -> tuple[str, dict[str, str]]:
     def fmt(key: str) -> str:
         return f"{m[key]:.4f}" if key in m else "n/a"
 
-    text = (f"cropseg pipeline from run {run.info.run_id} ({t.get('cropseg.classifier', '?')}; features "
-            f"{t.get('cropseg.features', '?')}; postprocessors {t.get('cropseg.postprocessor', '?')}). "
-            f"Test scene: weighted F1 {fmt('test_weighted_avg_f1')}, crop precision {fmt('test_crop_precision')}, "
-            f"crop recall {fmt('test_crop_recall')}, crop F1 {fmt('test_crop_f1')}, crop IoU {fmt('test_iou')}.")
+    text = (
+        f"cropseg pipeline from run {run.info.run_id} ({t.get('cropseg.classifier', '?')}; features "
+        f"{t.get('cropseg.features', '?')}; postprocessors {t.get('cropseg.postprocessor', '?')}). "
+        f"Test scene: weighted F1 {fmt('test_weighted_avg_f1')}, crop precision {fmt('test_crop_precision')}, "
+        f"crop recall {fmt('test_crop_recall')}, crop F1 {fmt('test_crop_f1')}, crop IoU {fmt('test_iou')}."
+    )
     if synthetic:
         text += " Trained and scored on SYNTHETIC data: the scores say nothing about real imagery."
     return text, tags
@@ -315,8 +357,9 @@ def register_run_model(tracking_uri: str, run_id: str, name: str, await_seconds:
         return _create_version(client, run_id, name, model_id, description, tags, await_seconds)
 
 
-def _create_version(client: Any, run_id: str, name: str, model_id: str, description: str, tags: dict[str, str],
-                    await_seconds: int) -> str:
+def _create_version(
+    client: Any, run_id: str, name: str, model_id: str, description: str, tags: dict[str, str], await_seconds: int
+) -> str:
     from mlflow.exceptions import MlflowException
 
     try:
@@ -325,14 +368,30 @@ def _create_version(client: Any, run_id: str, name: str, model_id: str, descript
         except MlflowException as exc:
             if getattr(exc, "error_code", "") not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
                 raise
-        mv = client.create_model_version(name, source=f"models:/{model_id}", run_id=run_id, tags=tags,
-                                         description=description, await_creation_for=await_seconds,
-                                         model_id=model_id)
+        mv = client.create_model_version(
+            name,
+            source=f"models:/{model_id}",
+            run_id=run_id,
+            tags=tags,
+            description=description,
+            await_creation_for=await_seconds,
+            model_id=model_id,
+        )
     except MlflowException as exc:
         raise TrackingError(f"register model {name!r} from run {run_id}: {str(exc).splitlines()[0]}") from None
     log.debug("registered %s version %s from run %s", name, mv.version, run_id)
     return str(mv.version)
 
 
-__all__ = ["CLASSIFIER_FILE", "MODEL_NAME", "SPEC_FILE", "CropsegPipelineModel", "LoadedModel",
-           "load_pipeline_model", "log_pipeline_model", "mlflow_uri", "register_run_model", "version_description"]
+__all__ = [
+    "CLASSIFIER_FILE",
+    "MODEL_NAME",
+    "SPEC_FILE",
+    "CropsegPipelineModel",
+    "LoadedModel",
+    "load_pipeline_model",
+    "log_pipeline_model",
+    "mlflow_uri",
+    "register_run_model",
+    "version_description",
+]

@@ -49,25 +49,49 @@ def _unset(value: Any) -> bool:
 class PlanetSource:
     synthetic = False
 
-    def __init__(self, train: Mapping[str, Any], test: Mapping[str, Any], api_url: str | None = None,
-                 item_type: str = "PSScene", bundle: str = "analytic_udm2", fallback_bundles: Sequence[str] = (),
-                 start: Any = None, end: Any = None,
-                 max_cloud_cover: float | None = 0.1, filters: Sequence[Mapping[str, Any]] = (),
-                 permission_filter: bool = True, std_quality: bool = True, require_asset: bool = True,
-                 select: str = "least_cloud", min_aoi_coverage: float = 0.5, max_candidates: int = 20,
-                 search_limit: int = 500, clip: bool = True, attribute: str = "CLASS1",
-                 crop_values: Sequence[Any] = DWR_CROP_CLASSES, ignore_values: Sequence[int] = (),
-                 uncovered: str = "noncrop", layer: str | None = None, bands: Sequence[int] | None = None,
-                 nodata: float | None = 0, use_udm2: bool = True, poll_seconds: float = 5.0, max_polls: int = 720,
-                 retries: int = 5, retry_backoff_max: float = 64.0, download_retries: int = 3):
+    def __init__(
+        self,
+        train: Mapping[str, Any],
+        test: Mapping[str, Any],
+        api_url: str | None = None,
+        item_type: str = "PSScene",
+        bundle: str = "analytic_udm2",
+        fallback_bundles: Sequence[str] = (),
+        start: Any = None,
+        end: Any = None,
+        max_cloud_cover: float | None = 0.1,
+        filters: Sequence[Mapping[str, Any]] = (),
+        permission_filter: bool = True,
+        std_quality: bool = True,
+        require_asset: bool = True,
+        select: str = "least_cloud",
+        min_aoi_coverage: float = 0.5,
+        max_candidates: int = 20,
+        search_limit: int = 500,
+        clip: bool = True,
+        attribute: str = "CLASS1",
+        crop_values: Sequence[Any] = DWR_CROP_CLASSES,
+        ignore_values: Sequence[int] = (),
+        uncovered: str = "noncrop",
+        layer: str | None = None,
+        bands: Sequence[int] | None = None,
+        nodata: float | None = 0,
+        use_udm2: bool = True,
+        poll_seconds: float = 5.0,
+        max_polls: int = 720,
+        retries: int = 5,
+        retry_backoff_max: float = 64.0,
+        download_retries: int = 3,
+    ):
         self.roles: dict[str, dict[str, Any]] = {}
         for role, node in (("train", train), ("test", test)):
             if not isinstance(node, Mapping):
                 raise ConfigError(f"source.{role}: a mapping with aoi, ground_truth and optionally scene_id")
             unknown = sorted(set(node) - set(ROLE_KEYS))
             if unknown:
-                raise ConfigError(f"source.{role}: unknown option(s) {', '.join(unknown)} "
-                                  f"(valid: {', '.join(ROLE_KEYS)})")
+                raise ConfigError(
+                    f"source.{role}: unknown option(s) {', '.join(unknown)} (valid: {', '.join(ROLE_KEYS)})"
+                )
             part = {k: (None if _unset(node.get(k)) else node.get(k)) for k in ROLE_KEYS}
             for k, default in (("start", start), ("end", end), ("max_cloud_cover", max_cloud_cover)):
                 if part[k] is None:
@@ -80,9 +104,11 @@ class PlanetSource:
             if mcc is not None and not 0 <= float(mcc) <= 1:
                 raise ConfigError(f"source.max_cloud_cover: a fraction in 0..1, got {mcc}")
             if part["scene_id"] is not None and not isinstance(part["scene_id"], str):
-                raise ConfigError(f"source.{role}.scene_id: got the number {part['scene_id']!r}; Hydra reads ids "
-                                  "like 20160831_180257_0e26 as numbers, so quote the id: "
-                                  f"\"source.{role}.scene_id='<id>'\"")
+                raise ConfigError(
+                    f"source.{role}.scene_id: got the number {part['scene_id']!r}; Hydra reads ids "
+                    "like 20160831_180257_0e26 as numbers, so quote the id: "
+                    f"\"source.{role}.scene_id='<id>'\""
+                )
             self.roles[role] = part
         if select not in RULES:
             raise ConfigError(f"source.select: one of {', '.join(RULES)}, got {select!r}")
@@ -108,12 +134,18 @@ class PlanetSource:
         self.require_asset = bool(require_asset)
         self.rule, self.min_coverage = select, float(min_aoi_coverage)
         self.max_candidates, self.search_limit = int(max_candidates), int(search_limit)
-        self.gt_opts = dict(attribute=attribute, crop_values=list(crop_values), ignore_values=list(ignore_values),
-                            uncovered=uncovered, layer=layer)
+        self.gt_opts = dict(
+            attribute=attribute,
+            crop_values=list(crop_values),
+            ignore_values=list(ignore_values),
+            uncovered=uncovered,
+            layer=layer,
+        )
         self.bands = None if bands is None else [int(b) for b in bands]
         self.nodata, self.use_udm2 = nodata, bool(use_udm2)
-        self.api_opts = dict(retries=retries, retry_backoff_max=retry_backoff_max, poll_seconds=poll_seconds,
-                             max_polls=max_polls)
+        self.api_opts = dict(
+            retries=retries, retry_backoff_max=retry_backoff_max, poll_seconds=poll_seconds, max_polls=max_polls
+        )
         self.download_retries = int(download_retries)
         self._aois: dict[str, Any] = {}
 
@@ -140,11 +172,19 @@ class PlanetSource:
         part, aoi = self.roles[role], self.aoi(role)
         asset = primary_asset(bundle_assets(self.item_type, self.bundle)) if self.require_asset else None
         assets = [asset] if asset else []
-        flt = build_filter(mapping(aoi), start=part["start"], end=part["end"],
-                           max_cloud_cover=part["max_cloud_cover"], assets=assets, permission=self.permission,
-                           std_quality=self.std_quality, extra=self.filters)
-        text = describe_filter(part["start"], part["end"], part["max_cloud_cover"], assets, self.permission,
-                               self.std_quality, self.filters)
+        flt = build_filter(
+            mapping(aoi),
+            start=part["start"],
+            end=part["end"],
+            max_cloud_cover=part["max_cloud_cover"],
+            assets=assets,
+            permission=self.permission,
+            std_quality=self.std_quality,
+            extra=self.filters,
+        )
+        text = describe_filter(
+            part["start"], part["end"], part["max_cloud_cover"], assets, self.permission, self.std_quality, self.filters
+        )
         items = api.search(self.item_type, flt, limit=self.search_limit)
         cover = AoiCover(aoi)
         return rank([candidate(cover, it) for it in items], self.rule), text
@@ -158,14 +198,17 @@ class PlanetSource:
             bundle_assets(self.item_type, self.bundle)  # an unknown bundle fails before any request
             item = api.get_item(self.item_type, part["scene_id"])
             if item is None:
-                raise SourceError(f"source.{role}.scene_id: no {self.item_type} scene {part['scene_id']!r} in the "
-                                  "Planet catalog")
+                raise SourceError(
+                    f"source.{role}.scene_id: no {self.item_type} scene {part['scene_id']!r} in the Planet catalog"
+                )
             cand = candidate(AoiCover(self.aoi(role)), item)
             log.info("%s scene %s (given):\n%s", role, cand.id, table([cand], cand.id))
             if cand.coverage < self.min_coverage:
-                raise SourceError(f"source.{role}.scene_id: scene {cand.id} covers only {cand.coverage:.0%} of "
-                                  f"{what} (source.min_aoi_coverage={self.min_coverage:.0%}); pick a scene over the "
-                                  "AOI")
+                raise SourceError(
+                    f"source.{role}.scene_id: scene {cand.id} covers only {cand.coverage:.0%} of "
+                    f"{what} (source.min_aoi_coverage={self.min_coverage:.0%}); pick a scene over the "
+                    "AOI"
+                )
             return cand
         cands, text = self.search(api, role)
         log.info("%s: %d Planet %s scenes match (%s)", role, len(cands), self.item_type, text)
@@ -183,22 +226,29 @@ class PlanetSource:
 
         clip = mapping(self.aoi(role)) if self.clip else None
         try:
-            product = order_request.product([cand.id], self.bundle, self.item_type,
-                                            fallback_bundle=self.fallback_bundles or None)
+            product = order_request.product(
+                [cand.id], self.bundle, self.item_type, fallback_bundle=self.fallback_bundles or None
+            )
             tools = [order_request.clip_tool(clip)] if clip else None
         except Exception as exc:  # planet.specs.SpecificationException / ClientError: bad bundle or AOI
             raise ConfigError(f"source.bundle / source.fallback_bundles / source.{role}.aoi: {exc}") from None
         request = order_request.build_request(f"cropseg {role} {cand.id}", products=[product], tools=tools)
         cache = SceneCache(workdir, self.item_type, cand.id, product["product_bundle"], clip)
-        return fetch(api, cache, request, what=f"{role} scene {cand.id} ({self.bundle})",
-                     download_retries=self.download_retries)
+        return fetch(
+            api, cache, request, what=f"{role} scene {cand.id} ({self.bundle})", download_retries=self.download_retries
+        )
 
     def ground_truth_kinds(self) -> dict[str, str]:
         """``{option: "vector" | "raster"}`` of each role's ground truth, before anything is fetched."""
         from cropseg.plugins import ground_truth_kind_of
 
-        return {f"source.{r}.ground_truth ({self.roles[r]['ground_truth']})": ground_truth_kind_of(self.roles[r]["ground_truth"])
-                for r in ROLES if self.roles[r].get("ground_truth")}
+        return {
+            f"source.{r}.ground_truth ({self.roles[r]['ground_truth']})": ground_truth_kind_of(
+                self.roles[r]["ground_truth"]
+            )
+            for r in ROLES
+            if self.roles[r].get("ground_truth")
+        }
 
     def load(self, workdir: Path) -> SceneSet:
         from shapely.geometry import mapping
@@ -219,17 +269,36 @@ class PlanetSource:
         picks = {role: self.pick(api, role) for role in ROLES}  # both chosen before anything is ordered
         for role, cand in picks.items():
             delivery = self.fetch(api, role, cand, Path(workdir))
-            info = {"scene_id": cand.id, "acquired": cand.acquired or None, "cloud_cover": cand.cloud_cover,
-                    "aoi_coverage": round(cand.coverage, 4), "item_type": self.item_type,
-                    "bundle": delivery.bundle or self.bundle, "order_id": delivery.order_id,
-                    "from_cache": delivery.from_cache}
+            info = {
+                "scene_id": cand.id,
+                "acquired": cand.acquired or None,
+                "cloud_cover": cand.cloud_cover,
+                "aoi_coverage": round(cand.coverage, 4),
+                "item_type": self.item_type,
+                "bundle": delivery.bundle or self.bundle,
+                "order_id": delivery.order_id,
+                "from_cache": delivery.from_cache,
+            }
             if cand.synthetic:
                 info["synthetic"] = True
-            scenes[role] = make_scene(role, delivery, aoi_geojson=mapping(self.aoi(role)), bands=self.bands,
-                                      nodata=self.nodata, use_udm2=self.use_udm2, ground_truth=gts[role], metadata=info)
+            scenes[role] = make_scene(
+                role,
+                delivery,
+                aoi_geojson=mapping(self.aoi(role)),
+                bands=self.bands,
+                nodata=self.nodata,
+                use_udm2=self.use_udm2,
+                ground_truth=gts[role],
+                metadata=info,
+            )
             synthetic |= cand.synthetic
-            meta.update({f"{role}_scene_id": cand.id, f"{role}_acquired": cand.acquired or None,
-                         f"{role}_order_id": delivery.order_id})
+            meta.update(
+                {
+                    f"{role}_scene_id": cand.id,
+                    f"{role}_acquired": cand.acquired or None,
+                    f"{role}_order_id": delivery.order_id,
+                }
+            )
         return SceneSet(train=scenes["train"], test=scenes["test"], synthetic=synthetic, metadata=meta)
 
 

@@ -32,8 +32,7 @@ def request_key(item_type: str, scene_id: str, bundle: str, clip: dict | None) -
             return {k: rnd(v) for k, v in sorted(obj.items())}
         return obj
 
-    text = json.dumps({"item_type": item_type, "scene": scene_id, "bundle": bundle, "clip": rnd(clip)},
-                      sort_keys=True)
+    text = json.dumps({"item_type": item_type, "scene": scene_id, "bundle": bundle, "clip": rnd(clip)}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -70,12 +69,15 @@ def parse_manifest(path: Path) -> list[ManifestEntry] | None:
     """The entries of an order's ``manifest.json``; ``None`` when missing, truncated or malformed."""
     try:
         data = json.loads(path.read_text())
-        entries = [ManifestEntry(str(f["path"]), dict(f.get("digests") or {}), dict(f.get("annotations") or {}),
-                                 f.get("size")) for f in data["files"]]
+        entries = [
+            ManifestEntry(str(f["path"]), dict(f.get("digests") or {}), dict(f.get("annotations") or {}), f.get("size"))
+            for f in data["files"]
+        ]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if not entries or any(e.algorithm() is None or Path(e.path).is_absolute() or ".." in Path(e.path).parts
-                          for e in entries):
+    if not entries or any(
+        e.algorithm() is None or Path(e.path).is_absolute() or ".." in Path(e.path).parts for e in entries
+    ):
         return None
     return entries
 

@@ -25,8 +25,10 @@ T = TypeVar("T")
 
 DEFAULT_API_URL = "https://api.planet.com"
 KEY_ENV = "PL_API_KEY"
-KEY_HELP = (f"set {KEY_ENV} to your Planet API key (export {KEY_ENV}=...; the key is on your Planet account "
-            "page) or log in with `planet auth login`")
+KEY_HELP = (
+    f"set {KEY_ENV} to your Planet API key (export {KEY_ENV}=...; the key is on your Planet account "
+    "page) or log in with `planet auth login`"
+)
 #: SDK loggers: requests are logged at INFO and headers at DEBUG; cropseg reports its own progress.
 QUIET_LOGGERS = ("planet", "planet_auth", "planet_auth_utils", "httpx", "httpcore")
 
@@ -50,8 +52,9 @@ def credentials() -> Any:
         try:
             return planet.Auth.from_user_default_session()
         except Exception as exc:  # noqa: BLE001 - planet_auth raises its own types for broken profiles
-            raise SourceError(f"Planet auth file {SECRET_FILE_PATH} is unusable ({type(exc).__name__}); "
-                              f"{KEY_HELP}") from None
+            raise SourceError(
+                f"Planet auth file {SECRET_FILE_PATH} is unusable ({type(exc).__name__}); {KEY_HELP}"
+            ) from None
     raise SourceError(f"no Planet API key: {KEY_HELP}")
 
 
@@ -133,8 +136,15 @@ def _make_session_class() -> type:
 class PlanetAPI:
     """The few Data/Orders API calls cropseg needs, with bounded retries and one-line errors."""
 
-    def __init__(self, api_url: str | None = None, *, retries: int = 5, retry_backoff_max: float = 64.0,
-                 poll_seconds: float = 5.0, max_polls: int = 720):
+    def __init__(
+        self,
+        api_url: str | None = None,
+        *,
+        retries: int = 5,
+        retry_backoff_max: float = 64.0,
+        poll_seconds: float = 5.0,
+        max_polls: int = 720,
+    ):
         planet = _sdk()
         for name in QUIET_LOGGERS:
             logging.getLogger(name).setLevel(logging.WARNING)
@@ -151,15 +161,20 @@ class PlanetAPI:
 
     # -- calls -------------------------------------------------------------------------------------
     def search(self, item_type: str, search_filter: dict, limit: int = 0) -> list[dict]:
-        return self.call(f"searching {item_type} scenes",
-                         lambda: list(self.pl.data.search([item_type], search_filter=search_filter, limit=limit)))
+        return self.call(
+            f"searching {item_type} scenes",
+            lambda: list(self.pl.data.search([item_type], search_filter=search_filter, limit=limit)),
+        )
 
     def get_item(self, item_type: str, item_id: str) -> dict | None:
         from planet import exceptions
 
         try:
-            return self.call(f"looking up scene {item_id}", lambda: self.pl.data.get_item(item_type, item_id),
-                             passthrough=(exceptions.MissingResource,))
+            return self.call(
+                f"looking up scene {item_id}",
+                lambda: self.pl.data.get_item(item_type, item_id),
+                passthrough=(exceptions.MissingResource,),
+            )
         except exceptions.MissingResource:
             return None
 
@@ -170,8 +185,11 @@ class PlanetAPI:
         from planet import exceptions
 
         try:
-            return self.call(f"reading order {order_id}", lambda: self.pl.orders.get_order(order_id),
-                             passthrough=(exceptions.MissingResource,))
+            return self.call(
+                f"reading order {order_id}",
+                lambda: self.pl.orders.get_order(order_id),
+                passthrough=(exceptions.MissingResource,),
+            )
         except exceptions.MissingResource:
             return None
 
@@ -179,23 +197,34 @@ class PlanetAPI:
         from planet import exceptions
 
         try:
-            return self.call(f"waiting for order {order_id}",
-                             lambda: self.pl.orders.wait(order_id, delay=self.poll_seconds,  # type: ignore[arg-type]
-                                                         max_attempts=self.max_polls, callback=callback),
-                             passthrough=(exceptions.ClientError,))
+            return self.call(
+                f"waiting for order {order_id}",
+                lambda: self.pl.orders.wait(
+                    order_id,
+                    delay=self.poll_seconds,  # type: ignore[arg-type]
+                    max_attempts=self.max_polls,
+                    callback=callback,
+                ),
+                passthrough=(exceptions.ClientError,),
+            )
         except exceptions.ClientError as exc:
-            raise SourceError(f"Planet order {order_id} did not finish ({exc}); run again later to resume it "
-                              "(the order id is kept in the cache), or raise source.max_polls") from None
+            raise SourceError(
+                f"Planet order {order_id} did not finish ({exc}); run again later to resume it "
+                "(the order id is kept in the cache), or raise source.max_polls"
+            ) from None
 
     def download(self, location: str, dest: Path) -> None:
         """Stream one result file to ``dest`` (overwritten). Interrupted transfers raise ``httpx`` errors
         for the caller to retry; API errors become :class:`SourceError`."""
         import httpx
 
-        self.call(f"downloading {dest.name}",
-                  lambda: self.pl.orders.download_asset(location, filename=dest.name, directory=dest.parent,
-                                                        overwrite=True, progress_bar=False),
-                  passthrough=(httpx.TransportError,))
+        self.call(
+            f"downloading {dest.name}",
+            lambda: self.pl.orders.download_asset(
+                location, filename=dest.name, directory=dest.parent, overwrite=True, progress_bar=False
+            ),
+            passthrough=(httpx.TransportError,),
+        )
 
     # -- retries and errors ------------------------------------------------------------------------
     def call(self, what: str, fn: Callable[[], T], passthrough: tuple[type[BaseException], ...] = ()) -> T:
@@ -213,28 +242,39 @@ class PlanetAPI:
                 raise
             except self._unavailable as exc:
                 if attempt >= self.retries:
-                    raise SourceError(f"Planet API at {self.api_url} failed while {what}: HTTP {exc.status} "
-                                      f"after {attempt + 1} attempts; try again later") from None
+                    raise SourceError(
+                        f"Planet API at {self.api_url} failed while {what}: HTTP {exc.status} "
+                        f"after {attempt + 1} attempts; try again later"
+                    ) from None
                 attempt += 1
-                wait = min(2.0 ** attempt, self.backoff_max)
-                log.warning("Planet API HTTP %d while %s; retry %d/%d in %.1f s", exc.status, what, attempt,
-                            self.retries, wait)
+                wait = min(2.0**attempt, self.backoff_max)
+                log.warning(
+                    "Planet API HTTP %d while %s; retry %d/%d in %.1f s", exc.status, what, attempt, self.retries, wait
+                )
                 time.sleep(wait)
             except exceptions.InvalidAPIKey:
-                raise SourceError(f"Planet API at {self.api_url} rejected the API key (HTTP 401) while {what}: "
-                                  f"{KEY_HELP}") from None
+                raise SourceError(
+                    f"Planet API at {self.api_url} rejected the API key (HTTP 401) while {what}: {KEY_HELP}"
+                ) from None
             except exceptions.NoPermission:
-                raise SourceError(f"Planet API at {self.api_url} refused access (HTTP 403) while {what}: the API "
-                                  f"key lacks permission for this; check {KEY_ENV} and your Planet plan") from None
+                raise SourceError(
+                    f"Planet API at {self.api_url} refused access (HTTP 403) while {what}: the API "
+                    f"key lacks permission for this; check {KEY_ENV} and your Planet plan"
+                ) from None
             except (exceptions.TooManyRequests, exceptions.OverQuota):
-                raise SourceError(f"Planet API at {self.api_url} kept rate-limiting (HTTP 429) while {what}, "
-                                  f"{self.retries} retries used; wait a minute and run again") from None
+                raise SourceError(
+                    f"Planet API at {self.api_url} kept rate-limiting (HTTP 429) while {what}, "
+                    f"{self.retries} retries used; wait a minute and run again"
+                ) from None
             except exceptions.BadGateway:
-                raise SourceError(f"Planet API at {self.api_url} failed while {what}: HTTP 502 after "
-                                  f"{self.retries} retries; try again later") from None
+                raise SourceError(
+                    f"Planet API at {self.api_url} failed while {what}: HTTP 502 after "
+                    f"{self.retries} retries; try again later"
+                ) from None
             except exceptions.BadQuery as exc:
-                raise SourceError(f"Planet API refused the request (HTTP 400) while {what}: "
-                                  f"{_first_line(exc)}") from None
+                raise SourceError(
+                    f"Planet API refused the request (HTTP 400) while {what}: {_first_line(exc)}"
+                ) from None
             except exceptions.MissingResource as exc:
                 raise SourceError(f"Planet API: not found (HTTP 404) while {what}: {_first_line(exc)}") from None
             except exceptions.APIError as exc:
@@ -246,8 +286,10 @@ class PlanetAPI:
             except exceptions.ClientError as exc:
                 raise SourceError(f"Planet SDK error while {what}: {_first_line(exc)}") from None
             except httpx.HTTPError as exc:
-                raise SourceError(f"cannot reach the Planet API at {self.api_url} while {what}: "
-                                  f"{type(exc).__name__}: {_first_line(exc)}") from None
+                raise SourceError(
+                    f"cannot reach the Planet API at {self.api_url} while {what}: "
+                    f"{type(exc).__name__}: {_first_line(exc)}"
+                ) from None
 
 
 def _first_line(exc: BaseException) -> str:

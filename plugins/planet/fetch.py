@@ -66,10 +66,14 @@ def download(source, api, cache: Path) -> int:  # noqa: ANN001
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("search", "download"),
-                        help="search: list candidates only; download: order and download into the cache")
+    parser = argparse.ArgumentParser(
+        prog=PROG, description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "command",
+        choices=("search", "download"),
+        help="search: list candidates only; download: order and download into the cache",
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides as for cropseg, e.g. source.train.aoi=a.geojson")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     handler = logging.StreamHandler(sys.stderr)

@@ -31,8 +31,10 @@ class Delivery:
     def bundle(self) -> str | None:
         """The bundle Planet delivered (the manifest's ``planet/bundle_type``; differs from the ordered one
         when a fallback bundle was used)."""
-        return next((str(e.annotations["planet/bundle_type"]) for e in self.entries
-                     if e.annotations.get("planet/bundle_type")), None)
+        return next(
+            (str(e.annotations["planet/bundle_type"]) for e in self.entries if e.annotations.get("planet/bundle_type")),
+            None,
+        )
 
 
 class _StateLog:
@@ -46,8 +48,13 @@ class _StateLog:
     def __call__(self, state: str) -> None:
         now = time.monotonic()
         if state != self.state or now - self.last_log >= self.every:
-            log.info("Planet order %s: %s%s (%.0f s)", self.order_id, "" if state != self.state else "still ",
-                     state, now - self.start)
+            log.info(
+                "Planet order %s: %s%s (%.0f s)",
+                self.order_id,
+                "" if state != self.state else "still ",
+                state,
+                now - self.start,
+            )
             self.state, self.last_log = state, now
 
 
@@ -56,8 +63,12 @@ def fetch(api: PlanetAPI, cache: SceneCache, request: dict, *, what: str, downlo
     (or the earlier order resumed) and downloaded."""
     entries = cache.verified()
     if entries is not None:
-        log.info("%s: cached in %s (%d files verified against the order manifest), no new order", what,
-                 cache.dir, len(entries))
+        log.info(
+            "%s: cached in %s (%d files verified against the order manifest), no new order",
+            what,
+            cache.dir,
+            len(entries),
+        )
         return Delivery(cache, entries, cache.order_id(), True)
     cache.dir.mkdir(parents=True, exist_ok=True)
     order = _resume_or_place(api, cache, request, what)
@@ -70,8 +81,10 @@ def fetch(api: PlanetAPI, cache: SceneCache, request: dict, *, what: str, downlo
         cache.forget_order()
         msg = order.get("last_message") or "; ".join(map(str, order.get("error_hints") or [])) or "no reason given"
         msg = " ".join(str(msg).split())[:300]
-        raise SourceError(f"Planet order {oid} for {what} ended '{state}': {msg}. Nothing from it is used; the next "
-                          "run places a new order (or pick another scene or source.bundle)")
+        raise SourceError(
+            f"Planet order {oid} for {what} ended '{state}': {msg}. Nothing from it is used; the next "
+            "run places a new order (or pick another scene or source.bundle)"
+        )
     return Delivery(cache, _download(api, cache, order, what, download_retries), oid, False)
 
 
@@ -120,8 +133,10 @@ def _download(api: PlanetAPI, cache: SceneCache, order: dict, what: str, retries
             if (entries := cache.install_manifest(tmp)) is not None:
                 break
         if entries is None:
-            raise SourceError(f"Planet order {oid} for {what}: manifest.json could not be downloaded intact "
-                              f"({retries + 1} attempts); run again")
+            raise SourceError(
+                f"Planet order {oid} for {what}: manifest.json could not be downloaded intact "
+                f"({retries + 1} attempts); run again"
+            )
         missing = cache.invalid(entries)
         if missing:
             log.info("%s: downloading %d of %d files of order %s", what, len(missing), len(entries), oid)
@@ -141,8 +156,9 @@ def _download(api: PlanetAPI, cache: SceneCache, order: dict, what: str, retries
         cache.clean_partials()
 
 
-def _download_one(api: PlanetAPI, cache: SceneCache, entry: ManifestEntry, results: dict[str, str], oid: str,
-                  retries: int) -> None:
+def _download_one(
+    api: PlanetAPI, cache: SceneCache, entry: ManifestEntry, results: dict[str, str], oid: str, retries: int
+) -> None:
     import httpx
 
     location = results.get(entry.path)
@@ -162,5 +178,7 @@ def _download_one(api: PlanetAPI, cache: SceneCache, entry: ManifestEntry, resul
             problem = "checksum mismatch with the order manifest"
         if attempt < retries:
             log.warning("Planet order %s: %s (%s); retrying", oid, entry.path, problem)
-    raise SourceError(f"Planet order {oid}: download of {entry.path} failed {retries + 1} times ({problem}); "
-                      "nothing corrupt was kept, run again to fetch only the missing files")
+    raise SourceError(
+        f"Planet order {oid}: download of {entry.path} failed {retries + 1} times ({problem}); "
+        "nothing corrupt was kept, run again to fetch only the missing files"
+    )

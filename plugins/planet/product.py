@@ -47,7 +47,8 @@ def product_files(delivery: Delivery) -> ProductFiles:
         elif "udm2" in asset or (not asset and _UDM2.search(name)):
             udm = path
         elif (asset.startswith(("ortho_analytic", "basic_analytic")) and not asset.endswith("_rpc")) or (
-                not asset and _IMAGE.search(name)):
+            not asset and _IMAGE.search(name)
+        ):
             image = path
             sr = asset.endswith("_sr") or "_SR" in name
     if image is None:
@@ -56,8 +57,17 @@ def product_files(delivery: Delivery) -> ProductFiles:
     return ProductFiles(image, xml, udm, sr)
 
 
-def make_scene(role: str, delivery: Delivery, *, aoi_geojson: Mapping[str, Any], bands: Sequence[int] | None,
-               nodata: float | None, use_udm2: bool, ground_truth: GroundTruth, metadata: Mapping[str, Any]) -> Scene:
+def make_scene(
+    role: str,
+    delivery: Delivery,
+    *,
+    aoi_geojson: Mapping[str, Any],
+    bands: Sequence[int] | None,
+    nodata: float | None,
+    use_udm2: bool,
+    ground_truth: GroundTruth,
+    metadata: Mapping[str, Any],
+) -> Scene:
     """The role's scene: DN -> TOA reflectance from the XML coefficients (surface reflectance: x 1e-4),
     the udm2 clear band as usable-data mask, restricted to the AOI."""
     files = product_files(delivery)
@@ -65,8 +75,9 @@ def make_scene(role: str, delivery: Delivery, *, aoi_geojson: Mapping[str, Any],
         count, crs, grid = src.count, src.crs, (src.transform, src.width, src.height)
     if bands is None:
         if count not in DEFAULT_BANDS:
-            raise RasterFormatError(f"{files.image}: {count} bands; set source.bands to the blue, green, red, NIR "
-                                    "band indexes")
+            raise RasterFormatError(
+                f"{files.image}: {count} bands; set source.bands to the blue, green, red, NIR band indexes"
+            )
         bands = DEFAULT_BANDS[count]
     meta: dict[str, Any] = {**metadata, "image": str(files.image)}
     if files.surface_reflectance:
@@ -78,14 +89,27 @@ def make_scene(role: str, delivery: Delivery, *, aoi_geojson: Mapping[str, Any],
         for k in ("scene_id", "acquired"):
             meta.setdefault(k, prov[k])
     else:
-        raise SourceError(f"Planet order {delivery.order_id}: no metadata XML delivered with {files.image.name}, "
-                          "so DN cannot become TOA reflectance; order a bundle with the *_xml asset")
+        raise SourceError(
+            f"Planet order {delivery.order_id}: no metadata XML delivered with {files.image.name}, "
+            "so DN cannot become TOA reflectance; order a bundle with the *_xml asset"
+        )
     usable = files.udm2 if use_udm2 else None
     if usable is not None:
         with open_raster(usable, what="udm2") as src:
             if (src.transform, src.width, src.height) != grid or src.crs != crs:
                 raise RasterFormatError(f"{usable}: the udm2 is not on the grid of {files.image.name}")
     aoi = aoi_geometry(dict(aoi_geojson), crs, option=f"{role}.aoi")
-    return build_scene(role, files.image, gains=gains, bands=bands, nodata=nodata, aoi=aoi,
-                       aoi_what=f"source.{role}.aoi", usable=usable, usable_band=1, ground_truth=ground_truth,
-                       metadata=meta, expected_bands=max(bands))
+    return build_scene(
+        role,
+        files.image,
+        gains=gains,
+        bands=bands,
+        nodata=nodata,
+        aoi=aoi,
+        aoi_what=f"source.{role}.aoi",
+        usable=usable,
+        usable_band=1,
+        ground_truth=ground_truth,
+        metadata=meta,
+        expected_bands=max(bands),
+    )

@@ -50,9 +50,17 @@ def parse_time(value: Any, option: str, *, end: bool = False) -> datetime | None
     return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
 
 
-def build_filter(aoi_geojson: dict, *, start: datetime | None, end: datetime | None, max_cloud_cover: float | None,
-                 assets: Sequence[str] = (), permission: bool = True, std_quality: bool = True,
-                 extra: Sequence[dict] = ()) -> dict:
+def build_filter(
+    aoi_geojson: dict,
+    *,
+    start: datetime | None,
+    end: datetime | None,
+    max_cloud_cover: float | None,
+    assets: Sequence[str] = (),
+    permission: bool = True,
+    std_quality: bool = True,
+    extra: Sequence[dict] = (),
+) -> dict:
     """The Data API search filter: AOI, acquisition dates, cloud cover, orderable asset, quality, extras."""
     from planet import data_filter as df
 
@@ -71,8 +79,15 @@ def build_filter(aoi_geojson: dict, *, start: datetime | None, end: datetime | N
     return df.and_filter(parts)
 
 
-def describe_filter(start: datetime | None, end: datetime | None, max_cloud_cover: float | None,
-                    assets: Sequence[str], permission: bool, std_quality: bool, extra: Sequence[dict]) -> str:
+def describe_filter(
+    start: datetime | None,
+    end: datetime | None,
+    max_cloud_cover: float | None,
+    assets: Sequence[str],
+    permission: bool,
+    std_quality: bool,
+    extra: Sequence[dict],
+) -> str:
     bits = [f"acquired {start.isoformat() if start else '...'} to {end.isoformat() if end else '...'}"]
     if max_cloud_cover is not None:
         bits.append(f"cloud_cover <= {max_cloud_cover}")
@@ -115,8 +130,9 @@ class AoiCover:
 def candidate(cover: AoiCover, item: dict) -> Candidate:
     props = item.get("properties") or {}
     cc = props.get("cloud_cover")
-    return Candidate(str(item.get("id")), str(props.get("acquired", "")), None if cc is None else float(cc),
-                     cover(item), item)
+    return Candidate(
+        str(item.get("id")), str(props.get("acquired", "")), None if cc is None else float(cc), cover(item), item
+    )
 
 
 def rank(candidates: Sequence[Candidate], rule: str) -> list[Candidate]:
@@ -157,12 +173,16 @@ def table(candidates: Sequence[Candidate], chosen: str | None = None, limit: int
 def choose(candidates: Sequence[Candidate], rule: str, min_coverage: float, filters_text: str, what: str) -> Candidate:
     """The best candidate covering at least ``min_coverage`` of the AOI."""
     if not candidates:
-        raise SourceError(f"no Planet scenes match for {what} ({filters_text}); widen source.start/end, "
-                          "source.max_cloud_cover or the AOI")
+        raise SourceError(
+            f"no Planet scenes match for {what} ({filters_text}); widen source.start/end, "
+            "source.max_cloud_cover or the AOI"
+        )
     ok = [c for c in candidates if c.coverage >= min_coverage]
     if not ok:
         best = max(candidates, key=lambda c: c.coverage)
-        raise SourceError(f"{len(candidates)} Planet scenes match for {what} but none covers "
-                          f"{min_coverage:.0%} of the AOI (best: {best.id}, {best.coverage:.0%}); lower "
-                          "source.min_aoi_coverage or change the AOI")
+        raise SourceError(
+            f"{len(candidates)} Planet scenes match for {what} but none covers "
+            f"{min_coverage:.0%} of the AOI (best: {best.id}, {best.coverage:.0%}); lower "
+            "source.min_aoi_coverage or change the AOI"
+        )
     return rank(ok, rule)[0]

@@ -37,8 +37,10 @@ class SampleSource:
         if min(h, w) < 64:
             raise ConfigError(f"source.size: at least 64 pixels per side, got {size!r}")
         if max(h, w) > MAX_SIDE:
-            raise ConfigError(f"source.size={size!r}: at most {MAX_SIDE} pixels per side (a PlanetScope scene is about "
-                              f"9000 x 4000 px; the synthetic field layout is built in memory)")
+            raise ConfigError(
+                f"source.size={size!r}: at most {MAX_SIDE} pixels per side (a PlanetScope scene is about "
+                f"9000 x 4000 px; the synthetic field layout is built in memory)"
+            )
         self.height, self.width, self.seed = int(h), int(w), int(seed)
 
     def check(self, workdir: Path) -> None:
@@ -51,8 +53,10 @@ class SampleSource:
         need = len(SCENES) * self.width * self.height * 4 * 2  # 4 bands of uint16
         free = shutil.disk_usage(Path(workdir) if Path(workdir).exists() else Path(workdir).parent).free
         if need > free:
-            raise ConfigError(f"source.size={self.width}x{self.height}: the two synthetic scenes need up to "
-                              f"{need / 2**30:.1f} GiB in {workdir}, only {free / 2**30:.1f} GiB free")
+            raise ConfigError(
+                f"source.size={self.width}x{self.height}: the two synthetic scenes need up to "
+                f"{need / 2**30:.1f} GiB in {workdir}, only {free / 2**30:.1f} GiB free"
+            )
 
     def load(self, workdir: Path) -> SceneSet:
         import logging
@@ -64,23 +68,46 @@ class SampleSource:
         for role, offset, left, top, acquired in SCENES:
             seed = self.seed * 10 + offset
             scene_id = acquired.strftime("%Y%m%d_%H%M%S") + f"_{seed % 65536:04x}"  # Planet-style item id
-            files = SyntheticScene(scene_id, folder / f"{scene_id}_3B_AnalyticMS.tif",
-                                   folder / f"{scene_id}_3B_AnalyticMS_metadata.xml",
-                                   folder / f"{scene_id}_ground_truth.geojson")
+            files = SyntheticScene(
+                scene_id,
+                folder / f"{scene_id}_3B_AnalyticMS.tif",
+                folder / f"{scene_id}_3B_AnalyticMS_metadata.xml",
+                folder / f"{scene_id}_ground_truth.geojson",
+            )
             if not all(p.is_file() for p in (files.analytic, files.metadata_xml, files.ground_truth)):
-                logging.getLogger("cropseg").info("generating the SYNTHETIC %s scene (%dx%d px) into %s", role,
-                                                  self.width, self.height, folder)
-                files = generate_scene(folder, scene_id=scene_id, seed=seed, width=self.width, height=self.height,
-                                       left=left, top=top, acquired=acquired)
+                logging.getLogger("cropseg").info(
+                    "generating the SYNTHETIC %s scene (%dx%d px) into %s", role, self.width, self.height, folder
+                )
+                files = generate_scene(
+                    folder,
+                    scene_id=scene_id,
+                    seed=seed,
+                    width=self.width,
+                    height=self.height,
+                    left=left,
+                    top=top,
+                    acquired=acquired,
+                )
             meta = parse_metadata(files.metadata_xml)
             scenes[role] = Scene(
-                name=role, path=files.analytic, gains=meta.gains(4), nodata=0,
+                name=role,
+                path=files.analytic,
+                gains=meta.gains(4),
+                nodata=0,
                 ground_truth=VectorGroundTruth(files.ground_truth),
-                metadata={"scene_id": meta.scene_id, "acquired": meta.acquired.isoformat() if meta.acquired else None,
-                          "synthetic": True, "reflectance": "toa_xml"},
+                metadata={
+                    "scene_id": meta.scene_id,
+                    "acquired": meta.acquired.isoformat() if meta.acquired else None,
+                    "synthetic": True,
+                    "reflectance": "toa_xml",
+                },
             )
-        return SceneSet(train=scenes["train"], test=scenes["test"], synthetic=True,
-                        metadata={"generator_version": GENERATOR_VERSION, "seed": self.seed})
+        return SceneSet(
+            train=scenes["train"],
+            test=scenes["test"],
+            synthetic=True,
+            metadata={"generator_version": GENERATOR_VERSION, "seed": self.seed},
+        )
 
 
 @hookimpl

@@ -98,8 +98,29 @@ _HAZE_BAND_FACTORS = np.array([1.0, 0.7, 0.45, 0.2], dtype=np.float32)
 # Quantiles of the tree-canopy noise field (see _tree_noise) at exceedance 0, 0.05, ..., 1: the threshold
 # that gives a wanted tree fraction. Measured once on a 2000x2000 sample.
 _TREE_NOISE_QUANTILES = np.array(
-    [1.022, 0.494, 0.394, 0.323, 0.266, 0.215, 0.169, 0.125, 0.084, 0.044, 0.004, -0.035, -0.076, -0.117,
-     -0.16, -0.207, -0.258, -0.316, -0.386, -0.487, -1.024]
+    [
+        1.022,
+        0.494,
+        0.394,
+        0.323,
+        0.266,
+        0.215,
+        0.169,
+        0.125,
+        0.084,
+        0.044,
+        0.004,
+        -0.035,
+        -0.076,
+        -0.117,
+        -0.16,
+        -0.207,
+        -0.258,
+        -0.316,
+        -0.386,
+        -0.487,
+        -1.024,
+    ]
 )
 
 
@@ -148,8 +169,16 @@ _FIELD_CLASSES: dict[str, tuple[float, dict[str, float]]] = {
     "NV": (0.08, {"1": 1.0}),  # grass field, surveyed as native vegetation half of the time
 }
 _CLASS_KIND: dict[str, int] = {
-    "D": Kind.ORCHARD, "F": Kind.GREEN_CROP, "V": Kind.VINEYARD, "G": Kind.GRAIN, "R": Kind.RICE,
-    "P": Kind.PASTURE, "T": Kind.TRUCK, "C": Kind.CITRUS, "I": Kind.BARE, "fallow": Kind.BARE,
+    "D": Kind.ORCHARD,
+    "F": Kind.GREEN_CROP,
+    "V": Kind.VINEYARD,
+    "G": Kind.GRAIN,
+    "R": Kind.RICE,
+    "P": Kind.PASTURE,
+    "T": Kind.TRUCK,
+    "C": Kind.CITRUS,
+    "I": Kind.BARE,
+    "fallow": Kind.BARE,
     "NV": Kind.GRASSLAND,
 }
 _P_CROP_NOW_BARE = 0.065  # surveyed crop, bare/fallow in the image
@@ -250,8 +279,25 @@ def _tree_threshold(fraction: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 
 _SCALAR_COLUMNS: tuple[str, ...] = (
-    "fv", "tex_amp", "w_a", "w_b", "w_c", "grad_x", "grad_y", "shade", "row_cos", "row_sin",
-    "k1", "a1", "ph1", "k2", "a2", "ph2", "tree_gain", "tree_thr", "bright_amp",
+    "fv",
+    "tex_amp",
+    "w_a",
+    "w_b",
+    "w_c",
+    "grad_x",
+    "grad_y",
+    "shade",
+    "row_cos",
+    "row_sin",
+    "k1",
+    "a1",
+    "ph1",
+    "k2",
+    "a2",
+    "ph2",
+    "tree_gain",
+    "tree_thr",
+    "bright_amp",
 )
 _SPECTRAL_COLUMNS: tuple[str, ...] = ("veg", "bg", "tree")
 
@@ -272,8 +318,9 @@ def _mix(a: _Spectrum | np.ndarray, b: _Spectrum | np.ndarray, t: np.ndarray) ->
     return (1 - t) * np.asarray(a, dtype=float)[None, :] + t * np.asarray(b, dtype=float)[None, :]
 
 
-def _recipe(kind: int, n: int, rng: np.random.Generator, row_angles: tuple[float, float],
-            subclass: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def _recipe(
+    kind: int, n: int, rng: np.random.Generator, row_angles: tuple[float, float], subclass: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
     """Spectral-model parameters for ``n`` objects of one land-cover ``kind``.
 
     The per-pixel model (see :func:`_render_block`) is: canopy fraction
@@ -289,17 +336,33 @@ def _recipe(kind: int, n: int, rng: np.random.Generator, row_angles: tuple[float
     g_mag = u(0, 4e-4, n)
     p: dict[str, Any] = {
         "kind": np.full(n, kind, dtype=np.int16),
-        "fv": np.zeros(n), "tex_amp": np.full(n, 0.08), "w_a": w[:, 0], "w_b": w[:, 1], "w_c": w[:, 2],
-        "grad_x": g_mag * np.cos(g_dir), "grad_y": g_mag * np.sin(g_dir), "shade": np.zeros(n),
-        "row_cos": np.ones(n), "row_sin": np.zeros(n), "k1": np.zeros(n), "a1": np.zeros(n),
-        "ph1": u(0, _TWO_PI, n), "k2": np.zeros(n), "a2": np.zeros(n), "ph2": u(0, _TWO_PI, n),
-        "tree_gain": np.zeros(n), "tree_thr": np.ones(n), "bright_amp": np.full(n, 0.04),
-        "veg": _jitter(_spec(GREEN_VEG, n), rng), "bg": _jitter(_spec(SOIL, n), rng),
+        "fv": np.zeros(n),
+        "tex_amp": np.full(n, 0.08),
+        "w_a": w[:, 0],
+        "w_b": w[:, 1],
+        "w_c": w[:, 2],
+        "grad_x": g_mag * np.cos(g_dir),
+        "grad_y": g_mag * np.sin(g_dir),
+        "shade": np.zeros(n),
+        "row_cos": np.ones(n),
+        "row_sin": np.zeros(n),
+        "k1": np.zeros(n),
+        "a1": np.zeros(n),
+        "ph1": u(0, _TWO_PI, n),
+        "k2": np.zeros(n),
+        "a2": np.zeros(n),
+        "ph2": u(0, _TWO_PI, n),
+        "tree_gain": np.zeros(n),
+        "tree_thr": np.ones(n),
+        "bright_amp": np.full(n, 0.04),
+        "veg": _jitter(_spec(GREEN_VEG, n), rng),
+        "bg": _jitter(_spec(SOIL, n), rng),
         "tree": _jitter(_spec(TREE, n), rng),
     }
 
-    def rows(period1: np.ndarray, amp1: np.ndarray, period2: np.ndarray | None = None,
-             amp2: np.ndarray | None = None) -> None:
+    def rows(
+        period1: np.ndarray, amp1: np.ndarray, period2: np.ndarray | None = None, amp2: np.ndarray | None = None
+    ) -> None:
         # Pixel (3 m box) averaging attenuates a row pattern of period P by sinc(3 / P).
         ang = np.where(rng.random(n) < 0.5, row_angles[0], row_angles[1])
         p["row_cos"], p["row_sin"] = np.cos(ang), np.sin(ang)
@@ -447,8 +510,13 @@ class _ObjectTable:
         self.geoms: list[np.ndarray] = []
         self.params: list[dict[str, np.ndarray]] = []
 
-    def add(self, kind: int, geoms: np.ndarray | list[BaseGeometry],
-            subclass: np.ndarray | None = None, **overrides: np.ndarray) -> None:
+    def add(
+        self,
+        kind: int,
+        geoms: np.ndarray | list[BaseGeometry],
+        subclass: np.ndarray | None = None,
+        **overrides: np.ndarray,
+    ) -> None:
         """Append objects of one kind, drawn over every object added before them."""
         arr = np.asarray(geoms, dtype=object)
         if arr.size == 0:
@@ -460,8 +528,9 @@ class _ObjectTable:
         self.geoms.append(arr[keep])
         self.params.append({key: value[keep] for key, value in p.items()})
 
-    def build(self, background: dict[str, np.ndarray], left: float, top: float
-              ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def build(
+        self, background: dict[str, np.ndarray], left: float, top: float
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Geometries and the table (row 0 is the background, row ``i + 1`` is ``geoms[i]``).
 
         ``cen_x`` / ``cen_y`` are object centroids in scene metres (x right of ``left``, y below ``top``).
@@ -542,8 +611,9 @@ class _Frame:
 
     def rects(self, u0: Any, u1: Any, v0: Any, v1: Any) -> np.ndarray:
         u0, u1, v0, v1 = (np.atleast_1d(np.asarray(a, dtype=float)) for a in (u0, u1, v0, v1))
-        corners = np.stack([np.stack([u0, v0], -1), np.stack([u1, v0], -1), np.stack([u1, v1], -1),
-                            np.stack([u0, v1], -1)], axis=1)
+        corners = np.stack(
+            [np.stack([u0, v0], -1), np.stack([u1, v0], -1), np.stack([u1, v1], -1), np.stack([u0, v1], -1)], axis=1
+        )
         return self.quads(corners)
 
     def line(self, u: np.ndarray, v: np.ndarray) -> LineString:
@@ -568,8 +638,9 @@ def _partition(length: float, rng: np.random.Generator, lo: float, hi: float) ->
     return np.concatenate([[0.0], np.cumsum(sizes)])
 
 
-def _blob(cx: float, cy: float, radius: float, rng: np.random.Generator, rough: float = 0.25,
-          aspect: float = 1.0, n: int = 72) -> Polygon:
+def _blob(
+    cx: float, cy: float, radius: float, rng: np.random.Generator, rough: float = 0.25, aspect: float = 1.0, n: int = 72
+) -> Polygon:
     """An irregular star-shaped polygon (lake, grassland patch)."""
     th = np.linspace(0, _TWO_PI, n, endpoint=False)
     r = np.ones(n)
@@ -578,8 +649,9 @@ def _blob(cx: float, cy: float, radius: float, rng: np.random.Generator, rough: 
     r = radius * np.clip(r, 0.35, None)
     rot = rng.uniform(0, math.pi)
     x, y = r * np.cos(th) * aspect, r * np.sin(th) / aspect
-    return Polygon(np.column_stack([cx + x * math.cos(rot) - y * math.sin(rot),
-                                    cy + x * math.sin(rot) + y * math.cos(rot)]))
+    return Polygon(
+        np.column_stack([cx + x * math.cos(rot) - y * math.sin(rot), cy + x * math.sin(rot) + y * math.cos(rot)])
+    )
 
 
 def _largest_part(geom: BaseGeometry) -> BaseGeometry:
@@ -642,7 +714,8 @@ class _LayoutBuilder:
         self.width, self.height, self.left, self.top = width, height, left, top
         streams = np.random.SeedSequence(seed & _MASK64).spawn(6)
         self.rng_geo, self.rng_fields, self.rng_farm, self.rng_urban, self.rng_spec, self.rng_misc = (
-            np.random.default_rng(s) for s in streams)
+            np.random.default_rng(s) for s in streams
+        )
         self.w_m, self.h_m = width * PIXEL_SIZE, height * PIXEL_SIZE
         self.right, self.bottom = left + self.w_m, top - self.h_m
         self.area_km2 = self.w_m * self.h_m / 1e6
@@ -753,15 +826,18 @@ class _LayoutBuilder:
             if not g.is_empty:
                 patches.append(g)
         self.grass = patches
-        self.exclusion = shapely.union_all([self.corridor, self.urban_union.buffer(8), self.water_union.buffer(12),
-                                            *(g.buffer(6) for g in patches)])
+        self.exclusion = shapely.union_all(
+            [self.corridor, self.urban_union.buffer(8), self.water_union.buffer(12), *(g.buffer(6) for g in patches)]
+        )
         shapely.prepare(self.exclusion)
 
     def road_grid(self) -> None:
         """Section-line roads of the farmland grid (frame coordinates)."""
         rng, e = self.rng_fields, self.EXTENSION
-        eu, ev = self.frame.from_utm(np.array([self.left - e, self.right + e, self.right + e, self.left - e]),
-                                     np.array([self.bottom - e, self.bottom - e, self.top + e, self.top + e]))
+        eu, ev = self.frame.from_utm(
+            np.array([self.left - e, self.right + e, self.right + e, self.left - e]),
+            np.array([self.bottom - e, self.bottom - e, self.top + e, self.top + e]),
+        )
         self.u_range, self.v_range = (float(eu.min()), float(eu.max())), (float(ev.min()), float(ev.max()))
 
         def positions(lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
@@ -810,8 +886,9 @@ class _LayoutBuilder:
         n = len(cells)
         inset = rng.uniform(2.5, 6.0, n)
         u0, u1, v0, v1 = cells[:, 0] + inset, cells[:, 1] - inset, cells[:, 2] + inset, cells[:, 3] - inset
-        corners = np.stack([np.stack([u0, v0], -1), np.stack([u1, v0], -1), np.stack([u1, v1], -1),
-                            np.stack([u0, v1], -1)], axis=1)
+        corners = np.stack(
+            [np.stack([u0, v0], -1), np.stack([u1, v0], -1), np.stack([u1, v1], -1), np.stack([u0, v1], -1)], axis=1
+        )
         corners += rng.uniform(-0.8, 0.8, corners.shape) * inset[:, None, None]
         split = (rng.random(n) < 0.12) & (u1 - u0 > 120) & (v1 - v0 > 120)
         quads: list[np.ndarray] = []
@@ -841,8 +918,9 @@ class _LayoutBuilder:
         keep = shapely.intersects(geoms, self.ext_box) & (area0 > 0)
         hit = keep & shapely.intersects(geoms, self.exclusion)
         if hit.any():
-            geoms[hit] = np.array([_largest_part(g) for g in shapely.difference(geoms[hit], self.exclusion)],
-                                  dtype=object)
+            geoms[hit] = np.array(
+                [_largest_part(g) for g in shapely.difference(geoms[hit], self.exclusion)], dtype=object
+            )
         area1 = shapely.area(geoms)
         keep &= (area1 >= 0.4 * area0) & (area1 >= 3000.0)
         self.field_geoms, self.field_block = geoms[keep], block_of[keep]
@@ -874,8 +952,14 @@ class _LayoutBuilder:
         kind[now_bare] = Kind.BARE
         kind[now_crop] = np.where(rng.random(int(now_crop.sum())) < 0.7, Kind.GREEN_CROP, Kind.PASTURE)
         surveyed = crop | (survey_class == "I") | ((survey_class == "NV") & (rng.random(n) < 0.5))
-        self.f = _Fields(geoms=geoms, survey_class=survey_class, subclass=subclass, kind=kind, surveyed=surveyed,
-                         survey_geoms=geoms.copy())
+        self.f = _Fields(
+            geoms=geoms,
+            survey_class=survey_class,
+            subclass=subclass,
+            kind=kind,
+            surveyed=surveyed,
+            survey_geoms=geoms.copy(),
+        )
 
     def _farmstead(self, i: int) -> bool:
         """Put a farmyard with buildings inside field ``i`` (a hole in its survey polygon), if it fits."""
@@ -936,7 +1020,8 @@ class _LayoutBuilder:
             lines = [frame.line(np.array([u, u]), np.array([pv_lo, pv_hi])) for u in us]
             lines += [frame.line(np.array([pu_lo, pu_hi]), np.array([v, v])) for v in vs]
             self.streets.append(
-                shapely.union_all([ln.buffer(sw / 2, cap_style="flat") for ln in lines]).intersection(patch))
+                shapely.union_all([ln.buffer(sw / 2, cap_style="flat") for ln in lines]).intersection(patch)
+            )
             for a in range(len(us) - 1):
                 for b in range(len(vs) - 1):
                     bu0, bu1 = us[a] + sw / 2, us[a + 1] - sw / 2
@@ -974,10 +1059,14 @@ class _LayoutBuilder:
     def roads(self) -> None:
         """Asphalt section roads (over everything but water) and gravel farm lanes."""
         frame, (u_lo, u_hi), (v_lo, v_hi) = self.frame, self.u_range, self.v_range
-        polys = [frame.line(np.array([p, p]), np.array([v_lo, v_hi])).buffer(w / 2, cap_style="flat")
-                 for p, w in zip(self.road_u, self.road_u_width)]
-        polys += [frame.line(np.array([u_lo, u_hi]), np.array([p, p])).buffer(w / 2, cap_style="flat")
-                  for p, w in zip(self.road_v, self.road_v_width)]
+        polys = [
+            frame.line(np.array([p, p]), np.array([v_lo, v_hi])).buffer(w / 2, cap_style="flat")
+            for p, w in zip(self.road_u, self.road_u_width)
+        ]
+        polys += [
+            frame.line(np.array([u_lo, u_hi]), np.array([p, p])).buffer(w / 2, cap_style="flat")
+            for p, w in zip(self.road_v, self.road_v_width)
+        ]
         self.road_geom = shapely.union_all(polys).intersection(self.ext_box).difference(self.water_union)
         if self.lanes:
             lanes = frame.rects(*np.asarray(self.lanes, dtype=float).T)
@@ -998,13 +1087,18 @@ class _LayoutBuilder:
         for g in self.grass:
             if rng.random() < 0.75:  # the part of the patch on one side of a line through its centroid
                 c, ang, far = g.centroid, rng.uniform(0, _TWO_PI), 1e5
-                half_plane = Polygon([(c.x + far * math.cos(ang + d), c.y + far * math.sin(ang + d))
-                                      for d in (0.0, math.pi / 2, math.pi)])
+                half_plane = Polygon(
+                    [
+                        (c.x + far * math.cos(ang + d), c.y + far * math.sin(ang + d))
+                        for d in (0.0, math.pi / 2, math.pi)
+                    ]
+                )
                 part = _polygonal(g.intersection(half_plane))
                 if not part.is_empty:
                     survey.append(_SurveyPolygon(part, "NV", "1"))
-        parts = [g for g in shapely.get_parts(self.river_line.intersection(self.scene_box))
-                 if g.geom_type == "LineString"]
+        parts = [
+            g for g in shapely.get_parts(self.river_line.intersection(self.scene_box)) if g.geom_type == "LineString"
+        ]
         if parts:
             main = max(parts, key=lambda g: g.length)
             s0 = rng.uniform(0.15, 0.5) * main.length
@@ -1052,15 +1146,28 @@ class _LayoutBuilder:
         coefficients = tuple(float(c * (1 + rng.uniform(-0.03, 0.03))) for c in BASE_REFLECTANCE_COEFFICIENTS)
         channels = ("tex_a", "tex_b", "tex_c", "tree_a", "tree_b", "haze", "noise0", "noise1", "noise2", "noise3")
         survey = [sp for sp in self.survey if not sp.geometry.is_empty]
-        log.debug("layout: %d objects, %d fields, %d buildings, %d survey polygons",
-                  len(geoms), len(self.f.geoms), len(self.buildings), len(survey))
+        log.debug(
+            "layout: %d objects, %d fields, %d buildings, %d survey polygons",
+            len(geoms),
+            len(self.f.geoms),
+            len(self.buildings),
+            len(survey),
+        )
         return _Layout(
-            width=self.width, height=self.height, left=self.left, top=self.top, geoms=geoms,
-            tree=shapely.STRtree(geoms), table=params, footprint=self.footprint,
+            width=self.width,
+            height=self.height,
+            left=self.left,
+            top=self.top,
+            geoms=geoms,
+            tree=shapely.STRtree(geoms),
+            table=params,
+            footprint=self.footprint,
             coefficients=coefficients,  # type: ignore[arg-type]
-            haze_level=float(rng.uniform(0.004, 0.012)), haze_gx=float(rng.uniform(-1, 1)),
+            haze_level=float(rng.uniform(0.004, 0.012)),
+            haze_gx=float(rng.uniform(-1, 1)),
             haze_gy=float(rng.uniform(-1, 1)),
-            keys={name: _channel_key(self.seed, i) for i, name in enumerate(channels)}, survey=survey,
+            keys={name: _channel_key(self.seed, i) for i, name in enumerate(channels)},
+            survey=survey,
         )
 
 
@@ -1102,8 +1209,11 @@ def _footprint_mask(layout: _Layout, xm: np.ndarray, ym: np.ndarray) -> np.ndarr
 
 def _tree_noise(rows: np.ndarray, cols: np.ndarray, keys: dict[str, int], tex_b: np.ndarray) -> np.ndarray:
     """Clumpy tree-crown field: crowns ~10 m across, denser groves at ~150 m scale."""
-    return (0.55 * _value_noise(rows, cols, 4.0, keys["tree_a"]) + 0.30 * _value_noise(rows, cols, 2.0, keys["tree_b"])
-            + 0.30 * tex_b)
+    return (
+        0.55 * _value_noise(rows, cols, 4.0, keys["tree_a"])
+        + 0.30 * _value_noise(rows, cols, 2.0, keys["tree_b"])
+        + 0.30 * tex_b
+    )
 
 
 def _render_block(layout: _Layout, row0: int, col0: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -1131,17 +1241,26 @@ def _render_block(layout: _Layout, row0: int, col0: int, h: int, w: int) -> tupl
     rc, rs = g("row_cos"), g("row_sin")
     u = xm[None, :] * rc + ym[:, None] * rs
     v = ym[:, None] * rc - xm[None, :] * rs
-    modulation = (1 + g("a1") * np.cos(u * g("k1") + g("ph1")).astype(np.float32)
-                  + g("a2") * np.cos(v * g("k2") + g("ph2")).astype(np.float32))
+    modulation = (
+        1
+        + g("a1") * np.cos(u * g("k1") + g("ph1")).astype(np.float32)
+        + g("a2") * np.cos(v * g("k2") + g("ph2")).astype(np.float32)
+    )
     del u, v, rc, rs
     canopy = np.clip(fv * modulation, 0, 1)
     shade = 1 - g("shade") * canopy
     trees = np.clip(g("tree_gain") * (_tree_noise(rows, cols, keys, n_b) - g("tree_thr")), 0, 1)
     bright = 1 + g("bright_amp") * (0.6 * n_a + 0.4 * n_c)
 
-    haze = layout.haze_level * (1 + 0.5 * (layout.haze_gx * (xs / (layout.width * PIXEL_SIZE) - 0.5)
-                                           + layout.haze_gy * (ys / (layout.height * PIXEL_SIZE) - 0.5))
-                                + 0.2 * _value_noise(rows, cols, 300.0, keys["haze"]))
+    haze = layout.haze_level * (
+        1
+        + 0.5
+        * (
+            layout.haze_gx * (xs / (layout.width * PIXEL_SIZE) - 0.5)
+            + layout.haze_gy * (ys / (layout.height * PIXEL_SIZE) - 0.5)
+        )
+        + 0.2 * _value_noise(rows, cols, 300.0, keys["haze"])
+    )
     out = np.empty((4, h, w), dtype=np.float32)
     for b in range(4):
         surface = canopy * g(f"veg{b}") + (1 - canopy) * g(f"bg{b}") * shade
@@ -1191,10 +1310,21 @@ def _write_raster(layout: _Layout, final: Path, block_size: int) -> None:
     from rasterio.windows import Window
 
     profile = {
-        "driver": "GTiff", "width": layout.width, "height": layout.height, "count": 4, "dtype": "uint16",
-        "crs": CRS.from_epsg(EPSG), "transform": layout.transform, "nodata": 0, "tiled": True,
-        "blockxsize": TILE_SIZE, "blockysize": TILE_SIZE, "compress": "deflate", "predictor": 2,
-        "interleave": "pixel", "BIGTIFF": "IF_SAFER",
+        "driver": "GTiff",
+        "width": layout.width,
+        "height": layout.height,
+        "count": 4,
+        "dtype": "uint16",
+        "crs": CRS.from_epsg(EPSG),
+        "transform": layout.transform,
+        "nodata": 0,
+        "tiled": True,
+        "blockxsize": TILE_SIZE,
+        "blockysize": TILE_SIZE,
+        "compress": "deflate",
+        "predictor": 2,
+        "interleave": "pixel",
+        "BIGTIFF": "IF_SAFER",
     }
     with _atomic_path(final) as tmp:
         with rasterio.open(tmp, "w", **profile) as dst:
@@ -1239,21 +1369,29 @@ def _ground_truth_json(layout: _Layout) -> str:
         if geom.is_empty or geom.area < 100.0:
             continue
         label = sp.class1 if sp.subclass1 == "**" else f"{sp.class1}{sp.subclass1}"
-        features.append({
-            "type": "Feature",
-            "id": str(len(features) + 1),
-            "properties": {
-                "CLASS1": sp.class1, "SUBCLASS1": sp.subclass1, "LABEL": label,
-                "ACRES": round(geom.area / SQ_METRES_PER_ACRE, 3), "SURVEYAREA": "SACRAMENTO",
-                "SURVEYYEAR": "2015", "SYNTHETIC": True,
-            },
-            "geometry": _geometry_lonlat(geom, transformer),
-        })
+        features.append(
+            {
+                "type": "Feature",
+                "id": str(len(features) + 1),
+                "properties": {
+                    "CLASS1": sp.class1,
+                    "SUBCLASS1": sp.subclass1,
+                    "LABEL": label,
+                    "ACRES": round(geom.area / SQ_METRES_PER_ACRE, 3),
+                    "SURVEYAREA": "SACRAMENTO",
+                    "SURVEYYEAR": "2015",
+                    "SYNTHETIC": True,
+                },
+                "geometry": _geometry_lonlat(geom, transformer),
+            }
+        )
     collection = {
         "type": "FeatureCollection",
         "synthetic": True,
-        "description": ("SYNTHETIC DWR-style land-use survey generated by cropseg for a synthetic PlanetScope "
-                        "scene; not real survey data. CLASS1 crops: G R F P T D C V; non-crop: I NV U NW."),
+        "description": (
+            "SYNTHETIC DWR-style land-use survey generated by cropseg for a synthetic PlanetScope "
+            "scene; not real survey data. CLASS1 crops: G R F P T D C V; non-crop: I NV U NW."
+        ),
         "features": features,
     }
     return json.dumps(collection, separators=(",", ":")) + "\n"
@@ -1462,13 +1600,28 @@ def _metadata_xml(layout: _Layout, scene_id: str, seed: int, acquired: datetime,
     serial = parts[2] if len(parts) >= 3 and parts[2] else "0s00"
     bands = "\n".join(_BAND_XML.format(band=b + 1, coef=repr(float(c))) for b, c in enumerate(layout.coefficients))
     return _METADATA_XML.format(
-        seed=seed, identifier=escape(f"{scene_id}_3B_AnalyticMS"), acquired=when.strftime("%Y-%m-%dT%H:%M:%S+00:00"),
-        archive_id=int(rng.integers(100000, 999999)), serial=escape(serial),
-        incidence=float(rng.uniform(0.2, 5.0)), sun_az=sun_az, sun_el=sun_el,
-        azimuth=float(rng.uniform(0, 360)), view=float(rng.uniform(0.2, 4.5)),
-        footprint=footprint, center_lon=c_lon, center_lat=c_lat,
-        north=max(lat), south=min(lat), west=min(lon), east=max(lon),
-        file_name=escape(file_name), epsg=EPSG, rows=layout.height, columns=layout.width, bands=bands,
+        seed=seed,
+        identifier=escape(f"{scene_id}_3B_AnalyticMS"),
+        acquired=when.strftime("%Y-%m-%dT%H:%M:%S+00:00"),
+        archive_id=int(rng.integers(100000, 999999)),
+        serial=escape(serial),
+        incidence=float(rng.uniform(0.2, 5.0)),
+        sun_az=sun_az,
+        sun_el=sun_el,
+        azimuth=float(rng.uniform(0, 360)),
+        view=float(rng.uniform(0.2, 4.5)),
+        footprint=footprint,
+        center_lon=c_lon,
+        center_lat=c_lat,
+        north=max(lat),
+        south=min(lat),
+        west=min(lon),
+        east=max(lon),
+        file_name=escape(file_name),
+        epsg=EPSG,
+        rows=layout.height,
+        columns=layout.width,
+        bands=bands,
     )
 
 
@@ -1477,9 +1630,18 @@ def _metadata_xml(layout: _Layout, scene_id: str, seed: int, acquired: datetime,
 # --------------------------------------------------------------------------------------------------
 
 
-def generate_scene(directory: Path, *, scene_id: str, seed: int, width: int = 1000, height: int = 1000,
-                   left: float = 630000.0, top: float = 4240000.0, acquired: datetime,
-                   block_size: int = 512) -> SyntheticScene:
+def generate_scene(
+    directory: Path,
+    *,
+    scene_id: str,
+    seed: int,
+    width: int = 1000,
+    height: int = 1000,
+    left: float = 630000.0,
+    top: float = 4240000.0,
+    acquired: datetime,
+    block_size: int = 512,
+) -> SyntheticScene:
     """Write a synthetic PSScene (GeoTIFF + metadata XML) and its survey ground truth into ``directory``.
 
     ``(left, top)`` is the raster's top-left corner in EPSG:32610 metres; pixels are 3 m. The same
@@ -1507,6 +1669,13 @@ def generate_scene(directory: Path, *, scene_id: str, seed: int, width: int = 10
     _write_raster(layout, scene.analytic, block_size)
     _write_text(scene.metadata_xml, _metadata_xml(layout, scene_id, seed, acquired, scene.analytic.name))
     _write_text(scene.ground_truth, _ground_truth_json(layout))
-    log.info("synthetic scene %s (%dx%d, seed %d) written to %s in %.1f s", scene_id, width, height, seed,
-             directory, time.perf_counter() - start)
+    log.info(
+        "synthetic scene %s (%dx%d, seed %d) written to %s in %.1f s",
+        scene_id,
+        width,
+        height,
+        seed,
+        directory,
+        time.perf_counter() - start,
+    )
     return scene

@@ -22,12 +22,20 @@ class NearestCentroidClassifier(SklearnClassifier):
     name = "nearest_centroid"
     hyperparameters = ("shrink_threshold",)
 
-    def __init__(self, shrink_threshold: float | None = None, metric: str = "euclidean",
-                 grid: Mapping[str, Sequence[Any]] | None = None, cv: str = "spatial", cv_folds: int = 3,
-                 scoring: str = "f1_weighted", seed: int = 0):
+    def __init__(
+        self,
+        shrink_threshold: float | None = None,
+        metric: str = "euclidean",
+        grid: Mapping[str, Sequence[Any]] | None = None,
+        cv: str = "spatial",
+        cv_folds: int = 3,
+        scoring: str = "f1_weighted",
+        seed: int = 0,
+    ):
         # the base validates cv, cv_folds, scoring and grid, and does tuning, predict and predict_proba
-        super().__init__(grid=grid, cv=cv, cv_folds=cv_folds, scoring=scoring, seed=seed,
-                         shrink_threshold=shrink_threshold)
+        super().__init__(
+            grid=grid, cv=cv, cv_folds=cv_folds, scoring=scoring, seed=seed, shrink_threshold=shrink_threshold
+        )
         if metric not in ("euclidean", "manhattan"):
             raise ConfigError(f"classifier.nearest_centroid.metric: 'euclidean' or 'manhattan', got {metric!r}")
         self.metric = metric
@@ -38,8 +46,12 @@ class NearestCentroidClassifier(SklearnClassifier):
         from sklearn.pipeline import Pipeline
         from sklearn.preprocessing import StandardScaler
 
-        return Pipeline([("scale", StandardScaler()),
-                         ("centroid", NearestCentroid(metric=self.metric, shrink_threshold=shrink_threshold))])
+        return Pipeline(
+            [
+                ("scale", StandardScaler()),
+                ("centroid", NearestCentroid(metric=self.metric, shrink_threshold=shrink_threshold)),
+            ]
+        )
 
 
 @hookimpl
