@@ -21,6 +21,7 @@ import hashlib
 import json
 import shutil
 import threading
+import time
 import uuid
 from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
@@ -255,6 +256,7 @@ class PlanetDouble:
         self.orders: dict[str, Order] = {}
         self.searches: dict[str, list[dict]] = {}
         self.requests: list[tuple[str, str]] = []
+        self.request_times: list[float] = []  # time.monotonic() of each request's arrival
         self.authorized = 0
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -474,6 +476,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))  # always drain the body
         parts = [p for p in path.path.split("/") if p]
         d.requests.append((method, path.path))
+        d.request_times.append(time.monotonic())
         if path.path == "/compute/ops/bundles/spec" and method == "GET":
             if self._fault("spec"):
                 return

@@ -28,7 +28,8 @@ FAKE_KEY = "PLAK-cropseg-fake-key-5f1c0e9a7d3b4e21"
 DEAD_PROXY = "http://127.0.0.1:9"
 #: matplotlib's font cache lives under HOME, which the tests replace: keep using the user's one
 MPLCONFIGDIR = os.environ.get("MPLCONFIGDIR") or __import__("matplotlib").get_configdir()
-QUICK = dict(poll_seconds=0, retry_backoff_max=0.01, retries=2, download_retries=1)
+#: the double answers at once and never rate-limits: no polling delay, no backoff, no request spacing
+QUICK = dict(poll_seconds=0, retry_backoff_max=0.01, retries=2, download_retries=1, rate_limit=0)
 
 
 # -- fixtures ----------------------------------------------------------------------------------------------
@@ -104,6 +105,7 @@ def overrides(double, scenes, aois) -> list[str]:
         f"source.test.ground_truth={scenes['test'].ground_truth}",
         "source.poll_seconds=0",
         "source.retry_backoff_max=0.01",
+        "source.rate_limit=0",
         "classifier.k_grid=[3,5]",
         "train.max_per_class=1000",
     ]
@@ -377,6 +379,25 @@ def test_bundles_spec_is_seeded_from_the_api_url_else_the_shipped_copy(double, s
     api = make_source(double, scenes, aois).api()
     assert api.spec_origin == "the copy shipped with cropseg"
     assert {"analytic_udm2", "analytic_sr_udm2"} <= set(specs.get_bundle_names())
+
+
+@pytest.mark.parametrize("rate", [10, 4])
+def test_requests_are_spaced_by_the_rate_limit(double, scenes, aois, rate):
+    """source.rate_limit spaces the SDK session's requests (10/s, the SDK's own throttle, by default; the
+    other tests use 0 against the double, which never rate-limits)."""
+    api = make_source(double, scenes, aois, rate_limit=rate).api()
+    start = len(double.request_times)
+    for _ in range(4):
+        assert api.get_item("PSScene", scenes["train"].id)["id"] == scenes["train"].id
+    times = double.request_times[start:]
+    assert len(times) == 4
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert min(gaps) >= 1 / rate - 0.02, gaps  # the limiter's cadence (its 10 ms polling aside)
+
+
+def test_bad_rate_limit_is_a_config_error(double, scenes, aois):
+    with pytest.raises(ConfigError, match="source.rate_limit: must be >= 0"):
+        make_source(double, scenes, aois, rate_limit=-1)
 
 
 # -- cache ----------------------------------------------------------------------------------------------

@@ -82,6 +82,7 @@ class PlanetSource:
         retries: int = 5,
         retry_backoff_max: float = 64.0,
         download_retries: int = 3,
+        rate_limit: float = 10.0,
     ):
         self.roles: dict[str, dict[str, Any]] = {}
         for role, node in (("train", train), ("test", test)):
@@ -121,7 +122,11 @@ class PlanetSource:
         for name, val in (("retries", retries), ("download_retries", download_retries), ("max_polls", max_polls)):
             if int(val) < 0:
                 raise ConfigError(f"source.{name}: must be >= 0, got {val}")
-        for name, val in (("poll_seconds", poll_seconds), ("retry_backoff_max", retry_backoff_max)):
+        for name, val in (
+            ("poll_seconds", poll_seconds),
+            ("retry_backoff_max", retry_backoff_max),
+            ("rate_limit", rate_limit),
+        ):
             if float(val) < 0:
                 raise ConfigError(f"source.{name}: must be >= 0, got {val}")
         if not all(isinstance(f, Mapping) and f.get("type") for f in filters):
@@ -144,7 +149,11 @@ class PlanetSource:
         self.bands = None if bands is None else [int(b) for b in bands]
         self.nodata, self.use_udm2 = nodata, bool(use_udm2)
         self.api_opts = dict(
-            retries=retries, retry_backoff_max=retry_backoff_max, poll_seconds=poll_seconds, max_polls=max_polls
+            retries=retries,
+            retry_backoff_max=retry_backoff_max,
+            poll_seconds=poll_seconds,
+            max_polls=max_polls,
+            rate_limit=rate_limit,
         )
         self.download_retries = int(download_retries)
         self._aois: dict[str, Any] = {}

@@ -133,6 +133,21 @@ def _make_session_class() -> type:
     return RetryingSession
 
 
+def _set_rate_limit(session: Any, per_second: float) -> None:
+    """Space the session's requests at least ``1 / per_second`` apart (0 = no spacing). The SDK session
+    throttles to 10 requests per second (``planet.http.RATE_LIMIT``) through its limiter, which has no public
+    setter; a limiter of the same class with the same cap on concurrent requests replaces it."""
+    from planet import http
+
+    if per_second == http.RATE_LIMIT:
+        return
+    limiter = getattr(session, "_limiter", None)
+    if limiter is None:  # a future SDK without the limiter: nothing to adjust
+        log.debug("planet SDK session has no _limiter; source.rate_limit not applied")
+        return
+    session._limiter = type(limiter)(rate_limit=per_second, max_workers=getattr(limiter, "limit", http.MAX_ACTIVE))
+
+
 class PlanetAPI:
     """The few Data/Orders API calls cropseg needs, with bounded retries and one-line errors."""
 
@@ -144,6 +159,7 @@ class PlanetAPI:
         retry_backoff_max: float = 64.0,
         poll_seconds: float = 5.0,
         max_polls: int = 720,
+        rate_limit: float = 10.0,
     ):
         planet = _sdk()
         for name in QUIET_LOGGERS:
@@ -156,6 +172,8 @@ class PlanetAPI:
         session = session_cls(auth=credentials())
         session.max_retries = self.retries  # the SDK's own retries of 429, 502 and connection errors
         session.max_retry_backoff = self.backoff_max
+        self.rate_limit = float(rate_limit)
+        _set_rate_limit(session, self.rate_limit)
         self.pl = planet.Planet(session=session, base_url=self.api_url)
         self.spec_origin = seed_bundles_spec(self.api_url)
 
