@@ -27,7 +27,7 @@ run: $(STAMP)
 # on TEST_WORKERS processes (pytest-xdist; a module's tests stay on one worker, so its module-scoped runs are
 # shared); TEST_WORKERS=0 runs them in one process.
 TEST_WORKERS ?= 2
-PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 test: $(STAMP)
 	$(PYTEST) $(PYTEST_ARGS)

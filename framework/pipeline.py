@@ -32,6 +32,7 @@ from .raster import DEFAULT_BLOCK, iter_windows
 from .sampling import sample_training_pixels
 from .scene_ops import apply_filters, predict_scene
 from .schema import check_framework_options
+from .signals import raise_if_received
 from .tracking import TAG_PREFIX, Tracker, git_commit
 from .types import BAND_NAMES, Classifier, Features, Labeler, MaskFilter, PatchModel, Scene, Source, Vectorizer
 
@@ -228,6 +229,7 @@ def execute(
         try:
             with BlockExecutor(stages.parallel) as executor, use_executor(executor):
                 result = _run_stages(cfg, stages, rl, out, t_start)
+            raise_if_received()  # before the run can end FINISHED (see cropseg.signals)
         except BaseException as exc:
             discard_results(out, f"{type(exc).__name__}: {exc}")
             raise

@@ -35,6 +35,7 @@ from .parallel import BlockExecutor, ParallelConfig, use_executor
 from .preflight import check_output_dir
 from .raster import DEFAULT_BLOCK, atomic_path, iter_windows
 from .scenes import make_ground_truth
+from .signals import raise_if_received
 from .tracking import TAG_PREFIX, Tracker, check_reachable, git_commit, resolve_uri
 from .types import CROP, DWR_CROP_CLASSES, NONCROP
 
@@ -231,6 +232,7 @@ def predict(
             rl.log_metrics({k: v for k, v in metrics.items() if v is not None and np.isfinite(v)})
             for path in files.values():
                 rl.log_artifact(path, str(path.parent.relative_to(stage)) if path.parent != stage else None)
+            raise_if_received()  # a signal whose exception Python dropped (cropseg.signals) publishes nothing
             final = _publish(stage, out)
         except BaseException as exc:
             shutil.rmtree(stage, ignore_errors=True)

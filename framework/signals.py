@@ -29,7 +29,9 @@ class Terminated(KeyboardInterrupt):
         return "terminated by SIGTERM"
 
 
-_state: dict[str, Any] = {"depth": 0, "pending": None}
+#: depth of nested critical sections; a signal waiting for them to end; the first signal received inside
+#: handle_signals (kept until the block ends, see :func:`raise_if_received`)
+_state: dict[str, Any] = {"depth": 0, "pending": None, "received": None}
 
 
 def _ignore_further() -> None:
@@ -43,6 +45,7 @@ def _exception(signum: int) -> KeyboardInterrupt:
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
     _ignore_further()
+    _state["received"] = signum
     if _state["depth"]:
         _state["pending"] = signum  # raised when the critical section ends
         return
@@ -66,6 +69,29 @@ def deferred() -> Iterator[None]:
             raise _exception(signum)
 
 
+def _unraisable(hook: Any) -> Any:
+    """A ``sys.unraisablehook`` that keeps quiet about this module's own exceptions (Python could not raise them
+    where the signal arrived, see :func:`raise_if_received`, which raises them again) and passes anything else
+    on to ``hook``."""
+
+    def quiet(info: Any) -> None:
+        if _state["received"] is not None and isinstance(info.exc_value, KeyboardInterrupt):
+            return
+        hook(info)
+
+    return quiet
+
+
+def raise_if_received() -> None:
+    """Raise the exception of a signal received inside :func:`handle_signals`. Called where a command is about
+    to commit a result (a run about to end FINISHED, a prediction about to move its files into place): Python
+    drops an exception raised by a signal handler while a garbage-collector callback or a ``__del__`` runs
+    (printing "Exception ignored in ..."; Dask's GC diagnostics install such a callback), and the signal must
+    still stop the command. Once the exception has propagated, nothing calls this before the command ends."""
+    if _state["received"] is not None and not _state["depth"]:
+        raise _exception(_state["received"])
+
+
 @contextmanager
 def handle_signals() -> Iterator[None]:
     """Inside the block SIGTERM raises :class:`Terminated` and SIGINT ``KeyboardInterrupt`` in the main
@@ -75,11 +101,16 @@ def handle_signals() -> Iterator[None]:
         yield
         return
     saved: dict[int, Any] = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    _state["received"] = None
+    saved_hook = sys.unraisablehook
+    sys.unraisablehook = _unraisable(saved_hook)
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     try:
         yield
     finally:
+        _state["received"] = None
+        sys.unraisablehook = saved_hook
         for s, h in saved.items():
             signal.signal(s, h if h is not None else signal.SIG_DFL)
 
@@ -112,4 +143,12 @@ def report(prog: str, exc: BaseException, detail: str = "") -> int:
     return exit_code(exc)
 
 
-__all__ = ["Terminated", "children_ignore_sigint", "deferred", "exit_code", "handle_signals", "report"]
+__all__ = [
+    "Terminated",
+    "children_ignore_sigint",
+    "deferred",
+    "exit_code",
+    "handle_signals",
+    "raise_if_received",
+    "report",
+]

@@ -230,10 +230,10 @@ def test_estimate_area_reprojects_and_excludes(synthetic, labelled, tmp_path):
     assert "other reference codes 2" in e2.text() and "(codes: 'cloud' x2)" in e2.text()
 
 
-def test_estimate_area_command_and_mlflow(synthetic, labelled, tmp_path, capsys):
+def test_estimate_area_command_and_mlflow(synthetic, labelled, tmp_path, capsys, tracking_uri):
     from mlflow import MlflowClient
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = tracking_uri
     rc = main(
         [
             "estimate-area",

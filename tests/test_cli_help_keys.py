@@ -14,9 +14,9 @@ from cropseg.testing import local_overrides, write_tiny_scene
 
 
 @pytest.fixture
-def inproc(monkeypatch, tmp_path, tracking_uri):
+def inproc(monkeypatch, tmp_path, fresh_tracking_uri):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", fresh_tracking_uri)
     monkeypatch.setenv("CROPSEG_CACHE_DIR", str(tmp_path / "cache"))
     return tmp_path
 
@@ -55,7 +55,7 @@ def test_unknown_key_gives_the_same_line_with_or_without_plus(inproc, capfd, key
     assert key.split(".")[-1] in plain and valid in plain and "not in struct" not in plain
 
 
-def test_contours_labeler_with_a_raster_ground_truth_fails_before_loading_scenes(inproc, capfd, tracking_uri):
+def test_contours_labeler_with_a_raster_ground_truth_fails_before_loading_scenes(inproc, capfd, fresh_tracking_uri):
     train, test = (
         write_tiny_scene(inproc / "d", name="train", seed=1),
         write_tiny_scene(inproc / "d", name="test", seed=2),
@@ -71,4 +71,4 @@ def test_contours_labeler_with_a_raster_ground_truth_fails_before_loading_scenes
     )
     assert "labeler=contours needs polygons" in line and "use labeler=rasterize" in line and "classes.tif" in line
     assert not (inproc / "cache").exists()  # no scene was loaded
-    assert not Path(tracking_uri.removeprefix("sqlite:///")).exists()  # no run was even started
+    assert not Path(fresh_tracking_uri.removeprefix("sqlite:///")).exists()  # no run was even started

@@ -22,13 +22,13 @@ FAST = ["tracking.log_model=false", "postprocessor=[median_blur]", "parallel.bac
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, store_template):
     """Three tiny runs: knn with bands and with indices on test scene A, knn with bands on test scene B."""
     d = tmp_path_factory.mktemp("lineage")
     train = write_tiny_scene(d, name="train", seed=1)
     test_a = write_tiny_scene(d, name="test_a", seed=2)
     test_b = write_tiny_scene(d, name="test_b", seed=5)
-    uri = f"sqlite:///{d / 'mlflow.db'}"
+    uri = store_template.copy(d)
     base = [f"tracking.uri={uri}", "tracking.experiment=lineage", f"cache_dir={d / 'cache'}", *FAST]
     results = {
         "a_bands": cropseg.run([*local_overrides(train, test_a), *base], output_dir=d / "o1"),

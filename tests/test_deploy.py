@@ -42,10 +42,10 @@ pytestmark = pytest.mark.slow  # every test reads a trained run and its deployed
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, store_template):
     """A run on the SYNTHETIC sample, its model registered as version 1 of REGISTERED."""
     root = tmp_path_factory.mktemp("deploy")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = store_template.copy(root)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         result = cropseg.run(

@@ -225,7 +225,7 @@ def test_prediction_and_filters_on_a_dask_cluster_equal_the_serial_path(tmp_path
 
 
 @pytest.fixture(scope="module")
-def serial_run(tmp_path_factory):
+def serial_run(tmp_path_factory, store_template):
     """One serial run on a tiny SYNTHETIC pair, shared by the tests comparing other executors with it: its
     overrides (less the backend) and result."""
     import cropseg
@@ -235,7 +235,7 @@ def serial_run(tmp_path_factory):
     pair = write_tiny_scene(d, name="train", seed=1), write_tiny_scene(d, name="test", seed=2)
     base = [
         *local_overrides(*pair),
-        f"tracking.uri=sqlite:///{d / 'mlflow.db'}",
+        f"tracking.uri={store_template.copy(d)}",
         "block_size=16",
         f"cache_dir={d / 'cache'}",
         "tracking.log_model=false",

@@ -90,7 +90,7 @@ class Case:
 
 
 @pytest.fixture(scope="module")
-def cases(tmp_path_factory) -> dict[str, tuple[Case, int]]:
+def cases(tmp_path_factory, store_template) -> dict[str, tuple[Case, int]]:
     root = tmp_path_factory.mktemp("signals")
     tiny = root / "tiny"
     train, test = write_tiny_scene(tiny, name="train", seed=1), write_tiny_scene(tiny, name="test", seed=2)
@@ -106,7 +106,7 @@ def cases(tmp_path_factory) -> dict[str, tuple[Case, int]]:
             trigger,
             sig,
             d,
-            f"sqlite:///{d / 'mlflow.db'}",
+            store_template.copy(d),
             d / "out",
         )
 
@@ -135,7 +135,7 @@ def cases(tmp_path_factory) -> dict[str, tuple[Case, int]]:
             "training sample:",
             signal.SIGTERM,
             sweep,
-            f"sqlite:///{sweep / 'mlflow.db'}",
+            store_template.copy(sweep),
             sweep / "multirun" / "0",
         )
     )
@@ -145,8 +145,7 @@ def cases(tmp_path_factory) -> dict[str, tuple[Case, int]]:
 
     # a model for `cropseg predict`, trained in this process meanwhile
     trained = root / "trained"
-    uri = f"sqlite:///{trained / 'mlflow.db'}"
-    trained.mkdir()
+    uri = store_template.copy(trained)
     result = cropseg.run(
         [
             *local,
@@ -249,3 +248,42 @@ def test_signal_ends_the_command_cleanly(cases, name):
         .startswith("Terminated:" if case.sig == signal.SIGTERM else "KeyboardInterrupt")
     )
     assert not list(case.out.parent.glob(f".{case.out.name}.partial-*"))
+
+
+def test_a_signal_python_drops_inside_a_gc_callback_still_stops_the_command(tmp_path):
+    """Python drops an exception raised by a signal handler while a garbage-collector callback runs (it prints
+    "Exception ignored in ..."; Dask's GC diagnostics install such a callback, and a `cropseg predict` once ran
+    to FINISHED after its SIGTERM this way). The signal is remembered and raised again where the command
+    would commit its result, quietly."""
+    script = tmp_path / "gc_signal.py"
+    script.write_text(
+        """
+import gc, os, signal, sys
+from cropseg.signals import Terminated, handle_signals, raise_if_received
+
+def callback(phase, info):
+    if phase == "start":
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(1000):  # the handler runs here, inside the callback
+            pass
+
+with handle_signals():
+    gc.callbacks.append(callback)
+    gc.collect()
+    gc.callbacks.remove(callback)
+    print("the exception was dropped inside the callback", flush=True)
+    try:
+        raise_if_received()
+    except Terminated as exc:
+        print(f"raised again: {exc}", flush=True)
+        sys.exit(143)
+sys.exit(0)
+"""
+    )
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 143, proc.stdout + proc.stderr
+    assert proc.stdout.splitlines() == [
+        "the exception was dropped inside the callback",
+        "raised again: terminated by SIGTERM",
+    ]
+    assert proc.stderr == ""  # no "Exception ignored in ..." traceback

@@ -22,8 +22,14 @@ from cropseg.cli import main
 from cropseg.conformance import PatchModelConformance
 from cropseg.patches import PatchOptions, draw_patches, holdout_blocks
 
-torch = pytest.importorskip("torch", reason="the 'deep' extra (make setup installs it)")
-pytest.importorskip("segmentation_models_pytorch", reason="the 'deep' extra (make setup installs it)")
+
+@pytest.fixture(scope="module", autouse=True)
+def _deep_extra() -> None:
+    """PyTorch and segmentation-models-pytorch (the 'deep' extra), imported when this module's tests run,
+    not when the suite is collected (the import costs seconds in every test worker)."""
+    pytest.importorskip("torch", reason="the 'deep' extra (make setup installs it)")
+    pytest.importorskip("segmentation_models_pytorch", reason="the 'deep' extra (make setup installs it)")
+
 
 SIZE = 160
 #: a small U-Net (3 encoder stages of resnet18, narrow decoder) keeps the tests fast on 2 CPU cores
@@ -51,9 +57,9 @@ def _read(path: Path) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def unet_run(tmp_path_factory):
+def unet_run(tmp_path_factory, store_template):
     root = tmp_path_factory.mktemp("unet")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = store_template.copy(root)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         result = cropseg.run([*FAST, f"tracking.uri={uri}", f"cache_dir={root / 'cache'}"], output_dir=root / "run")
@@ -234,6 +240,7 @@ def _one_line(capfd, code: int) -> str:
 @pytest.fixture
 def wrong_weights(tmp_path) -> Path:
     import segmentation_models_pytorch as smp
+    import torch
 
     path = tmp_path / "rgb_unet.pt"  # a U-Net for 3 input channels: does not fit 4 bands
     torch.save(smp.Unet(encoder_name="resnet18", encoder_weights=None, in_channels=3, classes=1).state_dict(), path)
@@ -242,6 +249,8 @@ def wrong_weights(tmp_path) -> Path:
 
 @pytest.mark.parametrize("case", ["missing_weights", "wrong_weights", "cuda", "encoder_weights"])
 def test_bad_options_stop_before_any_work(case, tmp_path, capfd, monkeypatch, wrong_weights):
+    import torch
+
     if case == "cuda" and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     monkeypatch.chdir(tmp_path)
@@ -258,13 +267,13 @@ def test_bad_options_stop_before_any_work(case, tmp_path, capfd, monkeypatch, wr
 
 
 @pytest.mark.parametrize("case", ["patch_too_large", "too_few_patches"])
-def test_bad_scene_for_patches_fails_the_run(case, unet_run, tmp_path, capfd, monkeypatch):
+def test_bad_scene_for_patches_fails_the_run(case, unet_run, tmp_path, capfd, monkeypatch, tracking_uri):
     monkeypatch.chdir(tmp_path)
     override, expect = {
         "patch_too_large": ("classifier.patch_size=192", "larger than the training scene"),
         "too_few_patches": ("train.patches.min_per_class=500", "too few labelled training patches"),
     }[case]
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = tracking_uri
     line = _one_line(
         capfd,
         main(

@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from ..errors import CropsegError, TrackingError
-from ..signals import deferred
+from ..signals import deferred, raise_if_received
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +205,7 @@ class Tracker:
         logger = RunLogger(self.client, run.info.run_id, run.info.artifact_uri)
         try:
             yield logger
+            raise_if_received()  # a signal whose exception Python dropped still stops the run (cropseg.signals)
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM through cropseg.signals.Terminated
             self._end(logger, "KILLED", str(exc) or "interrupted by SIGINT (Ctrl-C)")
             raise
