@@ -106,10 +106,19 @@ class ClassifierConformance:
         return separable_pixels(n_per_class=100, seed=1)
 
     @pytest.fixture
-    def fitted(self, make_classifier: Callable[[], Any], train_data: tuple) -> tuple[Any, Any]:
-        clf = make_classifier()
-        X, y, groups = train_data
-        return clf, clf.fit(X, y, groups)
+    def fitted(self, classifier_name: str, make_classifier: Callable[[], Any], train_data: tuple) -> tuple[Any, Any]:
+        """The classifier fitted on ``train_data`` and its :class:`FitResult`, fitted once per test class and
+        classifier and shared by the tests that only read it (as :class:`PatchModelConformance` shares its
+        model; ``test_deterministic_under_seed`` fits two fresh ones)."""
+        cls = type(self)
+        cache: dict[tuple[str, tuple[str, ...]], tuple[Any, Any]] = cls.__dict__.get("_fitted_cache") or {}
+        cls._fitted_cache = cache  # type: ignore[attr-defined]
+        key = (classifier_name, tuple(self.overrides))
+        if key not in cache:
+            clf = make_classifier()
+            X, y, groups = train_data
+            cache[key] = (clf, clf.fit(X, y, groups))
+        return cache[key]
 
     # -- the tests -------------------------------------------------------------------------------------
 

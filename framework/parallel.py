@@ -159,6 +159,7 @@ class BlockExecutor:
     def client(self) -> Any:
         """The ``distributed.Client`` (started on first use)."""
         if self._client is None:
+            _quiet_interrupted_sync()
             with deferred():  # a signal during start-up would leave a half-made cluster and client
                 try:
                     self._client = self._connect()
@@ -248,6 +249,30 @@ class BlockExecutor:
             for fut in pending:
                 fut.cancel()
             ctx.release()
+
+
+class _InterruptedSyncFilter(logging.Filter):
+    """Drops the one log record of a bug in ``distributed.utils.sync``: when Ctrl-C / SIGTERM interrupts a
+    client call before the call's future exists, its ``cancel`` callback reads that unbound variable and
+    tornado logs the ``NameError`` with a traceback. The interrupt itself propagates and stops the command
+    as usual; the record only adds a traceback to its one-line error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, NameError) or "'future'" not in str(exc) or exc.__traceback__ is None:
+            return True
+        tb = exc.__traceback__
+        while tb.tb_next is not None:
+            tb = tb.tb_next
+        code = tb.tb_frame.f_code
+        where = os.path.normpath(code.co_filename).split(os.sep)[-2:]
+        return not (code.co_name == "cancel" and where == ["distributed", "utils.py"])
+
+
+def _quiet_interrupted_sync() -> None:
+    tornado_log = logging.getLogger("tornado.application")
+    if not any(isinstance(f, _InterruptedSyncFilter) for f in tornado_log.filters):
+        tornado_log.addFilter(_InterruptedSyncFilter())
 
 
 def check_scheduler(config: ParallelConfig) -> None:

@@ -1,7 +1,7 @@
 """Any number of ``cropseg`` processes may start at once on one fresh store: four plain runs started
 together, three times on a new sqlite store (the store is created and migrated under the store lock),
 and once against a real ``mlflow server``; every run ends FINISHED. Against the same server (one per
-module, each test in its own experiment): a sweep whose jobs run two at once in worker processes."""
+module, each test in its own experiment): a sweep of two jobs."""
 
 from __future__ import annotations
 
@@ -88,15 +88,15 @@ def test_four_runs_at_once_against_an_mlflow_server(tiny_pair, cli_env, mlflow_s
     _finish(_start_four(tiny_pair, env, work, "concurrent"), mlflow_server, "concurrent")
 
 
-def test_parallel_sweep_against_mlflow_server(tiny_pair, cli_env, mlflow_server, tmp_path):
-    """Two jobs at once through the joblib launcher, each logging its run, artifacts and model (proxied
-    artifacts) to the server; their dataset inputs as the MLflow UI reads them (REST)."""
+def test_sweep_against_mlflow_server(tiny_pair, cli_env, mlflow_server, tmp_path):
+    """A sweep's parent and two jobs, each logging its run, artifacts and model (proxied artifacts) to the
+    server; their dataset inputs as the MLflow UI reads them (REST). (Jobs in parallel worker processes:
+    tests/test_sweeps.py; processes at once against the server: the test above.)"""
     work = tmp_path / "work"
     work.mkdir()
     env = dict(cli_env, MLFLOW_TRACKING_URI=mlflow_server)
     args = [
         "--multirun",
-        "hydra/launcher=parallel",
         *local_overrides(*tiny_pair)[:-1],
         "tracking.experiment=sweep",
         "classifier.k_grid=[3],[5]",
@@ -111,7 +111,6 @@ def test_parallel_sweep_against_mlflow_server(tiny_pair, cli_env, mlflow_server,
     parents = [r for r in runs if r.data.tags.get("cropseg.sweep") == "true"]
     children = [r for r in runs if r.data.tags.get("cropseg.sweep") != "true"]
     assert len(parents) == 1 and len(children) == 2
-    assert parents[0].data.tags["cropseg.sweep.launcher"] == "JoblibLauncher"
     assert all(c.info.status == "FINISHED" for c in children)
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
     models = {m.source_run_id: m for m in client.search_logged_models([exp_id])}

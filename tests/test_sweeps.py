@@ -50,17 +50,19 @@ def work(tmp_path):
     return d
 
 
-CLASSIFIERS = ["knn", "random_forest", "logistic_regression"]
+#: two built-ins and the example third-party plugin (examples/cropseg-nearest-centroid)
+CLASSIFIERS = ["knn", "random_forest", "nearest_centroid"]
 
 
 @pytest.mark.slow
 def test_parallel_sweep_on_fresh_store_then_compare(
-    work, tiny_pair, cli_env, fresh_tracking_uri, tmp_path, monkeypatch, capfd
+    example_plugin, work, tiny_pair, cli_env, fresh_tracking_uri, tmp_path, monkeypatch, capfd
 ):
-    """Three classifiers through the joblib launcher (two processes at once) on a store that does not exist yet."""
+    """Built-in classifiers and a third-party plugin through the joblib launcher (two processes at once) on a
+    store that does not exist yet, then `cropseg compare` ranks them and registers the best model."""
     tracking_uri = fresh_tracking_uri
     assert not Path(tracking_uri.removeprefix("sqlite:///")).exists()
-    cli_env = dict(cli_env, MLFLOW_TRACKING_URI=tracking_uri)
+    cli_env = example_plugin.env(dict(cli_env, MLFLOW_TRACKING_URI=tracking_uri))
     args = [
         "--multirun",
         "hydra/launcher=parallel",
@@ -78,7 +80,11 @@ def test_parallel_sweep_on_fresh_store_then_compare(
     assert len(children) == len(CLASSIFIERS)
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
     assert all(c.info.status == "FINISHED" for c in children)
-    assert sorted(c.data.tags["cropseg.classifier"] for c in children) == sorted(CLASSIFIERS)
+    tags = {c.data.tags["cropseg.classifier"]: c.data.tags for c in children}
+    assert sorted(tags) == sorted(CLASSIFIERS)
+    assert tags["nearest_centroid"]["cropseg.classifier.nearest_centroid.version"].startswith(
+        "cropseg-nearest-centroid "
+    )
     knn = next(c for c in children if c.data.tags["cropseg.classifier"] == "knn")
     for kind in ("spatial", "random"):  # both CV scores are reported, not only the tuning one
         assert 0 < knn.data.metrics[f"cv_{kind}_f1_weighted"] <= 1
@@ -166,25 +172,6 @@ def test_unreachable_server_fails_before_the_sweep(work, tiny_pair, cli_env):
         "cropseg: error: tracking server http://127.0.0.1:9 is unreachable: [Errno 111] Connection refused"
     ]
     assert not (work / "multirun").exists()
-
-
-@pytest.mark.slow
-def test_sweep_over_the_example_third_party_plugin(example_plugin, work, tiny_pair, cli_env, tracking_uri):
-    args = [
-        "--multirun",
-        *local_overrides(*tiny_pair)[:-1],
-        "tracking.log_model=false",
-        "classifier=knn,nearest_centroid",
-    ]
-    proc = run_cli(args, work, example_plugin.env(cli_env))
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    _, parents, children = sweep_runs(tracking_uri)
-    assert len(parents) == 1 and all(c.info.status == "FINISHED" for c in children)
-    tags = {c.data.tags["cropseg.classifier"]: c.data.tags for c in children}
-    assert set(tags) == {"knn", "nearest_centroid"}
-    assert tags["nearest_centroid"]["cropseg.classifier.nearest_centroid.version"].startswith(
-        "cropseg-nearest-centroid "
-    )
 
 
 @pytest.mark.slow
