@@ -611,7 +611,13 @@ def _log_results(
 ) -> dict[str, str]:
     from . import previews
 
-    rl.log_metrics(metrics)
+    # the model before the metrics: they are logged once, as the run's and the model's (see log_pipeline_model)
+    model_info: dict[str, str] = {}
+    model_id = None
+    if cfg.get("tracking", {}).get("log_model", True):
+        model_info, model_id = _log_model(rl, st, scenes, out / "model", cfg)
+        outputs["model"] = out / "model"
+    rl.log_metrics(metrics, model_id=model_id)
     rep_dir = out / "reports"
     rep_dir.mkdir(parents=True, exist_ok=True)
     table: dict[str, list[Any]] = {"report": [], "class": [], "precision": [], "recall": [], "f1": [], "support": []}
@@ -662,10 +668,6 @@ def _log_results(
     )
     rl.log_artifact(map_path, "map")
     outputs["map"] = map_path
-    model_info: dict[str, str] = {}
-    if cfg.get("tracking", {}).get("log_model", True):
-        model_info = _log_model(rl, st, scenes, out / "model", cfg)
-        outputs["model"] = out / "model"
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     outputs["metrics"] = out / "metrics.json"
     return model_info
@@ -681,16 +683,18 @@ def _check_registration(tcfg: Any) -> None:
         raise ConfigError(f"tracking.register_model: a model name without '/' or '@', got {name!r}")
 
 
-def _log_model(rl: Any, st: Stages, scenes: Any, model_dir: Path, cfg: DictConfig) -> dict[str, str]:
+def _log_model(rl: Any, st: Stages, scenes: Any, model_dir: Path, cfg: DictConfig) -> tuple[dict[str, str], str]:
     """Log the whole inference pipeline as the run's MLflow model (``runs:/<run_id>/model``) and register
-    it when ``tracking.register_model`` names a registered model."""
+    it when ``tracking.register_model`` names a registered model; returns that and the logged model's id."""
     from .inference import InferencePipeline, pipeline_spec
     from .tracking.model import log_pipeline_model, register_run_model
 
     log.info("logging the pipeline as the run's MLflow model")
     spec = pipeline_spec(cfg, st, scenes.train, synthetic=scenes.synthetic, run_id=rl.run_id)
     pipe = InferencePipeline(spec, st.classifier, st.features, st.filters, st.vectorizers, st.registry)
-    uri = log_pipeline_model(rl.client.tracking_uri, rl.run_id, pipe, pipe.example_rows(scenes.test), model_dir)
+    uri, model_id = log_pipeline_model(
+        rl.client.tracking_uri, rl.run_id, pipe, pipe.example_rows(scenes.test), model_dir
+    )
     info = {"model_uri": uri}
     name = cfg.get("tracking", {}).get("register_model")
     if name:
@@ -699,4 +703,4 @@ def _log_model(rl: Any, st: Stages, scenes: Any, model_dir: Path, cfg: DictConfi
         log.info("model %s registered as models:/%s/%s", uri, name, info["model_version"])
     else:
         log.info("model logged as %s", uri)
-    return info
+    return info, model_id

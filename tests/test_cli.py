@@ -123,6 +123,10 @@ def test_cli_end_to_end_local_source(tmp_path, tiny_pair, cli_env, tracking_uri)
     (model_out,) = client.get_run(run.info.run_id).outputs.model_outputs
     logged = client.get_logged_model(model_out.model_id)
     assert logged.name == "model" and logged.source_run_id == run.info.run_id
+    # the model carries the run's metrics (MLflow's model view), logged once for both
+    model_metrics = {m.key: m.value for m in logged.metrics}
+    assert set(model_metrics) == set(run.data.metrics)
+    assert model_metrics["test_crop_f1"] == run.data.metrics["test_crop_f1"]
     assert "cropseg.registered_model" not in tags  # tracking.register_model is off by default
 
     # the mask is on the test scene's exact grid

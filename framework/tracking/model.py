@@ -203,9 +203,14 @@ def _requirements(pipeline: InferencePipeline) -> list[str]:
 @deferred()  # a signal waits for the store calls to finish (see cropseg.tracking.SignalSafeClient)
 def log_pipeline_model(
     tracking_uri: str, run_id: str, pipeline: InferencePipeline, example: np.ndarray, work_dir: Path
-) -> str:
+) -> tuple[str, str]:
     """Log ``pipeline`` into run ``run_id`` as the pyfunc model ``model`` with a signature (reflectance
-    columns -> class) and ``example`` pixel rows as input example. Returns ``runs:/<run_id>/model``."""
+    columns -> class) and ``example`` pixel rows as input example. Returns ``runs:/<run_id>/model`` and the
+    logged model's id.
+
+    MLflow links the run's metrics logged so far to the new model, one metric-history request per metric
+    (a second per run against a tracking server with a hundred metrics): log the model before the bulk of
+    the metrics and those with ``RunLogger.log_metrics(..., model_id=...)`` (one request)."""
     from mlflow.models import Model, infer_signature
 
     spec_path, clf_path = pipeline.save(Path(work_dir))
@@ -243,7 +248,7 @@ def log_pipeline_model(
             pip_requirements=_requirements(pipeline),
             metadata={"cropseg_classifier": pipeline.spec.classifier, "cropseg_synthetic": pipeline.spec.synthetic},
         )
-    return f"runs:/{run_id}/{MODEL_NAME}"
+    return f"runs:/{run_id}/{MODEL_NAME}", logged.model_id
 
 
 @dataclass
