@@ -618,6 +618,8 @@ def _log_results(
         model_info, model_id = _log_model(rl, st, scenes, out / "model", cfg)
         outputs["model"] = out / "model"
     rl.log_metrics(metrics, model_id=model_id)
+    if model_id is not None:
+        model_info.update(_register_model(rl, cfg, model_info["model_uri"]))  # its version carries the metrics
     rep_dir = out / "reports"
     rep_dir.mkdir(parents=True, exist_ok=True)
     table: dict[str, list[Any]] = {"report": [], "class": [], "precision": [], "recall": [], "f1": [], "support": []}
@@ -684,10 +686,10 @@ def _check_registration(tcfg: Any) -> None:
 
 
 def _log_model(rl: Any, st: Stages, scenes: Any, model_dir: Path, cfg: DictConfig) -> tuple[dict[str, str], str]:
-    """Log the whole inference pipeline as the run's MLflow model (``runs:/<run_id>/model``) and register
-    it when ``tracking.register_model`` names a registered model; returns that and the logged model's id."""
+    """Log the whole inference pipeline as the run's MLflow model (``runs:/<run_id>/model``); returns
+    ``{"model_uri": ...}`` and the logged model's id."""
     from .inference import InferencePipeline, pipeline_spec
-    from .tracking.model import log_pipeline_model, register_run_model
+    from .tracking.model import log_pipeline_model
 
     log.info("logging the pipeline as the run's MLflow model")
     spec = pipeline_spec(cfg, st, scenes.train, synthetic=scenes.synthetic, run_id=rl.run_id)
@@ -695,12 +697,19 @@ def _log_model(rl: Any, st: Stages, scenes: Any, model_dir: Path, cfg: DictConfi
     uri, model_id = log_pipeline_model(
         rl.client.tracking_uri, rl.run_id, pipe, pipe.example_rows(scenes.test), model_dir
     )
-    info = {"model_uri": uri}
+    log.info("model logged as %s", uri)
+    return {"model_uri": uri}, model_id
+
+
+def _register_model(rl: Any, cfg: DictConfig, uri: str) -> dict[str, str]:
+    """Register the run's model when ``tracking.register_model`` names a registered model (after the run's
+    metrics are logged: the version's tags and description quote them)."""
+    from .tracking.model import register_run_model
+
     name = cfg.get("tracking", {}).get("register_model")
-    if name:
-        info["model_version"] = register_run_model(rl.client.tracking_uri, rl.run_id, str(name))
-        rl.set_tags({f"{TAG_PREFIX}registered_model": f"models:/{name}/{info['model_version']}"})
-        log.info("model %s registered as models:/%s/%s", uri, name, info["model_version"])
-    else:
-        log.info("model logged as %s", uri)
-    return info, model_id
+    if not name:
+        return {}
+    version = register_run_model(rl.client.tracking_uri, rl.run_id, str(name))
+    rl.set_tags({f"{TAG_PREFIX}registered_model": f"models:/{name}/{version}"})
+    log.info("model %s registered as models:/%s/%s", uri, name, version)
+    return {"model_version": version}

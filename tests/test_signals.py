@@ -125,7 +125,6 @@ def cases(tmp_path_factory, store_template) -> dict[str, tuple[Case, int]]:
             "parallel.processes=true",
             "parallel.workers=2",
         ),
-        run_case("model-SIGINT", "logging the pipeline as the run's MLflow model", signal.SIGINT),
     ]
     sweep = root / "sweep-SIGTERM"
     cases.append(
@@ -192,7 +191,6 @@ NAMES = [
     "predict-SIGINT",
     "model-SIGTERM",
     "workers-ctrl-c",
-    "model-SIGINT",
     "sweep-SIGTERM",
     "cropseg-predict-SIGTERM",
     "cropseg-predict-SIGINT",
