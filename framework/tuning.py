@@ -69,6 +69,16 @@ class CVSpec:
             )
 
 
+def check_untuned(spec: CVSpec, n_candidates: int, grid: str = "grid") -> None:
+    """``cv=none`` fits one candidate: a ``grid`` of several is a :class:`ConfigError` (checked when a
+    classifier is built, before any scene is read, and again by :func:`tune`)."""
+    if spec.cv == "none" and n_candidates > 1:
+        raise ConfigError(
+            f"{spec.where}.cv=none: the {grid} holds {n_candidates} candidates; tuning needs cv=spatial or "
+            f"cv=random (or one candidate, e.g. {spec.where.split('.')[0]}.{grid}=[...] with one value)"
+        )
+
+
 def splitter(kind: str, spec: CVSpec, y: np.ndarray, groups: np.ndarray | None) -> Any:
     """The scikit-learn splitter for ``kind`` ("spatial" or "random"); raises :class:`ConfigError` when
     spatial folds are impossible (no groups, fewer spatial blocks than folds) or a class is too small."""
@@ -261,11 +271,7 @@ def tune(
     scores: dict[str, CVScore] = {}
     results: list[CVScore] = []
     if spec.cv == "none":
-        if len(candidates) > 1:
-            raise ConfigError(
-                f"{spec.where}.cv=none: the grid holds {len(candidates)} candidates; "
-                "tuning needs cv=spatial or cv=random"
-            )
+        check_untuned(spec, len(candidates))
         best = candidates[0]
     else:
         tuning_cv = splitter(spec.cv, spec, y, groups)
@@ -425,6 +431,7 @@ class SklearnClassifier:
         self.hyper = dict(hyper)
         self.grid = {k: [_plain(v) for v in vals] for k, vals in dict(grid or {}).items()}
         self.candidates = expand_grid(self.grid, self.where, self.hyperparameters)  # validate now
+        check_untuned(self.spec, len(self.candidates))
         self.model_: Any = None
 
     def build(self, **params: Any) -> Any:  # pragma: no cover - abstract

@@ -17,7 +17,7 @@ import numpy as np
 
 from cropseg import FitResult, hookimpl
 from cropseg.errors import ConfigError
-from cropseg.tuning import CVSpec, tune
+from cropseg.tuning import CVSpec, check_untuned, tune
 
 
 class KNNClassifier:
@@ -38,6 +38,7 @@ class KNNClassifier:
         if weights not in ("uniform", "distance"):
             raise ConfigError(f"classifier.knn.weights: 'uniform' or 'distance', got {weights!r}")
         self.spec = CVSpec(cv=cv, folds=cv_folds, scoring=scoring, seed=seed, where="classifier.knn")
+        check_untuned(self.spec, len(k_grid), grid="k_grid")
         self.k_grid, self.cv_folds, self.cv, self.scoring = k_grid, cv_folds, cv, scoring
         self.weights, self.algorithm, self.n_jobs, self.seed = weights, algorithm, n_jobs, seed
         self.model_ = None

@@ -259,6 +259,8 @@ OPTION_CASES = [
     ("postprocessor.median_blur.kernel=abc", ["postprocessor.median_blur.kernel=abc", "integer"]),
     ("train.balance=maybe", ["train.balance=maybe", "true or false"]),
     ("preview.max_side=0", ["preview.max_side=0", "between 16"]),
+    # the tests' k grid [3,5]: without CV there is nothing to choose between them (refused before any scene)
+    ("classifier.cv=none", ["classifier.knn.cv=none", "k_grid holds 2 candidates"]),
 ]
 
 

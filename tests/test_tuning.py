@@ -59,6 +59,18 @@ def test_cv_none_fits_without_cv_and_refuses_a_grid():
         tune(knn, {"k": [3, 5]}, X, y, groups, CVSpec(cv="none", where="classifier.x"))
 
 
+def test_cv_none_with_a_grid_is_refused_when_the_classifier_is_built():
+    from cropseg.config import compose, instantiate
+    from cropseg.plugins import Registry, get_plugin_manager
+
+    registry = Registry.from_plugin_manager(get_plugin_manager())
+    cfg = compose(["classifier=random_forest", "classifier.cv=none", "classifier.grid.max_depth=[4,8]"])
+    with pytest.raises(ConfigError, match=r"classifier.random_forest.cv=none: the grid holds 2 candidates"):
+        instantiate(registry, "classifier", cfg.classifier)
+    one = compose(["classifier=random_forest", "classifier.cv=none", "classifier.grid.max_depth=[4]"])
+    assert instantiate(registry, "classifier", one.classifier).candidates == [{"max_depth": 4}]
+
+
 def test_spatial_cv_errors_name_the_fix():
     X, y, groups = overlapping()
     with pytest.raises(ConfigError, match="no spatial groups"):
