@@ -455,23 +455,16 @@ def test_nan_pixels_a_utm_ground_truth_and_a_bowtie_run_to_finished(awkward_run)
     assert run_.data.metrics["test_ground_truth_repaired_geometries"] == 0.0
 
 
+def _predict(model_uri: str, image: Path, files: dict, uri: str, out: Path) -> int:
+    """``cropseg predict`` (its main, in this process) of ``image`` with the training scene's metadata."""
+    args = ["predict", model_uri, str(image), "--metadata", str(files["train"].metadata)]
+    return main([*args, "--tracking-uri", uri, "--output-dir", str(out), "--serial"])
+
+
 @pytest.mark.slow
 def test_cropseg_predict_marks_nan_pixels_255(awkward_run, files, tmp_path, capfd):
     result, uri, _ = awkward_run
-    code = main(
-        [
-            "predict",
-            result.model_uri,
-            str(files["nan"]),
-            "--metadata",
-            str(files["train"].metadata),
-            "--tracking-uri",
-            uri,
-            "--output-dir",
-            str(tmp_path / "pred"),
-            "--serial",
-        ]
-    )
+    code = _predict(result.model_uri, files["nan"], files, uri, tmp_path / "pred")
     assert code == 0, capfd.readouterr().err[-3000:]
     mask = next((tmp_path / "pred" / "prediction").glob("*_mask.tif"))
     with rasterio.open(mask) as src:
@@ -483,20 +476,7 @@ def test_cropseg_predict_marks_nan_pixels_255(awkward_run, files, tmp_path, capf
 @pytest.mark.slow
 def test_cropseg_predict_on_a_truncated_scene_is_one_line(awkward_run, files, tmp_path, capfd):
     result, uri, _ = awkward_run
-    code = main(
-        [
-            "predict",
-            result.model_uri,
-            str(files["truncated"]),
-            "--metadata",
-            str(files["train"].metadata),
-            "--tracking-uri",
-            uri,
-            "--output-dir",
-            str(tmp_path / "pred"),
-            "--serial",
-        ]
-    )
+    code = _predict(result.model_uri, files["truncated"], files, uri, tmp_path / "pred")
     line = one_line_error(capfd, code)
     assert "truncated.tif" in line and "cannot read pixels" in line
     assert not (tmp_path / "pred" / "prediction").exists()
