@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .targets import TARGETS
 
 
 @dataclass(frozen=True)
@@ -210,6 +211,7 @@ FRAMEWORK_OPTIONS: dict[str, Any] = {
     "tracking.run_name": str | None,
     "tracking.log_model": bool,
     "sweep.objective": str | None,
+    "evaluate.target": typing.Literal[tuple(TARGETS)],  # type: ignore[valid-type]
     "preview.max_side": typing.Annotated[int, Range(16, 65536)],
 }
 
