@@ -11,13 +11,12 @@ ends a FAILED run that records it.
 
 from __future__ import annotations
 
-import errno
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from .errors import InputFileError
+from .errors import InputFileError, OutputError, write_failure_reason
 
 
 def check_output_dir(path: Path, option: str = "output_dir", create: bool = True) -> Path:
@@ -40,10 +39,8 @@ def check_output_dir(path: Path, option: str = "output_dir", create: bool = True
         with tempfile.NamedTemporaryFile(dir=existing, prefix=".cropseg-write-check-"):
             pass
     except OSError as exc:
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)
-        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            reason = f"not writable ({reason})"
-        raise InputFileError(f"{path}: cannot write the output directory ({option}): {reason}") from None
+        reason = write_failure_reason(exc) or (os.strerror(exc.errno).lower() if exc.errno else str(exc))
+        raise OutputError(f"the output directory ({option}) could not be written to {path}: {reason}") from None
     return path
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,10 +47,15 @@ def read_with_halo(src: rasterio.DatasetReader, window: Window, halo: int, band:
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary sibling of ``path``; rename it onto ``path`` only if the block succeeds.
+
+    The temporary name is made of safe characters only and kept short, whatever ``path`` is called: GDAL
+    cuts names at characters such as ``;``, and a name near the file-system limit would not take a suffix.
+    ``path`` itself is taken literally. The temporary file is removed whatever happens."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", path.name)[:64]
+    tmp = path.with_name(f".{safe}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial")
     try:
         yield tmp
         os.replace(tmp, path)

@@ -313,7 +313,7 @@ def test_output_dir_that_is_or_lies_under_a_file_is_one_line(env, capfd, files, 
 def test_output_dir_not_writable_is_one_line(env, capfd, files, tracking_uri):
     # /proc refuses new directories even to root, so this holds whoever runs the tests
     line = one_line_error(capfd, main(_args(files, out=Path("/proc/cropseg-out"))))
-    assert "/proc/cropseg-out" in line and "cannot write the output directory" in line
+    assert "/proc/cropseg-out" in line and "the output directory (output_dir) could not be written to" in line
     assert run_statuses(tracking_uri) == []
 
 
