@@ -415,9 +415,13 @@ def write_sample(design: SampleDesign, geojson: Path, csv_path: Path | None) -> 
         _write_sample_files(design, gdf, geojson, csv_path, xs, ys, lon, lat, crs_txt, written)
         with atomic_path(dpath) as tmp:
             tmp.write_text(json.dumps({**design.summary(), "sample": geojson.name}, indent=2) + "\n")
-    except BaseException:  # nothing partial: a sample without its CSV or design is not published
+    except BaseException as exc:  # nothing partial: a sample without its CSV or design is not published
         for f in written:
             f.unlink(missing_ok=True)
+        if isinstance(exc, Exception) and not isinstance(exc, CropsegError):
+            from .errors import OutputError
+
+            raise OutputError.from_os_error("the sample", geojson, exc) from None
         raise
     return dpath
 

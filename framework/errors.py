@@ -75,7 +75,29 @@ class OutputError(CropsegError, OSError):
     def from_os_error(cls, what: str, path: object, exc: BaseException) -> OutputError:
         """The one-line error for ``exc`` (an ``OSError``, or any error whose chain or message shows a
         write failure) while writing ``what`` to ``path``."""
-        return cls(f"{what} could not be written to {path}: {write_failure_reason(exc) or _first_line(exc)}")
+        reason = write_failure_reason(exc) or _probe_folder(path) or _first_line(exc)
+        return cls(f"{what} could not be written to {path}: {reason}")
+
+
+def _probe_folder(path: object) -> str | None:
+    """Why the folder of ``path`` takes no file, for writers whose own message does not say (pyogrio's
+    "Cannot write feature"): it is full, or mounted read-only."""
+    import os
+    from pathlib import Path
+
+    p = Path(str(path))
+    for d in [p, *p.parents]:
+        if d.is_dir():
+            try:
+                st = os.statvfs(d)
+            except OSError:
+                return None
+            if st.f_flag & os.ST_RDONLY:
+                return _WRITE_ERRNOS[errno.EROFS]
+            if st.f_bavail * st.f_frsize < 64 * 1024:
+                return _WRITE_ERRNOS[errno.ENOSPC]
+            return None
+    return None
 
 
 #: errno -> the reason as the one-line message gives it

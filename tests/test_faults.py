@@ -1,4 +1,5 @@
-"""Fault suite (issue 11): bad option values, corrupt and wrong input files, unusable destinations.
+"""Fault suite (issues 11, 21): bad option values, corrupt and wrong input files, unusable destinations
+(full disk, read-only folders, overlong names: tests/fsfaults.py), killed runs.
 
 Every bad input gives one line ``cropseg: error: ...`` naming the option or file, a non-zero exit, no
 traceback, an MLflow run that is FAILED (never RUNNING) where one was started, and nothing that looks
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from fsfaults import cropseg, run_on
 from mlflow import MlflowClient
 from pyproj import Transformer
 
@@ -560,3 +562,104 @@ def test_one_line_contract_in_a_real_subprocess(tmp_path, files, cli_env, store,
     assert "RUNNING" not in statuses
     assert statuses == (["FAILED"] if case == "ground_truth" else [])
     assert_no_result(out)
+
+
+# -- file-system faults (issue 21): full disk, read-only folders, overlong names, in real subprocesses -------------
+
+
+def _fs_env(tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ, CROPSEG_CACHE_DIR=str(tmp_path / "cache"), PYTHONUNBUFFERED="1")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def _one_line(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("cropseg: error:")]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    return lines[0]
+
+
+@pytest.mark.slow
+def test_run_on_a_full_disk_is_one_line_and_a_failed_run(tmp_path, files, store_template):
+    uri = store_template.copy(tmp_path / "store")
+    out = tmp_path / "full" / "out"
+    args = _set(_args(files, out=out), "tracking.experiment", "faults-full-disk") + [f"tracking.uri={uri}"]
+    proc = run_on(cropseg(*args), full=[tmp_path / "full"], cwd=tmp_path, env=_fs_env(tmp_path))
+    line = _one_line(proc)
+    assert "could not be written to" in line and "no space left on device" in line, line
+    assert run_statuses(uri, "faults-full-disk") == ["FAILED"]
+
+
+def test_unwritable_working_directory_is_one_line_before_any_run(tmp_path, files, store_template):
+    uri = store_template.copy(tmp_path / "store")
+    ro = tmp_path / "ro"
+    args = [*_args(files), "tracking.experiment=faults-ro-cwd", f"tracking.uri={uri}"]
+    proc = run_on(
+        ["sh", "-c", 'cd "$0" && exec "$@"', str(ro), *cropseg(*args)],
+        read_only=[ro],
+        cwd=tmp_path,
+        env=_fs_env(tmp_path),
+    )
+    line = _one_line(proc)
+    assert "outputs" in line and "read-only file system" in line, line
+    assert run_statuses(uri, "faults-ro-cwd") == []
+
+
+def test_overlong_output_dir_name_is_one_line(env, capfd, files, tracking_uri):
+    out = env / ("x" * 300)
+    line = one_line_error(capfd, main(_args(files, out=out)))
+    assert "file name too long" in line and "could not be written to" in line
+    assert run_statuses(tracking_uri) == []
+
+
+@pytest.mark.parametrize("fault", ["full", "read_only"])
+def test_sample_design_output_faults_are_one_line(tmp_path, files, fault):
+    mask = tmp_path / "mask.tif"
+    with rasterio.open(files["train"].image) as src:
+        prof = src.profile
+    prof.update(count=1, dtype="uint8", nodata=255)
+    with rasterio.open(mask, "w", **prof) as dst:
+        dst.write((np.arange(64 * 64).reshape(1, 64, 64) % 2).astype(np.uint8))
+    d = tmp_path / "dest"
+    proc = run_on(
+        cropseg("sample-design", str(mask), "--sample-size", "3000", "--output", str(d / "s.geojson")),
+        **({"full": [d]} if fault == "full" else {"read_only": [d]}),
+        cwd=tmp_path,
+        env=_fs_env(tmp_path),
+    )
+    line = _one_line(proc)
+    assert "could not be written to" in line and str(d) in line, line
+    assert ("no space left on device" if fault == "full" else "read-only file system") in line, line
+
+
+def test_killed_run_leaves_no_loadable_model(tmp_path, store_template):
+    """A run interrupted (Ctrl-C / SIGTERM) after its model was logged ends KILLED, and the model MLflow had
+    marked READY is deleted: ``runs:/<id>/model`` does not load, and no registry version points at it."""
+    import mlflow
+    import mlflow.pyfunc
+
+    from cropseg.tracking import Tracker
+
+    class Echo(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input):  # noqa: ANN001, ANN201
+            return model_input
+
+    uri = store_template.copy(tmp_path)
+    tracker = Tracker(uri, "faults-killed-model")
+    run_id = None
+    mlflow.set_tracking_uri(uri)
+    with pytest.raises(KeyboardInterrupt):
+        with tracker.run("killed") as rl:
+            run_id = rl.run_id
+            with mlflow.start_run(run_id=run_id):
+                info = mlflow.pyfunc.log_model(name="model", python_model=Echo(), registered_model_name="killed-model")
+            assert MlflowClient(uri).get_logged_model(info.model_id).status.name == "READY"
+            raise KeyboardInterrupt
+    client = MlflowClient(uri)
+    assert client.get_run(run_id).info.status == "KILLED"
+    assert client.search_logged_models(experiment_ids=[tracker.experiment_id]) == []
+    assert client.search_model_versions("name = 'killed-model'") == []
+    with pytest.raises(Exception, match="(?i)model|artifact"):
+        mlflow.pyfunc.load_model(f"runs:/{run_id}/model")

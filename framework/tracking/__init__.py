@@ -220,11 +220,44 @@ class Tracker:
 
     def _end(self, logger: RunLogger, status: str, msg: str, detail: str | None = None) -> None:
         try:
-            logger.set_tags({f"{TAG_PREFIX}error": msg[:5000]})
-            if detail:
-                logger.log_text(detail, "error.txt")
+            try:
+                self.withdraw_models(logger.run_id)
+            finally:
+                logger.set_tags({f"{TAG_PREFIX}error": msg[:5000]})
+                if detail:
+                    logger.log_text(detail, "error.txt")
         finally:
             self.client.set_terminated(logger.run_id, status)
+
+    def withdraw_models(self, run_id: str) -> list[str]:
+        """A run ending FAILED or KILLED leaves no model: its logged models (even one MLflow already marked
+        READY) are deleted with their local artifacts, so ``runs:/<run_id>/model`` no longer loads, and any
+        Model Registry version made from the run is deleted. Returns the deleted model ids. Best effort: a
+        store that fails here is logged, the run's own status is still recorded."""
+        import shutil
+        from urllib.parse import unquote, urlparse
+
+        from mlflow.exceptions import MlflowException
+
+        gone: list[str] = []
+        try:
+            with deferred():
+                models = self.client.search_logged_models(
+                    experiment_ids=[self.experiment_id], filter_string=f"source_run_id = '{run_id}'"
+                )
+                for m in models:
+                    self.client.delete_logged_model(m.model_id)
+                    gone.append(m.model_id)
+                    loc = urlparse(str(m.artifact_location or ""))
+                    if loc.scheme in ("", "file") and loc.path and Path(unquote(loc.path)).is_dir():
+                        shutil.rmtree(Path(unquote(loc.path)), ignore_errors=True)
+                for mv in self.client.search_model_versions(f"run_id = '{run_id}'"):
+                    self.client.delete_model_version(mv.name, mv.version)
+        except (MlflowException, OSError) as exc:
+            log.warning("could not withdraw the models of run %s: %s", run_id, str(exc).splitlines()[0])
+        if gone:
+            log.info("run %s did not finish: its logged model(s) %s deleted", run_id, ", ".join(gone))
+        return gone
 
     def start_parent(self, run_name: str, tags: Mapping[str, Any]) -> str:
         """Create a sweep's parent run (left RUNNING until :meth:`end_parent`)."""
