@@ -115,15 +115,21 @@ def _error(msg: str) -> None:
     print(f"{PROG}: error: {msg}", file=sys.stderr)
 
 
-def _write_failure(exc: BaseException, where: object = None) -> str | None:
+def _write_failure(exc: BaseException, where: object = None, store: object = None) -> str | None:
     """The one line for an error that is a write failure (no space left, read-only, permission denied,
     name too long...) raised as an ``OSError`` or by GDAL, pyogrio, SQLite or MLflow in its words; ``None``
-    for any other error (a bug keeps its traceback)."""
+    for any other error (a bug keeps its traceback). ``where``: the command's output folder; ``store``:
+    its tracking URI (named when SQLite or MLflow raised the error)."""
     from .errors import OutputError, write_failure_path, write_failure_reason
 
-    if isinstance(exc, CropsegError) or write_failure_reason(exc) is None:
+    reason = write_failure_reason(exc)
+    if isinstance(exc, CropsegError) or reason is None:
         return None
-    path = write_failure_path(exc) or where or "the output folder or tracking store"
+    if "database" in reason or type(exc).__module__.startswith(("mlflow", "sqlalchemy", "sqlite3")):
+        from .tracking import resolve_uri
+
+        return str(OutputError.from_os_error("the tracking store", store or resolve_uri(None), exc))
+    path = write_failure_path(exc) or where or "the output folder"
     return str(OutputError.from_os_error("an output", path, exc))
 
 
@@ -147,7 +153,7 @@ def _task(cfg):  # noqa: ANN001, ANN201 - a DictConfig from Hydra; returns the s
         _FAILURES.append(str(exc))
         return None
     except Exception as exc:  # noqa: BLE001 - in a sweep one broken job must not stop the others
-        line = _write_failure(exc, cfg.get("output_dir"))
+        line = _write_failure(exc, cfg.get("output_dir"), (cfg.get("tracking") or {}).get("uri"))
         if line is not None:
             log.error("run failed: %s", line)
             if not multirun:

@@ -22,17 +22,19 @@ def run_on(
     env: Mapping[str, str],
     timeout: float = 300,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``argv`` with each folder of ``full`` a 256 KiB tmpfs filled to the last byte (after ``seed``
-    files, ``{destination: source}``, are copied in) and each folder of ``read_only`` a read-only tmpfs."""
+    """Run ``argv`` with each folder of ``full`` a small tmpfs (256 KiB plus the ``seed`` files,
+    ``{destination: source}``, copied in first) filled to the last byte, and each folder of ``read_only``
+    a read-only tmpfs."""
     script = ["set -e"]
     for d in [*full, *read_only]:
         Path(d).mkdir(parents=True, exist_ok=True)
     for d in full:
         q = shlex.quote(str(d))
-        script.append(f"mount -t tmpfs -o size=256k tmpfs {q}")
-        for dst, src in (seed or {}).items():
-            if Path(dst).parent == Path(d):
-                script.append(f"cp {shlex.quote(str(src))} {shlex.quote(str(dst))}")
+        seeded = {dst: src for dst, src in (seed or {}).items() if Path(dst).parent == Path(d)}
+        size_k = 256 + sum(Path(src).stat().st_size // 1024 + 8 for src in seeded.values())
+        script.append(f"mount -t tmpfs -o size={size_k}k tmpfs {q}")
+        for dst, src in seeded.items():
+            script.append(f"cp {shlex.quote(str(src))} {shlex.quote(str(dst))}")
         script.append(f"dd if=/dev/zero of={q}/.filler bs=4k 2>/dev/null || true")
         script.append(f"dd if=/dev/zero of={q}/.filler2 bs=1 2>/dev/null || true")
     for d in read_only:

@@ -663,3 +663,106 @@ def test_killed_run_leaves_no_loadable_model(tmp_path, store_template):
     assert client.search_model_versions("name = 'killed-model'") == []
     with pytest.raises(Exception, match="(?i)model|artifact"):
         mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+
+
+def test_deeply_nested_json_is_a_bad_request_for_the_scoring_server(monkeypatch):
+    """MLflow's scoring server parses a request before any model sees it; a 100,000-deep array makes
+    Python's parser raise RecursionError (HTTP 500). Once a cropseg model is loaded, such a request (and any
+    nested deeper than 32 levels) is an ``MlflowInvalidInputException``: HTTP 400 with the reason. The
+    served end to end case is in tests/test_deploy.py."""
+    from mlflow.pyfunc import scoring_server
+    from mlflow.utils.proto_json_utils import MlflowInvalidInputException
+
+    from cropseg.tracking.model import guard_scoring_server
+
+    monkeypatch.setattr(scoring_server, "_decode_json_input", scoring_server._decode_json_input)
+    with pytest.raises(RecursionError):
+        scoring_server._decode_json_input(b'{"dataframe_split": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+    guard_scoring_server()
+    guard_scoring_server()  # once only
+    for depth in (100_000, 40):
+        with pytest.raises(MlflowInvalidInputException, match="nested deeper than 32 levels"):
+            scoring_server._decode_json_input(b'{"dataframe_split": ' + b"[" * depth + b"]" * depth + b"}")
+    ok = {"dataframe_split": {"columns": ["blue"], "data": [[0.1], [0.2]]}}
+    assert scoring_server._decode_json_input(json.dumps(ok)) == ok
+
+
+@pytest.fixture
+def area_files(tmp_path, store_template):
+    """A SYNTHETIC 0/1 mask (EPSG:32610) and a sample of it labelled from the mask itself, a store."""
+    from cropseg.area_sample import design_sample, write_sample
+
+    d = tmp_path / "area"
+    d.mkdir()
+    rng = np.random.default_rng(3)
+    mask = d / "mask.tif"
+    prof = {"driver": "GTiff", "width": 60, "height": 60, "count": 1, "dtype": "uint8", "nodata": 255}
+    prof.update(crs="EPSG:32610", transform=rasterio.transform.from_origin(630_000, 4_240_000, 3, 3))
+    a = (rng.random((60, 60)) < 0.4).astype(np.uint8)
+    with rasterio.open(mask, "w", **prof) as dst:
+        dst.write(a[None])
+    write_sample(design_sample(mask, n=80, allocation="equal", seed=1), d / "s.geojson", None)
+    data = json.loads((d / "s.geojson").read_text())
+    for k, f in enumerate(data["features"]):  # reference = map class, one error in each stratum
+        f["properties"]["reference"] = str(f["properties"]["stratum"] ^ (k in (0, 1)))
+    (d / "labelled.geojson").write_text(json.dumps(data))
+    return {"mask": mask, "sample": d / "labelled.geojson", "uri": store_template.copy(tmp_path / "store")}
+
+
+@pytest.mark.parametrize("fault", ["read_only_output", "full_output", "read_only_store", "long_name"])
+def test_estimate_area_destination_faults_record_no_finished_run(tmp_path, area_files, fault):
+    """estimate-area checks its output folder and store before any work and records its run FINISHED only
+    once its outputs are written: a fault is one line, and no FINISHED run (no run at all) is left."""
+    uri = area_files["uri"]
+    dest = tmp_path / "dest"
+    out = dest / ("o" * 300 if fault == "long_name" else "out")
+    argv = ["estimate-area", str(area_files["mask"]), str(area_files["sample"]), "--output-dir", str(out)]
+    store = uri
+    kwargs: dict = {}
+    if fault == "read_only_output":
+        kwargs = {"read_only": [dest]}
+    elif fault == "full_output":
+        kwargs = {"full": [dest]}
+    elif fault == "read_only_store":
+        store = f"sqlite:///{tmp_path / 'rostore' / 'mlflow.db'}"
+        kwargs = {"read_only": [tmp_path / "rostore"]}
+    proc = run_on(
+        cropseg(*argv, "--tracking-uri", store, "--experiment", "area-faults"),
+        cwd=tmp_path,
+        env=_fs_env(tmp_path),
+        **kwargs,
+    )
+    line = _one_line(proc)
+    reason = {
+        "read_only_output": "read-only file system",
+        "full_output": "no space left on device",
+        "read_only_store": "read-only file system",
+        "long_name": "file name too long",
+    }[fault]
+    assert "could not be written to" in line and reason in line, line
+    assert run_statuses(uri, "area-faults") == []
+    assert not dest.exists() or not any(dest.iterdir())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["full", "read_only"])
+def test_cropseg_predict_output_faults_are_one_line(awkward_run, files, tmp_path, fault):
+    result, uri, _ = awkward_run
+    dest = tmp_path / "dest"
+    args = ["predict", result.model_uri, str(files["nan"]), "--metadata", str(files["train"].metadata)]
+    args += ["--tracking-uri", uri, "--output-dir", str(dest / "pred")]
+    proc = run_on(cropseg(*args), cwd=tmp_path, env=_fs_env(tmp_path), **{fault: [dest]})
+    line = _one_line(proc)
+    assert "could not be written to" in line and str(dest) in line, line
+    assert ("no space left on device" if fault == "full" else "read-only file system") in line, line
+
+
+@pytest.mark.slow
+def test_cropseg_predict_on_a_truncated_scene_with_dask_is_one_line(awkward_run, files, tmp_path, capfd):
+    """The same truncated scene through the Dask block executor (in-process threads): cropseg's own error,
+    unwrapped, not ``Exception: InputFileError(...)``."""
+    result, uri, _ = awkward_run
+    args = ["predict", result.model_uri, str(files["truncated"]), "--metadata", str(files["train"].metadata)]
+    code = main([*args, "--tracking-uri", uri, "--output-dir", str(tmp_path / "pred")])
+    line = one_line_error(capfd, code)
+    assert "truncated.tif" in line and "cannot read pixels" in line and "Exception" not in line

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from ..errors import CropsegError, TrackingError
+from ..errors import CropsegError, OutputError, TrackingError, write_failure_reason
 from ..signals import deferred, raise_if_received
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,11 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         if not db.parent.is_dir():
             raise TrackingError(f"tracking URI {uri}: directory {db.parent} does not exist")
         _check_sqlite(db, uri)
+        try:  # the store's lock file beside the database: a read-only or full folder is one line here
+            with open(db.with_name(db.name + ".lock"), "a"):
+                pass
+        except OSError as exc:
+            raise OutputError.from_os_error(f"the tracking store ({uri})", db.parent, exc) from None
 
 
 def _check_sqlite(db: Path, uri: str) -> None:
@@ -149,6 +154,9 @@ class Tracker:
         # MLflow sets its logger to INFO on import; its store-migration chatter is not cropseg's progress,
         # nor are its per-file download progress bars
         logging.getLogger("mlflow").setLevel(logging.WARNING)
+        # MLflow logs a failed store transaction with its traceback before raising it; cropseg reports the
+        # raised error as one line (a full disk, a read-only store...)
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         self.uri = resolve_uri(uri)
         check_reachable(self.uri)
@@ -185,6 +193,8 @@ class Tracker:
                 exp = self.client.get_experiment_by_name(name)
                 if exp is not None:
                     return exp.experiment_id
+            if write_failure_reason(exc):
+                raise OutputError.from_os_error("the tracking store", self.uri, exc) from None
             raise TrackingError(f"tracking store {self.uri}: {str(exc).splitlines()[0]}") from None
 
     def ui_hint(self) -> str:
