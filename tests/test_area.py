@@ -349,6 +349,8 @@ def test_run_reports_area_and_predict_uses_a_reference_sample(tmp_path, tiny_pai
     assert m["area_mapped_crop_ha"] - m["area_reference_crop_ha"] == pytest.approx(m["area_difference_ha"])
     assert m["area_sample_size"] == 120
     assert m["area_adjusted_crop_ci_low_ha"] <= m["area_adjusted_crop_ha"] <= m["area_adjusted_crop_ci_high_ha"]
+    for k in ("area_crop_user_accuracy_se", "area_crop_producer_accuracy_se", "area_overall_accuracy_se"):
+        assert 0 <= m[k] < 0.5, k  # accuracies are logged with their SEs
     assert "error-adjusted crop area (ha, n=120)" in result.summary()
     report = json.loads((result.output_dir / "reports" / "area_estimate.json").read_text())
     assert report["simulated"] and report["sample_size"] == 120
