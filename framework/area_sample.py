@@ -41,7 +41,7 @@ from .area import (
     error_counts,
 )
 from .errors import ConfigError, CropsegError, CRSMismatchError, InputFileError, RasterFormatError
-from .raster import atomic_path, iter_windows, open_raster
+from .raster import atomic_path, check_known_crs, iter_windows, open_raster
 from .types import IGNORE
 from .vector import check_declared_crs
 
@@ -74,6 +74,7 @@ def pixel_area_ha(crs: Any, transform: Any, path: Path | str = "mask") -> float:
 
     if crs is None:
         raise RasterFormatError(f"{path}: the mask has no CRS")
+    check_known_crs(crs, path, "mask")
     pcrs = PyCRS.from_user_input(crs.to_wkt())
     if pcrs.is_geographic:
         raise RasterFormatError(

@@ -120,17 +120,13 @@ def _write_failure(exc: BaseException, where: object = None, store: object = Non
     name too long...) raised as an ``OSError`` or by GDAL, pyogrio, SQLite or MLflow in its words; ``None``
     for any other error (a bug keeps its traceback). ``where``: the command's output folder; ``store``:
     its tracking URI (named when SQLite or MLflow raised the error)."""
-    from .errors import OutputError, write_failure_path, write_failure_reason
+    from .errors import as_output_error, write_failure_path
+    from .tracking import resolve_uri
 
-    reason = write_failure_reason(exc)
-    if isinstance(exc, CropsegError) or reason is None:
-        return None
-    if "database" in reason or type(exc).__module__.startswith(("mlflow", "sqlalchemy", "sqlite3")):
-        from .tracking import resolve_uri
-
-        return str(OutputError.from_os_error("the tracking store", store or resolve_uri(None), exc))
-    path = write_failure_path(exc) or where or "the output folder"
-    return str(OutputError.from_os_error("an output", path, exc))
+    err = as_output_error(
+        exc, "an output", where or write_failure_path(exc) or "the output folder", store or resolve_uri(None)
+    )
+    return None if err is None else str(err)
 
 
 def _task(cfg):  # noqa: ANN001, ANN201 - a DictConfig from Hydra; returns the sweep objective

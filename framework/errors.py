@@ -156,3 +156,19 @@ def write_failure_path(exc: BaseException) -> str | None:
             return str(e.filename)
         e = e.__cause__ or e.__context__
     return None
+
+
+def as_output_error(exc: BaseException, what: str, path: object, store: object = None) -> OutputError | None:
+    """``exc`` as the one-line :class:`OutputError` when it is a write failure (see
+    :func:`write_failure_reason`) that is not already a cropseg error, else ``None``. A failure of SQLite or
+    MLflow names the tracking ``store`` (when given), anything else ``what`` and ``path``."""
+    if isinstance(exc, CropsegError) or not isinstance(exc, Exception):
+        return None
+    reason = write_failure_reason(exc)
+    if reason is None:
+        return None
+    if store is not None and (
+        "database" in reason or type(exc).__module__.split(".")[0] in ("mlflow", "sqlalchemy", "sqlite3")
+    ):
+        return OutputError.from_os_error("the tracking store", store, exc)
+    return OutputError.from_os_error(what, path, exc)

@@ -28,7 +28,7 @@ import numpy as np
 import rasterio
 
 from . import __version__
-from .errors import ConfigError, InputFileError
+from .errors import ConfigError, InputFileError, as_output_error
 from .evaluate import classification_report, confusion_from_rasters, iou, report_metrics
 from .lineage import PREDICTION, scene_refs
 from .parallel import BlockExecutor, ParallelConfig, use_executor
@@ -239,8 +239,14 @@ def predict(
             final = _publish(stage, out)
         except BaseException as exc:
             shutil.rmtree(stage, ignore_errors=True)
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "FAILED.txt").write_text(f"{type(exc).__name__}: {exc}\n")
+            err = as_output_error(exc, "the prediction", out, uri)
+            try:  # best effort: on a full or read-only disk the reason is the run's error and the one line
+                out.mkdir(parents=True, exist_ok=True)
+                (out / "FAILED.txt").write_text(f"{type(err or exc).__name__}: {err or exc}\n")
+            except OSError as why:
+                log.warning("could not write %s: %s", out / "FAILED.txt", why)
+            if err is not None:
+                raise err from None
             raise
     outputs = {k: final / Path(v).relative_to(stage) for k, v in files.items()}
     return PredictResult(

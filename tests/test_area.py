@@ -315,9 +315,14 @@ def test_area_config_is_checked_before_a_run(capsys):
     assert "evaluate.area_allocation" in _bad(["evaluate.area_allocation=optimal"], capsys)
 
 
-def test_library_errors(synthetic, tmp_path):
+def test_library_errors(synthetic, labelled, tmp_path):
     with pytest.raises(RasterFormatError, match="geographic"):
         read_mask(_write(tmp_path / "geo.tif", np.zeros((8, 8), dtype=np.uint8), crs="EPSG:4326"))
+    # a CRS PROJ cannot place on the Earth (GDAL's LOCAL_CS for an unknown code) is refused with its text
+    with pytest.raises(RasterFormatError, match=r"unknown CRS 'LOCAL_CS\["):
+        read_mask(
+            _write(tmp_path / "local.tif", np.zeros((8, 8), dtype=np.uint8), crs='LOCAL_CS["unknown",UNIT["metre",1]]')
+        )
     with pytest.raises(InputFileError, match="no field 'label'"):
         estimate_area(synthetic["mask"], synthetic["dir"] / "labelled.geojson", reference_field="label")
     g = gpd.read_file(synthetic["dir"] / "labelled.geojson").set_crs(None, allow_override=True)

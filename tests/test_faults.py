@@ -120,6 +120,9 @@ def files(tmp_path_factory):
         return a
 
     f["six_pixels"] = _rewrite(train.image, d / "six_pixels.tif", six)
+    f["local_crs"] = _rewrite(train.image, d / "local_crs.tif", lambda a: a)
+    with rasterio.open(f["local_crs"], "r+") as dst:  # what GDAL makes of an unknown EPSG code
+        dst.crs = rasterio.crs.CRS.from_wkt('LOCAL_CS["unknown",UNIT["metre",1]]')
     f["constant"] = _rewrite(train.image, d / "constant.tif", lambda a: np.where(a > 0, 3000, 0).astype(a.dtype))
     trunc = d / "truncated.tif"
     shutil.copy(train.image, trunc)
@@ -369,8 +372,9 @@ def test_unreachable_scheduler_is_noticed_before_loading(env, capfd, files, trac
         ("all_nodata", "train", ["all_nodata.tif", "no valid labelled pixel"]),
         ("sparse", "test", ["sparse.tif", "3 valid labelled pixel(s), fewer than 5"]),
         ("truncated", "train", ["truncated.tif", "cannot read pixels"]),
+        ("local_crs", "test", ["local_crs.tif", "unknown CRS", 'LOCAL_CS["unknown"']),
     ],
-    ids=["all_nodata", "test_under_5_pixels", "truncated"],
+    ids=["all_nodata", "test_under_5_pixels", "truncated", "unknown_crs"],
 )
 def test_unusable_scene_names_the_input_file(env, capfd, files, tracking_uri, key, role, expect):
     out = env / "out"
