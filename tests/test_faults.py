@@ -770,3 +770,59 @@ def test_cropseg_predict_on_a_truncated_scene_with_dask_is_one_line(awkward_run,
     code = main([*args, "--tracking-uri", uri, "--output-dir", str(tmp_path / "pred")])
     line = one_line_error(capfd, code)
     assert "truncated.tif" in line and "cannot read pixels" in line and "Exception" not in line
+
+
+def test_run_with_a_read_only_store_folder_is_one_line_before_any_run(tmp_path, files):
+    store = tmp_path / "rostore"
+    args = [*_args(files, out=tmp_path / "out"), f"tracking.uri=sqlite:///{store / 'mlflow.db'}"]
+    proc = run_on(cropseg(*args), read_only=[store], cwd=tmp_path, env=_fs_env(tmp_path))
+    line = _one_line(proc)
+    assert "the tracking store" in line and str(store) in line and "read-only file system" in line, line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["read_only_store", "unwritable_cwd", "long_name"])
+def test_cropseg_predict_destination_faults_before_any_work(awkward_run, files, tmp_path, fault):
+    result, uri, _ = awkward_run
+    args = ["predict", result.model_uri, str(files["nan"]), "--metadata", str(files["train"].metadata)]
+    kwargs: dict = {}
+    cwd = tmp_path
+    if fault == "read_only_store":
+        args += ["--tracking-uri", f"sqlite:///{tmp_path / 'rostore' / 'mlflow.db'}"]
+        args += ["--output-dir", str(tmp_path / "pred")]
+        kwargs = {"read_only": [tmp_path / "rostore"]}
+        reason = "read-only file system"
+    elif fault == "unwritable_cwd":  # the default output folder, outputs/predict/..., in the working directory
+        args += ["--tracking-uri", uri]
+        kwargs = {"read_only": [tmp_path / "ro"]}
+        reason = "read-only file system"
+    else:
+        args += ["--tracking-uri", uri, "--output-dir", str(tmp_path / ("p" * 300))]
+        reason = "file name too long"
+    argv = cropseg(*args)
+    if fault == "unwritable_cwd":
+        argv = ["sh", "-c", 'cd "$0" && exec "$@"', str(tmp_path / "ro"), *argv]
+    proc = run_on(argv, cwd=cwd, env=_fs_env(tmp_path), **kwargs)
+    line = _one_line(proc)
+    assert "could not be written to" in line and reason in line, line
+
+
+@pytest.mark.parametrize("case", ["sample_design_long_name", "estimate_area_unwritable_cwd"])
+def test_area_commands_name_faults_are_one_line(tmp_path, area_files, case):
+    if case == "sample_design_long_name":
+        argv = cropseg("sample-design", str(area_files["mask"]), "--sample-size", "20")
+        argv += ["--output", str(tmp_path / ("s" * 300 + ".geojson"))]
+        proc = run_on(argv, cwd=tmp_path, env=_fs_env(tmp_path))
+        reason = "file name too long"
+    else:  # the default output folder, outputs/area/..., in a read-only working directory
+        argv = cropseg("estimate-area", str(area_files["mask"]), str(area_files["sample"]))
+        argv += ["--tracking-uri", area_files["uri"], "--experiment", "area-faults"]
+        ro = tmp_path / "ro"
+        proc = run_on(
+            ["sh", "-c", 'cd "$0" && exec "$@"', str(ro), *argv], read_only=[ro], cwd=tmp_path, env=_fs_env(tmp_path)
+        )
+        reason = "read-only file system"
+        assert run_statuses(area_files["uri"], "area-faults") == []
+    line = _one_line(proc)
+    assert "could not be written to" in line and reason in line, line
