@@ -679,7 +679,9 @@ def test_deeply_nested_json_is_a_bad_request_for_the_scoring_server(monkeypatch)
 
     from cropseg.tracking.model import guard_scoring_server
 
-    monkeypatch.setattr(scoring_server, "_decode_json_input", scoring_server._decode_json_input)
+    # MLflow's own parser (a model loaded earlier in this process may have guarded it already)
+    original = getattr(scoring_server._decode_json_input, "__wrapped__", scoring_server._decode_json_input)
+    monkeypatch.setattr(scoring_server, "_decode_json_input", original)
     with pytest.raises(RecursionError):
         scoring_server._decode_json_input(b'{"dataframe_split": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
     guard_scoring_server()

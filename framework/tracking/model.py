@@ -174,6 +174,7 @@ def guard_scoring_server() -> None:
         return out
 
     guarded._cropseg_guard = True  # type: ignore[attr-defined]
+    guarded.__wrapped__ = decode  # type: ignore[attr-defined]
     setattr(server, "_decode_json_input", guarded)  # noqa: B010 - replacing a module function
 
 
