@@ -22,7 +22,17 @@ stratified random sample whose strata are the map classes:
   ``A_j +- 1.96 SE(A_j)``.
 
 As in the paper, the finite population correction is omitted (negligible when strata hold far more
-pixels than sample points) and intervals are Wald intervals, not truncated at 0.
+pixels than sample points) and intervals are Wald intervals ``estimate +- 1.96 SE``, clipped to the range the
+quantity can take: [0, 1] for accuracies and area proportions, [0, total area] for areas (the estimates and
+SEs themselves are the paper's, unclipped). A Wald interval degenerates when a stratum's sample shows no
+error (``U_i`` of 0 or 1 gives ``SE = 0``): :meth:`AreaEstimate.warnings` names such strata, whose intervals
+are too narrow. A quantity the sample cannot define (the user's accuracy of a map class with no mapped
+pixel, the producer's accuracy of a reference class the sample never found) is NaN, reported as undefined.
+
+Allocations: ``proportional``, ``equal``, ``minimum`` (at least ``minimum`` per stratum, the rest
+proportional) and ``neyman`` (``n_i`` proportional to ``W_i S_i``, the allocation that minimises the SE of the
+estimated proportion for a given ``n``, which eq. 13 assumes: with it the sample size of eq. 13 reaches the
+target SE under the anticipated accuracies). :func:`design_se` gives the SE a design is expected to reach.
 """
 
 from __future__ import annotations
@@ -37,7 +47,7 @@ import numpy as np
 from .errors import ConfigError, CropsegError
 
 Z95 = 1.96
-ALLOCATIONS = ("proportional", "equal", "minimum")
+ALLOCATIONS = ("proportional", "equal", "minimum", "neyman")
 
 
 class SampleError(CropsegError, ValueError):
@@ -70,16 +80,56 @@ def cochran_sample_size(
     return max(1, math.ceil(float(np.sum(w * s)) ** 2 / denom))
 
 
-def allocate(n: int, sizes: Sequence[int] | np.ndarray, method: str = "proportional", minimum: int = 50) -> np.ndarray:
+def design_se(
+    weights: Sequence[float] | np.ndarray,
+    user_accuracies: Sequence[float] | np.ndarray,
+    n_per_stratum: Sequence[int] | np.ndarray,
+    population: float | None = None,
+) -> float:
+    """Standard error of the estimated area proportion (and overall accuracy) that a stratified sample of
+    ``n_per_stratum`` points is expected to give when the strata's user's accuracies are
+    ``user_accuracies``: ``sqrt(sum_i W_i^2 S_i^2 / n_i - sum_i W_i S_i^2 / N)`` with ``S_i^2 = U_i (1 - U_i)``
+    (Cochran 1977 eq. 5.6; the second term, the finite population correction, only with ``population``
+    ``N``). With Neyman allocation of the sample size of :func:`cochran_sample_size` (same ``population``)
+    it equals the target SE up to the rounding of ``n_i``; other allocations give more."""
+    w = np.asarray(weights, dtype=np.float64)
+    w = w / w.sum()
+    u = np.asarray(user_accuracies, dtype=np.float64)
+    n = np.asarray(n_per_stratum, dtype=np.float64)
+    live = w > 0
+    if np.any(n[live] <= 0):
+        return float("inf")
+    s2 = u[live] * (1 - u[live])
+    var = float(np.sum(w[live] ** 2 * s2 / n[live])) - (float(np.sum(w[live] * s2)) / population if population else 0.0)
+    return float(np.sqrt(max(var, 0.0)))
+
+
+def allocate(
+    n: int,
+    sizes: Sequence[int] | np.ndarray,
+    method: str = "proportional",
+    minimum: int = 50,
+    user_accuracies: Sequence[float] | np.ndarray | None = None,
+) -> np.ndarray:
     """Split a total sample size ``n`` among strata of ``sizes`` pixels.
 
     ``proportional``: ``n_i`` proportional to the stratum area; ``equal``: the same number per stratum;
     ``minimum``: at least ``minimum`` points per stratum (Olofsson et al. 2014 recommend 50-100 for
-    small classes), the rest proportional to area. Largest-remainder rounding keeps the total ``n``; no
-    stratum gets more points than it has pixels or (when it has any pixel) fewer than 2."""
+    small classes), the rest proportional to area; ``neyman``: ``n_i`` proportional to ``W_i S_i`` with
+    ``S_i = sqrt(U_i (1 - U_i))`` from the anticipated ``user_accuracies`` (Cochran 1977 eq. 5.26; when
+    every ``S_i`` is 0, proportional). Largest-remainder rounding keeps the total ``n``; no stratum gets
+    more points than it has pixels or (when it has any pixel) fewer than 2."""
     sizes_a = np.asarray(sizes, dtype=np.int64)
     if method not in ALLOCATIONS:
         raise ConfigError(f"allocation: one of {', '.join(ALLOCATIONS)}, got {method!r}")
+    neyman = np.zeros(len(sizes_a))
+    if method == "neyman":
+        if user_accuracies is None or len(user_accuracies) != len(sizes_a):
+            raise ConfigError("neyman allocation: one anticipated user's accuracy per stratum is needed")
+        u = np.asarray(user_accuracies, dtype=np.float64)
+        if np.any(u < 0) or np.any(u > 1):
+            raise ConfigError(f"neyman allocation: anticipated user's accuracies must lie in [0, 1], got {u.tolist()}")
+        neyman = np.asarray(sizes_a * np.sqrt(u * (1 - u)), dtype=np.float64)
     if n < 2 * int(np.count_nonzero(sizes_a)):
         raise ConfigError(f"sample size {n}: at least 2 points per non-empty stratum are needed")
     if n > int(sizes_a.sum()):
@@ -87,7 +137,9 @@ def allocate(n: int, sizes: Sequence[int] | np.ndarray, method: str = "proportio
     live = sizes_a > 0
     if method == "equal":
         share = live / live.sum() * n
-    elif method == "proportional":
+    elif method == "neyman" and neyman.sum() > 0:
+        share = neyman / neyman.sum() * n
+    elif method in ("proportional", "neyman"):
         share = sizes_a / sizes_a.sum() * n
     else:
         floor_n = np.where(live, minimum, 0)
@@ -194,7 +246,8 @@ class AreaEstimate:
 
     @property
     def user_accuracy(self) -> np.ndarray:
-        return np.diag(self._rows).copy()
+        """``U_i = n_ii / n_i.``; NaN (undefined) for a map class without sample points (no mapped pixel)."""
+        return np.where(self.n_i > 0, np.diag(self._rows), np.nan)
 
     @property
     def user_accuracy_se(self) -> np.ndarray:
@@ -207,7 +260,7 @@ class AreaEstimate:
 
     @property
     def overall_accuracy_se(self) -> float:
-        u = self.user_accuracy
+        u = np.nan_to_num(self.user_accuracy)  # an empty stratum has W_i = 0: it adds nothing
         return float(np.sqrt(np.sum(self.weights**2 * u * (1 - u) / np.maximum(self.n_i - 1, 1))))
 
     @property
@@ -220,7 +273,7 @@ class AreaEstimate:
         """Olofsson et al. (2014) variance of producer's accuracy with ``N_.j = sum_i N_i n_ij / n_i.``."""
         N, rows, n_i = self.mapped_pixels, self._rows, self.n_i
         d = np.maximum(n_i - 1, 1)
-        u, pa = self.user_accuracy, self.producer_accuracy
+        u, pa = np.nan_to_num(self.user_accuracy), self.producer_accuracy
         n_j = np.sum(N[:, None] * rows, axis=0)
         out = np.full(len(self.classes), np.nan)
         for j in range(len(self.classes)):
@@ -251,20 +304,62 @@ class AreaEstimate:
             raise ValueError("no pixel area: areas in hectares are unknown (use area_proportion)")
         return float(self.mapped_pixels.sum() * self.pixel_area_ha)
 
-    def ci(self, estimate: np.ndarray | float, se: np.ndarray | float) -> tuple[Any, Any]:
-        """Wald interval ``estimate +- z SE`` (z = 1.96 for 95 %)."""
-        return np.asarray(estimate) - self.z * np.asarray(se), np.asarray(estimate) + self.z * np.asarray(se)
+    def ci(
+        self, estimate: np.ndarray | float, se: np.ndarray | float, bounds: tuple[float, float] | None = None
+    ) -> tuple[Any, Any]:
+        """Wald interval ``estimate +- z SE`` (z = 1.96 for 95 %), clipped to ``bounds`` when given
+        (``(0, 1)`` for accuracies and proportions, ``(0, total_ha)`` for areas)."""
+        lo = np.asarray(estimate) - self.z * np.asarray(se)
+        hi = np.asarray(estimate) + self.z * np.asarray(se)
+        if bounds is not None:
+            lo, hi = np.clip(lo, *bounds), np.clip(hi, *bounds)
+        return lo, hi
+
+    def area_ci_ha(self) -> tuple[np.ndarray, np.ndarray]:
+        """95 % interval of each class's error-adjusted area (ha), clipped to [0, total area]."""
+        return self.ci(self.area_ha(), self.area_se_ha(), (0.0, self._total()))
+
+    def warnings(self) -> list[str]:
+        """Strata whose sample shows no error, and area proportions estimated at 0 or 1: there the Wald
+        variance is 0 (or too small), so their intervals are too narrow; one sentence per case."""
+        out = []
+        for i, c in enumerate(self.classes):
+            n, ok = int(self.n_i[i]), self.counts[i, i]
+            if n and self.mapped_pixels[i] > 0 and ok in (0, n):
+                what = "agree with the map (no error observed)" if ok == n else "disagree with the map"
+                out.append(
+                    f"stratum {c!r}: all {n} sample points {what}: its user's accuracy has SE 0, so its interval "
+                    "and its share of the area intervals are too narrow (a larger sample of it would show errors)"
+                )
+        for j, c in enumerate(self.classes):
+            pj = float(self.area_proportion[j])
+            if pj in (0.0, 1.0):
+                out.append(
+                    f"class {c!r}: estimated area proportion {pj:.0f} with SE 0: the sample never found "
+                    f"{'it' if pj == 0 else 'another class'}, so its area interval is too narrow"
+                )
+        return out
 
     # -- reporting ------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """Everything as plain JSON-able values."""
+        """Everything as plain JSON-able values (``None`` for an undefined quantity, with a note)."""
+
+        def num(v: Any) -> float | None:
+            return None if not np.isfinite(v) else float(v)
 
         def lst(a: np.ndarray) -> list[float | None]:
-            return [None if not np.isfinite(v) else float(v) for v in np.asarray(a, dtype=np.float64)]
+            return [num(v) for v in np.asarray(a, dtype=np.float64)]
+
+        def entry(e: float, se: float, bounds: tuple[float, float], undefined: str = "") -> dict[str, Any]:
+            if not np.isfinite(e):
+                return {"estimate": None, "se": None, "ci95": None, "note": f"undefined: {undefined}"}
+            lo, hi = self.ci(e, se, bounds)
+            return {"estimate": float(e), "se": num(se), "ci95": [num(lo), num(hi)]}
 
         out: dict[str, Any] = {
             "method": "stratified estimators, Olofsson et al. 2014 (strata = map classes), 95% CI = estimate "
-            f"+- {self.z} SE",
+            f"+- {self.z} SE (Wald), clipped to [0, 1] for accuracies and proportions and to [0, total area] "
+            "for areas",
             "classes": list(self.classes),
             "sample_counts": self.counts.astype(int).tolist(),
             "sample_size": int(self.counts.sum()),
@@ -272,16 +367,10 @@ class AreaEstimate:
             "mapped_pixels": self.mapped_pixels.astype(int).tolist(),
             "weights": lst(self.weights),
             "error_matrix_proportions": [lst(r) for r in self.proportions],
-            "overall_accuracy": {
-                "estimate": self.overall_accuracy,
-                "se": self.overall_accuracy_se,
-                "ci95": [
-                    self.overall_accuracy - self.z * self.overall_accuracy_se,
-                    self.overall_accuracy + self.z * self.overall_accuracy_se,
-                ],
-            },
+            "overall_accuracy": entry(self.overall_accuracy, self.overall_accuracy_se, (0.0, 1.0)),
             "excluded_points": dict(self.excluded),
             "other_reference_codes": dict(self.other_codes),
+            "warnings": self.warnings(),
         }
         per: dict[str, Any] = {}
         ua, ua_se, pa, pa_se = (
@@ -292,25 +381,13 @@ class AreaEstimate:
         )
         for k, c in enumerate(self.classes):
             per[c] = {
-                "user_accuracy": {
-                    "estimate": float(ua[k]),
-                    "se": float(ua_se[k]),
-                    "ci95": [float(ua[k] - self.z * ua_se[k]), float(ua[k] + self.z * ua_se[k])],
-                },
-                "producer_accuracy": {
-                    "estimate": lst(pa[k : k + 1])[0],
-                    "se": lst(pa_se[k : k + 1])[0],
-                    "ci95": lst(np.array([pa[k] - self.z * pa_se[k], pa[k] + self.z * pa_se[k]])),
-                },
-                "area_proportion": {
-                    "estimate": float(self.area_proportion[k]),
-                    "se": float(self.area_proportion_se[k]),
-                },
+                "user_accuracy": entry(ua[k], ua_se[k], (0.0, 1.0), "no mapped pixel of this class"),
+                "producer_accuracy": entry(pa[k], pa_se[k], (0.0, 1.0), "the sample holds no point of this class"),
+                "area_proportion": entry(self.area_proportion[k], self.area_proportion_se[k], (0.0, 1.0)),
                 "mapped_proportion": float(self.weights[k]),
             }
             if self.pixel_area_ha is not None:
-                a, s = float(self.area_ha()[k]), float(self.area_se_ha()[k])
-                per[c]["area_ha"] = {"estimate": a, "se": s, "ci95": [a - self.z * s, a + self.z * s]}
+                per[c]["area_ha"] = entry(self.area_ha()[k], self.area_se_ha()[k], (0.0, self._total()))
                 per[c]["mapped_area_ha"] = float(self.mapped_ha()[k])
         out["classes_detail"] = per
         out["pixel_area_ha"] = self.pixel_area_ha
@@ -324,7 +401,7 @@ class AreaEstimate:
         lines = [
             (
                 f"stratified estimates (Olofsson et al. 2014) from {int(self.counts.sum())} labelled points; "
-                f"95% CI = estimate +- {self.z} SE"
+                f"95% CI = estimate +- {self.z} SE, clipped to [0, 1] (accuracies) and [0, total] (areas)"
             )
         ]
         if self.excluded:
@@ -355,12 +432,18 @@ class AreaEstimate:
             + f"{1.0:>{w}.4f}"
             + f"{int(self.counts.sum()):>8d}"
         )
-        oa, oase = self.overall_accuracy, self.overall_accuracy_se
+
+        def acc(e: float, se: float) -> str:
+            if not np.isfinite(e):
+                return f"{'undefined':>28}"
+            lo, hi = self.ci(e, se, (0.0, 1.0))
+            return f"{e:>6.3f} ({float(lo):.3f}-{float(hi):.3f}) SE {se:.3f}"
+
         lines += [
             "",
-            f"overall accuracy  {oa:.3f} +- {self.z * oase:.3f} (SE {oase:.3f})",
+            f"overall accuracy  {acc(self.overall_accuracy, self.overall_accuracy_se).strip()}",
             "",
-            f"{'class':<{w}}  {'user acc.':>17}  {'producer acc.':>17}",
+            f"{'class':<{w}}  {'user acc. (95% CI) SE':>28}  {'producer acc. (95% CI) SE':>28}",
         ]
         ua, ua_se, pa, pa_se = (
             self.user_accuracy,
@@ -369,18 +452,21 @@ class AreaEstimate:
             self.producer_accuracy_se,
         )
         for k, c in enumerate(self.classes):
-            lines.append(
-                f"{c:<{w}}  {ua[k]:>8.3f} +- {self.z * ua_se[k]:.3f}  {pa[k]:>8.3f} +- {self.z * pa_se[k]:.3f}"
-            )
+            lines.append(f"{c:<{w}}  {acc(ua[k], ua_se[k]):>28}  {acc(pa[k], pa_se[k]):>28}")
         if self.pixel_area_ha is not None:
             lines += [
                 "",
                 (f"{'class':<{w}}  {'mapped ha':>14}  {'error-adjusted ha':>18}  {'SE ha':>12}  {'95% CI ha':>27}"),
             ]
             a, s, m = self.area_ha(), self.area_se_ha(), self.mapped_ha()
+            lo, hi = self.area_ci_ha()
             for k, c in enumerate(self.classes):
-                lo, hi = a[k] - self.z * s[k], a[k] + self.z * s[k]
-                lines.append(f"{c:<{w}}  {m[k]:>14,.2f}  {a[k]:>18,.2f}  {s[k]:>12,.2f}  {lo:>12,.2f} - {hi:>12,.2f}")
+                lines.append(
+                    f"{c:<{w}}  {m[k]:>14,.2f}  {a[k]:>18,.2f}  {s[k]:>12,.2f}  {lo[k]:>12,.2f} - {hi[k]:>12,.2f}"
+                )
+        notes = self.warnings()
+        if notes:
+            lines += ["", *(f"warning: {n}" for n in notes)]
         return "\n".join(lines)
 
 
@@ -393,4 +479,13 @@ def error_counts(
     return np.bincount(m * q + r, minlength=q * q)[: q * q].reshape(q, q)
 
 
-__all__ = ["ALLOCATIONS", "Z95", "AreaEstimate", "SampleError", "allocate", "cochran_sample_size", "error_counts"]
+__all__ = [
+    "ALLOCATIONS",
+    "Z95",
+    "AreaEstimate",
+    "SampleError",
+    "allocate",
+    "cochran_sample_size",
+    "design_se",
+    "error_counts",
+]

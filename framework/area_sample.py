@@ -19,7 +19,7 @@ import csv
 import json
 import logging
 import math
-import tempfile
+import re
 import uuid
 from collections import Counter
 from collections.abc import Sequence
@@ -37,11 +37,13 @@ from .area import (
     SampleError,
     allocate,
     cochran_sample_size,
+    design_se,
     error_counts,
 )
-from .errors import ConfigError, CRSMismatchError, InputFileError, RasterFormatError
-from .raster import atomic_path, iter_windows, open_raster
+from .errors import ConfigError, CropsegError, CRSMismatchError, InputFileError, RasterFormatError
+from .raster import atomic_path, check_known_crs, iter_windows, open_raster
 from .types import IGNORE
+from .vector import check_declared_crs
 
 log = logging.getLogger("cropseg")
 
@@ -49,6 +51,8 @@ CLASSES = ["non-crop", "crop"]
 DEFAULT_CROP_CODES = ("1", "crop")
 DEFAULT_NONCROP_CODES = ("0", "noncrop", "non-crop")
 BLOCK = 1024
+#: allocations of the protocol simulated in runs (neyman needs anticipated accuracies: sample-design only)
+RUN_ALLOCATIONS = tuple(a for a in ALLOCATIONS if a != "neyman")
 
 
 @dataclass
@@ -70,6 +74,7 @@ def pixel_area_ha(crs: Any, transform: Any, path: Path | str = "mask") -> float:
 
     if crs is None:
         raise RasterFormatError(f"{path}: the mask has no CRS")
+    check_known_crs(crs, path, "mask")
     pcrs = PyCRS.from_user_input(crs.to_wkt())
     if pcrs.is_geographic:
         raise RasterFormatError(
@@ -79,13 +84,68 @@ def pixel_area_ha(crs: Any, transform: Any, path: Path | str = "mask") -> float:
     return abs(transform.a * transform.e - transform.b * transform.d) * unit**2 / 1e4
 
 
-def _strata_block(mask: np.ndarray, truth: np.ndarray | None) -> np.ndarray:
-    return mask if truth is None else np.where(truth == IGNORE, IGNORE, mask).astype(mask.dtype)
+def _strata_block(mask: np.ndarray, truth: np.ndarray | None, inside: np.ndarray | None = None) -> np.ndarray:
+    out = mask if truth is None else np.where(truth == IGNORE, IGNORE, mask).astype(mask.dtype)
+    return out if inside is None else np.where(inside, out, IGNORE).astype(mask.dtype)
 
 
-def read_mask(path: Path | str, exclude: Path | str | None = None, block: int = BLOCK) -> MaskInfo:
+class Within:
+    """The extent a sample is restricted to (``--within``): a raster on the mask's grid whose labelled
+    pixels (neither 255 nor nodata, e.g. a run's ``labels/test_labels.tif``) or a vector file whose
+    polygons (any CRS PROJ knows; reprojected to the mask's) are inside. Read window by window."""
+
+    def __init__(self, path: Path | str, src: Any):
+        self.path = Path(path)
+        self._raster: Any = None
+        self._geoms: Any = None
+        if not self.path.exists():
+            raise InputFileError(f"--within {self.path}: file not found")
+        if self.path.suffix.lower() in (".tif", ".tiff", ".vrt", ".img"):
+            self._raster = open_raster(self.path, what="--within raster")
+            if self._raster.shape != src.shape or self._raster.transform != src.transform:
+                self._raster.close()
+                raise RasterFormatError(
+                    f"--within {self.path}: not on the grid of {src.name} ({self._raster.width}x"
+                    f"{self._raster.height} vs {src.width}x{src.height} pixels, or another transform)"
+                )
+            return
+        from .vector import read_vector, to_crs
+
+        gdf = to_crs(read_vector(self.path), src.crs, what=f"--within {self.path}")
+        polys = gdf[gdf.geometry.geom_type.isin(["Polygon", "MultiPolygon"])]
+        if not len(polys):
+            raise InputFileError(f"--within {self.path}: holds no polygons")
+        self._geoms = polys.geometry.reset_index(drop=True)
+
+    def block(self, window: Any, transform: Any) -> np.ndarray:
+        """True where pixels of ``window`` lie inside the extent."""
+        h, w = int(window.height), int(window.width)
+        if self._raster is not None:
+            v = self._raster.read(1, window=window)
+            return (v != IGNORE) & (self._raster.read_masks(1, window=window) > 0)
+        import shapely
+        from rasterio.features import geometry_mask
+        from rasterio.windows import bounds as wbounds
+        from rasterio.windows import transform as wtransform
+
+        hits = self._geoms.sindex.query(shapely.box(*wbounds(window, transform)))
+        if not len(hits):
+            return np.zeros((h, w), dtype=bool)
+        return geometry_mask(
+            list(self._geoms.iloc[hits]), out_shape=(h, w), transform=wtransform(window, transform), invert=True
+        )
+
+    def close(self) -> None:
+        if self._raster is not None:
+            self._raster.close()
+
+
+def read_mask(
+    path: Path | str, exclude: Path | str | None = None, block: int = BLOCK, within: Path | str | None = None
+) -> MaskInfo:
     """Check that ``path`` is a single-band 0/1/255 raster and count its pixels per stratum, block by
-    block; pixels that are 255 in ``exclude`` (a label raster on the same grid) are left out too."""
+    block; pixels that are 255 in ``exclude`` (a label raster on the same grid) or outside ``within``
+    (:class:`Within`) are left out too."""
     p = Path(path)
     with open_raster(p, what="mask") as src:
         if src.count != 1 or not np.issubdtype(np.dtype(src.dtypes[0]), np.integer):
@@ -97,6 +157,7 @@ def read_mask(path: Path | str, exclude: Path | str | None = None, block: int = 
             raise RasterFormatError(f"{p}: the mask has no georeferencing (identity transform)")
         area = pixel_area_ha(src.crs, src.transform, p)
         tsrc = open_raster(Path(exclude), what="label raster") if exclude is not None else None
+        inside = Within(within, src) if within is not None else None
         try:
             if tsrc is not None and (tsrc.shape != src.shape or tsrc.transform != src.transform):
                 raise RasterFormatError(f"{exclude}: not on the grid of {p}")
@@ -105,11 +166,17 @@ def read_mask(path: Path | str, exclude: Path | str | None = None, block: int = 
                 m = src.read(1, window=w)
                 if m.size and (int(m.min()) < 0 or int(m.max()) > 255):
                     raise RasterFormatError(f"{p}: not a 0/1/255 crop mask (found values outside 0-255)")
-                blk = _strata_block(m, tsrc.read(1, window=w) if tsrc else None)
+                blk = _strata_block(
+                    m,
+                    tsrc.read(1, window=w) if tsrc else None,
+                    inside.block(w, src.transform) if inside else None,
+                )
                 counts += np.bincount(blk.ravel().astype(np.int64), minlength=256)[:256]
         finally:
             if tsrc is not None:
                 tsrc.close()
+            if inside is not None:
+                inside.close()
         other = [v for v in np.flatnonzero(counts) if v not in (0, 1, IGNORE)]
         if other:
             shown = ", ".join(str(int(v)) for v in other[:5])
@@ -118,7 +185,8 @@ def read_mask(path: Path | str, exclude: Path | str | None = None, block: int = 
             )
         strata = counts[[0, 1]]
         if strata.sum() == 0:
-            raise RasterFormatError(f"{p}: the mask holds no classified (0 or 1) pixels")
+            where = f" inside --within {within}" if within is not None else ""
+            raise RasterFormatError(f"{p}: the mask holds no classified (0 or 1) pixels{where}")
         return MaskInfo(p, src.crs, src.transform, src.width, src.height, strata, area)
 
 
@@ -128,15 +196,22 @@ def draw_positions(
     seed: int,
     exclude: Path | str | None = None,
     block: int = BLOCK,
+    within: Path | str | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A stratified random sample without replacement: ``n_per_stratum[h]`` pixels of stratum ``h``, each
     pixel of a stratum equally likely. Ranks are drawn within each stratum up front; a windowed pass
-    finds the pixels holding them. Returns (rows, cols, strata) sorted by row and column."""
-    return _draw(mask, n_per_stratum, seed, exclude, block)[:3]
+    finds the pixels holding them. Returns (rows, cols, strata) sorted by row and column. ``mask`` must
+    have been counted with the same ``exclude`` / ``within``."""
+    return _draw(mask, n_per_stratum, seed, exclude, block, within)[:3]
 
 
 def _draw(
-    mask: MaskInfo, n_per_stratum: Sequence[int] | np.ndarray, seed: int, exclude: Path | str | None, block: int
+    mask: MaskInfo,
+    n_per_stratum: Sequence[int] | np.ndarray,
+    seed: int,
+    exclude: Path | str | None,
+    block: int,
+    within: Path | str | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """:func:`draw_positions`, plus the values of the ``exclude`` raster at the drawn pixels."""
     rng = np.random.default_rng(seed)
@@ -156,10 +231,12 @@ def _draw(
     values: list[np.ndarray] = []
     with rasterio.open(mask.path) as src:
         tsrc = rasterio.open(exclude) if exclude is not None else None
+        inside = Within(within, src) if within is not None else None
         try:
             for w in iter_windows(src.height, src.width, block):
                 tblk = tsrc.read(1, window=w).ravel() if tsrc else None
-                blk = _strata_block(src.read(1, window=w).ravel(), tblk)
+                iblk = inside.block(w, src.transform).ravel() if inside else None
+                blk = _strata_block(src.read(1, window=w).ravel(), tblk, iblk)
                 for h in (0, 1):
                     flat = np.flatnonzero(blk == h)
                     lo, hi = np.searchsorted(ranks[h], [offsets[h], offsets[h] + len(flat)])
@@ -173,6 +250,8 @@ def _draw(
         finally:
             if tsrc is not None:
                 tsrc.close()
+            if inside is not None:
+                inside.close()
     if not rows:
         return tuple(np.zeros(0, np.int64) for _ in range(4))  # type: ignore[return-value]
     r, c, s, v = np.concatenate(rows), np.concatenate(cols), np.concatenate(strata), np.concatenate(values)
@@ -194,22 +273,72 @@ class SampleDesign:
     seed: int
     target_se: float | None = None
     user_accuracies: tuple[float, float] | None = None
+    minimum: int = 50
+    within: Path | None = None
+
+    @property
+    def expected_se(self) -> float | None:
+        """SE of the crop-area proportion this allocation is expected to reach under the anticipated user's
+        accuracies (:func:`cropseg.area.design_se`); ``None`` when none were anticipated (``n`` given)."""
+        if self.user_accuracies is None:
+            return None
+        return design_se(
+            self.mask.counts, self.user_accuracies, self.n_per_stratum, population=float(self.mask.counts.sum())
+        )
 
     def summary(self) -> dict[str, Any]:
+        """The design as saved beside the sample (``<sample>_design.json``) and logged by estimate-area."""
+        from . import __version__
+        from .lineage import file_digest
+
         w = self.mask.counts / self.mask.counts.sum()
         return {
-            "mask": str(self.mask.path),
+            "kind": "cropseg sample design",
+            "method": "stratified random sampling, strata = map classes (Olofsson et al. 2014); sample size "
+            "from eq. 13 for target_se unless sample_size was given",
+            "cropseg_version": __version__,
+            "mask": str(self.mask.path.resolve()),
+            "mask_sha256": file_digest(self.mask.path),
             "mask_crs": self.mask.crs.to_string(),
+            "within": str(self.within.resolve()) if self.within else None,
+            "within_sha256": file_digest(self.within) if self.within else None,
             "mapped_pixels": {c: int(v) for c, v in zip(CLASSES, self.mask.counts)},
+            "pixel_area_ha": self.mask.pixel_area_ha,
             "mapped_area_ha": {c: float(v * self.mask.pixel_area_ha) for c, v in zip(CLASSES, self.mask.counts)},
             "weights": {c: float(v) for c, v in zip(CLASSES, w)},
             "target_se": self.target_se,
             "anticipated_user_accuracy": (dict(zip(CLASSES, self.user_accuracies)) if self.user_accuracies else None),
+            "expected_se": self.expected_se,
             "sample_size": self.n,
             "allocation": self.allocation,
+            "minimum": self.minimum if self.allocation == "minimum" else None,
             "points_per_stratum": {c: int(v) for c, v in zip(CLASSES, self.n_per_stratum)},
             "seed": self.seed,
         }
+
+
+DESIGN_KEYS = ("mask_sha256", "mapped_pixels", "allocation", "points_per_stratum", "seed", "sample_size")
+
+
+def design_path(sample: Path | str) -> Path:
+    """Where the design of a sample file is saved: ``<sample stem>_design.json`` beside it."""
+    p = Path(sample)
+    return p.with_name(f"{p.stem}_design.json")
+
+
+def read_design(path: Path | str) -> dict[str, Any]:
+    """A design JSON written by ``cropseg sample-design``, checked for the keys estimation relies on."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise InputFileError(f"{p}: design file not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputFileError(f"{p}: cannot read the sample design: {str(exc).splitlines()[0]}") from None
+    missing = [k for k in DESIGN_KEYS if not isinstance(data, dict) or k not in data]
+    if missing:
+        raise InputFileError(f"{p}: not a cropseg sample design (missing {', '.join(missing)})")
+    return data
 
 
 def design_sample(
@@ -223,19 +352,23 @@ def design_sample(
     seed: int = 0,
     exclude: Path | str | None = None,
     block: int = BLOCK,
+    within: Path | str | None = None,
 ) -> SampleDesign:
     """Size (Cochran's formula, unless ``n`` is given), allocate and draw a stratified random sample of
-    ``mask_path``'s pixels; ``user_accuracies`` are the anticipated user's accuracies of (non-crop, crop)."""
-    mask = read_mask(mask_path, exclude, block)
+    ``mask_path``'s pixels (only those inside ``within`` when given, see :class:`Within`);
+    ``user_accuracies`` are the anticipated user's accuracies of (non-crop, crop)."""
     ua = tuple(float(u) for u in user_accuracies)
     if len(ua) != 2:
         raise ConfigError(f"anticipated user's accuracies: two values (non-crop, crop), got {list(ua)}")
+    if any(not 0 <= u <= 1 for u in ua):
+        raise ConfigError(f"anticipated user's accuracies must lie in [0, 1], got {list(ua)}")
+    mask = read_mask(mask_path, exclude, block, within)
     total = int(mask.counts.sum())
     sized = n is None
     if n is None:
         n = cochran_sample_size(mask.counts / total, ua, target_se, population=total)
-    per = allocate(int(n), mask.counts, allocation, minimum)
-    rows, cols, strata = draw_positions(mask, per, seed, exclude, block)
+    per = allocate(int(n), mask.counts, allocation, minimum, user_accuracies=ua)
+    rows, cols, strata = draw_positions(mask, per, seed, exclude, block, within)
     return SampleDesign(
         mask,
         int(per.sum()),
@@ -246,12 +379,15 @@ def design_sample(
         strata,
         seed,
         target_se if sized else None,
-        (ua[0], ua[1]) if sized else None,
+        (ua[0], ua[1]) if sized or allocation == "neyman" else None,
+        minimum,
+        Path(within) if within is not None else None,
     )
 
 
-def write_sample(design: SampleDesign, geojson: Path, csv_path: Path | None) -> None:
-    """The sample as GeoJSON points (EPSG:4326; the mask's CRS and coordinates as properties) and CSV."""
+def write_sample(design: SampleDesign, geojson: Path, csv_path: Path | None) -> Path:
+    """The sample as GeoJSON points (EPSG:4326; the mask's CRS and coordinates as properties), CSV, and
+    its design as ``<stem>_design.json`` beside them (:func:`design_path`); returns the design's path."""
     import geopandas as gpd
     from rasterio.transform import xy
     from rasterio.warp import transform as warp
@@ -274,9 +410,40 @@ def write_sample(design: SampleDesign, geojson: Path, csv_path: Path | None) -> 
     }
     gdf = gpd.GeoDataFrame(props, geometry=gpd.points_from_xy(lon, lat), crs="EPSG:4326")
     gdf["reference"] = gdf["reference"].astype(object)
+    dpath = design_path(geojson)
+    written: list[Path] = []
+    try:
+        _write_sample_files(design, gdf, geojson, csv_path, xs, ys, lon, lat, crs_txt, written)
+        with atomic_path(dpath) as tmp:
+            tmp.write_text(json.dumps({**design.summary(), "sample": geojson.name}, indent=2) + "\n")
+    except BaseException as exc:  # nothing partial: a sample without its CSV or design is not published
+        for f in written:
+            f.unlink(missing_ok=True)
+        if isinstance(exc, Exception) and not isinstance(exc, CropsegError):
+            from .errors import OutputError
+
+            raise OutputError.from_os_error("the sample", geojson, exc) from None
+        raise
+    return dpath
+
+
+def _write_sample_files(
+    design: SampleDesign,
+    gdf: Any,
+    geojson: Path,
+    csv_path: Path | None,
+    xs: np.ndarray,
+    ys: np.ndarray,
+    lon: Any,
+    lat: Any,
+    crs_txt: str,
+    written: list[Path],
+) -> None:
     with atomic_path(geojson) as tmp:
         gdf.to_file(tmp, driver="GeoJSON", layer=geojson.stem)
+    written.append(geojson)
     if csv_path is not None:
+        written.append(csv_path)
         with atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as fh:
             wr = csv.writer(fh)
             wr.writerow(
@@ -334,6 +501,9 @@ def _code(v: Any) -> str | None:
     return s or None
 
 
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_.+-]+")
+
+
 def _read_points(path: Path) -> Any:
     import geopandas as gpd
     import pandas as pd
@@ -349,8 +519,13 @@ def _read_points(path: Path) -> Any:
             return gpd.GeoDataFrame(
                 df, geometry=gpd.points_from_xy(df["lon"].astype(float), df["lat"].astype(float)), crs="EPSG:4326"
             )
+        check_declared_crs(path)  # GDAL reads a GeoJSON declaring a CRS PROJ does not know as EPSG:4326
+        if path.suffix.lower() in (".geojson", ".json") and not _PLAIN_NAME.fullmatch(path.name):
+            import io  # GDAL cuts file names at characters such as ';': the bytes, named literally
+
+            return gpd.read_file(io.BytesIO(path.read_bytes()))
         return gpd.read_file(path)
-    except InputFileError:
+    except (InputFileError, CRSMismatchError):
         raise
     except Exception as exc:  # noqa: BLE001 - any reader failure is a bad input file
         raise InputFileError(f"{path}: cannot read the sample: {str(exc).splitlines()[0]}") from None
@@ -464,10 +639,12 @@ def estimate_area(
     reference_field: str = "reference",
     crop_values: Sequence[str] = DEFAULT_CROP_CODES,
     noncrop_values: Sequence[str] = DEFAULT_NONCROP_CODES,
+    within: Path | str | None = None,
 ) -> AreaEstimate:
     """Error-adjusted crop / non-crop area, accuracies and the error matrix in area proportions from a
-    labelled stratified sample of ``mask_path`` (the library function behind ``cropseg estimate-area``)."""
-    return _estimate(mask_path, sample, reference_field, crop_values, noncrop_values)[0]
+    labelled stratified sample of ``mask_path`` (the library function behind ``cropseg estimate-area``).
+    A sample drawn ``within`` an extent is estimated over the same extent (its strata sizes)."""
+    return _estimate(mask_path, sample, reference_field, crop_values, noncrop_values, within)[0]
 
 
 def _estimate(
@@ -476,8 +653,9 @@ def _estimate(
     reference_field: str,
     crop_values: Sequence[str],
     noncrop_values: Sequence[str],
+    within: Path | str | None = None,
 ) -> tuple[AreaEstimate, LabelledSample]:
-    mask = read_mask(mask_path)
+    mask = read_mask(mask_path, within=within)
     lab = read_labelled_sample(sample, mask, reference_field, crop_values, noncrop_values)
     counts = error_counts(lab.map_class, lab.reference, 2)
     return AreaEstimate(
@@ -511,8 +689,15 @@ def check_area_config(ecfg: Any) -> None:
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 4):
         raise ConfigError(f"evaluate.area_sample_size: null or a whole number of at least 4 points, got {n!r}")
     alloc = ecfg.get("area_allocation", "minimum")
-    if alloc not in ALLOCATIONS:
-        raise ConfigError(f"evaluate.area_allocation: one of {', '.join(ALLOCATIONS)}, got {alloc!r}")
+    if alloc not in RUN_ALLOCATIONS:
+        raise ConfigError(
+            f"evaluate.area_allocation: one of {', '.join(RUN_ALLOCATIONS)}, got {alloc!r}"
+            + (
+                " (neyman needs anticipated user's accuracies: cropseg sample-design offers it)"
+                if alloc == "neyman"
+                else ""
+            )
+        )
 
 
 def area_metrics(
@@ -543,17 +728,27 @@ def area_metrics(
     }
     if sample_size:
         est = simulate_protocol(mask_path, truth_path, int(sample_size), allocation=allocation, seed=seed)
+        for note in est.warnings():
+            log.warning("simulated area protocol: %s", note)
         a, s = float(est.area_ha()[1]), float(est.area_se_ha()[1])
+        lo, hi = (float(v[1]) for v in est.area_ci_ha())
         out.update(
             area_adjusted_crop_ha=a,
             area_adjusted_crop_se_ha=s,
-            area_adjusted_crop_ci_low_ha=a - est.z * s,
-            area_adjusted_crop_ci_high_ha=a + est.z * s,
+            area_adjusted_crop_ci_low_ha=lo,
+            area_adjusted_crop_ci_high_ha=hi,
             area_sample_size=float(est.counts.sum()),
-            area_ci_contains_reference=float(a - est.z * s <= ref_ha <= a + est.z * s),
+            area_ci_contains_reference=float(lo <= ref_ha <= hi),
             area_crop_user_accuracy=float(est.user_accuracy[1]),
+            area_crop_user_accuracy_se=float(est.user_accuracy_se[1]),
             area_crop_producer_accuracy=float(est.producer_accuracy[1]),
+            area_crop_producer_accuracy_se=float(est.producer_accuracy_se[1]),
+            area_noncrop_user_accuracy=float(est.user_accuracy[0]),
+            area_noncrop_user_accuracy_se=float(est.user_accuracy_se[0]),
+            area_noncrop_producer_accuracy=float(est.producer_accuracy[0]),
+            area_noncrop_producer_accuracy_se=float(est.producer_accuracy_se[0]),
             area_overall_accuracy=est.overall_accuracy,
+            area_overall_accuracy_se=est.overall_accuracy_se,
         )
         if report_dir is not None:
             d = est.to_dict()
@@ -608,8 +803,9 @@ def sample_design_command(argv: Sequence[str]) -> int:
         "--allocation",
         default="minimum",
         choices=ALLOCATIONS,
-        help="points per stratum: proportional to area, equal, or a minimum per stratum with the "
-        "rest proportional (default: %(default)s)",
+        help="points per stratum: proportional to area, equal, a minimum per stratum with the "
+        "rest proportional, or neyman (proportional to W_i sqrt(U_i (1 - U_i)) from --user-accuracy: the "
+        "allocation eq. 13 assumes, the one that reaches --target-se) (default: %(default)s)",
     )
     parser.add_argument(
         "--minimum",
@@ -619,8 +815,14 @@ def sample_design_command(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     parser.add_argument(
+        "--within",
+        help="sample only inside this extent: a raster on the mask's grid (its labelled pixels: neither 255 "
+        "nor nodata, e.g. a run's labels/test_labels.tif) or a vector file of polygons (any CRS)",
+    )
+    parser.add_argument(
         "--output",
-        help="the GeoJSON to write (default: <mask stem>_sample.geojson beside the mask); the CSV goes beside it",
+        help="the GeoJSON to write (default: <mask stem>_sample.geojson beside the mask); the CSV and the "
+        "design (<stem>_design.json) go beside it",
     )
     args = parser.parse_args(list(argv))
     ua = _floats(args.user_accuracy, "--user-accuracy")
@@ -634,6 +836,8 @@ def sample_design_command(argv: Sequence[str]) -> int:
         raise ConfigError(f"--output {out}: a .geojson file")
     if not out.parent.is_dir():
         raise InputFileError(f"--output {out}: folder {out.parent} does not exist")
+    csv_path = out.with_suffix(".csv")
+    check_output_files([out, csv_path, design_path(out)], "--output")
     design = design_sample(
         mask,
         target_se=args.target_se,
@@ -642,9 +846,9 @@ def sample_design_command(argv: Sequence[str]) -> int:
         allocation=args.allocation,
         minimum=args.minimum,
         seed=args.seed,
+        within=args.within,
     )
-    csv_path = out.with_suffix(".csv")
-    write_sample(design, out, csv_path)
+    dpath = write_sample(design, out, csv_path)
     s = design.summary()
     print(
         f"mask {mask}: {s['mapped_pixels']['crop']:,} crop and {s['mapped_pixels']['non-crop']:,} non-crop "
@@ -659,17 +863,44 @@ def sample_design_command(argv: Sequence[str]) -> int:
     print(
         f"allocation {args.allocation}: {s['points_per_stratum']['crop']} crop, "
         f"{s['points_per_stratum']['non-crop']} non-crop points (seed {args.seed})"
+        + (f", inside {args.within}" if args.within else "")
     )
+    if design.expected_se is not None:
+        target = f" (target {args.target_se})" if args.sample_size is None else ""
+        print(
+            f"expected standard error of the crop-area proportion with this allocation: "
+            f"{design.expected_se:.4f}{target}, if the user's accuracies are as anticipated"
+        )
     print(
-        f"wrote {out} and {csv_path}: fill 'reference' with 1 (crop) or 0 (non-crop), then\n"
-        f"  cropseg estimate-area {mask} {out}"
+        f"wrote {out}, {csv_path} and the design {dpath.name}: fill 'reference' with 1 (crop) or 0 "
+        f"(non-crop), then\n  cropseg estimate-area {mask} {out}"
     )
     return 0
 
 
+def check_output_files(paths: Sequence[Path], option: str) -> None:
+    """Before any work: each of ``paths`` can be created in its (existing) folder. One
+    :class:`~cropseg.errors.OutputError` line for a read-only or full folder, a name too long..."""
+    from .errors import OutputError
+
+    for path in paths:
+        if path.is_dir():
+            raise OutputError(f"{option} {path}: is a folder")
+        probe = path.with_name(f".{path.name}.cropseg-write-check")
+        try:
+            probe.write_bytes(b"")
+        except OSError as exc:
+            raise OutputError.from_os_error(f"{option} {path.name}", path.parent, exc) from None
+        finally:
+            try:
+                probe.unlink(missing_ok=True)
+            except OSError:
+                pass
+
+
 def estimate_area_command(argv: Sequence[str]) -> int:
     """``cropseg estimate-area MASK.tif SAMPLE``: error-adjusted area and accuracies from a labelled sample."""
-    from .tracking import Tracker, log_area_estimate
+    from .tracking import Tracker, check_reachable, log_area_estimate, resolve_uri
 
     parser = argparse.ArgumentParser(
         prog="cropseg estimate-area",
@@ -701,55 +932,132 @@ def estimate_area_command(argv: Sequence[str]) -> int:
     parser.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     parser.add_argument("--experiment", default="cropseg-area", help="MLflow experiment (default: %(default)s)")
     parser.add_argument("--run-name", help="name of the MLflow run")
+    parser.add_argument(
+        "--design",
+        help="the sample's design JSON (default: <sample stem>_design.json beside the sample, when it exists): "
+        "checked against the mask, logged with the run, its target SE compared with the SE achieved",
+    )
+    parser.add_argument(
+        "--within",
+        help="the extent the sample was drawn in (default: the design's): strata sizes are counted inside it",
+    )
     args = parser.parse_args(list(argv))
     crop = [v.strip() for v in args.crop_values.split(",") if v.strip()]
     noncrop = [v.strip() for v in args.noncrop_values.split(",") if v.strip()]
     if not crop or not noncrop:
         raise ConfigError("--crop-values / --noncrop-values: at least one code each")
-    est, lab = _estimate(args.mask, args.sample, args.reference_field, crop, noncrop)
     out = (
         Path(args.output_dir)
         if args.output_dir
         else (Path("outputs") / "area" / f"{datetime.now():%Y-%m-%d/%H-%M-%S}-{uuid.uuid4().hex[:6]}")
     )
-    tracker = Tracker(args.tracking_uri, args.experiment)
+    # destinations before any work: the output folder takes files, the store answers
+    from .preflight import check_output_dir
+
+    check_output_dir(out, "--output-dir", create=False)
+    check_reachable(resolve_uri(args.tracking_uri))
+    dfile = Path(args.design) if args.design else design_path(args.sample)
+    design = read_design(dfile) if args.design or dfile.is_file() else None
+    within = args.within or (design or {}).get("within")
+    if design is not None:
+        _check_design(design, dfile, Path(args.mask))
+    est, lab = _estimate(args.mask, args.sample, args.reference_field, crop, noncrop, within)
+    for note in est.warnings():
+        log.warning("%s", note)
     data = est.to_dict()
+    achieved = float(est.area_proportion_se[1])
     data.update(
         mask=str(Path(args.mask).resolve()),
         sample=str(Path(args.sample).resolve()),
+        within=str(Path(within).resolve()) if within else None,
         reference_field=args.reference_field,
         crop_values=crop,
         noncrop_values=noncrop,
+        design=design,
+        crop_area_proportion_se={
+            "achieved": achieved,
+            "target": (design or {}).get("target_se"),
+            "expected": (design or {}).get("expected_se"),
+        },
     )
-    text = est.text()
-    with tempfile.TemporaryDirectory() as tmpd:
-        files = {"area_estimate.json": json.dumps(data, indent=2), "area_estimate.txt": text + "\n"}
-        for name, body in files.items():
-            (Path(tmpd) / name).write_text(body)
-        run_id = log_area_estimate(
-            tracker,
-            args.run_name or f"area-{Path(args.mask).stem}",
-            params={
-                "mask": args.mask,
-                "sample": args.sample,
-                "reference_field": args.reference_field,
-                "crop_values": ",".join(crop),
-                "noncrop_values": ",".join(noncrop),
-            },
-            metrics=estimate_metrics(est),
-            tables=_estimate_tables(est),
-            files=[Path(tmpd) / n for n in files],
-            sample=lab.frame,
-            sample_source=str(Path(args.sample).resolve()),
+    text = est.text() + "\n\n" + _se_line(achieved, design)
+    files = {"area_estimate.json": json.dumps(data, indent=2), "area_estimate.txt": text + "\n"}
+    if design is not None:
+        files["sample_design.json"] = json.dumps(design, indent=2) + "\n"
+    metrics = estimate_metrics(est)
+    metrics["crop_area_proportion_se"] = achieved
+    for key in ("target_se", "expected_se"):
+        if isinstance((design or {}).get(key), (int, float)):
+            metrics[f"design_{key}"] = float(design[key])  # type: ignore[index]
+    params: dict[str, Any] = {
+        "mask": args.mask,
+        "sample": args.sample,
+        "reference_field": args.reference_field,
+        "crop_values": ",".join(crop),
+        "noncrop_values": ",".join(noncrop),
+        "within": within or "",
+    }
+    if design is not None:
+        params.update(
+            {f"design_{k}": design.get(k) for k in ("allocation", "seed", "target_se", "minimum", "sample_size")}
         )
+    # the outputs first (all or none), then the run, which ends FINISHED only once they are in place; a run
+    # that cannot be recorded takes its outputs back
+    tracker = Tracker(args.tracking_uri, args.experiment)
+    created = not out.exists()
+    written: list[Path] = []
+    try:
         out.mkdir(parents=True, exist_ok=True)
         for name, body in files.items():
             with atomic_path(out / name) as tmp:
                 tmp.write_text(body)
+            written.append(out / name)
+        run_id = log_area_estimate(
+            tracker,
+            args.run_name or f"area-{Path(args.mask).stem}",
+            params=params,
+            metrics=metrics,
+            tables=_estimate_tables(est),
+            files=written,
+            sample=lab.frame,
+            sample_source=str(Path(args.sample).resolve()),
+        )
+    except BaseException as exc:
+        for f in written:
+            f.unlink(missing_ok=True)
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        if isinstance(exc, OSError) and not isinstance(exc, CropsegError):
+            from .errors import OutputError
+
+            raise OutputError.from_os_error("the area estimate", out, exc) from None
+        raise
     print(text)
     print(f"\nMLflow run {run_id} FINISHED (experiment {args.experiment!r}, {tracker.uri})")
     print(f"outputs: {out}")
     return 0
+
+
+def _check_design(design: dict[str, Any], path: Path, mask: Path) -> None:
+    """The design must describe ``mask``: same bytes (SHA-256), else the strata may differ."""
+    from .lineage import file_digest
+
+    if mask.is_file() and design.get("mask_sha256") != file_digest(mask):
+        raise SampleError(
+            f"{path}: the sample design was drawn from another mask ({design.get('mask')}, SHA-256 "
+            f"{str(design.get('mask_sha256'))[:12]}...) than {mask}: the estimators need the strata it was drawn from"
+        )
+
+
+def _se_line(achieved: float, design: dict[str, Any] | None) -> str:
+    line = f"standard error of the crop-area proportion: {achieved:.4f} achieved"
+    if design and design.get("target_se") is not None:
+        line += f", target {design['target_se']}"
+    if design and design.get("expected_se") is not None:
+        line += (
+            f" ({float(design['expected_se']):.4f} expected with the design's {design.get('allocation')} allocation)"
+        )
+    return line
 
 
 def estimate_metrics(est: AreaEstimate) -> dict[str, float]:
@@ -758,6 +1066,7 @@ def estimate_metrics(est: AreaEstimate) -> dict[str, float]:
         "overall_accuracy_se": est.overall_accuracy_se,
         "sample_size": float(est.counts.sum()),
     }
+    lo, hi = est.area_ci_ha()
     for k, c in enumerate(est.classes):
         key = c.replace("-", "")
         m.update(
@@ -768,8 +1077,8 @@ def estimate_metrics(est: AreaEstimate) -> dict[str, float]:
                 f"{key}_producer_accuracy_se": float(est.producer_accuracy_se[k]),
                 f"{key}_area_ha": float(est.area_ha()[k]),
                 f"{key}_area_se_ha": float(est.area_se_ha()[k]),
-                f"{key}_area_ci_low_ha": float(est.area_ha()[k] - est.z * est.area_se_ha()[k]),
-                f"{key}_area_ci_high_ha": float(est.area_ha()[k] + est.z * est.area_se_ha()[k]),
+                f"{key}_area_ci_low_ha": float(lo[k]),
+                f"{key}_area_ci_high_ha": float(hi[k]),
                 f"{key}_mapped_area_ha": float(est.mapped_ha()[k]),
             }
         )
@@ -785,20 +1094,22 @@ def _estimate_tables(est: AreaEstimate) -> dict[str, dict[str, Any]]:
         "sample_points": [int(v) for v in est.n_i],
     }
     acc: dict[str, list[Any]] = {"class": [], "measure": [], "estimate": [], "se": [], "ci95_low": [], "ci95_high": []}
-    rows = [("overall", "overall_accuracy", est.overall_accuracy, est.overall_accuracy_se)]
+    total = est.total_ha or 0.0
+    rows = [("overall", "overall_accuracy", est.overall_accuracy, est.overall_accuracy_se, 1.0)]
     for k, c in enumerate(est.classes):
         rows += [
-            (c, "user_accuracy", est.user_accuracy[k], est.user_accuracy_se[k]),
-            (c, "producer_accuracy", est.producer_accuracy[k], est.producer_accuracy_se[k]),
-            (c, "area_ha", est.area_ha()[k], est.area_se_ha()[k]),
+            (c, "user_accuracy", est.user_accuracy[k], est.user_accuracy_se[k], 1.0),
+            (c, "producer_accuracy", est.producer_accuracy[k], est.producer_accuracy_se[k], 1.0),
+            (c, "area_ha", est.area_ha()[k], est.area_se_ha()[k], total),
         ]
-    for c, mname, e, s in rows:
+    for c, mname, e, s, top in rows:  # undefined quantities (NaN) stay NaN; intervals clipped to [0, top]
+        lo, hi = est.ci(e, s, (0.0, top))
         acc["class"].append(c)
         acc["measure"].append(mname)
         acc["estimate"].append(float(e))
         acc["se"].append(float(s))
-        acc["ci95_low"].append(float(e - est.z * s))
-        acc["ci95_high"].append(float(e + est.z * s))
+        acc["ci95_low"].append(float(lo))
+        acc["ci95_high"].append(float(hi))
     return {"area/error_matrix_proportions.json": matrix, "area/estimates.json": acc}
 
 

@@ -115,6 +115,20 @@ def _error(msg: str) -> None:
     print(f"{PROG}: error: {msg}", file=sys.stderr)
 
 
+def _write_failure(exc: BaseException, where: object = None, store: object = None) -> str | None:
+    """The one line for an error that is a write failure (no space left, read-only, permission denied,
+    name too long...) raised as an ``OSError`` or by GDAL, pyogrio, SQLite or MLflow in its words; ``None``
+    for any other error (a bug keeps its traceback). ``where``: the command's output folder; ``store``:
+    its tracking URI (named when SQLite or MLflow raised the error)."""
+    from .errors import as_output_error, write_failure_path
+    from .tracking import resolve_uri
+
+    err = as_output_error(
+        exc, "an output", where or write_failure_path(exc) or "the output folder", store or resolve_uri(None)
+    )
+    return None if err is None else str(err)
+
+
 def _task(cfg):  # noqa: ANN001, ANN201 - a DictConfig from Hydra; returns the sweep objective
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -134,7 +148,15 @@ def _task(cfg):  # noqa: ANN001, ANN201 - a DictConfig from Hydra; returns the s
             raise SystemExit(1) from None
         _FAILURES.append(str(exc))
         return None
-    except Exception:  # noqa: BLE001 - in a sweep one broken job must not stop the others
+    except Exception as exc:  # noqa: BLE001 - in a sweep one broken job must not stop the others
+        line = _write_failure(exc, cfg.get("output_dir"), (cfg.get("tracking") or {}).get("uri"))
+        if line is not None:
+            log.error("run failed: %s", line)
+            if not multirun:
+                _error(line)
+                raise SystemExit(1) from None
+            _FAILURES.append(line)
+            return None
         if not multirun:
             raise
         log.exception("job %s failed", hc.job.num)
@@ -175,6 +197,21 @@ def _validate(args: Sequence[str]) -> None:
         check_reachable(uri)
 
 
+def _check_hydra_dir(args: Sequence[str]) -> None:
+    """Hydra writes its run folder (``outputs/<date>/<time>``, ``multirun/...`` for sweeps, or
+    ``hydra.run.dir`` / ``hydra.sweep.dir``) under the working directory before the job starts: a folder
+    that cannot take it is one line here, not Hydra's traceback."""
+    from pathlib import Path
+
+    from .preflight import check_output_dir
+
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    given = [a.split("=", 1)[1] for a in args if a.startswith(f"{key}=")]
+    root = (given[-1] if given else ("multirun" if multirun else "outputs")).split("${", 1)[0]
+    check_output_dir(Path(root or "."), key, create=False)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cropseg`` console script. SIGTERM and SIGINT (Ctrl-C) stop any command the same
     way: its MLflow run ends KILLED, partial outputs are removed, one line on stderr, exit 143 / 130."""
@@ -207,11 +244,18 @@ def _main(args: list[str]) -> int:
         except CropsegError as exc:
             _error(str(exc))
             return 2
+        except Exception as exc:
+            line = _write_failure(exc)
+            if line is None:
+                raise
+            _error(line)
+            return 1
     if any(a in ("--help", "-h") for a in args):
         print(usage())
     try:
         if not any(a.split("=")[0] in _HYDRA_INFO_FLAGS for a in args):
             _validate(args)
+            _check_hydra_dir(args)
     except CropsegError as exc:
         _error(str(exc))
         return 2
@@ -228,6 +272,12 @@ def _main(args: list[str]) -> int:
         app()
     except SystemExit as exc:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 1
+    except Exception as exc:  # Hydra's own writes (its run folder, .hydra/) in the working directory
+        line = _write_failure(exc)
+        if line is None:
+            raise
+        _error(line)
+        return 1
     finally:
         sys.argv = saved
     from .sweep import SweepState

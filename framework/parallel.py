@@ -24,16 +24,18 @@ they may use: every core in this process; one on a cluster, where each worker th
 
 from __future__ import annotations
 
+import ast
 import contextvars
 import logging
 import os
+import re
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ClusterError, ConfigError
+from .errors import ClusterError, ConfigError, CropsegError
 from .signals import children_ignore_sigint, deferred
 
 log = logging.getLogger("cropseg")
@@ -107,12 +109,60 @@ def task_threads() -> int:
 
 def _run_task(fn: Callable[[Any, Any], Any], context: Any, item: Any, threads: int | None) -> Any:
     """Run one task with its thread budget (see :func:`task_threads`). Dask's nannies already start
-    workers with OMP/MKL/OpenBLAS_NUM_THREADS=1, so BLAS pools stay single-threaded there."""
+    workers with OMP/MKL/OpenBLAS_NUM_THREADS=1, so BLAS pools stay single-threaded there.
+
+    A cropseg error leaves the task without its chained causes (GDAL's ``CPLE_*`` errors cannot be
+    unpickled, and Dask then re-raises the whole error as a plain ``Exception``), so it reaches the
+    driver as itself: the same class and one-line message as in a serial run."""
     token = _THREADS.set(threads)
+    failed: CropsegError | None = None
     try:
         return fn(context, item)
+    except CropsegError as exc:
+        failed = exc
     finally:
         _THREADS.reset(token)
+    failed.__cause__ = failed.__context__ = None
+    raise failed
+
+
+_REPR = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\((['\"])(.*)\2\)$", re.DOTALL)
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """A cropseg error that Dask could not unpickle arrives as ``Exception("InputFileError('...')")``:
+    the cropseg error again (anything else unchanged)."""
+    from . import errors
+
+    if type(exc) is Exception and len(exc.args) == 1 and isinstance(exc.args[0], str):
+        m = _REPR.match(exc.args[0].strip())
+        cls = getattr(errors, m.group(1), None) if m else None
+        if m and isinstance(cls, type) and issubclass(cls, CropsegError):
+            try:
+                return cls(ast.literal_eval(m.group(2) + m.group(3) + m.group(2)))
+            except (ValueError, SyntaxError):
+                return cls(m.group(3))
+    return exc
+
+
+class _CropsegTaskErrors(logging.Filter):
+    """Drops distributed's "Compute Failed" record (with the task's traceback) for a task that raised a
+    cropseg error: the command reports that error itself, as one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            msg = record.getMessage()
+        except Exception:  # noqa: BLE001 - never break logging
+            return True
+        if "Compute Failed" not in msg:
+            return True
+        from . import errors
+
+        names = [n for n, c in vars(errors).items() if isinstance(c, type) and issubclass(c, CropsegError)]
+        return not any(f"{n}(" in msg for n in names)
+
+
+logging.getLogger("distributed.worker").addFilter(_CropsegTaskErrors())
 
 
 class BlockExecutor:
@@ -242,13 +292,23 @@ class BlockExecutor:
             for item in items:
                 pending.append(client.submit(_run_task, fn, ctx, item, 1, pure=False))
                 if len(pending) >= limit:
-                    yield pending.popleft().result()
+                    yield _result(pending.popleft())
             while pending:
-                yield pending.popleft().result()
+                yield _result(pending.popleft())
         finally:
             for fut in pending:
                 fut.cancel()
             ctx.release()
+
+
+def _result(future: Any) -> Any:
+    try:
+        return future.result()
+    except Exception as exc:  # noqa: BLE001 - re-raised, unwrapped when it is a cropseg error
+        clean = _unwrap(exc)
+        if clean is exc:
+            raise
+        raise clean from None
 
 
 class _InterruptedSyncFilter(logging.Filter):

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from . import __version__
 from .area_sample import area_metrics, check_area_config
 from .config import flatten, instantiate, plugin_options, postprocessor_nodes, redact
-from .errors import ConfigError, LabelError, PluginError
+from .errors import ConfigError, LabelError, PluginError, as_output_error
 from .evaluate import classification_report, confusion_from_rasters, iou, report_metrics
 from .lineage import TESTING, TRAINING, scene_refs
 from .naming import chosen_label, run_label
@@ -231,7 +231,10 @@ def execute(
                 result = _run_stages(cfg, stages, rl, out, t_start)
             raise_if_received()  # before the run can end FINISHED (see cropseg.signals)
         except BaseException as exc:
-            discard_results(out, f"{type(exc).__name__}: {exc}")
+            err = as_output_error(exc, "the run's outputs", out, tracker.uri)
+            discard_results(out, f"{type(err or exc).__name__}: {err or exc}")
+            if err is not None:  # a full or read-only disk, a name too long: one line, recorded as such
+                raise err from None
             raise
     result.run_id = rl.run_id
     result.experiment_id = tracker.experiment_id
@@ -271,7 +274,10 @@ def discard_results(out: Path, reason: str | None = None) -> None:
         else:
             p.unlink(missing_ok=True)
     if reason is not None and out.is_dir():
-        (out / "FAILED.txt").write_text(reason + "\n")
+        try:  # best effort: on a full disk the run's error says why, and it is recorded in MLflow
+            (out / "FAILED.txt").write_text(reason + "\n")
+        except OSError as exc:
+            log.warning("could not write %s: %s", out / "FAILED.txt", exc)
 
 
 def _tags(stages: Stages) -> dict[str, str]:

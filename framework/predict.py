@@ -28,7 +28,7 @@ import numpy as np
 import rasterio
 
 from . import __version__
-from .errors import ConfigError, InputFileError
+from .errors import ConfigError, InputFileError, as_output_error
 from .evaluate import classification_report, confusion_from_rasters, iou, report_metrics
 from .lineage import PREDICTION, scene_refs
 from .parallel import BlockExecutor, ParallelConfig, use_executor
@@ -79,13 +79,16 @@ class PredictResult:
             lines.append(f"crop area (polygons) {s['crop_area_ha_polygons']:,.2f} ha in {s['n_polygons']:,} polygons")
         if s.get("area_estimate"):
             crop = s["area_estimate"]["classes_detail"]["crop"]
-            a = crop["area_ha"]
+            a, ua = crop["area_ha"], crop["user_accuracy"]
+            ua_text = (
+                f"{ua['estimate']:.3f} (95% CI {ua['ci95'][0]:.3f} - {ua['ci95'][1]:.3f})"
+                if ua["estimate"] is not None
+                else "undefined (no crop mapped)"
+            )
             lines.append(
                 f"crop area (error-adjusted, {s['area_estimate']['sample_size']} reference points) "
-                f"{a['estimate']:,.2f} ha +- {a['ci95'][1] - a['estimate']:,.2f} ha (95% CI "
-                f"{a['ci95'][0]:,.2f} - {a['ci95'][1]:,.2f}); user's accuracy "
-                f"{crop['user_accuracy']['estimate']:.3f} +- "
-                f"{crop['user_accuracy']['ci95'][1] - crop['user_accuracy']['estimate']:.3f}"
+                f"{a['estimate']:,.2f} ha, SE {a['se']:,.2f} ha (95% CI "
+                f"{a['ci95'][0]:,.2f} - {a['ci95'][1]:,.2f}); user's accuracy {ua_text}"
             )
         if self.report_text:
             lines += ["", f"classification report against {s['ground_truth']}:", self.report_text.rstrip()]
@@ -236,8 +239,14 @@ def predict(
             final = _publish(stage, out)
         except BaseException as exc:
             shutil.rmtree(stage, ignore_errors=True)
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "FAILED.txt").write_text(f"{type(exc).__name__}: {exc}\n")
+            err = as_output_error(exc, "the prediction", out, uri)
+            try:  # best effort: on a full or read-only disk the reason is the run's error and the one line
+                out.mkdir(parents=True, exist_ok=True)
+                (out / "FAILED.txt").write_text(f"{type(err or exc).__name__}: {err or exc}\n")
+            except OSError as why:
+                log.warning("could not write %s: %s", out / "FAILED.txt", why)
+            if err is not None:
+                raise err from None
             raise
     outputs = {k: final / Path(v).relative_to(stage) for k, v in files.items()}
     return PredictResult(

@@ -11,23 +11,27 @@ ends a FAILED run that records it.
 
 from __future__ import annotations
 
-import errno
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from .errors import InputFileError
+from .errors import InputFileError, OutputError, write_failure_reason
 
 
 def check_output_dir(path: Path, option: str = "output_dir", create: bool = True) -> Path:
     """Create ``path`` (and parents) and make sure a file can be written in it; one clear
-    :class:`InputFileError` when it is a file, lies under a file, or is read-only / not writable.
+    :class:`InputFileError` when it is a file or lies under a file, :class:`OutputError` when it is
+    read-only, not writable, full or its name too long.
     With ``create=False`` nothing is created: the nearest existing folder must take a new file."""
     path = Path(path)
     existing = path
     for parent in [path, *path.parents]:
-        if parent.exists():
+        try:
+            found = parent.exists()
+        except OSError as exc:  # e.g. a name too long for the file system
+            raise OutputError.from_os_error(f"the output directory ({option})", path, exc) from None
+        if found:
             if not parent.is_dir():
                 where = "is a file" if parent == path else f"lies under {parent}, which is a file"
                 raise InputFileError(f"{path}: the output directory ({option}) {where}")
@@ -40,10 +44,8 @@ def check_output_dir(path: Path, option: str = "output_dir", create: bool = True
         with tempfile.NamedTemporaryFile(dir=existing, prefix=".cropseg-write-check-"):
             pass
     except OSError as exc:
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)
-        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            reason = f"not writable ({reason})"
-        raise InputFileError(f"{path}: cannot write the output directory ({option}): {reason}") from None
+        reason = write_failure_reason(exc) or (os.strerror(exc.errno).lower() if exc.errno else str(exc))
+        raise OutputError(f"the output directory ({option}) could not be written to {path}: {reason}") from None
     return path
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import re
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,10 +48,15 @@ def read_with_halo(src: rasterio.DatasetReader, window: Window, halo: int, band:
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary sibling of ``path``; rename it onto ``path`` only if the block succeeds.
+
+    The temporary name is made of safe characters only and kept short, whatever ``path`` is called: GDAL
+    cuts names at characters such as ``;``, and a name near the file-system limit would not take a suffix.
+    ``path`` itself is taken literally. The temporary file is removed whatever happens."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", path.name)[:64]
+    tmp = path.with_name(f".{safe}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial")
     try:
         yield tmp
         os.replace(tmp, path)
@@ -64,6 +72,22 @@ def block_writer(path: Path, grid: Grid, **profile: Any) -> Iterator[rasterio.io
     with atomic_path(path) as tmp:
         with rasterio.open(tmp, "w", **grid.profile(**profile)) as dst:
             yield dst
+        check_written(tmp, path)
+
+
+def check_written(tmp: Path, path: Path) -> None:
+    """GDAL's GeoTIFF writer does not always raise when the disk fills (libtiff prints
+    ``_tiffWriteProc: No space left on device`` and the file is left truncated): a file system with no free
+    block left after the write means the write was cut short, and ``path`` is not published."""
+    try:
+        st = os.statvfs(tmp.parent)
+    except OSError:
+        return
+    free = st.f_bfree if os.geteuid() == 0 else st.f_bavail
+    if free == 0:
+        from .errors import OutputError
+
+        raise OutputError.from_os_error(path.name, path.parent, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
 
 
 def open_raster(path: Path | str, *, what: str = "raster") -> rasterio.DatasetReader:
@@ -75,6 +99,25 @@ def open_raster(path: Path | str, *, what: str = "raster") -> rasterio.DatasetRe
         return rasterio.open(p)
     except rasterio.errors.RasterioIOError as exc:
         raise InputFileError(f"{p}: cannot read {what}: {str(exc).splitlines()[0]}") from None
+
+
+def check_known_crs(crs: Any, path: Path | str, what: str = "raster") -> None:
+    """A raster's CRS must be one PROJ can place on the Earth: an engineering / local CRS (what GDAL makes of
+    an unknown EPSG code or a custom definition) or one with no transformation to lon/lat is refused with
+    its text, rather than guessed."""
+    from pyproj import CRS as PyCRS
+    from pyproj import Transformer
+    from pyproj.exceptions import CRSError, ProjError
+
+    text = crs.to_string() if hasattr(crs, "to_string") else str(crs)
+    try:
+        pcrs = PyCRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
+        if pcrs.is_engineering:
+            raise CRSError("an engineering (local) CRS")
+        Transformer.from_crs(pcrs, "EPSG:4326", always_xy=True)
+    except (CRSError, ProjError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise RasterFormatError(f"{path}: the {what} has an unknown CRS {text[:300]!r} ({reason[:200]})") from None
 
 
 def check_scene_raster(path: Path | str, bands: int = 4, indexes: Sequence[int] | None = None) -> Grid:
@@ -91,6 +134,7 @@ def check_scene_raster(path: Path | str, bands: int = 4, indexes: Sequence[int] 
             )
         if src.crs is None:
             raise RasterFormatError(f"{path}: the raster has no CRS")
+        check_known_crs(src.crs, path, "scene")
         if src.transform.is_identity:
             raise RasterFormatError(f"{path}: the raster has no georeferencing (identity transform)")
         return Grid(src.crs, src.transform, src.width, src.height)

@@ -96,7 +96,7 @@ def read_vector(
                 gdf = gdf.set_crs(WGS84)
             else:
                 raise CRSMismatchError(f"{p}: the vector file has no CRS")
-    _check_declared_crs(p)
+    check_declared_crs(p)
     gdf = gdf[gdf.geometry.notna() & ~gdf.geometry.is_empty]
     if len(gdf):
         coords, index = shapely.get_coordinates(gdf.geometry.values, return_index=True)
@@ -111,7 +111,7 @@ def read_vector(
 _CRS_MEMBER = re.compile(rb'"crs"\s*:\s*\{.*?"name"\s*:\s*"([^"]+)"', re.DOTALL)
 
 
-def _check_declared_crs(path: Path) -> None:
+def check_declared_crs(path: Path) -> None:
     """A GeoJSON file's (legacy) ``crs`` member must name a CRS PROJ knows: GDAL falls back to EPSG:4326
     for an unknown one, which would read the coordinates in the wrong place without a word."""
     if path.suffix.lower() not in {".json", ".geojson"}:

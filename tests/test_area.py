@@ -4,6 +4,7 @@ bad input, and the protocol simulated in a run and applied by ``cropseg predict`
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 import rasterio
 from rasterio.transform import from_origin
 
-from cropseg.area import AreaEstimate, SampleError, allocate, cochran_sample_size
+from cropseg.area import AreaEstimate, SampleError, allocate, cochran_sample_size, design_se
 from cropseg.area_sample import (
     design_sample,
     estimate_area,
@@ -175,7 +176,7 @@ def test_coverage_and_bias_of_the_protocol(synthetic):
 # -- files and commands -----------------------------------------------------------------------------------------
 def _label(sample: Path, truth: np.ndarray, out: Path, **edits) -> Path:
     """Fill ``reference`` as a person would, from the SYNTHETIC truth at each point's pixel."""
-    g = gpd.read_file(sample)
+    g = gpd.read_file(io.BytesIO(Path(sample).read_bytes()))  # names with ';' too, which GDAL would cut
     g["reference"] = [str(int(truth[r, c])) for r, c in zip(g["pixel_row"], g["pixel_col"])]
     for k, v in edits.items():
         g[k] = v(g) if callable(v) else v
@@ -314,9 +315,14 @@ def test_area_config_is_checked_before_a_run(capsys):
     assert "evaluate.area_allocation" in _bad(["evaluate.area_allocation=optimal"], capsys)
 
 
-def test_library_errors(synthetic, tmp_path):
+def test_library_errors(synthetic, labelled, tmp_path):
     with pytest.raises(RasterFormatError, match="geographic"):
         read_mask(_write(tmp_path / "geo.tif", np.zeros((8, 8), dtype=np.uint8), crs="EPSG:4326"))
+    # a CRS PROJ cannot place on the Earth (GDAL's LOCAL_CS for an unknown code) is refused with its text
+    with pytest.raises(RasterFormatError, match=r"unknown CRS 'LOCAL_CS\["):
+        read_mask(
+            _write(tmp_path / "local.tif", np.zeros((8, 8), dtype=np.uint8), crs='LOCAL_CS["unknown",UNIT["metre",1]]')
+        )
     with pytest.raises(InputFileError, match="no field 'label'"):
         estimate_area(synthetic["mask"], synthetic["dir"] / "labelled.geojson", reference_field="label")
     g = gpd.read_file(synthetic["dir"] / "labelled.geojson").set_crs(None, allow_override=True)
@@ -348,6 +354,8 @@ def test_run_reports_area_and_predict_uses_a_reference_sample(tmp_path, tiny_pai
     assert m["area_mapped_crop_ha"] - m["area_reference_crop_ha"] == pytest.approx(m["area_difference_ha"])
     assert m["area_sample_size"] == 120
     assert m["area_adjusted_crop_ci_low_ha"] <= m["area_adjusted_crop_ha"] <= m["area_adjusted_crop_ci_high_ha"]
+    for k in ("area_crop_user_accuracy_se", "area_crop_producer_accuracy_se", "area_overall_accuracy_se"):
+        assert 0 <= m[k] < 0.5, k  # accuracies are logged with their SEs
     assert "error-adjusted crop area (ha, n=120)" in result.summary()
     report = json.loads((result.output_dir / "reports" / "area_estimate.json").read_text())
     assert report["simulated"] and report["sample_size"] == 120
@@ -386,3 +394,122 @@ def test_run_reports_area_and_predict_uses_a_reference_sample(tmp_path, tiny_pai
     assert summary["area_estimate"]["classes_detail"]["crop"]["area_ha"]["estimate"] == pytest.approx(
         float(expected.area_ha()[1])
     )
+
+
+# -- issue 21: Neyman allocation, the saved design, undefined quantities, zero-error strata, --within ------------
+def test_neyman_allocation_reaches_the_target_se_of_eq_13():
+    """Olofsson et al. (2014) example: eq. 13 gives n = 641 for SE 0.01; allocated by Neyman (n_i ~ W_i S_i) the
+    design's SE is the target (up to rounding of n_i); proportional and equal allocations of the same n miss it."""
+    w = np.array(MAPPED_PIXELS) / sum(MAPPED_PIXELS)
+    ua = [0.70, 0.60, 0.90, 0.95]
+    n = cochran_sample_size(w, ua, 0.01)
+    per = allocate(n, MAPPED_PIXELS, "neyman", user_accuracies=ua)
+    ws = w * np.sqrt(np.array(ua) * (1 - np.array(ua)))
+    assert per.sum() == 641 and np.abs(per - 641 * ws / ws.sum()).max() < 1
+    assert design_se(w, ua, per) == pytest.approx(0.01, rel=0.005)
+    for other in ("proportional", "equal"):
+        assert design_se(w, ua, allocate(n, MAPPED_PIXELS, other)) > 0.0101
+    with pytest.raises(ValueError, match="neyman"):
+        allocate(n, MAPPED_PIXELS, "neyman")
+
+
+def test_zero_error_stratum_is_named_and_intervals_are_clipped():
+    # every one of 50 points in the crop stratum agrees with the map: SE 0, a too narrow interval
+    est = AreaEstimate(["non-crop", "crop"], [[49, 1], [0, 50]], [27_000, 3_000], 0.09)
+    notes = est.warnings()
+    assert len(notes) == 1 and "stratum 'crop'" in notes[0] and "too narrow" in notes[0]
+    assert "warning: stratum 'crop'" in est.text()
+    assert est.to_dict()["warnings"] == notes
+    d = est.to_dict()["classes_detail"]
+    for c in ("crop", "non-crop"):
+        for k in ("user_accuracy", "producer_accuracy"):
+            lo, hi = d[c][k]["ci95"]
+            assert 0.0 <= lo <= d[c][k]["estimate"] <= hi <= 1.0
+    # unclipped, the non-crop user's accuracy interval (0.98 +- 0.039) would pass 1
+    ua, se = est.user_accuracy[0], est.user_accuracy_se[0]
+    assert ua + 1.96 * se > 1.0 and d["non-crop"]["user_accuracy"]["ci95"][1] == 1.0
+
+
+def test_an_unmapped_class_has_an_undefined_users_accuracy():
+    est = AreaEstimate(["non-crop", "crop"], [[48, 2], [0, 0]], [1_000, 0], 0.09)
+    assert np.isnan(est.user_accuracy[1]) and np.isfinite(est.overall_accuracy_se)
+    d = est.to_dict()["classes_detail"]["crop"]["user_accuracy"]
+    assert d["estimate"] is None and d["note"].startswith("undefined")
+    assert "undefined" in est.text()
+    from cropseg.area_sample import estimate_metrics
+
+    assert "crop_user_accuracy" not in estimate_metrics(est) and "noncrop_user_accuracy" in estimate_metrics(est)
+
+
+def test_design_file_round_trips_and_is_logged_with_the_estimate(synthetic, tmp_path, capsys, tracking_uri):
+    from mlflow import MlflowClient
+
+    from cropseg.area_sample import design_path, read_design
+
+    # the labelled extent: the truth with its right quarter unlabelled (255), and the same as a polygon
+    lab = synthetic["truth_a"].copy()
+    lab[:, 60:] = 255
+    within = _write(tmp_path / "labels.tif", lab)
+    out = tmp_path / "s;ample.geojson"  # taken literally
+    argv = ["sample-design", str(synthetic["mask"]), "--target-se", "0.03", "--user-accuracy", "0.95,0.75"]
+    argv += ["--allocation", "neyman", "--within", str(within), "--seed", "5", "--output", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "expected standard error" in printed and "(target 0.03)" in printed
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "mlflow.db") == [
+        "labels.tif",
+        "s;ample.csv",
+        "s;ample.geojson",
+        "s;ample_design.json",
+    ]  # no temporary file left
+    design = read_design(design_path(out))
+    assert design["allocation"] == "neyman" and design["seed"] == 5 and design["target_se"] == 0.03
+    assert design["expected_se"] == pytest.approx(0.03, rel=0.02)
+    # round trip: the saved parameters draw the very same sample
+    again = design_sample(
+        synthetic["mask"],
+        target_se=design["target_se"],
+        user_accuracies=list(design["anticipated_user_accuracy"].values()),
+        allocation=design["allocation"],
+        seed=design["seed"],
+        within=design["within"],
+    )
+    assert again.summary() == {k: v for k, v in design.items() if k != "sample"}
+    sample = gpd.read_file(io.BytesIO(out.read_bytes()))  # GDAL cuts the name at ';': read the bytes
+    assert list(zip(again.rows, again.cols)) == list(zip(sample["pixel_row"], sample["pixel_col"]))
+    assert (lab[sample["pixel_row"], sample["pixel_col"]] != 255).all()  # inside the labelled extent only
+    assert sum(design["mapped_pixels"].values()) == int(np.count_nonzero((synthetic["mask_a"] != 255) & (lab != 255)))
+    # labelled and estimated: the design is found beside the sample, logged, and its target SE compared
+    labelled = _label(out, synthetic["truth_a"], tmp_path / "lab.geojson")
+    design_path(labelled).write_text(design_path(out).read_text())
+    common = ["--output-dir", str(tmp_path / "est"), "--tracking-uri", tracking_uri]
+    rc = main(["estimate-area", str(synthetic["mask"]), str(labelled), *common])
+    printed = capsys.readouterr().out
+    assert rc == 0 and "achieved, target 0.03" in printed
+    run_id = printed.split("MLflow run ")[1].split()[0]
+    run = MlflowClient(tracking_uri).get_run(run_id)
+    assert run.data.params["design_allocation"] == "neyman" and run.data.metrics["design_target_se"] == 0.03
+    for k in ("overall_accuracy_se", "crop_user_accuracy_se", "crop_producer_accuracy_se", "crop_area_proportion_se"):
+        assert k in run.data.metrics
+    arts = {a.path for a in MlflowClient(tracking_uri).list_artifacts(run_id, "area")}
+    assert "area/sample_design.json" in arts
+    # a design of another mask is refused
+    other = _write(tmp_path / "other.tif", synthetic["mask_a"][::-1].copy())
+    assert "drawn from another mask" in _bad(["estimate-area", str(other), str(labelled), *common], capsys)
+
+
+def test_within_a_polygon_and_an_unknown_sample_crs(synthetic, labelled, tmp_path, capsys):
+    import shapely
+
+    box = shapely.box(630_000, 4_240_000 - 120, 630_120, 4_240_000)  # the top-left 40x40 pixels
+    gpd.GeoDataFrame(geometry=[box], crs="EPSG:32610").to_file(tmp_path / "aoi.gpkg")
+    d = design_sample(synthetic["mask"], n=60, allocation="equal", seed=2, within=tmp_path / "aoi.gpkg")
+    assert (d.rows < 40).all() and (d.cols < 40).all()
+    assert d.mask.counts.sum() == np.count_nonzero(synthetic["mask_a"][:40, :40] != 255)
+    # a sample declaring a CRS PROJ does not know is refused, naming the CRS (GDAL would read it as EPSG:4326)
+    text = labelled["labelled"].read_text()
+    bad = tmp_path / "unknown_crs.geojson"
+    assert "OGC:1.3:CRS84" in text
+    bad.write_text(text.replace("urn:ogc:def:crs:OGC:1.3:CRS84", "EPSG:999999"))
+    common = ["--output-dir", str(tmp_path / "o"), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]
+    assert "EPSG:999999" in _bad(["estimate-area", str(synthetic["mask"]), str(bad), *common], capsys)

@@ -411,6 +411,17 @@ def test_mlflow_models_serve(trained, new_scene, tmp_path):
             assert body["error_code"] == "BAD_REQUEST" and "stack_trace" not in body
             assert body["message"].startswith(f"pixel rows: column 'red', row 1: {shown}; ")
             assert "\n" not in body["message"]
+        # JSON nested far deeper than any request of pixel rows (100,000 levels, or just past the limit): a 400
+        for depth in (100_000, 40):
+            req = urllib.request.Request(
+                base + "/invocations",
+                data=b'{"dataframe_split": ' + b"[" * depth + b"]" * depth + b"}",
+                headers={"Content-Type": "application/json"},
+            )
+            with pytest.raises(urllib.error.HTTPError) as err:
+                urllib.request.urlopen(req, timeout=60)  # noqa: S310 - a local test server
+            assert err.value.code == 400
+            assert "nested deeper than 32 levels" in json.loads(err.value.read())["message"]
         # more rows than one request may hold: refused with the limit and a batching hint
         with pytest.raises(urllib.error.HTTPError) as err:
             _post(base + "/invocations", {"dataframe_split": {"columns": BANDS, "data": [rows[0].tolist()] * 501}})

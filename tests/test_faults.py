@@ -1,4 +1,5 @@
-"""Fault suite (issue 11): bad option values, corrupt and wrong input files, unusable destinations.
+"""Fault suite (issues 11, 21): bad option values, corrupt and wrong input files, unusable destinations
+(full disk, read-only folders, overlong names: tests/fsfaults.py), killed runs.
 
 Every bad input gives one line ``cropseg: error: ...`` naming the option or file, a non-zero exit, no
 traceback, an MLflow run that is FAILED (never RUNNING) where one was started, and nothing that looks
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from fsfaults import cropseg, run_on
 from mlflow import MlflowClient
 from pyproj import Transformer
 
@@ -118,6 +120,9 @@ def files(tmp_path_factory):
         return a
 
     f["six_pixels"] = _rewrite(train.image, d / "six_pixels.tif", six)
+    f["local_crs"] = _rewrite(train.image, d / "local_crs.tif", lambda a: a)
+    with rasterio.open(f["local_crs"], "r+") as dst:  # what GDAL makes of an unknown EPSG code
+        dst.crs = rasterio.crs.CRS.from_wkt('LOCAL_CS["unknown",UNIT["metre",1]]')
     f["constant"] = _rewrite(train.image, d / "constant.tif", lambda a: np.where(a > 0, 3000, 0).astype(a.dtype))
     trunc = d / "truncated.tif"
     shutil.copy(train.image, trunc)
@@ -313,7 +318,7 @@ def test_output_dir_that_is_or_lies_under_a_file_is_one_line(env, capfd, files, 
 def test_output_dir_not_writable_is_one_line(env, capfd, files, tracking_uri):
     # /proc refuses new directories even to root, so this holds whoever runs the tests
     line = one_line_error(capfd, main(_args(files, out=Path("/proc/cropseg-out"))))
-    assert "/proc/cropseg-out" in line and "cannot write the output directory" in line
+    assert "/proc/cropseg-out" in line and "the output directory (output_dir) could not be written to" in line
     assert run_statuses(tracking_uri) == []
 
 
@@ -367,8 +372,9 @@ def test_unreachable_scheduler_is_noticed_before_loading(env, capfd, files, trac
         ("all_nodata", "train", ["all_nodata.tif", "no valid labelled pixel"]),
         ("sparse", "test", ["sparse.tif", "3 valid labelled pixel(s), fewer than 5"]),
         ("truncated", "train", ["truncated.tif", "cannot read pixels"]),
+        ("local_crs", "test", ["local_crs.tif", "unknown CRS", 'LOCAL_CS["unknown"']),
     ],
-    ids=["all_nodata", "test_under_5_pixels", "truncated"],
+    ids=["all_nodata", "test_under_5_pixels", "truncated", "unknown_crs"],
 )
 def test_unusable_scene_names_the_input_file(env, capfd, files, tracking_uri, key, role, expect):
     out = env / "out"
@@ -560,3 +566,265 @@ def test_one_line_contract_in_a_real_subprocess(tmp_path, files, cli_env, store,
     assert "RUNNING" not in statuses
     assert statuses == (["FAILED"] if case == "ground_truth" else [])
     assert_no_result(out)
+
+
+# -- file-system faults (issue 21): full disk, read-only folders, overlong names, in real subprocesses -------------
+
+
+def _fs_env(tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ, CROPSEG_CACHE_DIR=str(tmp_path / "cache"), PYTHONUNBUFFERED="1")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def _one_line(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("cropseg: error:")]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    return lines[0]
+
+
+@pytest.mark.slow
+def test_run_on_a_full_disk_is_one_line_and_a_failed_run(tmp_path, files, store_template):
+    uri = store_template.copy(tmp_path / "store")
+    out = tmp_path / "full" / "out"
+    args = _set(_args(files, out=out), "tracking.experiment", "faults-full-disk") + [f"tracking.uri={uri}"]
+    proc = run_on(cropseg(*args), full=[tmp_path / "full"], cwd=tmp_path, env=_fs_env(tmp_path))
+    line = _one_line(proc)
+    assert "could not be written to" in line and "no space left on device" in line, line
+    assert run_statuses(uri, "faults-full-disk") == ["FAILED"]
+
+
+def test_unwritable_working_directory_is_one_line_before_any_run(tmp_path, files, store_template):
+    uri = store_template.copy(tmp_path / "store")
+    ro = tmp_path / "ro"
+    args = [*_args(files), "tracking.experiment=faults-ro-cwd", f"tracking.uri={uri}"]
+    proc = run_on(
+        ["sh", "-c", 'cd "$0" && exec "$@"', str(ro), *cropseg(*args)],
+        read_only=[ro],
+        cwd=tmp_path,
+        env=_fs_env(tmp_path),
+    )
+    line = _one_line(proc)
+    assert "outputs" in line and "read-only file system" in line, line
+    assert run_statuses(uri, "faults-ro-cwd") == []
+
+
+def test_overlong_output_dir_name_is_one_line(env, capfd, files, tracking_uri):
+    out = env / ("x" * 300)
+    line = one_line_error(capfd, main(_args(files, out=out)))
+    assert "file name too long" in line and "could not be written to" in line
+    assert run_statuses(tracking_uri) == []
+
+
+@pytest.mark.parametrize("fault", ["full", "read_only"])
+def test_sample_design_output_faults_are_one_line(tmp_path, files, fault):
+    mask = tmp_path / "mask.tif"
+    with rasterio.open(files["train"].image) as src:
+        prof = src.profile
+    prof.update(count=1, dtype="uint8", nodata=255)
+    with rasterio.open(mask, "w", **prof) as dst:
+        dst.write((np.arange(64 * 64).reshape(1, 64, 64) % 2).astype(np.uint8))
+    d = tmp_path / "dest"
+    proc = run_on(
+        cropseg("sample-design", str(mask), "--sample-size", "3000", "--output", str(d / "s.geojson")),
+        **({"full": [d]} if fault == "full" else {"read_only": [d]}),
+        cwd=tmp_path,
+        env=_fs_env(tmp_path),
+    )
+    line = _one_line(proc)
+    assert "could not be written to" in line and str(d) in line, line
+    assert ("no space left on device" if fault == "full" else "read-only file system") in line, line
+
+
+def test_killed_run_leaves_no_loadable_model(tmp_path, store_template):
+    """A run interrupted (Ctrl-C / SIGTERM) after its model was logged ends KILLED, and the model MLflow had
+    marked READY is deleted: ``runs:/<id>/model`` does not load, and no registry version points at it."""
+    import mlflow
+    import mlflow.pyfunc
+
+    from cropseg.tracking import Tracker
+
+    class Echo(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input):  # noqa: ANN001, ANN201
+            return model_input
+
+    uri = store_template.copy(tmp_path)
+    tracker = Tracker(uri, "faults-killed-model")
+    run_id = None
+    mlflow.set_tracking_uri(uri)
+    with pytest.raises(KeyboardInterrupt):
+        with tracker.run("killed") as rl:
+            run_id = rl.run_id
+            with mlflow.start_run(run_id=run_id):
+                info = mlflow.pyfunc.log_model(name="model", python_model=Echo(), registered_model_name="killed-model")
+            assert MlflowClient(uri).get_logged_model(info.model_id).status.name == "READY"
+            raise KeyboardInterrupt
+    client = MlflowClient(uri)
+    assert client.get_run(run_id).info.status == "KILLED"
+    assert client.search_logged_models(experiment_ids=[tracker.experiment_id]) == []
+    assert client.search_model_versions("name = 'killed-model'") == []
+    with pytest.raises(Exception, match="(?i)model|artifact"):
+        mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+
+
+def test_deeply_nested_json_is_a_bad_request_for_the_scoring_server(monkeypatch):
+    """MLflow's scoring server parses a request before any model sees it; a 100,000-deep array makes
+    Python's parser raise RecursionError (HTTP 500). Once a cropseg model is loaded, such a request (and any
+    nested deeper than 32 levels) is an ``MlflowInvalidInputException``: HTTP 400 with the reason. The
+    served end to end case is in tests/test_deploy.py."""
+    from mlflow.pyfunc import scoring_server
+    from mlflow.utils.proto_json_utils import MlflowInvalidInputException
+
+    from cropseg.tracking.model import guard_scoring_server
+
+    # MLflow's own parser (a model loaded earlier in this process may have guarded it already)
+    original = getattr(scoring_server._decode_json_input, "__wrapped__", scoring_server._decode_json_input)
+    monkeypatch.setattr(scoring_server, "_decode_json_input", original)
+    with pytest.raises(RecursionError):
+        scoring_server._decode_json_input(b'{"dataframe_split": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+    guard_scoring_server()
+    guard_scoring_server()  # once only
+    for depth in (100_000, 40):
+        with pytest.raises(MlflowInvalidInputException, match="nested deeper than 32 levels"):
+            scoring_server._decode_json_input(b'{"dataframe_split": ' + b"[" * depth + b"]" * depth + b"}")
+    ok = {"dataframe_split": {"columns": ["blue"], "data": [[0.1], [0.2]]}}
+    assert scoring_server._decode_json_input(json.dumps(ok)) == ok
+
+
+@pytest.fixture
+def area_files(tmp_path, store_template):
+    """A SYNTHETIC 0/1 mask (EPSG:32610) and a sample of it labelled from the mask itself, a store."""
+    from cropseg.area_sample import design_sample, write_sample
+
+    d = tmp_path / "area"
+    d.mkdir()
+    rng = np.random.default_rng(3)
+    mask = d / "mask.tif"
+    prof = {"driver": "GTiff", "width": 60, "height": 60, "count": 1, "dtype": "uint8", "nodata": 255}
+    prof.update(crs="EPSG:32610", transform=rasterio.transform.from_origin(630_000, 4_240_000, 3, 3))
+    a = (rng.random((60, 60)) < 0.4).astype(np.uint8)
+    with rasterio.open(mask, "w", **prof) as dst:
+        dst.write(a[None])
+    write_sample(design_sample(mask, n=80, allocation="equal", seed=1), d / "s.geojson", None)
+    data = json.loads((d / "s.geojson").read_text())
+    for k, f in enumerate(data["features"]):  # reference = map class, one error in each stratum
+        f["properties"]["reference"] = str(f["properties"]["stratum"] ^ (k in (0, 1)))
+    (d / "labelled.geojson").write_text(json.dumps(data))
+    return {"mask": mask, "sample": d / "labelled.geojson", "uri": store_template.copy(tmp_path / "store")}
+
+
+@pytest.mark.parametrize("fault", ["read_only_output", "full_output", "read_only_store", "long_name"])
+def test_estimate_area_destination_faults_record_no_finished_run(tmp_path, area_files, fault):
+    """estimate-area checks its output folder and store before any work and records its run FINISHED only
+    once its outputs are written: a fault is one line, and no FINISHED run (no run at all) is left."""
+    uri = area_files["uri"]
+    dest = tmp_path / "dest"
+    out = dest / ("o" * 300 if fault == "long_name" else "out")
+    argv = ["estimate-area", str(area_files["mask"]), str(area_files["sample"]), "--output-dir", str(out)]
+    store = uri
+    kwargs: dict = {}
+    if fault == "read_only_output":
+        kwargs = {"read_only": [dest]}
+    elif fault == "full_output":
+        kwargs = {"full": [dest]}
+    elif fault == "read_only_store":
+        store = f"sqlite:///{tmp_path / 'rostore' / 'mlflow.db'}"
+        kwargs = {"read_only": [tmp_path / "rostore"]}
+    proc = run_on(
+        cropseg(*argv, "--tracking-uri", store, "--experiment", "area-faults"),
+        cwd=tmp_path,
+        env=_fs_env(tmp_path),
+        **kwargs,
+    )
+    line = _one_line(proc)
+    reason = {
+        "read_only_output": "read-only file system",
+        "full_output": "no space left on device",
+        "read_only_store": "read-only file system",
+        "long_name": "file name too long",
+    }[fault]
+    assert "could not be written to" in line and reason in line, line
+    assert run_statuses(uri, "area-faults") == []
+    assert not dest.exists() or not any(dest.iterdir())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["full", "read_only"])
+def test_cropseg_predict_output_faults_are_one_line(awkward_run, files, tmp_path, fault):
+    result, uri, _ = awkward_run
+    dest = tmp_path / "dest"
+    args = ["predict", result.model_uri, str(files["nan"]), "--metadata", str(files["train"].metadata)]
+    args += ["--tracking-uri", uri, "--output-dir", str(dest / "pred")]
+    proc = run_on(cropseg(*args), cwd=tmp_path, env=_fs_env(tmp_path), **{fault: [dest]})
+    line = _one_line(proc)
+    assert "could not be written to" in line and str(dest) in line, line
+    assert ("no space left on device" if fault == "full" else "read-only file system") in line, line
+
+
+@pytest.mark.slow
+def test_cropseg_predict_on_a_truncated_scene_with_dask_is_one_line(awkward_run, files, tmp_path, capfd):
+    """The same truncated scene through the Dask block executor (in-process threads): cropseg's own error,
+    unwrapped, not ``Exception: InputFileError(...)``."""
+    result, uri, _ = awkward_run
+    args = ["predict", result.model_uri, str(files["truncated"]), "--metadata", str(files["train"].metadata)]
+    code = main([*args, "--tracking-uri", uri, "--output-dir", str(tmp_path / "pred")])
+    line = one_line_error(capfd, code)
+    assert "truncated.tif" in line and "cannot read pixels" in line and "Exception" not in line
+
+
+def test_run_with_a_read_only_store_folder_is_one_line_before_any_run(tmp_path, files):
+    store = tmp_path / "rostore"
+    args = [*_args(files, out=tmp_path / "out"), f"tracking.uri=sqlite:///{store / 'mlflow.db'}"]
+    proc = run_on(cropseg(*args), read_only=[store], cwd=tmp_path, env=_fs_env(tmp_path))
+    line = _one_line(proc)
+    assert "the tracking store" in line and str(store) in line and "read-only file system" in line, line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["read_only_store", "unwritable_cwd", "long_name"])
+def test_cropseg_predict_destination_faults_before_any_work(awkward_run, files, tmp_path, fault):
+    result, uri, _ = awkward_run
+    args = ["predict", result.model_uri, str(files["nan"]), "--metadata", str(files["train"].metadata)]
+    kwargs: dict = {}
+    cwd = tmp_path
+    if fault == "read_only_store":
+        args += ["--tracking-uri", f"sqlite:///{tmp_path / 'rostore' / 'mlflow.db'}"]
+        args += ["--output-dir", str(tmp_path / "pred")]
+        kwargs = {"read_only": [tmp_path / "rostore"]}
+        reason = "read-only file system"
+    elif fault == "unwritable_cwd":  # the default output folder, outputs/predict/..., in the working directory
+        args += ["--tracking-uri", uri]
+        kwargs = {"read_only": [tmp_path / "ro"]}
+        reason = "read-only file system"
+    else:
+        args += ["--tracking-uri", uri, "--output-dir", str(tmp_path / ("p" * 300))]
+        reason = "file name too long"
+    argv = cropseg(*args)
+    if fault == "unwritable_cwd":
+        argv = ["sh", "-c", 'cd "$0" && exec "$@"', str(tmp_path / "ro"), *argv]
+    proc = run_on(argv, cwd=cwd, env=_fs_env(tmp_path), **kwargs)
+    line = _one_line(proc)
+    assert "could not be written to" in line and reason in line, line
+
+
+@pytest.mark.parametrize("case", ["sample_design_long_name", "estimate_area_unwritable_cwd"])
+def test_area_commands_name_faults_are_one_line(tmp_path, area_files, case):
+    if case == "sample_design_long_name":
+        argv = cropseg("sample-design", str(area_files["mask"]), "--sample-size", "20")
+        argv += ["--output", str(tmp_path / ("s" * 300 + ".geojson"))]
+        proc = run_on(argv, cwd=tmp_path, env=_fs_env(tmp_path))
+        reason = "file name too long"
+    else:  # the default output folder, outputs/area/..., in a read-only working directory
+        argv = cropseg("estimate-area", str(area_files["mask"]), str(area_files["sample"]))
+        argv += ["--tracking-uri", area_files["uri"], "--experiment", "area-faults"]
+        ro = tmp_path / "ro"
+        proc = run_on(
+            ["sh", "-c", 'cd "$0" && exec "$@"', str(ro), *argv], read_only=[ro], cwd=tmp_path, env=_fs_env(tmp_path)
+        )
+        reason = "read-only file system"
+        assert run_statuses(area_files["uri"], "area-faults") == []
+    line = _one_line(proc)
+    assert "could not be written to" in line and reason in line, line

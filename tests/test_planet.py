@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from fsfaults import run_on
 from mlflow import MlflowClient
 from planet_double import CLOUD, SPEC, PlanetDouble, default_scenes, utm_box_geojson
 from rasterio.windows import Window
@@ -316,6 +317,29 @@ def test_fetch_download_stopped_by_sigterm_is_one_line_and_resumes(double, scene
     assert main(["download", *args]) == 0
     assert "resuming Planet order" in capsys.readouterr().err
     assert double.counts["orders_created"] == placed + 1  # the interrupted role resumed, the other one ordered
+
+
+@pytest.mark.parametrize("fault", ["read_only", "full"])
+def test_fetch_download_to_an_unwritable_cache_is_one_line(double, scenes, aois, tmp_path, fault):
+    """The cache on a read-only folder is refused before any request; on a full disk the download fails
+    with one line naming the reason (real subprocess, the folder a tmpfs: tests/fsfaults.py)."""
+    cache = tmp_path / "cache"
+    env = dict(os.environ, CROPSEG_CACHE_DIR=str(cache), PYTHONUNBUFFERED="1")
+    args = [o for o in overrides(double, scenes, aois) if o.startswith("source.")]
+    proc = run_on(
+        [sys.executable, "-m", "cropseg_plugins.planet.fetch", "download", *args],
+        **({"read_only": [cache]} if fault == "read_only" else {"full": [cache]}),
+        cwd=tmp_path,
+        env=env,
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stderr.splitlines() if "error:" in ln]
+    assert len(lines) == 1 and lines[0].startswith("cropseg-fetch: error: "), proc.stderr[-3000:]
+    assert "could not be written to" in lines[0] and str(cache) in lines[0], lines[0]
+    if fault == "read_only":
+        assert "read-only file system" in lines[0] and double.counts["orders_created"] == 0
+    else:
+        assert "no space left on device" in lines[0]
 
 
 # -- loading ---------------------------------------------------------------------------------------------

@@ -232,6 +232,15 @@ def test_signal_ends_the_command_cleanly(cases, name):
         }
     else:
         assert [r.data.tags["cropseg.error"] for r in runs] == [reason]
+    if name == "model-SIGTERM":  # the model MLflow had logged (READY) before the signal took effect is gone
+        from mlflow.artifacts import download_artifacts
+        from mlflow.exceptions import MlflowException
+
+        assert client.search_logged_models(experiment_ids=[exp.experiment_id]) == []
+        with pytest.raises((MlflowException, OSError)):
+            download_artifacts(
+                f"runs:/{runs[0].info.run_id}/model", tracking_uri=case.uri, dst_path=str(case.root / "dl")
+            )
 
     # nothing that looks like a result: FAILED.txt only (Hydra's own .hydra/ and job log aside)
     left = sorted(

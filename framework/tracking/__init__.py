@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from ..errors import CropsegError, TrackingError
+from ..errors import CropsegError, OutputError, TrackingError, write_failure_reason
 from ..signals import deferred, raise_if_received
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,11 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         if not db.parent.is_dir():
             raise TrackingError(f"tracking URI {uri}: directory {db.parent} does not exist")
         _check_sqlite(db, uri)
+        try:  # the store's lock file beside the database: a read-only or full folder is one line here
+            with open(db.with_name(db.name + ".lock"), "a"):
+                pass
+        except OSError as exc:
+            raise OutputError.from_os_error(f"the tracking store ({uri})", db.parent, exc) from None
 
 
 def _check_sqlite(db: Path, uri: str) -> None:
@@ -149,6 +154,9 @@ class Tracker:
         # MLflow sets its logger to INFO on import; its store-migration chatter is not cropseg's progress,
         # nor are its per-file download progress bars
         logging.getLogger("mlflow").setLevel(logging.WARNING)
+        # MLflow logs a failed store transaction with its traceback before raising it; cropseg reports the
+        # raised error as one line (a full disk, a read-only store...)
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         self.uri = resolve_uri(uri)
         check_reachable(self.uri)
@@ -185,6 +193,8 @@ class Tracker:
                 exp = self.client.get_experiment_by_name(name)
                 if exp is not None:
                     return exp.experiment_id
+            if write_failure_reason(exc):
+                raise OutputError.from_os_error("the tracking store", self.uri, exc) from None
             raise TrackingError(f"tracking store {self.uri}: {str(exc).splitlines()[0]}") from None
 
     def ui_hint(self) -> str:
@@ -220,11 +230,44 @@ class Tracker:
 
     def _end(self, logger: RunLogger, status: str, msg: str, detail: str | None = None) -> None:
         try:
-            logger.set_tags({f"{TAG_PREFIX}error": msg[:5000]})
-            if detail:
-                logger.log_text(detail, "error.txt")
+            try:
+                self.withdraw_models(logger.run_id)
+            finally:
+                logger.set_tags({f"{TAG_PREFIX}error": msg[:5000]})
+                if detail:
+                    logger.log_text(detail, "error.txt")
         finally:
             self.client.set_terminated(logger.run_id, status)
+
+    def withdraw_models(self, run_id: str) -> list[str]:
+        """A run ending FAILED or KILLED leaves no model: its logged models (even one MLflow already marked
+        READY) are deleted with their local artifacts, so ``runs:/<run_id>/model`` no longer loads, and any
+        Model Registry version made from the run is deleted. Returns the deleted model ids. Best effort: a
+        store that fails here is logged, the run's own status is still recorded."""
+        import shutil
+        from urllib.parse import unquote, urlparse
+
+        from mlflow.exceptions import MlflowException
+
+        gone: list[str] = []
+        try:
+            with deferred():
+                models = self.client.search_logged_models(
+                    experiment_ids=[self.experiment_id], filter_string=f"source_run_id = '{run_id}'"
+                )
+                for m in models:
+                    self.client.delete_logged_model(m.model_id)
+                    gone.append(m.model_id)
+                    loc = urlparse(str(m.artifact_location or ""))
+                    if loc.scheme in ("", "file") and loc.path and Path(unquote(loc.path)).is_dir():
+                        shutil.rmtree(Path(unquote(loc.path)), ignore_errors=True)
+                for mv in self.client.search_model_versions(f"run_id = '{run_id}'"):
+                    self.client.delete_model_version(mv.name, mv.version)
+        except (MlflowException, OSError) as exc:
+            log.warning("could not withdraw the models of run %s: %s", run_id, str(exc).splitlines()[0])
+        if gone:
+            log.info("run %s did not finish: its logged model(s) %s deleted", run_id, ", ".join(gone))
+        return gone
 
     def start_parent(self, run_name: str, tags: Mapping[str, Any]) -> str:
         """Create a sweep's parent run (left RUNNING until :meth:`end_parent`)."""

@@ -132,6 +132,52 @@ def check_rows(df: pd.DataFrame, names: list[str]) -> np.ndarray:
     return np.stack(cols, axis=1) if cols else np.zeros((len(df), 0))
 
 
+#: deepest JSON nesting a served request may have (a pandas-split request of pixel rows has 3-4 levels)
+MAX_JSON_DEPTH = 32
+
+
+def _json_depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether ``value`` (decoded JSON) nests containers deeper than ``limit`` (iterative: no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if d > limit:
+            return True
+        items = v.values() if isinstance(v, dict) else v
+        stack.extend((c, d + 1) for c in items if isinstance(c, (list, dict)))
+    return False
+
+
+def guard_scoring_server() -> None:
+    """In ``mlflow models serve`` (its scoring server module is loaded when the model is): a request whose
+    JSON nests deeper than :data:`MAX_JSON_DEPTH` (or so deep that Python's parser gives up with a
+    ``RecursionError``, which MLflow answers with HTTP 500) is refused with HTTP 400 saying so. Outside a
+    server, nothing."""
+    import sys
+
+    server = sys.modules.get("mlflow.pyfunc.scoring_server")
+    decode = getattr(server, "_decode_json_input", None)
+    if server is None or decode is None or getattr(decode, "_cropseg_guard", False):
+        return
+    from mlflow.utils.proto_json_utils import MlflowInvalidInputException
+
+    def guarded(json_input: Any) -> Any:
+        try:
+            out = decode(json_input)
+        except RecursionError:
+            out = None
+        if out is None or _json_depth_exceeds(out, MAX_JSON_DEPTH):
+            raise MlflowInvalidInputException(
+                f"request JSON nested deeper than {MAX_JSON_DEPTH} levels: send pixel rows as "
+                "{'dataframe_split': {'columns': [...], 'data': [[...], ...]}}"
+            )
+        return out
+
+    guarded._cropseg_guard = True  # type: ignore[attr-defined]
+    guarded.__wrapped__ = decode  # type: ignore[attr-defined]
+    setattr(server, "_decode_json_input", guarded)  # noqa: B010 - replacing a module function
+
+
 class CropsegPipelineModel(PythonModel):
     """The pyfunc face of :class:`cropseg.inference.InferencePipeline`."""
 
@@ -141,6 +187,7 @@ class CropsegPipelineModel(PythonModel):
         self.pipeline = InferencePipeline.load(
             Path(context.artifacts["pipeline"]), Path(context.artifacts["classifier"])
         )
+        guard_scoring_server()
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> np.ndarray:  # noqa: ANN001
         """Pixel rows (a DataFrame with the band columns) -> int64 classes (0 non-crop, 1 crop)."""

@@ -14,7 +14,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cropseg.errors import ConfigError, CropsegError, SourceError
+from cropseg.errors import (
+    ConfigError,
+    CropsegError,
+    OutputError,
+    SourceError,
+    write_failure_path,
+    write_failure_reason,
+)
+from cropseg.preflight import check_output_dir
 from cropseg.signals import handle_signals, report
 
 PROG = "cropseg-fetch"
@@ -81,15 +89,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger = logging.getLogger("cropseg")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+    cache: Path | None = None
     try:
         with handle_signals():  # SIGTERM / SIGINT: partial downloads are cleaned up, one line, exit 143 / 130
             source, cache = _source(args.overrides)
+            if args.command == "download":  # where the scenes go takes files, before any request
+                check_output_dir(cache, "cache_dir")
             for role in ("train", "test"):  # local inputs first
                 source.aoi(role)
             api = source.api()
             return search(source, api) if args.command == "search" else download(source, api, cache)
     except CropsegError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        if write_failure_reason(exc) is None:
+            raise
+        where = write_failure_path(exc) or cache or "the Planet cache (cache_dir)"
+        print(f"{PROG}: error: {OutputError.from_os_error('a download', where, exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:  # also cropseg.signals.Terminated
         return report(PROG, exc, "partial downloads are discarded and the next download resumes the Planet order")
