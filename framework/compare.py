@@ -172,7 +172,8 @@ def group_rows(rows: list[Row]) -> dict[str, list[Row]]:
     by: dict[str, list[Row]] = {}
     # a run that failed before its test data was recorded has no scores to compare: it joins the
     # largest group rather than forming one of its own
-    stray = [r for r in rows if r.test_digest == "unknown" and r.status != "FINISHED"]
+    # (nor does a run that was never tested, e.g. a `cropseg search` trial scored by CV only)
+    stray = [r for r in rows if r.test_digest == "unknown" and (r.status != "FINISHED" or not _tested(r))]
     for r in rows:
         if r not in stray:
             by.setdefault(r.test_digest, []).append(r)
@@ -192,6 +193,10 @@ def group_rows(rows: list[Row]) -> dict[str, list[Row]]:
         for r in members:
             r.group = letter
     return out
+
+
+def _tested(r: Row) -> bool:
+    return any(k.startswith("test_") for k in r.metrics)
 
 
 def rank(rows: list[Row], by: str) -> list[Row]:
@@ -317,7 +322,7 @@ def add_intervals(
     for letter, members in groups.items():
         entries, scored = [], []
         for r in members:
-            if r.status != "FINISHED":
+            if r.status != "FINISHED" or target.test_metric not in r.metrics:
                 continue
             cms: list[np.ndarray] = []
             for run_id in r.runs or [r.run_id]:
@@ -676,7 +681,7 @@ def compare(
     for r in rows:
         r.config = config_label(r, rows, shown)
     warning = None
-    scored = [g for g, members in groups.items() if any(r.status == "FINISHED" for r in members)]
+    scored = [g for g, members in groups.items() if any(r.status == "FINISHED" and _tested(r) for r in members)]
     if len(scored) > 1:
         warning = (
             f"the runs were tested on {len(scored)} different test data sets (groups "
