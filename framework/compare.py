@@ -358,6 +358,29 @@ def add_intervals(
 UNCERTAINTY_HEAD = ["n", "sd", "95% CI", "diff to top", "vs top"]
 
 
+def uncertainty_columns(
+    rows: list[Row], target: Target | None, room: int | None = None
+) -> tuple[list[str], dict[str, list[str]]]:
+    """The uncertainty columns worth showing (``n`` and ``sd`` with a seed group, the intervals when there
+    are any) and their cells per run id; with ``room`` (characters), columns are dropped until they fit:
+    first ``diff to top``, then ``sd``, ``n`` and ``vs top`` (the CSV keeps them all)."""
+    if target is None or not _shows_uncertainty(rows):
+        return [], {}
+    full = {r.run_id: uncertainty_cells(r, target) for r in rows}
+    keep = [0, 1] if any(len(r.runs) > 1 for r in rows) else []
+    keep += [2, 3, 4] if any(r.interval is not None for r in rows) else []
+
+    def needed(cols: list[int]) -> int:
+        return sum(2 + max([len(UNCERTAINTY_HEAD[j])] + [len(c[j]) for c in full.values()]) for j in cols)
+
+    for j in (3, 1, 0, 4, 2):
+        if room is None or needed(keep) <= room:
+            break
+        if j in keep:
+            keep.remove(j)
+    return [UNCERTAINTY_HEAD[j] for j in keep], {k: [c[j] for j in keep] for k, c in full.items()}
+
+
 def _shows_uncertainty(rows: list[Row]) -> bool:
     return any(r.interval is not None or len(r.runs) > 1 for r in rows)
 
@@ -468,9 +491,9 @@ def _clip(text: str, width: int) -> str:
 
 def markdown(rows: list[Row], target: Target | None = None) -> str:
     ranks = _ranks(rows)
-    extra = target is not None and _shows_uncertainty(rows)
+    extra_head, extra = uncertainty_columns(rows, target)
     header = ["test group", "rank", "config", "run id", "status", *[h for _, h, _ in CONSOLE_METRICS]]
-    header += [*(UNCERTAINTY_HEAD if extra else []), "error"]
+    header += [*extra_head, "error"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for r in rows:
         cells = [
@@ -480,7 +503,7 @@ def markdown(rows: list[Row], target: Target | None = None) -> str:
             r.run_id[:8],
             r.status,
             *[_metric(r.metrics.get(m), f) for m, _, f in CONSOLE_METRICS],
-            *(uncertainty_cells(r, target) if target is not None and extra else []),
+            *extra.get(r.run_id, []),
             r.error,
         ]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
@@ -496,9 +519,7 @@ def console(
     columns of :data:`UNCERTAINTY_HEAD` follow."""
     ranks = _ranks(rows)
     show_status = any(r.status != "FINISHED" for r in rows)
-    extra = target is not None and _shows_uncertainty(rows)
     head = ["#", "config", "run id", *(["status"] if show_status else []), *[h for _, h, _ in CONSOLE_METRICS]]
-    head += UNCERTAINTY_HEAD if extra else []
     cells = {
         r.run_id: [
             str(ranks[r.run_id]),
@@ -506,10 +527,15 @@ def console(
             r.run_id[:8],
             *([r.status] if show_status else []),
             *[_metric(r.metrics.get(m), f) for m, _, f in CONSOLE_METRICS],
-            *(uncertainty_cells(r, target) if target is not None and extra else []),
         ]
         for r in rows
     }
+    widths = [max([len(head[j])] + [len(c[j]) for c in cells.values()]) for j in range(len(head))]
+    room = width - (sum(w for j, w in enumerate(widths) if j != 1) + 2 * (len(head) - 1) + 12)
+    extra_head, extra = uncertainty_columns(rows, target, room)
+    head += extra_head
+    for run_id, c in cells.items():
+        c += extra.get(run_id, [])
     widths = [max([len(head[j])] + [len(c[j]) for c in cells.values()]) for j in range(len(head))]
     fixed = sum(w for j, w in enumerate(widths) if j != 1) + 2 * (len(head) - 1)
     widths[1] = max(12, min(widths[1], width - fixed))
