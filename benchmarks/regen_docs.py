@@ -179,7 +179,13 @@ def readme_block(rows: list, ids: dict[str, list[str]], info: dict) -> str:
 
     parts = [f"Measured on the synthetic sample over {info['seeds']} seeds ({info['date']}, docs/classifiers.md):"]
     if unet is not None:
-        parts.append(f"the default U-Net reached test {fig(unet)} ({unet.versus_top} against the top row);")
+        best_name = "{} with {} features".format(*MODELS[by_run[rows[0].run_id]][:2])
+        standing = {
+            "top": "the best of the table",
+            "n.s.": f"not distinguishable from the best, {best_name}",
+            "lower": f"distinguishably below the best, {best_name}",
+        }.get(unet.versus_top, "no interval")
+        parts.append(f"the default U-Net reached test {fig(unet)} ({standing});")
     if pixel:
         best = pixel[0]
         parts.append(f"the best pixel-only model ({MODELS[by_run[best.run_id]][0]}) {fig(best)};")
