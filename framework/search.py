@@ -424,13 +424,15 @@ def search(
             }
         )
         tracker.end_parent(parent, "FINISHED")
-    except KeyboardInterrupt:
-        tracker.logger(parent).set_tags({f"{TAG_PREFIX}error": "the search was stopped by a signal"})
-        tracker.end_parent(parent, "KILLED")
-        raise
     except BaseException as exc:
-        tracker.logger(parent).set_tags({f"{TAG_PREFIX}error": (str(exc).splitlines() or [type(exc).__name__])[0]})
-        tracker.end_parent(parent, "FAILED")
+        killed = isinstance(exc, KeyboardInterrupt)  # Ctrl-C, or SIGTERM through cropseg.signals.Terminated
+        msg = "the search was stopped by a signal" if killed else (str(exc).splitlines() or [type(exc).__name__])[0]
+        for folder in ("search_labels", "trials"):  # nothing that looks like a result stays behind
+            shutil.rmtree(out / folder, ignore_errors=True)
+        if out.is_dir():
+            (out / "FAILED.txt").write_text(msg + "\n")
+        tracker.logger(parent).set_tags({f"{TAG_PREFIX}error": msg})
+        tracker.end_parent(parent, "KILLED" if killed else "FAILED")
         raise
     say(
         f"test {target.test_metric} {test:.4f}; CV - test = {gap:+.4f}; {len(results)} trials in "

@@ -6,6 +6,10 @@ runs, store (sqlite) and files are real."""
 from __future__ import annotations
 
 import csv
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -194,3 +198,29 @@ def test_bad_options_are_one_line(args, msg, capsys, tmp_path, monkeypatch):
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("cropseg: error: ") and msg in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "outputs").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_ends_the_search_killed(sig, scenes, tmp_path, store_template):
+    """A real ``cropseg search`` process stopped during its trials: the parent and every trial run end
+    (KILLED, none RUNNING), one line on stderr, exit 130 / 143, no training labels or trial folders left."""
+    uri = store_template.copy(tmp_path)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "cropseg.cli", "search", "--minutes", "30", "--jobs", "1", "--output-dir", str(out)]
+    cmd += ["--classifiers", "knn", "--features", "bands", *_overrides(scenes, uri, tmp_path / "cache")]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:  # the first trial's progress line: trials are running
+        if line.startswith("trial "):
+            break
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == (130 if sig == signal.SIGINT else 143), err[-2000:]
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("cropseg: ")
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("cropseg").experiment_id], max_results=100)
+    parent = next(r for r in runs if r.data.tags.get("cropseg.sweep") == "true")
+    assert parent.info.status == "KILLED" and "signal" in parent.data.tags["cropseg.error"]
+    assert all(r.info.status != "RUNNING" for r in runs)
+    assert not (out / "search_labels").exists() and not (out / "trials").exists() and (out / "FAILED.txt").is_file()
