@@ -342,6 +342,8 @@ def search(
             f"scene; budget {opts.minutes:g} min, {opts.jobs} trial(s) at a time; parent run {parent}"
         )
         results: list[TrialResult] = []
+        #: configurations already scored or being scored (the sampler proposes some again): trial number
+        seen: dict[tuple[str, ...], int] = {}
         lock = threading.Lock()
         times["first_trial"] = math.inf
 
@@ -354,7 +356,15 @@ def search(
                 times["first_trial"] = min(times["first_trial"], now)
             with lock:  # Hydra's global state: one composition at a time
                 trial_ov, label = space.suggest(trial)
+                first = seen.setdefault(tuple(trial_ov), trial.number)
                 cfg = compose([*overrides, *trial_ov])
+            if first != trial.number:  # scored once is enough: no second run, no second child
+                done = next((r for r in results if r.number == first), None)
+                if done is None:  # still running in another thread, or it failed
+                    say(f"trial {trial.number}: {label} repeats trial {first} (not scored here)")
+                    raise optuna.TrialPruned(f"repeats trial {first}")
+                say(f"trial {trial.number}: {label} repeats trial {first} (CV {target.name} {done.score:.4f})")
+                return done.score
             workdir = out / "trials" / str(trial.number)
             workdir.mkdir(parents=True, exist_ok=True)
             started = time.perf_counter()

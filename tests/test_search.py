@@ -89,7 +89,8 @@ def parallel_search(scenes, tmp_path_factory, store_template):
 
 def test_trials_never_read_the_test_scene(parallel_search):
     result, _, events, lines, _ = parallel_search
-    assert len(result.trials) == 4
+    repeats = sum("repeats trial" in ln for ln in lines)  # a configuration proposed again is not rerun
+    assert len(result.trials) + repeats == 4
     assert [e for e in events if e[0] == "trials"] == []
     # the spies see the test scene's files: the preflight checks them, the final run reads them
     assert any(e[0] == "setup" for e in events)
@@ -107,7 +108,7 @@ def test_trials_and_the_chosen_run_are_children_of_one_sweep_parent(parallel_sea
         [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{result.parent_run_id}'", max_results=100
     )
     trials = [c for c in children if "cropseg.search.trial" in c.data.tags]
-    assert len(trials) == 4 and len(children) == 5
+    assert len(trials) == len(result.trials) and len(children) == len(trials) + 1
     for t in trials:
         assert t.info.status == "FINISHED"
         assert not any(k.startswith("test_") for k in t.data.metrics)  # trials are never tested
@@ -133,7 +134,7 @@ def test_trials_and_the_chosen_run_are_children_of_one_sweep_parent(parallel_sea
     with open(tmp_path / "cmp" / "comparison.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert rows[0]["run id"] == result.final_run_id and rows[0]["vs top"] == "top"
-    assert sum(int(r["runs (seeds)"]) for r in rows) == 5
+    assert sum(int(r["runs (seeds)"]) for r in rows) == len(children)
 
 
 def test_budget_on_a_controllable_clock(scenes, tmp_path, store_template):
@@ -155,7 +156,7 @@ def test_budget_on_a_controllable_clock(scenes, tmp_path, store_template):
         clock=lambda: now["t"],
         progress=progress,
     )
-    assert len(result.trials) == 3
+    assert sum(ln.startswith("trial ") for ln in lines) == 3 and 1 <= len(result.trials) <= 3
     assert result.times["deadline"] == 1060.0 and result.times["final"] >= result.times["deadline"]
     assert result.final_run_id and 0 <= result.test_score <= 1
 
