@@ -42,6 +42,7 @@ import numpy as np
 
 from .errors import ConfigError, CropsegError
 from .targets import Target, target_from_config
+from .types import PatchModel
 
 log = logging.getLogger("cropseg")
 
@@ -299,7 +300,8 @@ def search(
     base = compose([*overrides, f"classifier={opts.classifiers[0]}"])
     target = target_from_config(base)
     for clf in opts.classifiers:  # every choice builds, before any pixel is read
-        build_stages(compose([*overrides, f"classifier={clf}"]))
+        if isinstance(build_stages(compose([*overrides, f"classifier={clf}"])).classifier, PatchModel):
+            raise ConfigError(f"--classifiers: {clf} is a patch model; cropseg search tries pixel classifiers")
     st = build_stages(base)
     stamp = datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
     out = Path(output_dir or Path("outputs") / "search" / stamp).resolve()

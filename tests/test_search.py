@@ -191,6 +191,7 @@ def test_a_spent_budget_stops_a_trial_between_folds(scenes, tmp_path):
         (["--minutes", "0"], "--minutes: a positive number"),
         (["--kernels", "4"], "--kernels: odd positive integers"),
         (["--classifiers", "nosuch"], "nosuch"),
+        (["--classifiers", "knn,unet"], "--classifiers: unet is a patch model"),
     ],
 )
 def test_bad_options_are_one_line(args, msg, capsys, tmp_path, monkeypatch):
