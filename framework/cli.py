@@ -55,6 +55,12 @@ def _predict():  # noqa: ANN202
     return predict_command
 
 
+def _search():  # noqa: ANN202
+    from .search import search_command
+
+    return search_command
+
+
 def _sample_design():  # noqa: ANN202
     from .area_sample import sample_design_command
 
@@ -71,6 +77,7 @@ SUBCOMMANDS = {
     "plugins": _plugins,
     "compare": _compare,
     "predict": _predict,
+    "search": _search,
     "sample-design": _sample_design,
     "estimate-area": _estimate_area,
 }
@@ -78,6 +85,8 @@ SUBCOMMANDS = {
 SUBCOMMAND_HELP = {
     "predict": "apply a logged or registered model to a new scene (cropseg predict MODEL_URI IMAGE)",
     "compare": "rank tracked runs by a test-scene metric, grouped by test data (table, CSV, chart)",
+    "search": "budgeted Optuna search over classifier, grid, features, balance and blur by spatial CV on the "
+    "training scene; the chosen one is tested once",
     "plugins": "list the installed plugins per stage and the configs they ship",
     "sample-design": "draw a stratified random sample of a mask for area estimation (Olofsson et al. 2014)",
     "estimate-area": "error-adjusted crop area with 95% CI from a labelled sample of a mask",

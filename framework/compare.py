@@ -17,7 +17,7 @@ import sys
 import tempfile
 import textwrap
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,9 @@ import numpy as np
 
 from .errors import ConfigError
 from .naming import chosen_label, fmt_value
+from .targets import Target, get_target
 from .tracking import TAG_PREFIX, Tracker, register_run_model
+from .uncertainty import DEFAULT_BLOCK, DEFAULT_REPLICATES, Interval
 
 log = logging.getLogger("cropseg")
 
@@ -78,6 +80,15 @@ class Row:
     chosen: str = ""
     config: str = ""
     group: str = "A"
+    #: a seed group (runs that differ only by seed): its member run ids, ``metrics`` are their means and
+    #: ``spread`` their standard deviations
+    runs: list[str] = field(default_factory=list)
+    spread: dict[str, float] = field(default_factory=dict)
+    #: block bootstrap interval of the test target and of the paired difference to the group's top row
+    interval: Interval | None = None
+    difference: Interval | None = None
+    #: "top", "n.s." (not distinguishable from the top row) or "lower"
+    versus_top: str = ""
 
 
 def collect(tracker: Tracker, parent_run_id: str | None) -> list[Row]:
@@ -161,7 +172,8 @@ def group_rows(rows: list[Row]) -> dict[str, list[Row]]:
     by: dict[str, list[Row]] = {}
     # a run that failed before its test data was recorded has no scores to compare: it joins the
     # largest group rather than forming one of its own
-    stray = [r for r in rows if r.test_digest == "unknown" and r.status != "FINISHED"]
+    # (nor does a run that was never tested, e.g. a `cropseg search` trial scored by CV only)
+    stray = [r for r in rows if r.test_digest == "unknown" and (r.status != "FINISHED" or not _tested(r))]
     for r in rows:
         if r not in stray:
             by.setdefault(r.test_digest, []).append(r)
@@ -183,6 +195,10 @@ def group_rows(rows: list[Row]) -> dict[str, list[Row]]:
     return out
 
 
+def _tested(r: Row) -> bool:
+    return any(k.startswith("test_") for k in r.metrics)
+
+
 def rank(rows: list[Row], by: str) -> list[Row]:
     def key(r: Row) -> tuple:
         v = r.metrics.get(by)
@@ -201,6 +217,214 @@ def _ranks(rows: list[Row]) -> dict[str, int]:
         seen[r.group] = seen.get(r.group, 0) + 1
         out[r.run_id] = seen[r.group]
     return out
+
+
+# -- the target, seed groups and bootstrap intervals (cropseg.uncertainty) ----------------------------
+
+
+def default_target(rows: list[Row], name: str | None = None) -> Target:
+    """The target metric of a comparison: ``name`` (``--target``), else the ``evaluate.target`` the runs
+    logged when they all agree, else the default (crop F1)."""
+    if name:
+        return get_target(name, "--target")
+    logged = {r.params["evaluate.target"] for r in rows if r.params.get("evaluate.target")}
+    return get_target(logged.pop() if len(logged) == 1 else None)
+
+
+def _seed_key(key: str) -> bool:
+    return key == "seed" or key.endswith(".seed")
+
+
+def _identity(row: Row) -> tuple:
+    """What a run is apart from its seed: test data, stage choices and every param except seeds, paths and
+    bookkeeping and what the fit chose."""
+    params = sorted(
+        (k, v)
+        for k, v in row.params.items()
+        if not _seed_key(k) and not k.startswith(_NOISE) and not k.startswith(("fit.", "train.n_"))
+    )
+    return (row.test_digest, tuple(sorted(row.stages.items())), tuple(params))
+
+
+def _numeric_first(value: str) -> tuple:
+    try:
+        return (0, float(value), value)
+    except ValueError:
+        return (1, 0.0, value)
+
+
+def _merge(members: list[Row]) -> Row:
+    first = members[0]
+    if len(members) == 1:
+        first.runs = [first.run_id]
+        return first
+    common = set.intersection(*(set(m.metrics) for m in members))
+    values = {k: [m.metrics[k] for m in members] for k in sorted(common)}
+    params = dict(first.params)
+    for k in {k for m in members for k in m.params if _seed_key(k)}:
+        params[k] = ",".join(sorted({m.params.get(k, "") for m in members}, key=_numeric_first))
+    for k in [k for k in params if _seed_key(k) and k != "seed" and params[k] == params.get("seed")]:
+        del params[k]  # train.seed: ${seed}, the same list again
+    chosen = [
+        m.chosen or chosen_label({k[4:]: v for k, v in m.params.items() if k.startswith("fit.")}) for m in members
+    ]
+    return Row(
+        run_id=first.run_id,
+        name=first.name,
+        status="FINISHED",
+        stages=first.stages,
+        params=params,
+        metrics={k: float(np.mean(v)) for k, v in values.items()},
+        error="",
+        test_digest=first.test_digest,
+        test_data=first.test_data,
+        chosen="/".join(dict.fromkeys(c for c in chosen if c)),
+        runs=[m.run_id for m in members],
+        spread={k: float(np.std(v, ddof=1)) for k, v in values.items()},
+    )
+
+
+def merge_seed_groups(rows: list[Row]) -> list[Row]:
+    """Finished runs on the same test data that differ only by their seed (``seed``, ``train.seed``...)
+    become one row: metrics are the members' means, ``spread`` their standard deviations, ``runs`` the
+    member run ids (the first member's id and name stand for the row). Other runs pass unchanged, in
+    order of first appearance."""
+    members: dict[tuple, list[Row]] = {}
+    for r in rows:
+        if r.status == "FINISHED":
+            members.setdefault(_identity(r), []).append(r)
+    out, done = [], set()
+    for r in rows:
+        if r.status != "FINISHED":
+            out.append(r)
+        elif (key := _identity(r)) not in done:
+            done.add(key)
+            out.append(_merge(members[key]))
+    return out
+
+
+def add_intervals(
+    tracker: Tracker,
+    groups: dict[str, list[Row]],
+    target: Target,
+    workdir: Path,
+    block: int = DEFAULT_BLOCK,
+    replicates: int = DEFAULT_REPLICATES,
+) -> list[str]:
+    """Spatial block bootstrap intervals (:func:`cropseg.uncertainty.compare_entries`) of each finished
+    row's test target and of its paired difference to its test group's top row (the first ranked row with
+    logged masks), from every member run's ``prediction/test_mask.tif`` against its
+    ``labels/test_labels.tif``. Sets ``interval``, ``difference`` and ``versus_top``; returns notes on rows
+    left without an interval."""
+    from .uncertainty import block_confusions, compare_entries
+
+    notes = []
+    for letter, members in groups.items():
+        entries, scored = [], []
+        for r in members:
+            if r.status != "FINISHED" or target.test_metric not in r.metrics:
+                continue
+            cms: list[np.ndarray] = []
+            for run_id in r.runs or [r.run_id]:
+                mask = tracker.download(run_id, "prediction/test_mask.tif", workdir / run_id)
+                labels = tracker.download(run_id, "labels/test_labels.tif", workdir / run_id)
+                if mask is None or labels is None:
+                    notes.append(f"{run_id[:8]}: no logged test mask and labels, no interval")
+                    cms = []
+                    break
+                cms.append(block_confusions(labels, mask, block))
+            if cms:
+                entries.append(cms)
+                scored.append(r)
+        if not entries:
+            continue
+        try:
+            res = compare_entries(entries, target, top=0, replicates=replicates)
+        except ValueError as exc:  # masks of different sizes under one test-data digest
+            notes.append(f"test group {letter}: no intervals ({exc})")
+            continue
+        for i, r in enumerate(scored):
+            r.interval, r.difference = res.intervals[i], res.differences[i]
+            if i == 0:
+                r.versus_top = "top"
+            elif not res.distinguishable(i):
+                r.versus_top = "n.s."
+            else:
+                r.versus_top = "higher" if res.differences[i].estimate > 0 else "lower"
+    return notes
+
+
+#: console / Markdown columns of a comparison with seed groups or intervals
+UNCERTAINTY_HEAD = ["n", "sd", "95% CI", "diff to top", "vs top"]
+
+
+def uncertainty_columns(
+    rows: list[Row], target: Target | None, room: int | None = None
+) -> tuple[list[str], dict[str, list[str]]]:
+    """The uncertainty columns worth showing (``n`` and ``sd`` with a seed group, the intervals when there
+    are any) and their cells per run id; with ``room`` (characters), columns are dropped until they fit:
+    first ``diff to top``, then ``sd``, ``n`` and ``vs top`` (the CSV keeps them all)."""
+    if target is None or not _shows_uncertainty(rows):
+        return [], {}
+    full = {r.run_id: uncertainty_cells(r, target) for r in rows}
+    keep = [0, 1] if any(len(r.runs) > 1 for r in rows) else []
+    keep += [2, 3, 4] if any(r.interval is not None for r in rows) else []
+
+    def needed(cols: list[int]) -> int:
+        return sum(2 + max([len(UNCERTAINTY_HEAD[j])] + [len(c[j]) for c in full.values()]) for j in cols)
+
+    for j in (3, 1, 0, 4, 2):
+        if room is None or needed(keep) <= room:
+            break
+        if j in keep:
+            keep.remove(j)
+    return [UNCERTAINTY_HEAD[j] for j in keep], {k: [c[j] for j in keep] for k, c in full.items()}
+
+
+def _shows_uncertainty(rows: list[Row]) -> bool:
+    return any(r.interval is not None or len(r.runs) > 1 for r in rows)
+
+
+def uncertainty_cells(r: Row, target: Target) -> list[str]:
+    """``n`` runs, the sd of the target over them, its 95 % interval and that of the difference to the top."""
+    sd = r.spread.get(target.test_metric)
+    return [
+        str(len(r.runs) or 1),
+        "-" if sd is None else f"{sd:.3f}",
+        "-" if r.interval is None else f"[{r.interval.low:.3f},{r.interval.high:.3f}]",
+        "-" if r.difference is None or r.versus_top == "top" else f"[{r.difference.low:+.3f},{r.difference.high:+.3f}]",
+        r.versus_top or "-",
+    ]
+
+
+def uncertainty_csv(rows: list[Row], target: Target) -> tuple[list[str], list[list[Any]]]:
+    """The CSV columns of the target's spread and intervals, one list of cells per row."""
+    header = [
+        "target",
+        "runs (seeds)",
+        "run ids",
+        "target sd",
+        "target 95% CI low",
+        "target 95% CI high",
+        "diff to top 95% CI low",
+        "diff to top 95% CI high",
+        "vs top",
+    ]
+    body = []
+    for r in rows:
+        iv, d = r.interval, r.difference
+        body.append(
+            [
+                target.name,
+                len(r.runs) or 1,
+                " ".join(r.runs or [r.run_id]),
+                r.spread.get(target.test_metric, ""),
+                *(("", "") if iv is None else (iv.low, iv.high)),
+                *(("", "") if d is None else (d.low, d.high)),
+                r.versus_top,
+            ]
+        )
+    return header, body
 
 
 def table(rows: list[Row], params: list[str]) -> tuple[list[str], list[list[Any]]]:
@@ -265,9 +489,11 @@ def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: max(1, width - 1)] + "~"
 
 
-def markdown(rows: list[Row]) -> str:
+def markdown(rows: list[Row], target: Target | None = None) -> str:
     ranks = _ranks(rows)
-    header = ["test group", "rank", "config", "run id", "status", *[h for _, h, _ in CONSOLE_METRICS], "error"]
+    extra_head, extra = uncertainty_columns(rows, target)
+    header = ["test group", "rank", "config", "run id", "status", *[h for _, h, _ in CONSOLE_METRICS]]
+    header += [*extra_head, "error"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for r in rows:
         cells = [
@@ -277,16 +503,20 @@ def markdown(rows: list[Row]) -> str:
             r.run_id[:8],
             r.status,
             *[_metric(r.metrics.get(m), f) for m, _, f in CONSOLE_METRICS],
+            *extra.get(r.run_id, []),
             r.error,
         ]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def console(rows: list[Row], groups: dict[str, list[Row]], width: int = DEFAULT_WIDTH) -> str:
+def console(
+    rows: list[Row], groups: dict[str, list[Row]], width: int = DEFAULT_WIDTH, target: Target | None = None
+) -> str:
     """The ranked runs, no line longer than ``width``: rank, readable config (clipped with ``~`` when too
     long), short run id, status (when any run did not finish) and the key metrics with fixed precision;
-    one section per test group, each ranked on its own."""
+    one section per test group, each ranked on its own. With ``target`` and seed groups or intervals, the
+    columns of :data:`UNCERTAINTY_HEAD` follow."""
     ranks = _ranks(rows)
     show_status = any(r.status != "FINISHED" for r in rows)
     head = ["#", "config", "run id", *(["status"] if show_status else []), *[h for _, h, _ in CONSOLE_METRICS]]
@@ -300,6 +530,12 @@ def console(rows: list[Row], groups: dict[str, list[Row]], width: int = DEFAULT_
         ]
         for r in rows
     }
+    widths = [max([len(head[j])] + [len(c[j]) for c in cells.values()]) for j in range(len(head))]
+    room = width - (sum(w for j, w in enumerate(widths) if j != 1) + 2 * (len(head) - 1) + 12)
+    extra_head, extra = uncertainty_columns(rows, target, room)
+    head += extra_head
+    for run_id, c in cells.items():
+        c += extra.get(run_id, [])
     widths = [max([len(head[j])] + [len(c[j]) for c in cells.values()]) for j in range(len(head))]
     fixed = sum(w for j, w in enumerate(widths) if j != 1) + 2 * (len(head) - 1)
     widths[1] = max(12, min(widths[1], width - fixed))
@@ -420,16 +656,25 @@ def compare(
     tracking_uri: str | None = None,
     experiment: str = "cropseg",
     sweep: str | None = None,
-    rank_by: str = "test_weighted_avg_f1",
+    rank_by: str | None = None,
     out_dir: Path | None = None,
     window: Sequence[int] | None = None,
     register: str | None = None,
     test_data: str | None = None,
+    *,
+    target: str | None = None,
+    bootstrap: int = DEFAULT_REPLICATES,
+    block: int | None = None,
 ) -> dict[str, Any]:
     """Rank runs within each test-data group and write comparison.csv/.md/.png and masks.png; log them to
     the sweep's parent run; optionally register the top-ranked run's model as a new version of
     ``register`` (only when every run was tested on the same data). ``test_data``: keep only the runs
-    whose test-data digest starts with it."""
+    whose test-data digest starts with it.
+
+    ``target`` (default: the runs' ``evaluate.target``, see :func:`default_target`) is the metric of the
+    seed groups' spread and of the ``bootstrap`` replicates of the spatial block bootstrap (``block``
+    pixels; default: the runs' ``train.spatial_block``, else 128; ``bootstrap=0``: no intervals);
+    ``rank_by`` defaults to the target's test metric."""
     tracker = Tracker(tracking_uri, experiment, create=False)
     parent = tracker.latest_sweep() if sweep == "latest" else sweep
     if sweep == "latest" and parent is None:
@@ -445,6 +690,9 @@ def compare(
             + (f" under sweep {parent}" if parent else "")
             + (f" with test data {test_data}" if test_data else "")
         )
+    tgt = default_target(rows, target)
+    rank_by = rank_by or tgt.test_metric
+    rows = merge_seed_groups(rows)
     finished = [r for r in rows if r.status == "FINISHED"]
     if finished and not any(rank_by in r.metrics for r in finished):
         logged = {m for r in finished for m in r.metrics}
@@ -459,7 +707,7 @@ def compare(
     for r in rows:
         r.config = config_label(r, rows, shown)
     warning = None
-    scored = [g for g, members in groups.items() if any(r.status == "FINISHED" for r in members)]
+    scored = [g for g, members in groups.items() if any(r.status == "FINISHED" and _tested(r) for r in members)]
     if len(scored) > 1:
         warning = (
             f"the runs were tested on {len(scored)} different test data sets (groups "
@@ -467,7 +715,17 @@ def compare(
             "on its own (--test-data DIGEST keeps one)"
         )
         log.warning("%s", warning)
+    block = block or _common_block(rows)
+    notes: list[str] = []
+    if bootstrap > 0:
+        with tempfile.TemporaryDirectory() as tmp:
+            notes = add_intervals(tracker, groups, tgt, Path(tmp), block, bootstrap)
+    for note in notes:
+        log.warning("%s", note)
     header, body = table(rows, sorted({k for r in rows for k in r.params}))
+    u_header, u_body = uncertainty_csv(rows, tgt)
+    header += u_header
+    body = [b + u for b, u in zip(body, u_body)]
     out = Path(out_dir or Path("compare") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")).resolve()
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -475,7 +733,9 @@ def compare(
             w = csv.writer(fh)
             w.writerow(header)
             w.writerows(body)
-        (out / "comparison.md").write_text(("> **warning:** " + warning + "\n\n" if warning else "") + markdown(rows))
+        (out / "comparison.md").write_text(
+            ("> **warning:** " + warning + "\n\n" if warning else "") + markdown(rows, tgt)
+        )
         files = [out / "comparison.csv", out / "comparison.md", chart(rows, out / "comparison.png")]
         with tempfile.TemporaryDirectory() as tmp:  # the same test scene in every panel: the first group's
             panels = mask_panels(tracker, next(iter(groups.values())), out / "masks.png", window, Path(tmp))
@@ -514,7 +774,34 @@ def compare(
         "tracker": tracker,
         "warning": warning,
         "registered": (register, version) if register else None,
+        "target": tgt,
+        "rank_by": rank_by,
+        "bootstrap": (bootstrap, block),
     }
+
+
+def _common_block(rows: list[Row]) -> int:
+    """The runs' ``train.spatial_block`` when they all logged the same one, else the default block."""
+    logged = {r.params.get("train.spatial_block", "") for r in rows if r.status == "FINISHED"}
+    try:
+        return int(logged.pop()) if len(logged) == 1 else DEFAULT_BLOCK
+    except (TypeError, ValueError):
+        return DEFAULT_BLOCK
+
+
+def uncertainty_note(res: dict[str, Any]) -> str | None:
+    """The line under the table saying what its interval columns are (``None`` when it has none)."""
+    rows = res["rows"]
+    if not _shows_uncertainty(rows):
+        return None
+    tgt, (replicates, block) = res["target"], res["bootstrap"]
+    text = f"n: runs that differ only by seed (metrics are their means, sd: of {tgt.test_metric})"
+    if any(r.interval is not None for r in rows):
+        text += (
+            f"; 95% CI of {tgt.test_metric} and of its paired difference to the top row: spatial block bootstrap "
+            f"({block}-px blocks of the test scene, {replicates} replicates); n.s.: not distinguishable from the top"
+        )
+    return text
 
 
 def compare_command(argv: Sequence[str]) -> int:
@@ -524,7 +811,31 @@ def compare_command(argv: Sequence[str]) -> int:
     p.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
     p.add_argument("--experiment", default="cropseg", help="MLflow experiment (default: cropseg)")
     p.add_argument("--sweep", default=None, help="a sweep's parent run id, or 'latest' (default: all runs)")
-    p.add_argument("--rank-by", default="test_weighted_avg_f1", help="metric to rank by (higher is better)")
+    p.add_argument(
+        "--rank-by",
+        default=None,
+        help="metric to rank by (higher is better; default: the target's test metric, e.g. test_crop_f1)",
+    )
+    p.add_argument(
+        "--target",
+        default=None,
+        help="target metric of the intervals and seed groups (cropseg.targets, e.g. crop_f1, crop_iou; "
+        "default: the runs' evaluate.target, else crop_f1)",
+    )
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=DEFAULT_REPLICATES,
+        metavar="N",
+        help="spatial block bootstrap replicates of the 95%% intervals (default: %(default)s; 0: no intervals)",
+    )
+    p.add_argument(
+        "--block",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="side in pixels of the resampled test-scene blocks (default: the runs' train.spatial_block, else 128)",
+    )
     p.add_argument(
         "--test-data",
         default=None,
@@ -546,6 +857,10 @@ def compare_command(argv: Sequence[str]) -> int:
         help="register the top-ranked run's model in the MLflow Model Registry as NAME",
     )
     args = p.parse_args(list(argv))
+    if args.bootstrap < 0 or (args.bootstrap and args.bootstrap < 100):
+        raise ConfigError(f"--bootstrap: 0 (no intervals) or at least 100 replicates, got {args.bootstrap}")
+    if args.block is not None and args.block < 1:
+        raise ConfigError(f"--block: a positive number of pixels, got {args.block}")
     if args.width < 60:
         raise ConfigError(f"--width: at least 60 characters, got {args.width}")
     window = None
@@ -555,12 +870,24 @@ def compare_command(argv: Sequence[str]) -> int:
         except ValueError:
             raise ConfigError(f"--window: expected COL,ROW[,SIZE] integers, got {args.window!r}") from None
     res = compare(
-        args.tracking_uri, args.experiment, args.sweep, args.rank_by, args.out, window, args.register, args.test_data
+        args.tracking_uri,
+        args.experiment,
+        args.sweep,
+        args.rank_by,
+        args.out,
+        window,
+        args.register,
+        args.test_data,
+        target=args.target,
+        bootstrap=args.bootstrap,
+        block=args.block,
     )
     if res["warning"]:
         print(f"cropseg: warning: {res['warning']}", file=sys.stderr)
-    print(console(res["rows"], res["groups"], args.width))
-    print(f"ranked by {args.rank_by}; wrote {', '.join(f.name for f in res['files'])} to {res['out_dir']}")
+    print(console(res["rows"], res["groups"], args.width, res["target"]))
+    if note := uncertainty_note(res):
+        print(textwrap.fill(note, args.width))
+    print(f"ranked by {res['rank_by']}; wrote {', '.join(f.name for f in res['files'])} to {res['out_dir']}")
     if res["parent_run_id"]:
         print(f"logged to sweep parent run {res['parent_run_id']}")
     if res["registered"]:
