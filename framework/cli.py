@@ -83,16 +83,29 @@ SUBCOMMAND_HELP = {
     "estimate-area": "error-adjusted crop area with 95% CI from a labelled sample of a mask",
 }
 COMMON_OVERRIDES = [
-    ("source=sample|local|planet", "where the train and test scenes come from (source.size=200: a tiny sample)"),
-    ("classifier=knn|random_forest|mlp|...", "the pixel classifier (cropseg plugins lists them all)"),
-    ("features=bands|indices", "per-pixel features"),
-    ("labeler=rasterize|contours", "ground truth -> crop / non-crop labels"),
+    ("source=sample source.size=200", "where the scenes come from (here: a tiny synthetic sample)"),
+    ("classifier=random_forest", "one plugin per stage (the names above)"),
     ("classifier.k_grid=[5,7,9]", "a classifier option (an unknown one lists the valid options)"),
     ("postprocessor.median_blur.kernel=7", "a postprocessor option (min_area_ha, simplify for vectorize)"),
     ("train.max_pixels=20000 train.balance=true", "training sample size and class balance"),
     ("+experiment=seed_knn", "a named study from experiments/"),
     ("--multirun classifier=knn,mlp", "a sweep, one MLflow child run per combination"),
 ]
+
+
+def _stage_lines() -> list[str]:
+    """Every installed plugin per stage, from the plugin registry (what ``cropseg plugins`` lists)."""
+    from .plugins import STAGES, Registry, get_plugin_manager
+
+    try:
+        reg = Registry.from_plugin_manager(get_plugin_manager())
+    except CropsegError as exc:  # a broken third-party plugin must not take the help down with it
+        return [f"  (the plugin registry did not load: {exc})"]
+    width = max(len(s) for s in STAGES)
+    lines = [f"  {stage:<{width}}  {', '.join(reg.names(stage))}" for stage in STAGES]
+    if reg.failed:
+        lines.append(f"  (failed to load: {', '.join(sorted(reg.failed))}; see cropseg plugins)")
+    return lines
 
 
 def usage() -> str:
@@ -105,6 +118,7 @@ def usage() -> str:
         "subcommands:",
     ]
     lines += [f"  {n:<{width}}  {SUBCOMMAND_HELP.get(n, '')}".rstrip() for n in SUBCOMMANDS]
+    lines += ["", "plugins per stage (STAGE=NAME; cropseg plugins: where each comes from):", *_stage_lines()]
     width = max(len(o) for o, _ in COMMON_OVERRIDES)
     lines += ["", "most used overrides:"]
     lines += [f"  {o:<{width}}  {h}" for o, h in COMMON_OVERRIDES]
@@ -183,6 +197,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with handle_signals():
             return _main(list(sys.argv[1:] if argv is None else argv))
+    except BrokenPipeError:  # `cropseg --help | head -1`: the reader left; end quietly, as `yes | head` does
+        _quiet_stdout()
+        return 141
     except KeyboardInterrupt as exc:  # also cropseg.signals.Terminated (SIGTERM)
         from .sweep import abort_sweep
 
@@ -198,6 +215,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             if killed
             else "stopped cleanly (an MLflow run in progress is marked KILLED)",
         )
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush into the closed pipe raises nothing."""
+    import os
+
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout replaced by something without a file descriptor (tests)
+        pass
 
 
 def _main(args: list[str]) -> int:
