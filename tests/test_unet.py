@@ -84,7 +84,8 @@ def unet_run(tmp_path_factory, store_template):
 def test_run_records_learning_curves_and_weights(unet_run):
     run, client = unet_run["run"], unet_run["client"]
     assert run.info.status == "FINISHED" and run.data.tags["cropseg.classifier"] == "unet"
-    for key in ("train_loss", "val_crop_f1", "val_iou"):
+    assert not {"train_loss", "val_crop_f1"} & set(run.data.metrics)  # the curves share one prefix (the UI's group)
+    for key in ("epoch/train_loss", "epoch/val_crop_f1", "epoch/val_iou"):
         hist = client.get_metric_history(run.info.run_id, key)
         assert sorted(m.step for m in hist) == [1, 2], key
         assert all(np.isfinite(m.value) for m in hist)

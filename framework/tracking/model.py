@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -234,7 +235,9 @@ def log_pipeline_model(
             "cropseg.synthetic": str(pipeline.spec.synthetic).lower(),
         },
     )
-    with mlflow_uri(tracking_uri):
+    with mlflow_uri(tracking_uri), warnings.catch_warnings():
+        if not pipeline.accepts_pixel_rows:  # no example on purpose (below): MLflow's advice to add one is noise
+            warnings.filterwarnings("ignore", message=".*An input example was not provided", category=UserWarning)
         Model.log(
             None,
             name=MODEL_NAME,
@@ -244,7 +247,9 @@ def log_pipeline_model(
             python_model=str(MODEL_CODE),
             artifacts={"pipeline": str(spec_path), "classifier": str(clf_path)},
             signature=signature,
-            input_example=example_df,
+            # served as pixel rows only when its features are per-pixel: a spatial model gets no example (MLflow
+            # would try to serve it and print the refusal as an error on a successful run)
+            input_example=example_df if pipeline.accepts_pixel_rows else None,
             pip_requirements=_requirements(pipeline),
             metadata={"cropseg_classifier": pipeline.spec.classifier, "cropseg_synthetic": pipeline.spec.synthetic},
         )
