@@ -212,7 +212,8 @@ def log_pipeline_model(
     MLflow links the run's metrics logged so far to the new model, one metric-history request per metric
     (a second per run against a tracking server with a hundred metrics): log the model before the bulk of
     the metrics and those with ``RunLogger.log_metrics(..., model_id=...)`` (one request)."""
-    from mlflow.models import Model, infer_signature
+    from mlflow.models import Model, ModelSignature, infer_signature
+    from mlflow.types.schema import ColSpec, Schema
 
     spec_path, clf_path = pipeline.save(Path(work_dir))
     example_df = pd.DataFrame(np.asarray(example, dtype=np.float64), columns=list(pipeline.spec.band_names))
@@ -222,7 +223,13 @@ def log_pipeline_model(
         if pipeline.accepts_pixel_rows
         else np.zeros(len(example_df), dtype=np.int64)
     )
-    signature = infer_signature(example_df, classes)
+    inferred = infer_signature(example_df, classes)
+    # the band columns are documented, but marked optional so that MLflow's schema check lets a request
+    # without one through to the model, which refuses it with cropseg's one-line reason naming the missing
+    # columns (a required column fails earlier, with MLflow's raw schema error)
+    signature = ModelSignature(
+        Schema([ColSpec(c.type, c.name, required=False) for c in inferred.inputs.inputs]), inferred.outputs
+    )
     client = mlflow.MlflowClient(tracking_uri)
     # created here so that it lands in the run's experiment (and its artifact location), not the default one
     logged = client.create_logged_model(
