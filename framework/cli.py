@@ -122,7 +122,46 @@ def usage() -> str:
     width = max(len(o) for o, _ in COMMON_OVERRIDES)
     lines += ["", "most used overrides:"]
     lines += [f"  {o:<{width}}  {h}" for o, h in COMMON_OVERRIDES]
-    return "\n".join(lines) + "\n\n" + "-" * 40 + " Hydra's help " + "-" * 40 + "\n"
+    return "\n".join(lines) + "\n\n" + "-" * 40 + " configuration (Hydra) " + "-" * 40 + "\n"
+
+
+def _config_groups() -> dict[str, list[str]]:
+    """Config group -> options: conf/ (Hydra's own groups under hydra/ left out), experiments/ and the configs
+    plugins ship; read from the folders, as Hydra would list them."""
+    from .config import conf_dir, experiments_dir, plugin_config_files
+
+    groups: dict[str, set[str]] = {}
+    base = conf_dir()
+    for path in base.rglob("*.yaml"):
+        group = path.parent.relative_to(base).as_posix()
+        if group != "." and group != "hydra" and not group.startswith("hydra/"):
+            groups.setdefault(group, set()).add(path.stem)
+    for path in experiments_dir().glob("*.yaml"):
+        groups.setdefault("experiment", set()).add(path.stem)
+    for c in plugin_config_files()[0]:
+        if not c.group.startswith("hydra"):
+            groups.setdefault(c.group, set()).add(c.option)
+    return {g: sorted(options) for g, options in sorted(groups.items())}
+
+
+def help_text(args: Sequence[str]) -> str:
+    """``cropseg [OVERRIDES] --help``: :func:`usage`, then what Hydra's app help shows (the config groups and
+    the configuration composed with the overrides), without its cost: Hydra lists the groups by copying its
+    whole config repository once per group, seconds for cropseg's configs."""
+    from omegaconf import OmegaConf
+
+    from .config import compose
+
+    overrides = [a for a in args if not a.startswith("-")]
+    lines = ["== Configuration groups ==", "Compose your configuration from those groups (group=option)", ""]
+    lines += [f"{group}: {', '.join(options)}" for group, options in _config_groups().items()]
+    lines += ["", "== Config ==", "Override anything in the config (foo.bar=value)", ""]
+    try:
+        lines.append(OmegaConf.to_yaml(compose(overrides)))
+    except CropsegError as exc:
+        lines += [f"(not composed with {' '.join(overrides)}: {exc})", ""]
+    lines += ["Powered by Hydra (https://hydra.cc)", "Use --hydra-help to view Hydra specific help"]
+    return usage() + "\n" + "\n".join(lines)
 
 
 def _error(msg: str) -> None:
@@ -235,7 +274,8 @@ def _main(args: list[str]) -> int:
             _error(str(exc))
             return 2
     if any(a in ("--help", "-h") for a in args):
-        print(usage())
+        print(help_text(args))
+        return 0
     try:
         if not any(a.split("=")[0] in _HYDRA_INFO_FLAGS for a in args):
             _validate(args)

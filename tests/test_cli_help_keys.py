@@ -55,6 +55,23 @@ def test_help_lists_every_registered_plugin_per_stage(inproc, capsys):
         assert line.split(None, 1)[1].split(", ") == reg.names(stage), line
 
 
+def test_help_shows_the_config_groups_and_the_composed_config(inproc, capsys):
+    """What Hydra's app help shows (its groups and the config composed with the overrides), made by cropseg
+    from the config folders: Hydra's own listing copies its config repository once per group (seconds)."""
+    from cropseg.config import conf_dir, experiments_dir
+
+    assert main(["classifier=mlp", "--help"]) == 0
+    out = capsys.readouterr().out
+    groups = out[out.index("== Configuration groups ==") : out.index("== Config ==")]
+    for group in ("classifier", "features", "labeler", "postprocessor", "source"):
+        options = sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+        assert f"\n{group}: {', '.join(options)}\n" in groups, group
+    assert f"\nexperiment: {', '.join(sorted(p.stem for p in experiments_dir().glob('*.yaml')))}\n" in groups
+    assert "hydra/launcher" not in groups  # Hydra's groups: cropseg --hydra-help
+    config = out[out.index("== Config ==") :]
+    assert "\nclassifier:\n  name: mlp\n" in config and "Use --hydra-help" in config
+
+
 @pytest.mark.parametrize("args", [["--help"], ["plugins"], ["compare", "--help"], ["estimate-area", "--help"]])
 def test_help_into_a_closed_pipe_ends_quietly(args, inproc):
     """``cropseg --help | head -1``: the reader has gone before cropseg writes (the pipe's read end is closed
