@@ -4,6 +4,8 @@
 #   make setup-dev   + the test and lint tools (pytest, ruff, mypy)
 #   make setup-deep  + the optional extra `deep` (PyTorch, segmentation-models-pytorch: classifier=unet)
 # `make test` installs all three (the U-Net's tests need PyTorch); `make lint` the first two.
+# --no-compile: Python compiles the modules a command imports when it first imports them, instead of pip
+# compiling every module of every dependency up front (275 MB of .pyc files, most never imported).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -26,7 +28,7 @@ $(STAMP): pyproject.toml
 	@echo "cropseg setup [2/4]: upgrading pip"
 	$(BIN)/python -m pip install --upgrade --progress-bar on pip
 	@echo "cropseg setup [3/4]: installing cropseg (editable: pkgs/cropseg -> framework/) with its dependencies (no PyTorch: make setup-deep)"
-	$(BIN)/python -m pip install --progress-bar on -e .
+	$(BIN)/python -m pip install --progress-bar on --no-compile -e .
 	@echo "cropseg setup [4/4]: compiling the KNN kernels ahead (numba, once)"
 	$(BIN)/python -m cropseg.neighbors
 	touch $(STAMP)
