@@ -5,6 +5,7 @@ reproduces its mask with ``cropseg predict`` while refusing single pixel rows. S
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from pathlib import Path
 
@@ -188,12 +189,15 @@ def _context_run(train, test, tracking_uri, tmp_path):  # noqa: ANN001, ANN202
 
 
 @pytest.mark.slow
-def test_run_predict_and_served_rows(tmp_path, tiny_pair, tracking_uri, capfd):
+def test_run_predict_and_served_rows(tmp_path, tiny_pair, tracking_uri, capfd, monkeypatch):
     """features=context end to end: a quiet success (no MLflow error text on stderr: the model is logged with
     its signature but no input example, which it could not serve), names logged, `cropseg predict` reproduces
     the run's test mask pixel for pixel from the logged model, and the pyfunc model refuses pixel rows with one
     clear message."""
     train, test = tiny_pair
+    # handlers other tests left on the root logger (Hydra's job logging of in-process CLI runs) write to
+    # streams pytest has closed since, and say so on stderr ("--- Logging error ---"): not this run's output
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = _context_run(train, test, tracking_uri, tmp_path)
