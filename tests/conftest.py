@@ -251,6 +251,7 @@ LONGEST_FIRST = (
     "test_example_plugin",
     "test_deploy",
     "test_parallel",
+    "test_mlflow_ui",
 )
 
 
