@@ -904,7 +904,7 @@ def estimate_area_command(argv: Sequence[str]) -> int:
 
     parser = argparse.ArgumentParser(
         prog="cropseg estimate-area",
-        description="Error-adjusted crop area with its standard error and 95%% CI, user's / producer's / overall "
+        description="Error-adjusted crop area with its standard error and 95% CI, user's / producer's / overall "
         "accuracy and the error matrix in area proportions, from a labelled stratified random "
         "sample of the mask (Olofsson et al. 2014). Recorded as an MLflow run.",
     )

@@ -92,16 +92,29 @@ SUBCOMMAND_HELP = {
     "estimate-area": "error-adjusted crop area with 95% CI from a labelled sample of a mask",
 }
 COMMON_OVERRIDES = [
-    ("source=sample|local|planet", "where the train and test scenes come from (source.size=200: a tiny sample)"),
-    ("classifier=knn|random_forest|mlp|...", "the pixel classifier (cropseg plugins lists them all)"),
-    ("features=bands|indices", "per-pixel features"),
-    ("labeler=rasterize|contours", "ground truth -> crop / non-crop labels"),
+    ("source=sample source.size=200", "where the scenes come from (here: a tiny synthetic sample)"),
+    ("classifier=random_forest", "one plugin per stage (the names above)"),
     ("classifier.k_grid=[5,7,9]", "a classifier option (an unknown one lists the valid options)"),
     ("postprocessor.median_blur.kernel=7", "a postprocessor option (min_area_ha, simplify for vectorize)"),
     ("train.max_pixels=20000 train.balance=true", "training sample size and class balance"),
     ("+experiment=seed_knn", "a named study from experiments/"),
     ("--multirun classifier=knn,mlp", "a sweep, one MLflow child run per combination"),
 ]
+
+
+def _stage_lines() -> list[str]:
+    """Every installed plugin per stage, from the plugin registry (what ``cropseg plugins`` lists)."""
+    from .plugins import STAGES, Registry, get_plugin_manager
+
+    try:
+        reg = Registry.from_plugin_manager(get_plugin_manager())
+    except CropsegError as exc:  # a broken third-party plugin must not take the help down with it
+        return [f"  (the plugin registry did not load: {exc})"]
+    width = max(len(s) for s in STAGES)
+    lines = [f"  {stage:<{width}}  {', '.join(reg.names(stage))}" for stage in STAGES]
+    if reg.failed:
+        lines.append(f"  (failed to load: {', '.join(sorted(reg.failed))}; see cropseg plugins)")
+    return lines
 
 
 def usage() -> str:
@@ -114,10 +127,50 @@ def usage() -> str:
         "subcommands:",
     ]
     lines += [f"  {n:<{width}}  {SUBCOMMAND_HELP.get(n, '')}".rstrip() for n in SUBCOMMANDS]
+    lines += ["", "plugins per stage (STAGE=NAME; cropseg plugins: where each comes from):", *_stage_lines()]
     width = max(len(o) for o, _ in COMMON_OVERRIDES)
     lines += ["", "most used overrides:"]
     lines += [f"  {o:<{width}}  {h}" for o, h in COMMON_OVERRIDES]
-    return "\n".join(lines) + "\n\n" + "-" * 40 + " Hydra's help " + "-" * 40 + "\n"
+    return "\n".join(lines) + "\n\n" + "-" * 40 + " configuration (Hydra) " + "-" * 40 + "\n"
+
+
+def _config_groups() -> dict[str, list[str]]:
+    """Config group -> options: conf/ (Hydra's own groups under hydra/ left out), experiments/ and the configs
+    plugins ship; read from the folders, as Hydra would list them."""
+    from .config import conf_dir, experiments_dir, plugin_config_files
+
+    groups: dict[str, set[str]] = {}
+    base = conf_dir()
+    for path in base.rglob("*.yaml"):
+        group = path.parent.relative_to(base).as_posix()
+        if group != "." and group != "hydra" and not group.startswith("hydra/"):
+            groups.setdefault(group, set()).add(path.stem)
+    for path in experiments_dir().glob("*.yaml"):
+        groups.setdefault("experiment", set()).add(path.stem)
+    for c in plugin_config_files()[0]:
+        if not c.group.startswith("hydra"):
+            groups.setdefault(c.group, set()).add(c.option)
+    return {g: sorted(options) for g, options in sorted(groups.items())}
+
+
+def help_text(args: Sequence[str]) -> str:
+    """``cropseg [OVERRIDES] --help``: :func:`usage`, then what Hydra's app help shows (the config groups and
+    the configuration composed with the overrides), without its cost: Hydra lists the groups by copying its
+    whole config repository once per group, seconds for cropseg's configs."""
+    from omegaconf import OmegaConf
+
+    from .config import compose
+
+    overrides = [a for a in args if not a.startswith("-")]
+    lines = ["== Configuration groups ==", "Compose your configuration from those groups (group=option)", ""]
+    lines += [f"{group}: {', '.join(options)}" for group, options in _config_groups().items()]
+    lines += ["", "== Config ==", "Override anything in the config (foo.bar=value)", ""]
+    try:
+        lines.append(OmegaConf.to_yaml(compose(overrides)))
+    except CropsegError as exc:
+        lines += [f"(not composed with {' '.join(overrides)}: {exc})", ""]
+    lines += ["Powered by Hydra (https://hydra.cc)", "Use --hydra-help to view Hydra specific help"]
+    return usage() + "\n" + "\n".join(lines)
 
 
 def _error(msg: str) -> None:
@@ -229,6 +282,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with handle_signals():
             return _main(list(sys.argv[1:] if argv is None else argv))
+    except BrokenPipeError:  # `cropseg --help | head -1`: the reader left; end quietly, as `yes | head` does
+        _quiet_stdout()
+        return 141
     except KeyboardInterrupt as exc:  # also cropseg.signals.Terminated (SIGTERM)
         from .sweep import abort_sweep
 
@@ -246,6 +302,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
 
 
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush into the closed pipe raises nothing."""
+    import os
+
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout replaced by something without a file descriptor (tests)
+        pass
+
+
 def _main(args: list[str]) -> int:
     if args and args[0] in SUBCOMMANDS:
         try:
@@ -260,7 +326,8 @@ def _main(args: list[str]) -> int:
             _error(line)
             return 1
     if any(a in ("--help", "-h") for a in args):
-        print(usage())
+        print(help_text(args))
+        return 0
     try:
         if not any(a.split("=")[0] in _HYDRA_INFO_FLAGS for a in args):
             _validate(args)

@@ -2,9 +2,11 @@
 
 Runs are grouped by their test data (the digest of the test scene and ground truth each run logged as
 MLflow dataset inputs) and ranked within each group: scores on different test data are not comparable,
-so a comparison spanning several groups warns and ranks the groups apart. Each run is shown by one
-readable config line (stage choices, chosen hyperparameters, the options that differ between the compared
-runs); the CSV keeps every parameter.
+so a comparison spanning several groups warns (once) and ranks the groups apart, each group headed by
+what differs between the test data sets (sample size, files, AOI, dates) before its digest. Each run is
+shown by one readable config line: the options that differ within its group first, then its stage choices
+and the hyperparameters its fit chose; what a fit reports about itself (best epoch, parameter count,
+device) is not a setting and goes to the ``fit outputs`` column; the CSV keeps every parameter.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError
-from .naming import chosen_label, fmt_value
+from .naming import FIT_BOOKKEEPING, chosen_label, fmt_value
 from .targets import Target, get_target
 from .tracking import TAG_PREFIX, Tracker, register_run_model
 from .uncertainty import DEFAULT_BLOCK, DEFAULT_REPLICATES, Interval
@@ -89,6 +91,39 @@ class Row:
     difference: Interval | None = None
     #: "top", "n.s." (not distinguishable from the top row) or "lower"
     versus_top: str = ""
+    #: what the fit reported about itself rather than chose (``best_epoch=2 device=cpu``)
+    fit_outputs: str = ""
+    #: what describes its test data: file names, the source's test-side options, ``cropseg.test.*`` tags
+    test_info: dict[str, str] | None = None
+
+
+def split_fit_params(params: dict[str, str], chosen_tag: str | None) -> tuple[str, str]:
+    """(chosen, outputs) from a run's ``fit.*`` params: a fit param is a chosen hyperparameter when the
+    classifier had a grid for it (``classifier.k_grid``, ``classifier.grid.max_depth``), or when it is in
+    the ``cropseg.chosen`` tag tuning sets; anything else a fit logs (best epoch, epochs run, device,
+    parameter count, iterations) is an output of the fit, not a setting."""
+    fit = {k[4:]: v for k, v in params.items() if k.startswith("fit.") and k[4:] not in FIT_BOOKKEEPING}
+    named = {part.split("=", 1)[0] for part in (chosen_tag or "").split()}
+    tuned = {
+        k: v
+        for k, v in fit.items()
+        if k in named or f"classifier.grid.{k}" in params or f"classifier.{k}_grid" in params
+    }
+    outputs = {k: v for k, v in fit.items() if k not in tuned}
+    return chosen_tag or chosen_label(tuned), chosen_label(outputs)
+
+
+def _test_info(params: dict[str, str], tags: dict[str, str], names: list[str]) -> dict[str, str]:
+    info = {"files": ", ".join(names)} if names else {}
+    info.update(
+        {
+            k: v
+            for k, v in params.items()
+            if k.startswith("source.") and "train" not in k and not k.endswith((".name", "api_url", "retries"))
+        }
+    )
+    info.update({k[len(TAG_PREFIX) :]: v for k, v in tags.items() if k.startswith(f"{TAG_PREFIX}test.")})
+    return info
 
 
 def collect(tracker: Tracker, parent_run_id: str | None) -> list[Row]:
@@ -98,18 +133,22 @@ def collect(tracker: Tracker, parent_run_id: str | None) -> list[Row]:
         inputs = tracker.dataset_inputs(r, "testing")
         digest = tags.get(f"{TAG_PREFIX}data.testing") or "+".join(sorted(d for _, d in inputs))[:33]
         described = ", ".join(name for name, _ in inputs) or tags.get(f"{TAG_PREFIX}test.scene_id", "")
+        params = dict(r.data.params)
+        chosen, outputs = split_fit_params(params, tags.get(f"{TAG_PREFIX}chosen"))
         rows.append(
             Row(
                 run_id=r.info.run_id,
                 name=r.info.run_name or r.info.run_id[:8],
                 status=r.info.status,
                 stages={s: tags.get(f"{TAG_PREFIX}{s}", "") for s in STAGE_TAGS},
-                params=dict(r.data.params),
+                params=params,
                 metrics=dict(r.data.metrics),
                 error=tags.get(f"{TAG_PREFIX}error", ""),
                 test_digest=digest or "unknown",
                 test_data=described or "test data not recorded",
-                chosen=tags.get(f"{TAG_PREFIX}chosen", ""),
+                chosen=chosen,
+                fit_outputs=outputs,
+                test_info=_test_info(params, tags, [name for name, _ in inputs]),
             )
         )
     return rows
@@ -135,17 +174,14 @@ def _differs(rows: list[Row], key: str, row: Row) -> bool:
     return len({r.params.get(key) for r in peers}) > 1
 
 
-def config_label(row: Row, rows: list[Row], shown: list[str] | None = None) -> str:
-    """One readable line per run: its stage choices and the options that tell it apart from the other
-    compared runs, e.g. ``mlp alpha=1e-04 | indices | median_blur kernel=7``. The classifier (with the
-    hyperparameters its fit chose) and the features are always named; another stage only when the runs
-    differ in it. Generic: stage names come from the ``cropseg.<stage>`` tags, options from the params."""
-    shown = key_params(rows) if shown is None else shown
+def _label_parts(row: Row, rows: list[Row], shown: list[str]) -> list[tuple[str, str]]:
+    """(slot, text) per part of a run's config line: a stage (its plugin, with the fit's chosen
+    hyperparameters for the classifier, and the stage options that differ) or a framework option."""
     parts = []
     for stage in ("classifier", "features", "source", "labeler", "postprocessor"):
         opts = []
         if stage == "classifier":
-            opts.append(row.chosen or chosen_label({k[4:]: v for k, v in row.params.items() if k.startswith("fit.")}))
+            opts.append(row.chosen)
         for key in shown:
             if key.startswith(f"{stage}.") and key in row.params and _differs(rows, key, row):
                 leaf = key[len(stage) + 1 :]
@@ -155,15 +191,60 @@ def config_label(row: Row, rows: list[Row], shown: list[str] | None = None) -> s
                     leaf = leaf.replace(".", " ", 1)
                 opts.append(f"{leaf}={fmt_value(row.params[key])}")
         named = stage in ("classifier", "features") or len({r.stages.get(stage) for r in rows}) > 1
-        if named or opts:
-            parts.append(" ".join(p for p in ((row.stages.get(stage, "") or "?") if named else "", *opts) if p))
+        if named or any(opts):
+            text = " ".join(p for p in ((row.stages.get(stage, "") or "?") if named else "", *opts) if p)
+            parts.append((stage, text))
     others = [
         k
         for k in shown
         if not k.startswith(STAGE_PREFIXES) and not k.startswith("fit.") and k in row.params and _differs(rows, k, row)
     ]
-    parts += [f"{k}={fmt_value(row.params[k])}" for k in others]
-    return " | ".join(parts)
+    parts += [(k, f"{k}={fmt_value(row.params[k])}") for k in others]
+    return parts
+
+
+def config_labels(rows: list[Row]) -> dict[str, str]:
+    """One readable line per run (by run id), e.g. ``median_blur kernel=7 | mlp alpha=1e-04 | indices``: the
+    parts that differ between the given runs first (so a clipped line never hides what tells runs apart),
+    then the rest, each group of parts in stage order. The classifier (with the hyperparameters its fit
+    chose) and the features are always named; another stage only when the runs differ in it, and of the
+    options only those that differ. Generic: stage names come from the ``cropseg.<stage>`` tags, options
+    from the params."""
+    shown = key_params(rows)
+    parts = {r.run_id: _label_parts(r, rows, shown) for r in rows}
+    texts: dict[str, set[str]] = {}
+    for r in rows:
+        present = dict(parts[r.run_id])
+        for slot in {s for p in parts.values() for s, _ in p}:
+            texts.setdefault(slot, set()).add(present.get(slot, ""))
+    out = {}
+    for r in rows:
+        own = parts[r.run_id]
+        ordered = [t for s, t in own if len(texts[s]) > 1] + [t for s, t in own if len(texts[s]) <= 1]
+        out[r.run_id] = " | ".join(ordered)
+    return out
+
+
+def config_label(row: Row, rows: list[Row]) -> str:
+    """``row``'s line of :func:`config_labels` among ``rows`` (its test group)."""
+    return config_labels(rows)[row.run_id]
+
+
+def group_headings(groups: dict[str, list[Row]]) -> dict[str, str]:
+    """What tells each group's test data apart, by group letter: the descriptions (source options of the test
+    side such as the sample size or the test AOI, ``cropseg.test.*`` tags such as the acquisition date, and
+    the file names) whose values differ between the groups, differing ones first, then the file names."""
+    reps = {g: next((r for r in m if r.status == "FINISHED"), m[0]) for g, m in groups.items() if m}
+    infos = {g: r.test_info or {} for g, r in reps.items()}
+    keys = sorted({k for i in infos.values() for k in i})
+    differing = [k for k in keys if len({i.get(k, "-") for i in infos.values()}) > 1]
+    out = {}
+    for g, info in infos.items():
+        shown = [f"{k}={info.get(k, '-')}" for k in differing if k != "files"]
+        if "files" in info:
+            shown.append(info["files"])
+        out[g] = "; ".join(shown) or reps[g].test_data
+    return out
 
 
 def group_rows(rows: list[Row]) -> dict[str, list[Row]]:
@@ -437,6 +518,7 @@ def table(rows: list[Row], params: list[str]) -> tuple[list[str], list[list[Any]
         "test data digest",
         "run",
         "config",
+        "fit outputs",
         "run id",
         "status",
         *STAGE_TAGS,
@@ -453,6 +535,7 @@ def table(rows: list[Row], params: list[str]) -> tuple[list[str], list[list[Any]
             r.test_digest,
             r.name,
             r.config,
+            r.fit_outputs,
             r.run_id,
             r.status,
             *[r.stages[s] for s in STAGE_TAGS],
@@ -492,7 +575,7 @@ def _clip(text: str, width: int) -> str:
 def markdown(rows: list[Row], target: Target | None = None) -> str:
     ranks = _ranks(rows)
     extra_head, extra = uncertainty_columns(rows, target)
-    header = ["test group", "rank", "config", "run id", "status", *[h for _, h, _ in CONSOLE_METRICS]]
+    header = ["test group", "rank", "config", "fit outputs", "run id", "status", *[h for _, h, _ in CONSOLE_METRICS]]
     header += [*extra_head, "error"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for r in rows:
@@ -500,6 +583,7 @@ def markdown(rows: list[Row], target: Target | None = None) -> str:
             r.group,
             str(ranks[r.run_id]),
             r.config,
+            r.fit_outputs,
             r.run_id[:8],
             r.status,
             *[_metric(r.metrics.get(m), f) for m, _, f in CONSOLE_METRICS],
@@ -547,12 +631,13 @@ def console(
         ).rstrip()
 
     text = []
+    headings = group_headings(groups)
     for letter, members in groups.items():
         if len(groups) > 1:
             text.append(
                 _clip(
-                    f"test group {letter}, {len(members)} run(s): {members[0].test_data} "
-                    f"(digest {members[0].test_digest})",
+                    f"test group {letter}, {len(members)} run(s), digest {members[0].test_digest[:12]}: "
+                    f"{headings[letter]}",
                     width,
                 )
             )
@@ -665,6 +750,7 @@ def compare(
     target: str | None = None,
     bootstrap: int = DEFAULT_REPLICATES,
     block: int | None = None,
+    log_warning: bool = True,
 ) -> dict[str, Any]:
     """Rank runs within each test-data group and write comparison.csv/.md/.png and masks.png; log them to
     the sweep's parent run; optionally register the top-ranked run's model as a new version of
@@ -674,7 +760,9 @@ def compare(
     ``target`` (default: the runs' ``evaluate.target``, see :func:`default_target`) is the metric of the
     seed groups' spread and of the ``bootstrap`` replicates of the spatial block bootstrap (``block``
     pixels; default: the runs' ``train.spatial_block``, else 128; ``bootstrap=0``: no intervals);
-    ``rank_by`` defaults to the target's test metric."""
+    ``rank_by`` defaults to the target's test metric.
+    A warning (runs on different test data) is returned as ``warning`` and logged unless ``log_warning`` is
+    false (``cropseg compare`` prints it itself, once)."""
     tracker = Tracker(tracking_uri, experiment, create=False)
     parent = tracker.latest_sweep() if sweep == "latest" else sweep
     if sweep == "latest" and parent is None:
@@ -703,9 +791,10 @@ def compare(
         )
     groups = group_rows(rank(rows, rank_by))
     rows = [r for members in groups.values() for r in members]
-    shown = key_params(rows)
-    for r in rows:
-        r.config = config_label(r, rows, shown)
+    for members in groups.values():  # what differs within a group: its runs are the ones compared
+        labels = config_labels(members)
+        for r in members:
+            r.config = labels[r.run_id]
     warning = None
     scored = [g for g, members in groups.items() if any(r.status == "FINISHED" and _tested(r) for r in members)]
     if len(scored) > 1:
@@ -714,7 +803,8 @@ def compare(
             f"{', '.join(scored)}); scores of different groups are not comparable, so each group is ranked "
             "on its own (--test-data DIGEST keeps one)"
         )
-        log.warning("%s", warning)
+        if log_warning:
+            log.warning("%s", warning)
     block = block or _common_block(rows)
     notes: list[str] = []
     if bootstrap > 0:
@@ -881,6 +971,7 @@ def compare_command(argv: Sequence[str]) -> int:
         target=args.target,
         bootstrap=args.bootstrap,
         block=args.block,
+        log_warning=False,
     )
     if res["warning"]:
         print(f"cropseg: warning: {res['warning']}", file=sys.stderr)

@@ -590,7 +590,7 @@ def _fit_patch_model(
     )
     n_train = int(np.count_nonzero(sample.train.y != 255))
     metrics.update(sample.info)
-    on_epoch = epoch_callback(sample.validation, lambda m, step: rl.log_metrics(m, step=step), st.names["classifier"])
+    on_epoch = epoch_callback(sample.validation, rl.log_learning_curve, st.names["classifier"])
     t = time.perf_counter()
     fit = model.fit_patches(sample.train, sample.validation, on_epoch)
     fit_s = time.perf_counter() - t

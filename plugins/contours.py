@@ -14,14 +14,12 @@ from pathlib import Path
 from typing import Annotated
 
 import numpy as np
-from rasterio.transform import array_bounds
 
 from cropseg import hookimpl
 from cropseg.errors import GroundTruthError
 from cropseg.labels import write_label_raster
 from cropseg.schema import Range
 from cropseg.types import CROP, NONCROP, LabelRaster, Scene, VectorGroundTruth
-from cropseg.vector import ground_truth_for_grid
 
 SHIFT = 4  # fractional bits for sub-pixel vertex positions in cv2.fillPoly
 
@@ -40,6 +38,10 @@ class ContoursLabeler:
         gt = scene.ground_truth
         if not isinstance(gt, VectorGroundTruth):
             raise GroundTruthError(f"scene {scene.name}: the contours labeler needs vector ground truth")
+        from rasterio.transform import array_bounds
+
+        from cropseg.vector import ground_truth_for_grid  # geopandas: imported when labelling, not at start-up
+
         gdf = ground_truth_for_grid(gt, scene.grid)
         polys = shapely.get_parts(gdf.geometry.values[gdf["crop"].to_numpy()])
         polys = polys[shapely.get_type_id(polys) == 3]  # polygons only

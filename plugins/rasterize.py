@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Annotated
 
 import numpy as np
-from rasterio.transform import array_bounds
 
 from cropseg import hookimpl
 from cropseg.errors import CRSMismatchError, GroundTruthError
@@ -21,7 +20,6 @@ from cropseg.labels import write_label_raster
 from cropseg.raster import open_raster
 from cropseg.schema import Range
 from cropseg.types import CROP, IGNORE, NONCROP, LabelRaster, RasterGroundTruth, Scene, VectorGroundTruth
-from cropseg.vector import ground_truth_for_grid
 
 
 class RasterizeLabeler:
@@ -40,6 +38,9 @@ class RasterizeLabeler:
     def _vector(self, scene: Scene, gt: VectorGroundTruth, out_path: Path) -> LabelRaster:
         import shapely
         from rasterio.features import rasterize
+        from rasterio.transform import array_bounds
+
+        from cropseg.vector import ground_truth_for_grid  # geopandas: imported when labelling, not at start-up
 
         gdf = ground_truth_for_grid(gt, scene.grid)
         # non-crop survey polygons first, crop polygons burnt over them

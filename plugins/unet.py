@@ -27,7 +27,6 @@ from cropseg.types import IGNORE, EpochCallback, FitResult, PatchSet
 
 log = logging.getLogger("cropseg")
 
-INSTALL_HINT = "classifier=unet needs PyTorch and segmentation-models-pytorch: pip install 'cropseg[deep]'"
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -36,7 +35,12 @@ def _deep() -> tuple[Any, Any]:
         import segmentation_models_pytorch as smp
         import torch
     except ImportError as exc:
-        raise PluginError(f"{INSTALL_HINT} ({exc})") from None
+        from cropseg.extras import install_command
+
+        raise PluginError(
+            f"classifier=unet needs PyTorch and segmentation-models-pytorch, cropseg's optional extra 'deep' "
+            f"({exc}); install it with: {install_command('deep')}"
+        ) from None
     return torch, smp
 
 

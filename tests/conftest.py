@@ -122,6 +122,10 @@ class InstalledPlugin:
 
     source: Path
     site: Path
+    #: pip's output of the build and install (quiet: only warnings and errors)
+    build_output: str = ""
+    #: files the build left in the source folder (beside what was there before; __pycache__ aside)
+    left_in_source: frozenset[str] = frozenset()
 
     def env(self, base: dict[str, str] | None = None) -> dict[str, str]:
         env = dict(os.environ if base is None else base)
@@ -132,17 +136,17 @@ class InstalledPlugin:
 @pytest.fixture(scope="session")
 def example_plugin_site(tmp_path_factory: pytest.TempPathFactory) -> InstalledPlugin:
     """The example third-party plugin (examples/cropseg-nearest-centroid) pip-installed offline (no dependencies,
-    no build isolation: this environment's setuptools builds it) with ``--target`` into a temporary folder,
-    from a copy of its source (the build writes build/ and *.egg-info beside the source)."""
-    import shutil
+    no build isolation: this environment's flit-core builds it) with ``--target`` into a temporary folder,
+    straight from its source folder in the clone, as the README tells users to (flit-core writes nothing
+    there; ``left_in_source`` records anything a build did leave)."""
     import subprocess
     import sys
 
-    tmp = tmp_path_factory.mktemp("example-plugin")
-    src = shutil.copytree(
-        EXAMPLE_PLUGIN, tmp / "src", ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__")
-    )
-    site = tmp / "site"
+    def files() -> set[str]:
+        return {str(p.relative_to(EXAMPLE_PLUGIN)) for p in EXAMPLE_PLUGIN.rglob("*") if "__pycache__" not in p.parts}
+
+    before = files()
+    site = tmp_path_factory.mktemp("example-plugin") / "site"
     proc = subprocess.run(
         [
             sys.executable,
@@ -156,14 +160,14 @@ def example_plugin_site(tmp_path_factory: pytest.TempPathFactory) -> InstalledPl
             "--disable-pip-version-check",
             "--target",
             str(site),
-            str(src),
+            str(EXAMPLE_PLUGIN),
         ],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return InstalledPlugin(EXAMPLE_PLUGIN, site)
+    return InstalledPlugin(EXAMPLE_PLUGIN, site, proc.stdout + proc.stderr, frozenset(files() - before))
 
 
 @pytest.fixture
@@ -247,6 +251,7 @@ LONGEST_FIRST = (
     "test_example_plugin",
     "test_deploy",
     "test_parallel",
+    "test_mlflow_ui",
 )
 
 

@@ -101,6 +101,8 @@ def test_cli_end_to_end_local_source(tmp_path, tiny_pair, cli_env, tracking_uri)
     (run,) = client.search_runs([exp.experiment_id])
     assert run.info.status == "FINISHED"
     assert run.info.run_id in proc.stdout
+    # the UI hint ends with the experiment's runs table (tests/test_mlflow_ui.py opens it in Chromium)
+    assert f"/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning" in proc.stdout
     missing = [m for m in EXPECTED_METRICS if m not in run.data.metrics]
     assert not missing, missing
     # tiny scenes are separable: the classifier must get them (nearly) right

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,16 @@ from mlflow import MlflowClient
 
 import cropseg
 from cropseg.cli import main
-from cropseg.compare import Row, compare, config_label, console, group_rows
+from cropseg.compare import (
+    Row,
+    compare,
+    config_label,
+    console,
+    group_headings,
+    group_rows,
+    split_fit_params,
+    table,
+)
 from cropseg.testing import local_overrides, write_tiny_scene
 
 FAST = ["tracking.log_model=false", "postprocessor=[median_blur]", "parallel.backend=serial"]
@@ -120,8 +131,9 @@ def test_compare_groups_by_test_data_and_warns(runs, tmp_path, capsys):
     a, ai, b = (by_id[results[k].run_id] for k in ("a_bands", "a_indices", "b_bands"))
     assert a["test group"] == ai["test group"] == "A" and b["test group"] == "B"
     assert b["rank"] == "1" and {a["rank"], ai["rank"]} == {"1", "2"}  # ranked within each group
-    assert a["config"].startswith("knn k=") and a["config"].endswith("| bands")
-    assert ai["config"].endswith("| indices")
+    # the features differ within group A: they lead (the classifier and its k follow, unless k differs too)
+    assert "bands" in a["config"].split(" | ") and "indices" in ai["config"].split(" | ")
+    assert any(part.startswith("knn k=") for part in a["config"].split(" | "))
     assert "source.test_image" in rows[0] and "classifier.k_grid" in rows[0]  # the CSV keeps every param
     # no single best run across different test data: registering is refused, one group can be chosen
     code = main(
@@ -144,6 +156,23 @@ def test_compare_groups_by_test_data_and_warns(runs, tmp_path, capsys):
         results["a_bands"].run_id,
         results["a_indices"].run_id,
     }
+
+
+def test_the_warning_is_printed_once(runs, tmp_path):
+    """The cross-group warning, as a user sees it (a subprocess: no test logging handlers), appears once."""
+    url, _, _ = runs
+    proc = subprocess.run(
+        [sys.executable, "-m", "cropseg.cli", "compare", "--tracking-uri", url, "--experiment", "lineage"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("different test data sets") == 1, proc.stderr
+    assert proc.stderr.startswith("cropseg: warning: the runs were tested on 2 different test data sets")
+    headings = [ln for ln in proc.stdout.splitlines() if ln.startswith("test group ")]
+    assert len(headings) == 2 and "test_a" in headings[0] and "test_b" in headings[1]
 
 
 def _row(i: int, clf: str, feats: str, chosen: str, params: dict[str, str], f1: float, digest: str = "d1") -> Row:
@@ -217,8 +246,64 @@ def test_config_shows_options_that_differ_between_runs():
     ]
     for r in rows:
         r.config = config_label(r, rows)
-    assert rows[0].config == "mlp alpha=0.0001 | indices | median_blur kernel=7"
-    assert rows[1].config == "mlp alpha=0.001 | indices | median_blur kernel=5"
+    # what differs first (a clipped line keeps it), then what the runs share
+    assert rows[0].config == "mlp alpha=0.0001 | median_blur kernel=7 | indices"
+    assert rows[1].config == "mlp alpha=0.001 | median_blur kernel=5 | indices"
+
+
+def test_differing_options_come_first_and_survive_clipping():
+    """Two runs that differ only in a framework option: it leads their config, so a narrow table clipping the
+    config column (``~``) still shows it."""
+    rows = [
+        _row(0, "hist_gradient_boosting", "context", "max_leaf_nodes=31", {"evaluate.target": "crop_f1"}, 0.8),
+        _row(1, "hist_gradient_boosting", "context", "max_leaf_nodes=31", {"evaluate.target": "iou"}, 0.7),
+    ]
+    groups = group_rows(rows)
+    for r in rows:
+        r.config = config_label(r, rows)
+    assert rows[0].config == "evaluate.target=crop_f1 | hist_gradient_boosting max_leaf_nodes=31 | context"
+    text = console(rows, groups, width=100)
+    assert max(len(ln) for ln in text.splitlines()) <= 100 and "~" in text  # the config column was clipped
+    assert "evaluate.target=crop_f1" in text and "evaluate.target=iou" in text
+
+
+def test_fit_outputs_are_not_settings():
+    """A patch model logs what its fit reported (best epoch, epochs run, device, parameter count) as fit.*
+    params without a grid: they go to the fit outputs column, not into the config name; a tuned
+    hyperparameter (with its grid) stays in the name."""
+    params = {"params": {"fit.best_epoch": "2", "fit.epochs_run": "5", "fit.device": "cpu", "fit.n_parameters": "1e7"}}
+    assert split_fit_params(params["params"], None) == ("", "best_epoch=2 epochs_run=5 device=cpu n_parameters=1e+07")
+    tuned = {"fit.k": "9", "classifier.k_grid": "[3, 9]", "fit.n_iter": "3", "fit.n_features_in": "4"}
+    assert split_fit_params(tuned, None) == ("k=9", "n_features_in=4")
+    assert split_fit_params(tuned, "k=9") == ("k=9", "n_features_in=4")
+    unet = _row(0, "unet", "bands", "", params["params"], 0.8)
+    knn = _row(1, "knn", "bands", "k=9", {}, 0.7)
+    unet.chosen, unet.fit_outputs = split_fit_params(unet.params, None)
+    for r in (unet, knn):
+        r.config = config_label(r, [unet, knn])
+    assert unet.config == "unet | bands" and knn.config == "knn k=9 | bands"
+    header, body = table([unet, knn], [])
+    assert body[0][header.index("fit outputs")] == "best_epoch=2 epochs_run=5 device=cpu n_parameters=1e+07"
+
+
+def test_group_headings_name_what_differs_between_test_data():
+    """Four test sets of the sample source at four sizes: same file names, different digests; each heading
+    names its size first, then the files, then (in the console) the digest."""
+    rows = []
+    for i, size in enumerate((200, 500, 1000, 2000)):
+        r = _row(i, "knn", "bands", "k=9", {"source.size": str(size)}, 0.8, digest=f"digest{size:04d}")
+        r.test_info = {"files": "test_scene.tif, test_ground_truth.geojson", "source.size": str(size)}
+        r.test_info["source.seed"] = "0"
+        rows.append(r)
+    groups = group_rows(rows)
+    headings = group_headings(groups)
+    assert len(set(headings.values())) == 4
+    for letter, members in groups.items():
+        size = members[0].params["source.size"]
+        assert headings[letter] == f"source.size={size}; test_scene.tif, test_ground_truth.geojson"
+    text = console(rows, groups)
+    lines = [ln for ln in text.splitlines() if ln.startswith("test group ")]
+    assert len(lines) == 4 == len(set(lines)) and all("source.size=" in ln and "digest digest" in ln for ln in lines)
 
 
 def test_groups_by_test_data_digest_and_ranks_within_each():

@@ -391,7 +391,10 @@ def test_mlflow_models_serve(trained, new_scene, tmp_path):
         # a bad request is refused with a message, the server stays up
         with pytest.raises(urllib.error.HTTPError) as err:
             _post(base + "/invocations", {"dataframe_split": {"columns": ["blue", "green"], "data": [[0.1, 0.1]]}})
-        assert err.value.code == 400
+        assert err.value.code == 400  # cropseg's one line, not MLflow's schema error
+        assert json.loads(err.value.read())["message"] == (
+            "pixel rows: missing column(s) red, nir (expected blue, green, red, nir)"
+        )
         assert _post(base + "/invocations", {"dataframe_split": {"columns": BANDS, "data": rows[:3].tolist()}}) == {
             "predictions": local[:3].tolist()
         }

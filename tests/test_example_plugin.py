@@ -81,6 +81,16 @@ def test_its_own_conformance_suite_passes(example_plugin, tmp_path):
     assert "8 passed" in proc.stdout
 
 
+def test_it_builds_without_warnings_and_leaves_nothing_in_the_clone(example_plugin_site):
+    """pip install ./examples/cropseg-nearest-centroid (the README's command): no build/ or *.egg-info beside
+    the source, no packaging warnings (setuptools printed one per config folder)."""
+    assert example_plugin_site.left_in_source == frozenset()
+    assert "warning" not in example_plugin_site.build_output.lower(), example_plugin_site.build_output
+    assert (
+        example_plugin_site.site / "cropseg_nearest_centroid" / "conf" / "classifier" / "nearest_centroid.yaml"
+    ).is_file()
+
+
 def test_the_test_environment_is_left_without_it(example_plugin_site, tmp_path, cli_env):
     """The install went to a temporary folder: the environment's own ``cropseg plugins`` and package metadata
     do not know the plugin (the session fixture has installed it by now)."""

@@ -405,18 +405,45 @@ def test_bundles_spec_is_seeded_from_the_api_url_else_the_shipped_copy(double, s
     assert {"analytic_udm2", "analytic_sr_udm2"} <= set(specs.get_bundle_names())
 
 
-@pytest.mark.parametrize("rate", [10, 4])
+class SteppingClock:
+    """A controllable clock for the SDK's request limiter: every reading advances it by ``step`` (the limiter's
+    polling interval), so the times the limiter lets requests through depend on its logic alone, not on how
+    busy the machine is (wall-clock gaps between arrivals at the double shrink after a delayed request)."""
+
+    def __init__(self, step: float) -> None:
+        self.now, self.step = 0.0, step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+@pytest.mark.parametrize("rate", [10, 4, 0])
 def test_requests_are_spaced_by_the_rate_limit(double, scenes, aois, rate):
     """source.rate_limit spaces the SDK session's requests (10/s, the SDK's own throttle, by default; the
-    other tests use 0 against the double, which never rate-limits)."""
+    other tests use 0 against the double, which never rate-limits); 0 lets them through at once."""
     api = make_source(double, scenes, aois, rate_limit=rate).api()
+    limiter = api.pl._session._limiter
+    assert limiter.cadence == (pytest.approx(1 / rate) if rate else 0)
+    clock = SteppingClock(limiter.retry_interval)
+    limiter._get_now = clock
+    passed: list[float] = []
+    throttle = limiter.throttle
+
+    async def recorded_throttle() -> None:
+        await throttle()
+        passed.append(clock.now)
+
+    limiter.throttle = recorded_throttle
     start = len(double.request_times)
     for _ in range(4):
         assert api.get_item("PSScene", scenes["train"].id)["id"] == scenes["train"].id
-    times = double.request_times[start:]
-    assert len(times) == 4
-    gaps = [b - a for a, b in zip(times, times[1:])]
-    assert min(gaps) >= 1 / rate - 0.02, gaps  # the limiter's cadence (its 10 ms polling aside)
+    assert len(double.request_times) - start == 4 and len(passed) == 4  # every request went through the limiter
+    gaps = [b - a for a, b in zip(passed, passed[1:])]
+    if rate:  # at the cadence, at most one polling step late (float sums of the step)
+        assert all(1 / rate - 1e-9 <= g <= 1 / rate + 2 * clock.step for g in gaps), gaps
+    else:
+        assert clock.now == 0.0  # no spacing: the limiter never reads the clock
 
 
 def test_bad_rate_limit_is_a_config_error(double, scenes, aois):

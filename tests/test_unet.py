@@ -20,6 +20,7 @@ from mlflow import MlflowClient
 import cropseg
 from cropseg.cli import main
 from cropseg.conformance import PatchModelConformance
+from cropseg.extras import CLONE, install_command
 from cropseg.patches import PatchOptions, draw_patches, holdout_blocks
 
 
@@ -27,8 +28,10 @@ from cropseg.patches import PatchOptions, draw_patches, holdout_blocks
 def _deep_extra() -> None:
     """PyTorch and segmentation-models-pytorch (the 'deep' extra), imported when this module's tests run,
     not when the suite is collected (the import costs seconds in every test worker)."""
-    pytest.importorskip("torch", reason="the 'deep' extra (make setup installs it)")
-    pytest.importorskip("segmentation_models_pytorch", reason="the 'deep' extra (make setup installs it)")
+    pytest.importorskip("torch", reason="the 'deep' extra (make test and make setup-deep install it)")
+    pytest.importorskip(
+        "segmentation_models_pytorch", reason="the 'deep' extra (make test and make setup-deep install it)"
+    )
 
 
 SIZE = 160
@@ -81,7 +84,8 @@ def unet_run(tmp_path_factory, store_template):
 def test_run_records_learning_curves_and_weights(unet_run):
     run, client = unet_run["run"], unet_run["client"]
     assert run.info.status == "FINISHED" and run.data.tags["cropseg.classifier"] == "unet"
-    for key in ("train_loss", "val_crop_f1", "val_iou"):
+    assert not {"train_loss", "val_crop_f1"} & set(run.data.metrics)  # the curves share one prefix (the UI's group)
+    for key in ("epoch/train_loss", "epoch/val_crop_f1", "epoch/val_iou"):
         hist = client.get_metric_history(run.info.run_id, key)
         assert sorted(m.step for m in hist) == [1, 2], key
         assert all(np.isfinite(m.value) for m in hist)
@@ -303,7 +307,23 @@ def test_without_the_extra_one_line_says_how_to_install(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("cropseg: error:")]
     assert proc.returncode != 0 and "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr
-    assert "pip install 'cropseg[deep]'" in lines[0]
+    command = lines[0].split("install it with: ")[1]
+    # this clone's own .venv: `make -C CLONE setup-deep` (the test runs elsewhere); any other environment: its
+    # python's pip with the clone's extra
+    in_clone_venv = Path(sys.prefix).resolve() == (CLONE / ".venv").resolve()
+    assert command == (
+        f"make -C {CLONE} setup-deep" if in_clone_venv else f"{sys.executable} -m pip install -e '{CLONE}[deep]'"
+    )
+
+
+def test_install_command_names_the_running_environment(monkeypatch, tmp_path):
+    monkeypatch.setattr(sys, "prefix", str(CLONE / ".venv"))
+    monkeypatch.chdir(CLONE)
+    assert install_command("deep") == "make setup-deep"
+    monkeypatch.chdir(tmp_path)
+    assert install_command("deep") == f"make -C {CLONE} setup-deep"
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / "other-venv"))
+    assert install_command("deep") == f"{sys.executable} -m pip install -e '{CLONE}[deep]'"
 
 
 # -- the conformance suite, as a patch-model author would use it ---------------------------------------------

@@ -30,6 +30,14 @@ log = logging.getLogger(__name__)
 DEFAULT_URI = "sqlite:///mlflow.db"
 MAX_PARAM = 6000
 TAG_PREFIX = "cropseg."
+#: MLflow 3's experiment type: "machine learning" experiments open on their runs table in the UI (untagged
+#: ones may be taken for GenAI experiments and open on traces)
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+#: learning curves (per-epoch step metrics of patch models) are logged under this prefix, so the MLflow UI
+#: groups their charts in one section
+EPOCH_PREFIX = "epoch/"
+#: where ``mlflow ui`` (and ``make ui``) serves by default
+UI_URL = "http://127.0.0.1:5000"
 
 
 def resolve_uri(uri: str | None) -> str:
@@ -184,10 +192,14 @@ class Tracker:
         try:
             exp = self.client.get_experiment_by_name(name)
             if exp is not None:
+                if EXPERIMENT_KIND_TAG not in exp.tags:  # made by an older cropseg: mark it now
+                    self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
                 return exp.experiment_id
             if artifact_location is None and (db := _sqlite_path(self.uri)) is not None:
                 artifact_location = (db.parent / "mlartifacts").as_uri()
-            return self.client.create_experiment(name, artifact_location=artifact_location)
+            return self.client.create_experiment(
+                name, artifact_location=artifact_location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+            )
         except MlflowException as exc:
             if "already exists" in str(exc).lower() or getattr(exc, "error_code", "") == "RESOURCE_ALREADY_EXISTS":
                 exp = self.client.get_experiment_by_name(name)
@@ -197,10 +209,37 @@ class Tracker:
                 raise OutputError.from_os_error("the tracking store", self.uri, exc) from None
             raise TrackingError(f"tracking store {self.uri}: {str(exc).splitlines()[0]}") from None
 
+    def runs_url(self) -> str:
+        """The MLflow UI's page of this experiment's runs table (on ``mlflow ui``'s default address for a
+        sqlite store, else on the tracking server), in the UI's "Model training" view: MLflow 3's UI otherwise
+        starts in its GenAI view (traces), whatever the experiment's kind."""
+        base = self.uri.rstrip("/") if self.uri.startswith(("http://", "https://")) else UI_URL
+        return f"{base}/#/experiments/{self.experiment_id}/runs?workflowType=machine_learning"
+
     def ui_hint(self) -> str:
-        if self.uri.startswith("sqlite:"):
-            return f"mlflow ui --backend-store-uri {self.uri}"
-        return f"open {self.uri} in a browser"
+        """How to open the MLflow UI on this experiment's runs, as a command that works as printed: ``make ui``
+        in the clone with its own ``.venv`` and the default store, else the running environment's ``mlflow``
+        (on PATH or not) on this store."""
+        import shlex
+        import sys
+
+        url = self.runs_url()
+        if not self.uri.startswith("sqlite:"):
+            return f"open {url}"
+        from ..extras import CLONE
+
+        in_clone = Path.cwd().resolve() == CLONE and (CLONE / "Makefile").is_file()
+        if in_clone and self.uri == DEFAULT_URI and Path(sys.prefix).resolve() == (CLONE / ".venv").resolve():
+            return f"make ui, then open {url}"
+
+        def shown(path: Path) -> str:  # relative to the working directory when inside it (.venv/bin/mlflow)
+            return os.path.relpath(path) if Path.cwd() in path.absolute().parents else str(path)
+
+        mlflow = Path(sys.executable).with_name("mlflow")  # the console script next to this interpreter
+        exe = (
+            shlex.quote(shown(mlflow)) if mlflow.is_file() else f"{shlex.quote(shown(Path(sys.executable)))} -m mlflow"
+        )
+        return f"{exe} ui --backend-store-uri {shlex.quote(self.uri)}, then open {url}"
 
     @contextmanager
     def run(
@@ -365,6 +404,12 @@ class RunLogger:
         ]
         for i in range(0, len(items), 1000):
             self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
+
+    def log_learning_curve(self, metrics: Mapping[str, float], step: int) -> None:
+        """Per-epoch metrics of a patch model at step ``step`` (the epoch), named ``epoch/<metric>``
+        (:data:`EPOCH_PREFIX`) so the MLflow UI shows the learning curves together, apart from the run's
+        final metrics."""
+        self.log_metrics({f"{EPOCH_PREFIX}{k}": v for k, v in metrics.items()}, step=step)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -258,7 +259,8 @@ def log_pipeline_model(
     MLflow links the run's metrics logged so far to the new model, one metric-history request per metric
     (a second per run against a tracking server with a hundred metrics): log the model before the bulk of
     the metrics and those with ``RunLogger.log_metrics(..., model_id=...)`` (one request)."""
-    from mlflow.models import Model, infer_signature
+    from mlflow.models import Model, ModelSignature, infer_signature
+    from mlflow.types.schema import ColSpec, Schema
 
     spec_path, clf_path = pipeline.save(Path(work_dir))
     example_df = pd.DataFrame(np.asarray(example, dtype=np.float64), columns=list(pipeline.spec.band_names))
@@ -268,7 +270,13 @@ def log_pipeline_model(
         if pipeline.accepts_pixel_rows
         else np.zeros(len(example_df), dtype=np.int64)
     )
-    signature = infer_signature(example_df, classes)
+    inferred = infer_signature(example_df, classes)
+    # the band columns are documented, but marked optional so that MLflow's schema check lets a request
+    # without one through to the model, which refuses it with cropseg's one-line reason naming the missing
+    # columns (a required column fails earlier, with MLflow's raw schema error)
+    signature = ModelSignature(
+        Schema([ColSpec(c.type, c.name, required=False) for c in inferred.inputs.inputs]), inferred.outputs
+    )
     client = mlflow.MlflowClient(tracking_uri)
     # created here so that it lands in the run's experiment (and its artifact location), not the default one
     logged = client.create_logged_model(
@@ -281,7 +289,9 @@ def log_pipeline_model(
             "cropseg.synthetic": str(pipeline.spec.synthetic).lower(),
         },
     )
-    with mlflow_uri(tracking_uri):
+    with mlflow_uri(tracking_uri), warnings.catch_warnings():
+        if not pipeline.accepts_pixel_rows:  # no example on purpose (below): MLflow's advice to add one is noise
+            warnings.filterwarnings("ignore", message=".*An input example was not provided", category=UserWarning)
         Model.log(
             None,
             name=MODEL_NAME,
@@ -291,7 +301,9 @@ def log_pipeline_model(
             python_model=str(MODEL_CODE),
             artifacts={"pipeline": str(spec_path), "classifier": str(clf_path)},
             signature=signature,
-            input_example=example_df,
+            # served as pixel rows only when its features are per-pixel: a spatial model gets no example (MLflow
+            # would try to serve it and print the refusal as an error on a successful run)
+            input_example=example_df if pipeline.accepts_pixel_rows else None,
             pip_requirements=_requirements(pipeline),
             metadata={"cropseg_classifier": pipeline.spec.classifier, "cropseg_synthetic": pipeline.spec.synthetic},
         )
