@@ -63,3 +63,7 @@ class ModelInputError(CropsegError, ValueError):
 
 class ClusterError(CropsegError, RuntimeError):
     """The Dask cluster for parallel block processing cannot be reached or started."""
+
+
+class StackError(CropsegError, ValueError):
+    """A time stack of images that cannot be read as one scene (dates, band counts, overlap, coverage)."""
