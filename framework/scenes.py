@@ -293,7 +293,7 @@ def build_stack(
     )
     west, south, east, north = base.grid.bounds
     with open_raster(first.path, what="scene") as src:
-        n_first = src.count if first.bands == tuple(range(1, src.count + 1)) else len(first.bands)
+        n_first = src.count
     for a in acqs[1:]:
         if len(a.bands) != len(first.bands):
             raise StackError(
@@ -302,11 +302,11 @@ def build_stack(
             )
         grid = check_scene_raster(a.path, bands=len(a.bands), indexes=a.bands)
         with open_raster(a.path, what="scene") as src:
-            count = src.count if a.bands == tuple(range(1, src.count + 1)) else len(a.bands)
+            count = src.count
         if a.path != first.path and count != n_first:
             raise StackError(
                 f"{a.path}: date {a.date} has {count} bands, date {first.date} ({first.path}) has "
-                f"{n_first}; every date of a stack needs the same bands (set source.bands)"
+                f"{n_first}; every date of a stack needs the same bands"
             )
         try:
             w, s_, e, n = transform_bounds(grid.crs, base.grid.crs, *grid.bounds, densify_pts=21)

@@ -364,7 +364,7 @@ def _read_dn_window(
 
     fill = nodata if nodata is not None else 0
     try:
-        dn = src.read(list(bands), window=fwin, boundless=True, fill_value=fill)
+        dn = _boundless(src, list(bands), fwin, fill)
     except rasterio.errors.RasterioError as exc:  # a truncated or corrupt file fails only when read
         from .errors import InputFileError
 
@@ -375,12 +375,12 @@ def _read_dn_window(
     if nodata is not None:
         valid = ~np.all(dn == nodata, axis=0)
     else:
-        masks = src.read_masks(list(bands), window=fwin, boundless=True)
+        masks = _boundless(src, list(bands), fwin, 0, masks=True)
         valid = np.all(masks > 0, axis=0)
     # boundless reads outside the file are invalid whatever the fill value
     valid &= _inside_mask(fwin, src.height, src.width)
     if usable is not None:
-        clear = usable.read(usable_band, window=fwin, boundless=True, fill_value=0)
+        clear = _boundless(usable, [usable_band], fwin, 0)[0]
         valid &= clear > 0
     with np.errstate(invalid="ignore", over="ignore"):
         refl = dn.astype(np.float32) * gains + offsets
@@ -388,6 +388,27 @@ def _read_dn_window(
         # NaN and +-inf (in a float scene, or DN beyond float32) are nodata, like the nodata value
         valid &= np.isfinite(refl).all(axis=0)
     return refl, valid
+
+
+def _boundless(src: Any, indexes: list[int], fwin: Window, fill: float, masks: bool = False) -> np.ndarray:
+    """``src.read`` (or ``read_masks``) of ``fwin`` with the parts outside the raster set to ``fill``; a
+    ``WarpedVRT`` (no boundless reads) reads the part inside and is padded by hand."""
+    from rasterio.vrt import WarpedVRT
+    from rasterio.windows import Window
+
+    if not isinstance(src, WarpedVRT):
+        if masks:
+            return src.read_masks(indexes, window=fwin, boundless=True)
+        return src.read(indexes, window=fwin, boundless=True, fill_value=fill)
+    r0, c0, h, w = int(fwin.row_off), int(fwin.col_off), int(fwin.height), int(fwin.width)
+    rr0, cc0 = max(r0, 0), max(c0, 0)
+    rr1, cc1 = min(r0 + h, src.height), min(c0 + w, src.width)
+    out = np.full((len(indexes), h, w), fill, dtype="uint8" if masks else src.dtypes[indexes[0] - 1])
+    if rr1 > rr0 and cc1 > cc0:
+        inner = Window(cc0, rr0, cc1 - cc0, rr1 - rr0)
+        part = src.read_masks(indexes, window=inner) if masks else src.read(indexes, window=inner)
+        out[:, rr0 - r0 : rr1 - r0, cc0 - c0 : cc1 - c0] = part
+    return out
 
 
 def _apply_aoi(valid: np.ndarray, aoi: Any, transform: Affine) -> None:

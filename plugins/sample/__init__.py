@@ -37,10 +37,16 @@ SCENES = (
 class SampleSource:
     synthetic = True
 
-    def __init__(self, size: int | list[int] = 1000, seed: int = 42, dates: int = 1):
+    def __init__(self, size: int | list[int] = 1000, seed: int = 42, dates: int = 1, use_date: int | None = None):
         if not 1 <= int(dates) <= MAX_DATES:
             raise ConfigError(f"source.dates: 1 (single-date sample) to {MAX_DATES} dates, got {dates!r}")
+        if use_date is not None and not (dates > 1 and 0 <= int(use_date) < int(dates)):
+            raise ConfigError(
+                f"source.use_date: the index (0..{int(dates) - 1}) of one date of the multi-date sample "
+                f"(source.dates >= 2), got {use_date!r} with source.dates={dates}"
+            )
         self.dates = int(dates)
+        self.use_date = None if use_date is None else int(use_date)
         if not isinstance(size, int) and len(size) != 2:
             raise ConfigError(f"source.size={list(size)}: one side or [height, width]")
         h, w = (size, size) if isinstance(size, int) else tuple(size)
@@ -177,6 +183,18 @@ class SampleSource:
                         },
                     )
                 )
+            if self.use_date is not None:  # one date of the stack, as a single-image scene
+                a = acqs[self.use_date]
+                scenes[role] = Scene(
+                    name=role,
+                    path=a.path,
+                    gains=a.gains,
+                    nodata=0,
+                    usable_path=a.usable_path,
+                    ground_truth=VectorGroundTruth(gt),
+                    metadata={**a.metadata, "synthetic": True, "reflectance": "toa_xml", "dates": [a.date]},
+                )
+                continue
             scenes[role] = build_stack(
                 role,
                 acqs,
@@ -193,7 +211,12 @@ class SampleSource:
             train=scenes["train"],
             test=scenes["test"],
             synthetic=True,
-            metadata={"generator_version": f"multidate-{MULTIDATE_VERSION}", "seed": self.seed, "dates": self.dates},
+            metadata={
+                "generator_version": f"multidate-{MULTIDATE_VERSION}",
+                "seed": self.seed,
+                "dates": self.dates,
+                "use_date": self.use_date,
+            },
         )
 
 

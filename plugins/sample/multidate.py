@@ -21,7 +21,7 @@ rice           R       flooded in May, peak mid-August
 alfalfa        P       green all season, cut every five weeks (greenness saw-tooth)
 grassland      NV      green in late winter, peak late March, dry from May (non-crop)
 fallow         I       bare soil with a weedy flush in April (non-crop)
-shrub          NV      moderately green all year (non-crop)
+shrub          NV      moderately green all year, as green as a crop in mid-growth (non-crop)
 water          NW      open water (non-crop)
 =============  ======  ==============================================================================
 
@@ -88,7 +88,7 @@ CLASSES: tuple[tuple[str, str, bool], ...] = (
     ("water", "NW", False),
 )
 #: how often each class is drawn for a field
-WEIGHTS = np.array([0.13, 0.12, 0.10, 0.07, 0.09, 0.17, 0.13, 0.15, 0.04])
+WEIGHTS = np.array([0.16, 0.11, 0.10, 0.06, 0.08, 0.15, 0.13, 0.17, 0.04])
 GRAIN, CORN, TOMATO, RICE, ALFALFA, GRASS, FALLOW, SHRUB, WATER_C = range(len(CLASSES))
 _CLOUD_SPECTRUM = np.array([0.42, 0.43, 0.44, 0.47], dtype=np.float32)[:, None, None]
 _HAZE = np.array([1.0, 0.7, 0.45, 0.2], dtype=np.float32)[:, None, None]
@@ -117,7 +117,7 @@ def greenness(cls: np.ndarray, doy: float, shift: np.ndarray, amp: np.ndarray) -
     g = np.where(cls == ALFALFA, 0.30 + 0.45 * amp * ((d % 35) / 35.0), g)
     g = np.where(cls == GRASS, np.where(d < 150, 0.10 + 0.75 * amp * bell(85, 35), 0.07), g)
     g = np.where(cls == FALLOW, 0.05 + 0.40 * amp * bell(100, 22), g)
-    g = np.where(cls == SHRUB, 0.34 + 0.10 * amp * np.sin(2 * math.pi * (d - 60) / 365.0), g)
+    g = np.where(cls == SHRUB, 0.42 * amp + 0.08 * np.sin(2 * math.pi * (d - 60) / 365.0), g)
     g = np.where(cls == WATER_C, 0.0, g)
     return np.clip(g, 0.0, 1.0)
 
@@ -303,8 +303,7 @@ class _Frame:
 
 def _ground_truth_json(f: _Fields) -> str:
     from pyproj import Transformer
-    from shapely.geometry import box, mapping
-    from shapely.ops import transform as shp_transform
+    from shapely.geometry import Polygon, mapping
 
     to_ll = Transformer.from_crs(EPSG, 4326, always_xy=True).transform
     row_ends = np.append(f.row_cuts[1:], f.height)
@@ -318,7 +317,9 @@ def _ground_truth_json(f: _Fields) -> str:
             y0, y1 = f.top - (r1 - ROAD_HALF_WIDTH) * PIXEL_SIZE, f.top - (r0 + ROAD_HALF_WIDTH) * PIXEL_SIZE
             if x1 <= x0 or y1 <= y0:
                 continue
-            geom = box(x0, y0, x1, y1)
+            xs, ys = to_ll([x0, x1, x1, x0, x0], [y0, y0, y1, y1, y0])
+            geom = Polygon(list(zip(xs, ys)))
+            acres = (x1 - x0) * (y1 - y0) / SQ_METRES_PER_ACRE
             features.append(
                 {
                     "type": "Feature",
@@ -326,11 +327,11 @@ def _ground_truth_json(f: _Fields) -> str:
                     "properties": {
                         "CLASS1": class1,
                         "COVER": name,
-                        "ACRES": round(geom.area / SQ_METRES_PER_ACRE, 3),
+                        "ACRES": round(acres, 3),
                         "SURVEYYEAR": str(YEAR),
                         "SYNTHETIC": True,
                     },
-                    "geometry": mapping(shp_transform(to_ll, geom)),
+                    "geometry": mapping(geom),
                 }
             )
     return (
