@@ -314,3 +314,78 @@ def test_sample_source_dates_and_use_date(tmp_path):
         SampleSource(size=64, dates=1, use_date=0)
     with pytest.raises(ConfigError, match="source.dates"):
         SampleSource(size=64, dates=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# A run on stacks: every date tracked; the deployed model takes a stack and refuses anything else
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_stack_run_tracks_every_date_and_predict_takes_a_stack(tmp_path, monkeypatch, capfd, tracking_uri):
+    from mlflow import MlflowClient
+
+    import cropseg
+    from cropseg.cli import main
+
+    files = _stack_files(tmp_path / "train", dates=DATES[:2])
+    tests = _stack_files(tmp_path / "test", dates=DATES[:2], seed=5)
+    imgs = lambda fs: "[" + ",".join(str(f.image) for f in fs) + "]"  # noqa: E731
+    metas = lambda fs: "[" + ",".join(str(f.metadata) for f in fs) + "]"  # noqa: E731
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CROPSEG_CACHE_DIR", str(tmp_path / "cache"))
+    result = cropseg.run(
+        [
+            "source=local",
+            f"source.train_image={imgs(files)}",
+            f"source.test_image={imgs(tests)}",
+            f"source.train_metadata={metas(files)}",
+            f"source.test_metadata={metas(tests)}",
+            f"source.train_ground_truth={files[0].ground_truth}",
+            f"source.test_ground_truth={tests[0].ground_truth}",
+            "features=temporal",
+            "classifier=random_forest",
+            "train.spatial_block=16",
+            f"tracking.uri={tracking_uri}",
+        ],
+        output_dir=tmp_path / "out",
+    )
+    assert result.metrics["test_crop_f1"] > 0.9  # green crop vs soil on every date: easy, but must hold
+    client = MlflowClient(tracking_uri)
+    run = client.get_run(result.run_id)
+    assert run.data.params["train.dates"] == "2017-04-01,2017-06-15"
+    assert "ndvi_amplitude" in run.data.params["features.names"]
+    scenes = [d for d in run.inputs.dataset_inputs if {t.key: t.value for t in d.tags}.get("cropseg.kind") == "scene"]
+    assert len(scenes) == 4 and sum("2017-06-15" in d.dataset.name for d in scenes) == 2
+
+    model = f"runs:/{result.run_id}/model"
+    common = ["--tracking-uri", tracking_uri]
+    # one image for a two-date model: one line, before any prediction run
+    line_rc = main(["predict", model, str(tests[0].image), "--output-dir", str(tmp_path / "p1"), *common])
+    err = capfd.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("cropseg: error:")]
+    assert line_rc != 0 and "Traceback" not in err and len(lines) == 1, err
+    assert "trained on a time stack of 2 dates (2017-04-01, 2017-06-15)" in lines[0] and "got 1" in lines[0]
+    assert not (tmp_path / "p1").exists()
+    rc = main(
+        [
+            "predict",
+            model,
+            str(tests[0].image),
+            str(tests[1].image),
+            "--metadata",
+            str(tests[0].metadata),
+            "--metadata",
+            str(tests[1].metadata),
+            "--ground-truth",
+            str(tests[0].ground_truth),
+            "--output-dir",
+            str(tmp_path / "p2"),
+            *common,
+        ]
+    )
+    assert rc == 0, capfd.readouterr().err
+    masks = list((tmp_path / "p2").rglob("*mask*.tif"))
+    assert masks
+    with rasterio.open(masks[0]) as src, rasterio.open(tests[0].image) as img:
+        assert (src.width, src.height) == (img.width, img.height)
