@@ -149,15 +149,19 @@ def predict(
     tracker = Tracker(uri, experiment)
     model = load_pipeline_model(uri, model_uri)
     pipe = model.pipeline
-    images = [Path(p).expanduser() for p in image] if isinstance(image, list | tuple) else [Path(image).expanduser()]
+    images = (
+        [Path(p).expanduser() for p in image] if isinstance(image, list | tuple) else [Path(image).expanduser()]  # type: ignore[arg-type]
+    )
     pipe.check_stack_length(len(images), images[0])
     image = images[0]
+    one_meta: Any = metadata
+    one_udm: Any = udm
     if not pipe.spec.dates:  # one image: one metadata XML and one udm at most
         for opt, value in (("--metadata", metadata), ("--udm", udm)):
             if isinstance(value, list | tuple) and len(value) != 1:
                 raise ModelInputError(f"{opt}: one file for one image, got {len(value)}")
-        metadata = metadata[0] if isinstance(metadata, list | tuple) else metadata
-        udm = udm[0] if isinstance(udm, list | tuple) else udm
+        one_meta = metadata[0] if isinstance(metadata, list | tuple) else metadata
+        one_udm = udm[0] if isinstance(udm, list | tuple) else udm
     tags = {
         f"{TAG_PREFIX}kind": "prediction",
         f"{TAG_PREFIX}model_uri": model_uri,
@@ -213,8 +217,8 @@ def predict(
                 )
             else:
                 scene = pipe.scene(
-                    image, metadata=metadata, scale=scale, aoi=aoi, udm=udm, nodata=nodata, ground_truth=gt
-                )  # type: ignore[arg-type]
+                    image, metadata=one_meta, scale=scale, aoi=aoi, udm=one_udm, nodata=nodata, ground_truth=gt
+                )
             rl.log_params(
                 {
                     "model_uri": model_uri,

@@ -340,7 +340,7 @@ class StackReader(SceneReader):
             r[:, ~v] = 0.0
             refl[t * nb : (t + 1) * nb] = r
             date_valid[t] = v
-        valid = date_valid.any(axis=0)
+        valid: np.ndarray = np.asarray(date_valid.any(axis=0))
         if self.scene.aoi is not None:
             _apply_aoi(valid, self.scene.aoi, self.grid.window_transform(window))
             date_valid &= valid[None]
