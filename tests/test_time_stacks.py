@@ -234,6 +234,21 @@ def test_series_statistics_use_valid_dates_only():
     assert (none == 0).all()
 
 
+def test_percentiles_equal_numpy_over_valid_dates():
+    from cropseg_plugins.temporal import valid_percentiles
+
+    rng = np.random.default_rng(1)
+    v = rng.uniform(0, 1, (5, 40, 30))
+    valid = rng.random((5, 40, 30)) > 0.4
+    valid[:, 0, 0] = False
+    got = valid_percentiles(v, valid, [0, 10, 50, 90, 100])
+    with np.errstate(all="ignore"), pytest.warns(RuntimeWarning):
+        want = np.nanpercentile(np.where(valid, v, np.nan), [0, 10, 50, 90, 100], axis=0)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g[valid.any(axis=0)], w[valid.any(axis=0)], rtol=1e-12)
+        assert g[0, 0] == 0
+
+
 def test_temporal_names_and_refusals():
     names = [f"{b}@{d}" for d in DATES for b in ("blue", "green", "red", "nir")]
     f = TemporalFeatures(bands=["nir"], indices=["ndvi"], stats=["max", "doymax"], percentiles=[50])
