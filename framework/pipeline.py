@@ -168,7 +168,12 @@ def build_stages(cfg: DictConfig, registry: Registry | None = None) -> Stages:
         from .patches import PatchOptions, check_patch_model
 
         PatchOptions.from_config(cfg.get("train", {}).get("patches"))
-        check_patch_model(classifier, len(features.names(BAND_NAMES)))
+        # the real channel count (dates x features of a time stack) is set again once the scenes are known
+        # (_check_time_stacks); temporal features are probed on a two-date stack of the four bands
+        probe: tuple[str, ...] = BAND_NAMES
+        if getattr(features, "temporal", False):
+            probe = tuple(f"{b}@{d}" for d in ("2000-01-01", "2000-07-01") for b in BAND_NAMES)
+        check_patch_model(classifier, len(features.names(probe)))
     parallel = ParallelConfig.from_config(cfg.get("parallel"))
     check_area_config(cfg.get("evaluate"))
     return Stages(source, labeler, features, classifier, filters, vectorizers, registry, names, parallel)
