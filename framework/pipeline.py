@@ -195,8 +195,23 @@ def _check_time_stacks(st: Stages, scenes: SceneSet) -> None:
             "sample, a list of images per scene for source=local); the scenes are single images"
         )
     names = st.features.names(train.band_names)
-    if train.acquisitions and isinstance(st.classifier, PatchModel):
-        st.classifier.prepare(len(names))
+    if train.acquisitions:
+        # features made for single images (indices, context) find the bands they need only when computing:
+        # compute them on one pixel of zeros now, so a missing band is one line before any pixel is read
+        import numpy as np
+
+        from .featurize import feature_halo
+
+        zeros = np.zeros((len(train.band_names), 1, 1), dtype=np.float32)
+        extra: dict[str, Any] = {"valid": np.ones((1, 1), bool)} if feature_halo(st.features) else {}
+        if getattr(st.features, "temporal", False):
+            extra["date_valid"] = np.ones((train.n_dates, 1, 1), bool)
+        try:
+            st.features.compute(zeros, train.band_names, **extra)
+        except ConfigError as exc:
+            raise ConfigError(f"features={st.names.get('features')} on time stacks: {exc}") from None
+        if isinstance(st.classifier, PatchModel):
+            st.classifier.prepare(len(names))
 
 
 def _check_sample_size(cfg: DictConfig, classifier: Any) -> None:

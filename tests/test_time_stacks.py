@@ -182,26 +182,39 @@ def test_a_date_without_valid_pixels_is_refused_by_check(tmp_path):
         src.check(tmp_path)
 
 
-def test_cli_refuses_a_bad_stack_in_one_line(tmp_path, monkeypatch, capfd, tracking_uri):
+@pytest.mark.parametrize(
+    "order, extra, message",
+    [
+        ((1, 0), [], "in time order"),
+        (
+            (0, 1),
+            ["features=indices"],
+            "features=indices on time stacks: features.indices: the scene has no 'nir' band",
+        ),
+        ((0, 1), ["source.test_image={img0}"], "the train scene has 2 date(s), the test scene 1"),
+    ],
+)
+def test_cli_refuses_a_bad_stack_in_one_line(tmp_path, monkeypatch, capfd, tracking_uri, order, extra, message):
     from cropseg.cli import main
 
     files = _stack_files(tmp_path)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
     monkeypatch.setenv("CROPSEG_CACHE_DIR", str(tmp_path / "cache"))
-    imgs = f"[{files[1].image},{files[0].image}]"
+    imgs = f"[{files[order[0]].image},{files[order[1]].image}]"
     rc = main(
         [
             "source=local",
             f"source.train_image={imgs}",
             f"source.test_image={imgs}",
             f"source.ground_truth={files[0].ground_truth}",
+            *(e.format(img0=files[0].image) for e in extra),
         ]
     )
     err = capfd.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.startswith("cropseg: error:")]
     assert rc != 0 and "Traceback" not in err and len(lines) == 1, err
-    assert "in time order" in lines[0]
+    assert message in lines[0], lines[0]
     assert not (tmp_path / "outputs").exists() or not list((tmp_path / "outputs").rglob("metrics.json"))
 
 
