@@ -21,6 +21,18 @@ from cropseg_plugins.temporal import TemporalFeatures, fill_gaps, series_stats
 DATES = ("2017-04-01", "2017-06-15", "2017-08-20")
 
 
+@pytest.fixture
+def own_logging(monkeypatch):
+    """In-process ``cropseg`` commands configure logging (Hydra's job logging, predict's handler) on the
+    stream pytest captures for that test: give them copies of the handler lists, restored afterwards, so
+    no handler on a closed capture stream outlives the test."""
+    import logging
+
+    for name in ("", "cropseg"):
+        lg = logging.getLogger(name)
+        monkeypatch.setattr(lg, "handlers", list(lg.handlers))
+
+
 def _stack_files(tmp: Path, dates=DATES, *, shift_last: int = 0, seed: int = 0) -> list:
     """One tiny scene per date (file names start with the date, each with its metadata XML); the last date
     shifted right by ``shift_last`` pixels (another grid)."""
@@ -194,7 +206,9 @@ def test_a_date_without_valid_pixels_is_refused_by_check(tmp_path):
         ((0, 1), ["source.test_image={img0}"], "the train scene has 2 date(s), the test scene 1"),
     ],
 )
-def test_cli_refuses_a_bad_stack_in_one_line(tmp_path, monkeypatch, capfd, tracking_uri, order, extra, message):
+def test_cli_refuses_a_bad_stack_in_one_line(
+    tmp_path, monkeypatch, capfd, tracking_uri, order, extra, message, own_logging
+):
     from cropseg.cli import main
 
     files = _stack_files(tmp_path)
@@ -350,7 +364,7 @@ def test_sample_source_dates_and_use_date(tmp_path):
 
 
 @pytest.mark.slow
-def test_stack_run_tracks_every_date_and_predict_takes_a_stack(tmp_path, monkeypatch, capfd, tracking_uri):
+def test_stack_run_tracks_every_date_and_predict_takes_a_stack(tmp_path, monkeypatch, capfd, tracking_uri, own_logging):
     from mlflow import MlflowClient
 
     import cropseg
