@@ -27,12 +27,16 @@ REPO = HERE.parent
 ARMS = ("date0", "date1", "date2", "date3", "temporal", "unet")
 
 
-def run_seed(seed: int, arms: list[str], workdir: Path) -> dict[str, dict[str, float]]:
-    from mlflow import MlflowClient
-
+def run_seed(seed: int, arms: list[str], workdir: Path, report_only: bool = False) -> dict[str, dict[str, float]]:
     store = workdir / f"seed{seed}"
-    store.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{store / 'mlflow.db'}"
+    if not report_only:
+        sweep(seed, store, uri, workdir)
+    return read_runs(uri, arms)
+
+
+def sweep(seed: int, store: Path, uri: str, workdir: Path) -> None:
+    store.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, MLFLOW_TRACKING_URI=uri, CROPSEG_CACHE_DIR=str(workdir / "cache"))
     exe = Path(sys.executable).with_name("cropseg")
     cmd = [
@@ -46,7 +50,13 @@ def run_seed(seed: int, arms: list[str], workdir: Path) -> dict[str, dict[str, f
     proc = subprocess.run(cmd, cwd=store, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"seed {seed}: cropseg failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    print(f"seed {seed}: {len(arms)} runs in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+    print(f"seed {seed}: {len(ARMS)} runs in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+
+
+def read_runs(uri: str, arms: list[str]) -> dict[str, dict[str, float]]:
+    """The child runs' metrics by arm, from the store of one seed's sweep."""
+    from mlflow import MlflowClient
+
     client = MlflowClient(uri)
     out: dict[str, dict[str, float]] = {}
     for exp in client.search_experiments():
@@ -63,17 +73,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--workdir", type=Path, help="where the stores and the sample go (default: a temp dir)")
+    parser.add_argument("--report-only", action="store_true", help="read the stores already in --workdir, run nothing")
     args = parser.parse_args(argv)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="cropseg-smd-"))
     arms = list(ARMS)
-    per_seed = {s: run_seed(s, arms, workdir) for s in args.seeds}
+    per_seed = {s: run_seed(s, arms, workdir, args.report_only) for s in args.seeds}
     rows: dict[str, list[tuple[float, float]]] = {}
     for _, runs in per_seed.items():
         for arm, m in runs.items():
-            rows.setdefault(arm, []).append((m["test_crop_f1"], m.get("test_crop_iou", float("nan"))))
-        singles = [
-            (m["test_crop_f1"], m.get("test_crop_iou", float("nan"))) for a, m in runs.items() if a.startswith("date")
-        ]
+            rows.setdefault(arm, []).append((m["test_crop_f1"], m["test_iou"]))
+        singles = [(m["test_crop_f1"], m["test_iou"]) for a, m in runs.items() if a.startswith("date")]
         if singles:
             rows.setdefault("best single date", []).append(max(singles))
 
@@ -83,13 +92,13 @@ def main(argv: list[str] | None = None) -> None:
         return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
     print(f"seeds {args.seeds}, workdir {workdir}\n")
-    print("| arm | test crop F1 (mean ± sd over seeds) | test crop IoU | seeds |")
+    print("| arm | test crop F1 (mean ± sd over seeds) | test crop IoU | per seed (crop F1) |")
     print("|---|---|---|---|")
     for arm in [*arms, "best single date"]:
         if arm in rows:
             f1 = [v[0] for v in rows[arm]]
             iou = [v[1] for v in rows[arm]]
-            print(f"| {arm} | {fmt(f1)} | {fmt(iou)} | {len(f1)} |")
+            print(f"| {arm} | {fmt(f1)} | {fmt(iou)} | {', '.join(f'{v:.3f}' for v in f1)} |")
 
 
 if __name__ == "__main__":
