@@ -53,11 +53,26 @@ def predict_command(argv: Sequence[str]) -> int:
         "Recorded as an MLflow run linked to the model's training run.",
     )
     parser.add_argument("model_uri", help="runs:/<run_id>/model, models:/<name>/<version> or models:/<name>@<alias>")
-    parser.add_argument("image", help="the scene: a 4-band GeoTIFF (blue, green, red, NIR DN)")
-    parser.add_argument("--metadata", help="the scene's Planet metadata XML (DN -> TOA reflectance coefficients)")
+    parser.add_argument(
+        "image",
+        nargs="+",
+        help="the scene: a 4-band GeoTIFF (blue, green, red, NIR DN); for a model trained on a time stack, "
+        "one GeoTIFF per date in time order",
+    )
+    parser.add_argument(
+        "--metadata",
+        action="append",
+        help="the scene's Planet metadata XML (DN -> TOA reflectance coefficients); a stack: once per date",
+    )
     parser.add_argument("--scale", type=float, help="reflectance = DN * SCALE instead (overrides the model's setting)")
     parser.add_argument("--aoi", help="predict only inside this AOI (any vector file)")
-    parser.add_argument("--udm", help="usable-data raster (band 1 > 0 = clear)")
+    parser.add_argument(
+        "--udm", action="append", help="usable-data raster (band 1 > 0 = clear); a stack: once per date"
+    )
+    parser.add_argument(
+        "--dates",
+        help="a stack's dates, comma-separated YYYY-MM-DD in time order (default: from the metadata XMLs or file names)",
+    )
     parser.add_argument("--nodata", type=float, help="DN of missing pixels (default: as in training)")
     parser.add_argument(
         "--ground-truth",
@@ -120,13 +135,15 @@ def predict_command(argv: Sequence[str]) -> int:
             if not args.serial
             else {"backend": "serial"}
         )
+        one = len(args.image) == 1
         result = predict(
             args.model_uri,
-            args.image,
-            metadata=args.metadata,
+            args.image[0] if one else args.image,
+            metadata=args.metadata[0] if one and args.metadata and len(args.metadata) == 1 else args.metadata,
             scale=args.scale,
             aoi=args.aoi,
-            udm=args.udm,
+            udm=args.udm[0] if one and args.udm and len(args.udm) == 1 else args.udm,
+            dates=[d.strip() for d in args.dates.split(",") if d.strip()] if args.dates else None,
             nodata=args.nodata,
             ground_truth=args.ground_truth,
             attribute=args.attribute,

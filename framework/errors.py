@@ -172,3 +172,7 @@ def as_output_error(exc: BaseException, what: str, path: object, store: object =
     ):
         return OutputError.from_os_error("the tracking store", store, exc)
     return OutputError.from_os_error(what, path, exc)
+
+
+class StackError(CropsegError, ValueError):
+    """A time stack of images that cannot be read as one scene (dates, band counts, overlap, coverage)."""

@@ -38,7 +38,10 @@ class PipelineSpec:
     ``reflectance``: ``{"mode": "toa_xml"}`` (per-band ``reflectanceCoefficient`` of the new scene's Planet
     metadata XML), ``{"mode": "scale", "scale": s}`` (``DN * s``) or ``{"mode": "gains", "gains": [...]}``,
     plus ``offsets``. ``bands`` are the file band indexes of ``band_names``; ``band_count`` and
-    ``crs_units`` describe the scenes the model was trained on (new scenes must match).
+    ``crs_units`` describe the scenes the model was trained on (new scenes must match). ``dates``: the
+    training scene's dates when it was a time stack (a new scene must be a stack of as many dates; pixel
+    rows for the served model then hold ``band_names``, i.e. every band of date 1, then date 2..., with
+    all bands 0 on a date that is a gap).
     ``features``/``labeler`` are ``{"name", "options"}``; ``filters``/``vectorizers`` lists of them.
     """
 
@@ -59,6 +62,7 @@ class PipelineSpec:
     plugins: dict[str, str] = field(default_factory=dict)
     synthetic: bool = False
     source_run_id: str | None = None
+    dates: list[str] = field(default_factory=list)
     cropseg_version: str = ""
     spec_version: int = SPEC_VERSION
 
@@ -147,6 +151,7 @@ def pipeline_spec(
         plugins=plugins,
         synthetic=bool(synthetic),
         source_run_id=run_id,
+        dates=list(scene.dates),
         cropseg_version=__version__,
     )
 
@@ -247,7 +252,107 @@ class InferencePipeline:
         return np.asarray(self.classifier.predict(F)).astype(np.int64)
 
     # -- scenes ----------------------------------------------------------------------------------------
+    def check_stack_length(self, n_images: int, first: Path | str) -> None:
+        """One line when ``n_images`` images do not fit the model: a model trained on a time stack of T
+        dates takes T images (in time order), a single-date model one."""
+        want = len(self.spec.dates) if len(self.spec.dates) >= 2 else 1
+        if n_images == want:
+            return
+        if want == 1:
+            raise ModelInputError(
+                f"{first}: the model was trained on single images; give one image, got a stack of {n_images}"
+            )
+        raise ModelInputError(
+            f"{first}: the model was trained on a time stack of {want} dates ({', '.join(self.spec.dates)}); "
+            f"give {want} images of one place, one per date in time order, got {n_images}"
+        )
+
+    def stack_scene(
+        self,
+        images: Sequence[Path | str],
+        *,
+        metadata: Sequence[Path | str | None] | None = None,
+        udm: Sequence[Path | str | None] | None = None,
+        dates: Sequence[str] | None = None,
+        date_pattern: str | None = None,
+        scale: float | None = None,
+        aoi: Path | str | None = None,
+        nodata: float | None = None,
+        name: str | None = None,
+        ground_truth: Any = None,
+    ) -> Scene:
+        """A time-stack :class:`Scene` of ``images`` (one per date, in time order) for a model trained on
+        a stack of as many dates; each date checked as :meth:`scene` checks one image (band count, CRS
+        units, reflectance), the stack as :func:`cropseg.scenes.build_stack` does. Dates: ``dates``,
+        else each date's metadata XML, else the file name (``date_pattern``)."""
+        from .scenes import DATE_PATTERN, build_stack, date_from_name, parse_date
+        from .types import Acquisition
+
+        self.check_stack_length(len(images), images[0])
+        n = len(images)
+        for opt, values in (("--metadata", metadata), ("--udm", udm), ("--dates", dates)):
+            if values is not None and len(values) != n:
+                raise ModelInputError(f"{opt}: one per image ({n} images), got {len(values)}")
+        metas = list(metadata) if metadata is not None else [None] * n
+        udms = list(udm) if udm is not None else [None] * n
+        acqs = []
+        first: Scene | None = None
+        for i, img in enumerate(images):
+            sc = self._image_scene(
+                img, metadata=metas[i], scale=scale, aoi=aoi if i == 0 else None, udm=udms[i], nodata=nodata
+            )
+            first = first or sc
+            if dates is not None:
+                when = parse_date(dates[i], "dates")
+            elif sc.metadata.get("acquired"):
+                when = parse_date(sc.metadata["acquired"], "metadata")
+            else:
+                found = date_from_name(sc.path, date_pattern or DATE_PATTERN, "image")
+                if found is None:
+                    raise ModelInputError(f"{sc.path}: no date (give --dates, --metadata or a dated file name)")
+                when = found
+            acqs.append(
+                Acquisition(
+                    date=when,
+                    path=sc.path,
+                    gains=sc.gains,
+                    offsets=sc.offsets,
+                    bands=sc.bands,
+                    nodata=sc.nodata,
+                    usable_path=sc.usable_path,
+                    metadata=dict(sc.metadata),
+                )
+            )
+        assert first is not None
+        return build_stack(
+            name or first.name,
+            acqs,
+            ground_truth=ground_truth,
+            metadata=dict(first.metadata),
+            option="dates",
+            aoi=first.aoi,
+        )
+
     def scene(
+        self,
+        image: Path | str,
+        *,
+        metadata: Path | str | None = None,
+        scale: float | None = None,
+        aoi: Path | str | None = None,
+        udm: Path | str | None = None,
+        nodata: float | None = None,
+        name: str | None = None,
+        ground_truth: Any = None,
+    ) -> Scene:
+        """A :class:`Scene` for one new GeoTIFF (see :meth:`_image_scene`); a model trained on a time stack
+        refuses it in one line (:meth:`stack_scene` takes stacks)."""
+        self.check_stack_length(1, image)
+        return self._image_scene(
+            image, metadata=metadata, scale=scale, aoi=aoi, udm=udm, nodata=nodata, name=name, ground_truth=ground_truth
+        )
+
+    def _image_scene(
         self,
         image: Path | str,
         *,
@@ -271,9 +376,11 @@ class InferencePipeline:
             synthetic = str(src.tags().get("SYNTHETIC", "")).lower() == "true"
             grid = Grid(src.crs, src.transform, src.width, src.height)
         if count != spec.band_count:
+            per_date = f"{len(spec.bands)} per date, " if spec.dates else ""
             raise RasterFormatError(
                 f"{image}: the model expects {spec.band_count} bands "
-                f"({', '.join(spec.band_names)}), the scene has {count}"
+                f"({per_date}{', '.join(spec.band_names[: len(spec.bands)] if spec.dates else spec.band_names)}), "
+                f"the scene has {count}"
             )
         if crs is None or transform.is_identity:
             raise RasterFormatError(f"{image}: the raster has no georeferencing (CRS and transform)")

@@ -56,7 +56,8 @@ def _digest(*parts: Any) -> str:
 
 
 def scene_refs(scene: Any, context: str) -> list[DataRef]:
-    """The scene's image (with the window, bands and gains the run read) and its ground truth file."""
+    """The scene's image (with the window, bands and gains the run read) and its ground truth file; a time
+    stack gives one ``scene`` input per date (its file, bands, gains, window and date)."""
     meta = getattr(scene, "metadata", {}) or {}
     scene_id = meta.get("scene_id") or Path(scene.path).stem
     window = getattr(scene, "window", None)
@@ -65,9 +66,25 @@ def scene_refs(scene: Any, context: str) -> list[DataRef]:
         if window is None
         else f"{int(window.col_off)},{int(window.row_off)},{int(window.width)},{int(window.height)}"
     )
-    digest = _digest(file_digest(scene.path), win, tuple(scene.bands), tuple(round(g, 12) for g in scene.gains))
-    label = f"{scene_id}" + (f" [{win}]" if win else "")
-    refs = [DataRef(f"{context} scene {label}", str(Path(scene.path).resolve()), digest, context, "scene")]
+    acquisitions = getattr(scene, "acquisitions", ())
+    refs = []
+    if acquisitions:
+        for a in acquisitions:
+            a_id = (a.metadata or {}).get("scene_id") or Path(a.path).stem
+            digest = _digest(
+                file_digest(a.path),
+                win,
+                tuple(a.bands),
+                tuple(round(g, 12) for g in a.gains),
+                a.date,
+                "" if a.usable_path is None else file_digest(a.usable_path),
+            )
+            label = f"{a.date} {a_id}" + (f" [{win}]" if win else "")
+            refs.append(DataRef(f"{context} scene {label}", str(Path(a.path).resolve()), digest, context, "scene"))
+    else:
+        digest = _digest(file_digest(scene.path), win, tuple(scene.bands), tuple(round(g, 12) for g in scene.gains))
+        label = f"{scene_id}" + (f" [{win}]" if win else "")
+        refs.append(DataRef(f"{context} scene {label}", str(Path(scene.path).resolve()), digest, context, "scene"))
     gt = getattr(scene, "ground_truth", None)
     if gt is not None:
         options = {k: v for k, v in vars(gt).items() if k != "path"}

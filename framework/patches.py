@@ -23,6 +23,7 @@ import rasterio
 from rasterio.windows import Window
 
 from .errors import ConfigError, LabelError, PluginError
+from .featurize import block_features
 from .types import CROP, IGNORE, NONCROP, EpochCallback, Features, LabelRaster, PatchModel, PatchSet, Scene
 
 log = logging.getLogger("cropseg")
@@ -172,7 +173,7 @@ def _read_patches(
         for i, (r, c) in enumerate(zip(rows, cols)):
             w = Window(int(c), int(r), p, p)
             blk = reader.read(w)
-            X[i] = features.compute(blk.reflectance, scene.band_names)
+            X[i] = block_features(features, blk, scene.band_names)
             lab_w = lab.read(1, window=w)
             y[i] = np.where(blk.valid, lab_w, IGNORE)
     return PatchSet(X, y, np.stack([rows, cols], axis=1) if len(rows) else np.zeros((0, 2), np.int64), names)
@@ -346,7 +347,7 @@ def predict_patch_block(ctx: PatchPredictContext, window: Window) -> tuple[np.nd
                 valid = blk.valid[core]
                 if not valid.any():
                     continue
-                feats = ctx.features.compute(blk.reflectance, ctx.scene.band_names)
+                feats = block_features(ctx.features, blk, ctx.scene.band_names)
                 t = time.perf_counter()
                 pred = np.asarray(ctx.model.predict_block(np.ascontiguousarray(feats, dtype=np.float32), blk.valid))
                 secs += time.perf_counter() - t

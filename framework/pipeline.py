@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from . import __version__
 from .area_sample import area_metrics, check_area_config
 from .config import flatten, instantiate, plugin_options, postprocessor_nodes, redact
-from .errors import ConfigError, LabelError, PluginError, as_output_error
+from .errors import ConfigError, LabelError, PluginError, StackError, as_output_error
 from .evaluate import classification_report, confusion_from_rasters, iou, report_metrics
 from .lineage import TESTING, TRAINING, scene_refs
 from .naming import chosen_label, run_label
@@ -34,7 +34,18 @@ from .scene_ops import apply_filters, predict_scene
 from .schema import check_framework_options
 from .signals import raise_if_received
 from .tracking import TAG_PREFIX, Tracker, git_commit
-from .types import BAND_NAMES, Classifier, Features, Labeler, MaskFilter, PatchModel, Scene, Source, Vectorizer
+from .types import (
+    BAND_NAMES,
+    Classifier,
+    Features,
+    Labeler,
+    MaskFilter,
+    PatchModel,
+    Scene,
+    SceneSet,
+    Source,
+    Vectorizer,
+)
 
 log = logging.getLogger("cropseg")
 
@@ -157,10 +168,50 @@ def build_stages(cfg: DictConfig, registry: Registry | None = None) -> Stages:
         from .patches import PatchOptions, check_patch_model
 
         PatchOptions.from_config(cfg.get("train", {}).get("patches"))
-        check_patch_model(classifier, len(features.names(BAND_NAMES)))
+        # the real channel count (dates x features of a time stack) is set again once the scenes are known
+        # (_check_time_stacks); temporal features are probed on a two-date stack of the four bands
+        probe: tuple[str, ...] = BAND_NAMES
+        if getattr(features, "temporal", False):
+            probe = tuple(f"{b}@{d}" for d in ("2000-01-01", "2000-07-01") for b in BAND_NAMES)
+        check_patch_model(classifier, len(features.names(probe)))
     parallel = ParallelConfig.from_config(cfg.get("parallel"))
     check_area_config(cfg.get("evaluate"))
     return Stages(source, labeler, features, classifier, filters, vectorizers, registry, names, parallel)
+
+
+def _check_time_stacks(st: Stages, scenes: SceneSet) -> None:
+    """Before any pixel is read: train and test have the same number of dates and bands; features that
+    need a time stack (``temporal``) get one; the feature names (bands and indices the scene must have)
+    resolve; a patch model learns its input channel count (dates x features) from the stack."""
+    train, test = scenes.train, scenes.test
+    if train.n_dates != test.n_dates or len(train.bands) != len(test.bands):
+        raise StackError(
+            f"source: the train scene has {train.n_dates} date(s) of {len(train.bands)} bands, the test scene "
+            f"{test.n_dates} of {len(test.bands)}; a model needs the same dates x bands in both"
+        )
+    if getattr(st.features, "temporal", False) and train.n_dates < 2:
+        raise ConfigError(
+            f"features={st.names.get('features')}: needs time stacks of two or more dates (source.dates=N for the "
+            "sample, a list of images per scene for source=local); the scenes are single images"
+        )
+    names = st.features.names(train.band_names)
+    if train.acquisitions:
+        # features made for single images (indices, context) find the bands they need only when computing:
+        # compute them on one pixel of zeros now, so a missing band is one line before any pixel is read
+        import numpy as np
+
+        from .featurize import feature_halo
+
+        zeros = np.zeros((len(train.band_names), 1, 1), dtype=np.float32)
+        extra: dict[str, Any] = {"valid": np.ones((1, 1), bool)} if feature_halo(st.features) else {}
+        if getattr(st.features, "temporal", False):
+            extra["date_valid"] = np.ones((train.n_dates, 1, 1), bool)
+        try:
+            st.features.compute(zeros, train.band_names, **extra)
+        except ConfigError as exc:
+            raise ConfigError(f"features={st.names.get('features')} on time stacks: {exc}") from None
+        if isinstance(st.classifier, PatchModel):
+            st.classifier.prepare(len(names))
 
 
 def _check_sample_size(cfg: DictConfig, classifier: Any) -> None:
@@ -336,6 +387,11 @@ def _run_stages(cfg: DictConfig, st: Stages, rl: Any, out: Path, t_start: float)
         }
     )
     metrics["source_seconds"] = time.perf_counter() - t
+    _check_time_stacks(st, scenes)
+    if scenes.train.acquisitions:
+        rl.log_params(
+            {f"{role}.dates": ",".join(sc.dates) for role, sc in (("train", scenes.train), ("test", scenes.test))}
+        )
     rl.log_datasets([*scene_refs(scenes.train, TRAINING), *scene_refs(scenes.test, TESTING)])
     if _same_scene(scenes.train, scenes.test):
         log.warning("the test scene is the training scene (%s): test metrics are not held-out scores", scenes.test.path)

@@ -28,7 +28,7 @@ import numpy as np
 import rasterio
 
 from . import __version__
-from .errors import ConfigError, InputFileError, as_output_error
+from .errors import ConfigError, InputFileError, ModelInputError, as_output_error
 from .evaluate import classification_report, confusion_from_rasters, iou, report_metrics
 from .lineage import PREDICTION, scene_refs
 from .parallel import BlockExecutor, ParallelConfig, use_executor
@@ -97,12 +97,13 @@ class PredictResult:
 
 def predict(
     model_uri: str,
-    image: str | Path,
+    image: str | Path | Sequence[str | Path],
     *,
-    metadata: str | Path | None = None,
+    metadata: str | Path | Sequence[str | Path] | None = None,
     scale: float | None = None,
     aoi: str | Path | None = None,
-    udm: str | Path | None = None,
+    udm: str | Path | Sequence[str | Path] | None = None,
+    dates: Sequence[str] | None = None,
     nodata: float | None = None,
     ground_truth: str | Path | None = None,
     attribute: str = "CLASS1",
@@ -120,6 +121,9 @@ def predict(
     reference_sample: str | Path | None = None,
 ) -> PredictResult:
     """Predict crop / non-crop on ``image`` with the model at ``model_uri``; see the module docstring.
+
+    A model trained on a time stack takes a list of images (one per date, in time order; ``metadata`` and
+    ``udm`` then lists of as many, ``dates`` optional); the number of dates is checked before the run.
 
     ``reference_sample``: a labelled stratified sample of this scene's mask (``cropseg sample-design``,
     field ``reference``: 1 crop, 0 non-crop) for the error-adjusted crop area (:mod:`cropseg.area`).
@@ -148,7 +152,19 @@ def predict(
     tracker = Tracker(uri, experiment)
     model = load_pipeline_model(uri, model_uri)
     pipe = model.pipeline
-    image = Path(image).expanduser()
+    images = (
+        [Path(p).expanduser() for p in image] if isinstance(image, list | tuple) else [Path(image).expanduser()]  # type: ignore[arg-type]
+    )
+    pipe.check_stack_length(len(images), images[0])
+    image = images[0]
+    one_meta: Any = metadata
+    one_udm: Any = udm
+    if not pipe.spec.dates:  # one image: one metadata XML and one udm at most
+        for opt, value in (("--metadata", metadata), ("--udm", udm)):
+            if isinstance(value, list | tuple) and len(value) != 1:
+                raise ModelInputError(f"{opt}: one file for one image, got {len(value)}")
+        one_meta = metadata[0] if isinstance(metadata, list | tuple) else metadata
+        one_udm = udm[0] if isinstance(udm, list | tuple) else udm
     tags = {
         f"{TAG_PREFIX}kind": "prediction",
         f"{TAG_PREFIX}model_uri": model_uri,
@@ -190,11 +206,26 @@ def predict(
                     layer=layer,
                     option="--ground-truth",
                 )
-            scene = pipe.scene(image, metadata=metadata, scale=scale, aoi=aoi, udm=udm, nodata=nodata, ground_truth=gt)
+            if pipe.spec.dates:
+                as_list = lambda v: None if v is None else (list(v) if isinstance(v, list | tuple) else [v])  # noqa: E731
+                scene = pipe.stack_scene(
+                    images,
+                    metadata=as_list(metadata),
+                    udm=as_list(udm),
+                    dates=dates,
+                    scale=scale,
+                    aoi=aoi,
+                    nodata=nodata,
+                    ground_truth=gt,
+                )
+            else:
+                scene = pipe.scene(
+                    image, metadata=one_meta, scale=scale, aoi=aoi, udm=one_udm, nodata=nodata, ground_truth=gt
+                )
             rl.log_params(
                 {
                     "model_uri": model_uri,
-                    "image": str(image),
+                    "image": ",".join(str(p) for p in images),
                     "metadata": metadata,
                     "scale": scale,
                     "aoi": aoi,

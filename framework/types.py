@@ -120,11 +120,35 @@ class Block:
     window: Window
     reflectance: np.ndarray
     valid: np.ndarray
+    #: time stacks only: ``(dates, h, w)`` valid mask of each date (``valid`` is then "valid on at least
+    #: one date"); reflectance of a date where that date is invalid is 0
+    date_valid: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """One date of a time-stack :class:`Scene`: a file (or the date's bands of a stacked file), its
+    DN -> reflectance gains and offsets, nodata and optional usable-data raster, and its date.
+
+    ``date`` is an ISO date ``YYYY-MM-DD``. Files on another grid than the scene's first date are read
+    warped onto that grid (rasterio ``WarpedVRT``, window by window; nearest neighbour by default).
+    """
+
+    date: str
+    path: Path
+    gains: tuple[float, ...]
+    offsets: tuple[float, ...] = ()
+    bands: tuple[int, ...] = (1, 2, 3, 4)
+    nodata: float | None = None
+    usable_path: Path | None = None
+    usable_band: int = 1
+    metadata: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Scene:
-    """A file-backed 4-band scene; nothing is read until a window is asked for.
+    """A file-backed 4-band scene (or a time stack of several dates); nothing is read until a window is
+    asked for.
 
     ``window`` restricts the scene to part of the file (e.g. an AOI's bounding box): the scene's grid is
     then that window's grid. Reflectance is ``DN * gains[b] + offsets[b]`` per band (Planet's
@@ -132,6 +156,13 @@ class Scene:
     equals ``nodata`` (or the file's own mask says valid when there is no nodata value), where the
     optional usable-data raster says clear, and inside the optional ``aoi`` (a shapely geometry in the
     scene CRS).
+
+    A **time stack** lists its dates in ``acquisitions`` (2..N, sorted, unique; built and checked by
+    :func:`cropseg.scenes.build_stack`): the scene's own ``path``, ``gains``, ``bands``, ``nodata`` and
+    usable raster are those of the first date, whose grid (cut by ``window``) is the scene's grid; the
+    other dates are read onto it. A block then holds ``dates x bands`` reflectance (date-major, named
+    ``<band>@<date>``), the valid mask of each date (``Block.date_valid``) and ``valid`` = valid on at
+    least one date. A single-image scene has no ``acquisitions`` and reads exactly as before.
     """
 
     name: str
@@ -146,6 +177,23 @@ class Scene:
     usable_band: int = 1
     ground_truth: GroundTruth | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    acquisitions: tuple[Acquisition, ...] = ()
+    #: resampling of dates on another grid than the first (a rasterio Resampling name)
+    resampling: str = "nearest"
+
+    @property
+    def dates(self) -> tuple[str, ...]:
+        """The ISO dates of a time stack; ``()`` for a single image."""
+        return tuple(a.date for a in self.acquisitions)
+
+    @property
+    def n_dates(self) -> int:
+        return max(1, len(self.acquisitions))
+
+    @property
+    def base_band_names(self) -> tuple[str, ...]:
+        """The band names of one date (blue, green, red, nir)."""
+        return BAND_NAMES[: len(self.bands)]
 
     @cached_property
     def grid(self) -> Grid:
@@ -159,13 +207,21 @@ class Scene:
 
     @property
     def band_names(self) -> tuple[str, ...]:
-        return BAND_NAMES[: len(self.bands)]
+        """Band names; for a time stack ``<band>@<date>``, date-major (every band of date 1, then date 2...)."""
+        base = self.base_band_names
+        if not self.acquisitions:
+            return base
+        return tuple(f"{b}@{d}" for d in self.dates for b in base)
 
     @contextmanager
     def reader(self) -> Iterator[SceneReader]:
         """Open the scene's files once for many window reads."""
         import rasterio
 
+        if self.acquisitions:
+            with StackReader.open(self) as stack:
+                yield stack
+            return
         with rasterio.open(self.path) as src:
             usable = rasterio.open(self.usable_path) if self.usable_path else None
             try:
@@ -201,44 +257,165 @@ class SceneReader:
     def read(self, window: Window) -> Block:
         """Reflectance and valid mask for ``window``; parts outside the file read as invalid, and so do
         NaN and +-inf pixels."""
-        import rasterio.errors
-
-        fwin = self._file_window(window)
-        nodata = self.scene.nodata
-        fill = nodata if nodata is not None else 0
-        try:
-            dn = self.src.read(list(self.scene.bands), window=fwin, boundless=True, fill_value=fill)
-        except rasterio.errors.RasterioError as exc:  # a truncated or corrupt file fails only when read
-            from .errors import InputFileError
-
-            raise InputFileError(
-                f"{self.scene.path}: cannot read pixels (truncated or corrupt file?): "
-                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-            ) from None
-        if nodata is not None:
-            valid = ~np.all(dn == nodata, axis=0)
-        else:
-            masks = self.src.read_masks(list(self.scene.bands), window=fwin, boundless=True)
-            valid = np.all(masks > 0, axis=0)
-        # boundless reads outside the file are invalid whatever the fill value
-        valid &= _inside_mask(fwin, self.src.height, self.src.width)
-        if self.usable is not None:
-            clear = self.usable.read(self.scene.usable_band, window=fwin, boundless=True, fill_value=0)
-            valid &= clear > 0
-        if self.scene.aoi is not None:
-            from rasterio.features import geometry_mask
-
-            h, w = valid.shape
-            valid &= geometry_mask(
-                [self.scene.aoi], out_shape=(h, w), transform=self.grid.window_transform(window), invert=True
-            )
-        with np.errstate(invalid="ignore", over="ignore"):
-            refl = dn.astype(np.float32) * self._gains + self._offsets
-        if not np.isfinite(refl).all():
-            # NaN and +-inf (in a float scene, or DN beyond float32) are nodata, like the nodata value
-            valid &= np.isfinite(refl).all(axis=0)
+        s = self.scene
+        refl, valid = _read_dn_window(
+            self.src,
+            self.usable,
+            s.path,
+            s.bands,
+            self._gains,
+            self._offsets,
+            s.nodata,
+            s.usable_band,
+            self._file_window(window),
+        )
+        if s.aoi is not None:
+            _apply_aoi(valid, s.aoi, self.grid.window_transform(window))
         refl[:, ~valid] = 0.0
         return Block(window, refl, valid)
+
+
+class StackReader(SceneReader):
+    """Reads windows of a time-stack :class:`Scene`: every date on the first date's grid (dates on
+    another grid through a ``WarpedVRT``, windowed), ``dates x bands`` reflectance and per-date masks."""
+
+    def __init__(self, scene: Scene, dates: list[tuple[Acquisition, Any, Any]]):
+        self.scene = scene
+        self.grid = scene.grid
+        self.src = dates[0][1]
+        self.usable = dates[0][2]
+        self._dates = [
+            (
+                a,
+                src,
+                usable,
+                np.asarray(a.gains, dtype=np.float32)[:, None, None],
+                np.asarray(a.offsets or (0.0,) * len(a.bands), dtype=np.float32)[:, None, None],
+            )
+            for a, src, usable in dates
+        ]
+
+    @classmethod
+    @contextmanager
+    def open(cls, scene: Scene) -> Iterator[StackReader]:
+        from contextlib import ExitStack
+
+        import rasterio
+        from rasterio.enums import Resampling
+        from rasterio.vrt import WarpedVRT
+
+        resampling = Resampling[scene.resampling]
+        with ExitStack() as stack:
+            base = stack.enter_context(rasterio.open(scene.acquisitions[0].path))
+            opened = []
+            for a in scene.acquisitions:
+                src = stack.enter_context(rasterio.open(a.path))
+                same = (
+                    src.crs == base.crs
+                    and (src.width, src.height) == (base.width, base.height)
+                    and src.transform.almost_equals(base.transform)
+                )
+                grid = dict(crs=base.crs, transform=base.transform, width=base.width, height=base.height)
+                if not same:
+                    extra: dict[str, Any] = {"nodata": a.nodata} if a.nodata is not None else {"add_alpha": True}
+                    src = stack.enter_context(WarpedVRT(src, resampling=resampling, **grid, **extra))
+                usable = None
+                if a.usable_path is not None:
+                    usable = stack.enter_context(rasterio.open(a.usable_path))
+                    if not same:
+                        usable = stack.enter_context(WarpedVRT(usable, resampling=Resampling.nearest, nodata=0, **grid))
+                opened.append((a, src, usable))
+            yield cls(scene, opened)
+
+    def read(self, window: Window) -> Block:
+        """``(dates * bands, h, w)`` reflectance (0 where a date is invalid), the per-date valid masks
+        ``(dates, h, w)`` and ``valid`` = valid on at least one date (and inside the AOI)."""
+        fwin = self._file_window(window)
+        h, w = int(window.height), int(window.width)
+        nb = len(self.scene.bands)
+        refl = np.zeros((len(self._dates) * nb, h, w), dtype=np.float32)
+        date_valid = np.zeros((len(self._dates), h, w), dtype=bool)
+        for t, (a, src, usable, gains, offsets) in enumerate(self._dates):
+            r, v = _read_dn_window(src, usable, a.path, a.bands, gains, offsets, a.nodata, a.usable_band, fwin)
+            r[:, ~v] = 0.0
+            refl[t * nb : (t + 1) * nb] = r
+            date_valid[t] = v
+        valid: np.ndarray = np.asarray(date_valid.any(axis=0))
+        if self.scene.aoi is not None:
+            _apply_aoi(valid, self.scene.aoi, self.grid.window_transform(window))
+            date_valid &= valid[None]
+        refl[:, ~valid] = 0.0
+        return Block(window, refl, valid, date_valid)
+
+
+def _read_dn_window(
+    src: Any,
+    usable: Any,
+    path: Path,
+    bands: Sequence[int],
+    gains: np.ndarray,
+    offsets: np.ndarray,
+    nodata: float | None,
+    usable_band: int,
+    fwin: Window,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Reflectance ``(bands, h, w)`` and valid mask of file window ``fwin`` (invalid pixels not zeroed)."""
+    import rasterio.errors
+
+    fill = nodata if nodata is not None else 0
+    try:
+        dn = _boundless(src, list(bands), fwin, fill)
+    except rasterio.errors.RasterioError as exc:  # a truncated or corrupt file fails only when read
+        from .errors import InputFileError
+
+        raise InputFileError(
+            f"{path}: cannot read pixels (truncated or corrupt file?): "
+            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        ) from None
+    if nodata is not None:
+        valid = ~np.all(dn == nodata, axis=0)
+    else:
+        masks = _boundless(src, list(bands), fwin, 0, masks=True)
+        valid = np.all(masks > 0, axis=0)
+    # boundless reads outside the file are invalid whatever the fill value
+    valid &= _inside_mask(fwin, src.height, src.width)
+    if usable is not None:
+        clear = _boundless(usable, [usable_band], fwin, 0)[0]
+        valid &= clear > 0
+    with np.errstate(invalid="ignore", over="ignore"):
+        refl = dn.astype(np.float32) * gains + offsets
+    if not np.isfinite(refl).all():
+        # NaN and +-inf (in a float scene, or DN beyond float32) are nodata, like the nodata value
+        valid &= np.isfinite(refl).all(axis=0)
+    return refl, valid
+
+
+def _boundless(src: Any, indexes: list[int], fwin: Window, fill: float, masks: bool = False) -> np.ndarray:
+    """``src.read`` (or ``read_masks``) of ``fwin`` with the parts outside the raster set to ``fill``; a
+    ``WarpedVRT`` (no boundless reads) reads the part inside and is padded by hand."""
+    from rasterio.vrt import WarpedVRT
+    from rasterio.windows import Window
+
+    if not isinstance(src, WarpedVRT):
+        if masks:
+            return src.read_masks(indexes, window=fwin, boundless=True)
+        return src.read(indexes, window=fwin, boundless=True, fill_value=fill)
+    r0, c0, h, w = int(fwin.row_off), int(fwin.col_off), int(fwin.height), int(fwin.width)
+    rr0, cc0 = max(r0, 0), max(c0, 0)
+    rr1, cc1 = min(r0 + h, src.height), min(c0 + w, src.width)
+    out = np.full((len(indexes), h, w), fill, dtype="uint8" if masks else src.dtypes[indexes[0] - 1])
+    if rr1 > rr0 and cc1 > cc0:
+        inner = Window(cc0, rr0, cc1 - cc0, rr1 - rr0)
+        part = src.read_masks(indexes, window=inner) if masks else src.read(indexes, window=inner)
+        out[:, rr0 - r0 : rr1 - r0, cc0 - c0 : cc1 - c0] = part
+    return out
+
+
+def _apply_aoi(valid: np.ndarray, aoi: Any, transform: Affine) -> None:
+    from rasterio.features import geometry_mask
+
+    h, w = valid.shape
+    valid &= geometry_mask([aoi], out_shape=(h, w), transform=transform, invert=True)
 
 
 def _inside_mask(window: Window, height: int, width: int) -> np.ndarray:

@@ -4,6 +4,11 @@ Generated deterministically from ``seed`` by :mod:`cropseg_plugins.sample.synth`
 once (analytic GeoTIFF, Planet-schema metadata XML, DWR-style ground truth GeoJSON) and reused; the
 scenes then go through the same code as real ones: reflectance from the XML coefficients, ground truth
 from the GeoJSON.
+
+``dates=N`` (2 or more) generates instead the SYNTHETIC multi-date sample of
+:mod:`cropseg_plugins.sample.multidate`: each scene is a time stack of N acquisitions over one growing
+season (phenology curves of several crop types, grassland / fallow / shrub that no single date separates
+from crop, clouds with udm2 masks on some dates). ``dates=1`` (the default) is the single-date sample.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from cropseg.types import Scene, SceneSet, VectorGroundTruth
 GENERATOR_VERSION = 1
 #: largest side of a synthetic scene in pixels
 MAX_SIDE = 20000
+#: most dates of the multi-date sample
+MAX_DATES = 24
 # (role, seed offset, top-left UTM 10N easting/northing, acquisition) - the test scene lies ~15 km east
 SCENES = (
     ("train", 0, 626000.0, 4243000.0, datetime(2017, 6, 1, 18, 4, 25, tzinfo=timezone.utc)),
@@ -30,7 +37,16 @@ SCENES = (
 class SampleSource:
     synthetic = True
 
-    def __init__(self, size: int | list[int] = 1000, seed: int = 42):
+    def __init__(self, size: int | list[int] = 1000, seed: int = 42, dates: int = 1, use_date: int | None = None):
+        if not 1 <= int(dates) <= MAX_DATES:
+            raise ConfigError(f"source.dates: 1 (single-date sample) to {MAX_DATES} dates, got {dates!r}")
+        if use_date is not None and not (dates > 1 and 0 <= int(use_date) < int(dates)):
+            raise ConfigError(
+                f"source.use_date: the index (0..{int(dates) - 1}) of one date of the multi-date sample "
+                f"(source.dates >= 2), got {use_date!r} with source.dates={dates}"
+            )
+        self.dates = int(dates)
+        self.use_date = None if use_date is None else int(use_date)
         if not isinstance(size, int) and len(size) != 2:
             raise ConfigError(f"source.size={list(size)}: one side or [height, width]")
         h, w = (size, size) if isinstance(size, int) else tuple(size)
@@ -47,10 +63,11 @@ class SampleSource:
         """Before a run starts: the scenes not yet generated fit on the cache's disk (uncompressed estimate)."""
         import shutil
 
-        folder = Path(workdir) / f"v{GENERATOR_VERSION}-seed{self.seed}-{self.width}x{self.height}"
-        if folder.is_dir() and len(list(folder.glob("*_AnalyticMS.tif"))) >= len(SCENES):
+        folder = self._folder(workdir)
+        if folder.is_dir() and len(list(folder.glob("*_AnalyticMS.tif"))) >= len(SCENES) * self.dates:
             return
-        need = len(SCENES) * self.width * self.height * 4 * 2  # 4 bands of uint16
+        # 4 bands of uint16 (+ 8 udm2 bands of uint8 per date of a multi-date sample)
+        need = len(SCENES) * self.width * self.height * (8 if self.dates == 1 else 16 * self.dates)
         free = shutil.disk_usage(Path(workdir) if Path(workdir).exists() else Path(workdir).parent).free
         if need > free:
             raise ConfigError(
@@ -58,12 +75,22 @@ class SampleSource:
                 f"{need / 2**30:.1f} GiB in {workdir}, only {free / 2**30:.1f} GiB free"
             )
 
+    def _folder(self, workdir: Path) -> Path:
+        if self.dates > 1:
+            from .multidate import MULTIDATE_VERSION
+
+            name = f"md{MULTIDATE_VERSION}-{self.dates}dates-seed{self.seed}-{self.width}x{self.height}"
+            return Path(workdir) / name
+        return Path(workdir) / f"v{GENERATOR_VERSION}-seed{self.seed}-{self.width}x{self.height}"
+
     def load(self, workdir: Path) -> SceneSet:
         import logging
 
         from .synth import SyntheticScene, generate_scene
 
-        folder = Path(workdir) / f"v{GENERATOR_VERSION}-seed{self.seed}-{self.width}x{self.height}"
+        if self.dates > 1:
+            return self._load_stacks(workdir)
+        folder = self._folder(workdir)
         scenes = {}
         for role, offset, left, top, acquired in SCENES:
             seed = self.seed * 10 + offset
@@ -107,6 +134,89 @@ class SampleSource:
             test=scenes["test"],
             synthetic=True,
             metadata={"generator_version": GENERATOR_VERSION, "seed": self.seed},
+        )
+
+    def _load_stacks(self, workdir: Path) -> SceneSet:
+        import logging
+
+        from cropseg.scenes import build_stack
+        from cropseg.types import Acquisition
+
+        from .multidate import MULTIDATE_VERSION, generate_stack
+
+        folder = self._folder(workdir)
+        scenes = {}
+        for role, offset, left, top, _ in SCENES:
+            seed = self.seed * 10 + offset
+            logging.getLogger("cropseg").info(
+                "the SYNTHETIC multi-date %s scene (%d dates, %dx%d px) in %s",
+                role,
+                self.dates,
+                self.width,
+                self.height,
+                folder,
+            )
+            files, gt = generate_stack(
+                folder,
+                role=role,
+                seed=seed,
+                n_dates=self.dates,
+                width=self.width,
+                height=self.height,
+                left=left,
+                top=top,
+            )
+            acqs = []
+            for f in files:
+                meta = parse_metadata(f.metadata_xml)
+                acqs.append(
+                    Acquisition(
+                        date=f.date.isoformat(),
+                        path=f.analytic,
+                        gains=meta.gains(4),
+                        offsets=(0.0,) * 4,
+                        nodata=0,
+                        usable_path=f.udm2,
+                        metadata={
+                            "scene_id": meta.scene_id,
+                            "acquired": meta.acquired.isoformat() if meta.acquired else None,
+                        },
+                    )
+                )
+            if self.use_date is not None:  # one date of the stack, as a single-image scene
+                a = acqs[self.use_date]
+                scenes[role] = Scene(
+                    name=role,
+                    path=a.path,
+                    gains=a.gains,
+                    nodata=0,
+                    usable_path=a.usable_path,
+                    ground_truth=VectorGroundTruth(gt),
+                    metadata={**a.metadata, "synthetic": True, "reflectance": "toa_xml", "dates": [a.date]},
+                )
+                continue
+            scenes[role] = build_stack(
+                role,
+                acqs,
+                ground_truth=VectorGroundTruth(gt),
+                metadata={
+                    "scene_id": acqs[0].metadata["scene_id"],
+                    "acquired": acqs[0].metadata["acquired"],
+                    "synthetic": True,
+                    "reflectance": "toa_xml",
+                },
+                option="dates",
+            )
+        return SceneSet(
+            train=scenes["train"],
+            test=scenes["test"],
+            synthetic=True,
+            metadata={
+                "generator_version": f"multidate-{MULTIDATE_VERSION}",
+                "seed": self.seed,
+                "dates": self.dates,
+                "use_date": self.use_date,
+            },
         )
 
 
