@@ -39,8 +39,9 @@ class HistGradientBoosting(SklearnClassifier):
         grid: Mapping[str, Sequence[Any]] | None = None,
         cv: str = "spatial",
         cv_folds: int = 3,
-        scoring: str = "f1_weighted",
+        scoring: str = "crop_f1",
         n_threads: int | None = 1,
+        threshold: str | float = "auto",
         seed: int = 0,
     ):
         super().__init__(
@@ -48,6 +49,7 @@ class HistGradientBoosting(SklearnClassifier):
             cv=cv,
             cv_folds=cv_folds,
             scoring=scoring,
+            threshold=threshold,
             seed=seed,
             class_weight=class_weight,
             learning_rate=learning_rate,

@@ -33,8 +33,9 @@ class MLP(SklearnClassifier):
         grid: Mapping[str, Sequence[Any]] | None = None,
         cv: str = "spatial",
         cv_folds: int = 3,
-        scoring: str = "f1_weighted",
+        scoring: str = "crop_f1",
         n_threads: int | None = 1,
+        threshold: str | float = "auto",
         seed: int = 0,
     ):
         super().__init__(
@@ -42,6 +43,7 @@ class MLP(SklearnClassifier):
             cv=cv,
             cv_folds=cv_folds,
             scoring=scoring,
+            threshold=threshold,
             seed=seed,
             class_weight=class_weight,
             hidden_layer_sizes=_layers(hidden_layer_sizes),

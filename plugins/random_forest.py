@@ -29,8 +29,9 @@ class RandomForest(SklearnClassifier):
         grid: Mapping[str, Sequence[Any]] | None = None,
         cv: str = "spatial",
         cv_folds: int = 3,
-        scoring: str = "f1_weighted",
+        scoring: str = "crop_f1",
         n_jobs: int = -1,
+        threshold: str | float = "auto",
         seed: int = 0,
     ):
         super().__init__(
@@ -38,6 +39,7 @@ class RandomForest(SklearnClassifier):
             cv=cv,
             cv_folds=cv_folds,
             scoring=scoring,
+            threshold=threshold,
             seed=seed,
             class_weight=class_weight,
             n_estimators=n_estimators,
