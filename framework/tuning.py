@@ -766,10 +766,13 @@ class SklearnClassifier:
         return BalancedSample(est, self.seed) if mode == "sample" else est
 
     def balance_modes(self) -> list[str]:
-        """What ``fit(balance="auto")`` chooses among."""
+        """What ``fit(balance="auto")`` chooses among: class weights only for a subclass that takes a
+        ``class_weight`` option (its :meth:`build` reads ``self.class_weight``) or sets
+        ``sample_weight_param``; with ``class_weight="balanced"`` set, class weights alone."""
         if self.class_weight == "balanced":
             return ["weights"]
-        return list(BALANCE_MODES)
+        weighted = self.sample_weight_param is not None or accepts(type(self).__init__, "class_weight")
+        return [m for m in BALANCE_MODES if m != "weights" or weighted]
 
     def fit(
         self, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None, balance: str = "proportional"
