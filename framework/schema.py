@@ -211,7 +211,7 @@ FRAMEWORK_OPTIONS: dict[str, Any] = {
     "tracking.run_name": str | None,
     "tracking.log_model": bool,
     "sweep.objective": str | None,
-    "evaluate.target": typing.Literal[tuple(TARGETS)],  # type: ignore[valid-type]
+    "evaluate.target": typing.Literal[tuple(TARGETS)],
     "evaluate.crop_share_margin": typing.Annotated[float, Range(0, 1)],
     "preview.max_side": typing.Annotated[int, Range(16, 65536)],
 }
