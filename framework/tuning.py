@@ -545,7 +545,7 @@ def tune(
             log.info("%s: cv=none: no out-of-fold probabilities to choose a threshold; 0.5", spec.where)
     else:
         folds = list(splitter(spec.cv, spec, y, groups).split(X, y, groups if spec.cv == "spatial" else None))
-        at_once = predict_all if len(candidates) > 1 else None
+        at_once = predict_all
 
         def evaluate(cands: list[dict[str, Any]]) -> list[CVResult]:
             p = oof_probabilities(build, cands, X, y, folds, fit_params, at_once)
@@ -581,7 +581,7 @@ def tune(
             except ConfigError as exc:
                 log.warning("%s: no %s CV score for the chosen hyperparameters: %s", spec.where, other, exc)
             else:
-                p = oof_probabilities(build, [best], X, y, other_folds, fit_params)
+                p = oof_probabilities(build, [best], X, y, other_folds, fit_params, predict_all)
                 r = score_candidate(p[0], y, other_folds, target, threshold)
                 metrics.update(r.metrics(other, per_fold=False))
                 log.info(
