@@ -85,11 +85,26 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--timing-repeats", type=int, default=2, help="default-sample runs per variant (0: skip)")
     ap.add_argument("--workdir", type=Path, default=Path("model_selection_bench"))
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=OVERRIDE[,OVERRIDE...]",
+        help="another 'after' run per seed with these overrides, e.g. 'threshold 0.5=classifier.threshold=0.5'",
+    )
+    ap.add_argument("--only-variants", action="store_true", help="run the --variant runs alone (no before/after)")
     args = ap.parse_args(argv)
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
     before = args.before.resolve()
-    rows: dict[str, dict[str, list[float]]] = {"before": {}, "after": {}}
+    variants = {"before": [], "after": []}
+    for spec in args.variant:
+        name, _, overrides = spec.partition("=")
+        variants[name] = [o for o in overrides.split(",") if o]
+    if args.only_variants:
+        variants.pop("before")
+        variants.pop("after")
+    rows: dict[str, dict[str, list[float]]] = {v: {} for v in variants}
     keys = (
         "test_crop_f1",
         "test_crop_precision",
@@ -106,8 +121,11 @@ def main(argv: list[str] | None = None) -> None:
         files = hard_files(work / "cache", seed, args.size)
         overrides = ["source=local", f"source.ground_truth={files['train_ground_truth']}"]
         overrides += [f"source.{k}={v}" for k, v in files.items()]
-        for variant in ("before", "after") if seed % 2 else ("after", "before"):  # alternate the order
-            m = run(variant, before, overrides, work, f"hard-{seed}-{variant}")
+        order = list(variants) if seed % 2 else list(variants)[::-1]  # alternate the order
+        for variant in order:
+            tag = "before" if variant == "before" else "after"
+            slug = variant.replace(" ", "_").replace("=", "_")
+            m = run(tag, before, overrides + variants[variant], work, f"hard-{seed}-{slug}")
             for k in keys:
                 if k in m:
                     rows[variant].setdefault(k, []).append(float(m[k]))
@@ -127,11 +145,14 @@ def main(argv: list[str] | None = None) -> None:
         f"through `source=local` by both); before = `{before}`; load average at the end "
         f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} cores. Mean ± sd over the seeds.",
         "",
-        "| metric | before | after |",
-        "|---|---|---|",
+        "| metric | " + " | ".join(variants) + " |",
+        "|---|" + "---|" * len(variants),
     ]
     for k in keys:
-        lines.append(f"| {k} | {fmt(rows['before'].get(k, []))} | {fmt(rows['after'].get(k, []))} |")
+        lines.append(f"| {k} | " + " | ".join(fmt(rows[v].get(k, [])) for v in variants) + " |")
+    for name, ov in variants.items():
+        if ov:
+            lines.append(f"\n{name}: after, with {' '.join(f'`{o}`' for o in ov)}.")
     if args.timing_repeats:
         b, a = statistics.median(timing["before"]), statistics.median(timing["after"])
         lines += [

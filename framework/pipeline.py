@@ -380,7 +380,7 @@ def _run_stages(cfg: DictConfig, st: Stages, rl: Any, out: Path, t_start: float)
         fit_tags = dict(getattr(fit, "tags", {}))
         rl.set_tags({f"{TAG_PREFIX}{k}": v for k, v in fit_tags.items()})
         if not tcfg_run_name(cfg):  # the name now says what the fit chose: knn k=9 | bands
-            chosen = fit_tags.get("chosen") or chosen_label(dict(fit.params))
+            chosen = fit_tags["chosen"] if "chosen" in fit_tags else chosen_label(dict(fit.params))
             rl.rename(
                 " ".join(
                     p for p in (run_label(st.names["classifier"], chosen, st.names["features"]), rl.name_suffix) if p

@@ -476,8 +476,9 @@ class Tuned:
         from .naming import chosen_label
 
         tags = {"warning.grid_edge": "; ".join(self.edge_warnings)} if self.edge_warnings else {}
-        if self.best:
-            tags["chosen"] = chosen_label(self.best)
+        # what the run is named after (knn k=9 | bands): the chosen hyperparameters, and the balance
+        # unless it is the sample as drawn
+        tags["chosen"] = chosen_label({k: v for k, v in self.best.items() if (k, v) != ("balance", "proportional")})
         return FitResult(params=dict(self.params), metrics=dict(self.metrics), tags=tags)
 
 
