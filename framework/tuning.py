@@ -788,13 +788,17 @@ class SklearnClassifier:
             grid["balance"] = modes
         allowed = (*self.hyperparameters, "balance")
         with self._threads():
-            tuned = tune(self._build, grid, X, y, groups, self.spec, allowed=allowed, limits=self.limits)
+            tuned = tune(self._build, grid, X, y, groups, self.spec, allowed=allowed, limits=self.grid_limits())
         self.model_ = tuned.estimator
         self.threshold_ = tuned.threshold
         extra = self.describe(unwrap(self.model_))
         tuned.params.update(extra)
         tuned.params.setdefault("balance", modes[0])
         return tuned.fit_result()
+
+    def grid_limits(self) -> dict[str, tuple[float | None, float | None]]:
+        """How far grid extension may take each hyperparameter (:attr:`limits` unless overridden)."""
+        return dict(self.limits)
 
     def describe(self, model: Any) -> dict[str, Any]:
         """Extra fitted facts to log as ``fit.*`` params (e.g. iterations run); none by default."""

@@ -26,6 +26,9 @@ class HistGradientBoosting(SklearnClassifier):
         "l2_regularization",
     )
 
+    #: how far grid extension may go: a tree needs 2 leaves; a learning rate above 1 overshoots
+    limits = {"max_leaf_nodes": (2, None), "learning_rate": (None, 1.0)}
+
     def __init__(
         self,
         learning_rate: float = 0.1,

@@ -19,6 +19,7 @@ class MLP(SklearnClassifier):
     name = "mlp"
     hyperparameters = ("hidden_layer_sizes", "alpha", "learning_rate_init", "batch_size")
     sample_weight_param = "mlp__sample_weight"
+    limits = {"learning_rate_init": (None, 1.0)}
 
     def __init__(
         self,

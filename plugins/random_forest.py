@@ -50,6 +50,14 @@ class RandomForest(SklearnClassifier):
         )
         self.n_jobs = n_jobs
 
+    def grid_limits(self) -> dict[str, tuple[float | None, float | None]]:
+        # max_samples and max_features are fractions (at most 1) when given as floats, counts when integers
+        return {
+            name: (None, 1.0)
+            for name in ("max_samples", "max_features")
+            if any(isinstance(v, float) for v in self.grid.get(name, []))
+        }
+
     def build(self, **params: Any) -> Any:
         from sklearn.ensemble import RandomForestClassifier
 

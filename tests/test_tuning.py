@@ -376,3 +376,15 @@ def test_null_is_the_top_end_of_a_grid():
     low = tune(lambda level: Graded(100 - 4 * (level or 25)), {"level": [10, 20, None]}, X, y, groups, spec)
     # downward from 10 by its ratio (two values a factor 2 apart), staying >= 1
     assert low.best == {"level": 1} and low.params["grid_extended_level"] == "5,2,1"
+
+
+def test_builtin_grid_limits_keep_extended_values_valid():
+    from cropseg_plugins.hist_gradient_boosting import HistGradientBoosting
+
+    rf = RandomForest(grid={"max_samples": [0.25, 0.5], "max_depth": [8, 16]})
+    assert rf.grid_limits() == {"max_samples": (None, 1.0)}  # a fraction of the pixels at most 1
+    assert extend_values([0.25, 0.5], "high", limits=rf.grid_limits()["max_samples"]) == [1.0]
+    assert RandomForest(grid={"max_samples": [1000, 2000]}).grid_limits() == {}  # counts: open
+    hgb = HistGradientBoosting().grid_limits()
+    assert min(extend_values([15, 31], "low", limits=hgb["max_leaf_nodes"])) >= 2
+    assert max(extend_values([0.1, 0.3], "high", limits=hgb["learning_rate"])) <= 1.0
