@@ -146,6 +146,12 @@ def test_an_auto_threshold_is_chosen_and_applied():
     assert fit.params["threshold"] == pytest.approx(clf.threshold_, abs=1e-6)
     # a midpoint between two vote fractions j/k and (j+1)/k
     assert (clf.threshold_ * k) % 1 == pytest.approx(0.5, abs=1e-4)
+    # the logged model (a pickle) keeps and applies it: runs, the pyfunc model and `cropseg predict` alike
+    Xt, _ = reflectance_like(5000, seed=26)
+    again = pickle.loads(pickle.dumps(clf))
+    assert again.threshold_ == clf.threshold_
+    expected = (KNeighborsClassifier.predict_proba(clf.model_, Xt)[:, 1] > clf.threshold_).astype(np.uint8)
+    assert np.mean(again.predict(Xt) == expected) >= 0.999
 
 
 def test_reference_configuration_uses_the_two_class_search_and_small_classes_fall_back():
