@@ -112,6 +112,8 @@ class CVSpec:
     where: str = "classifier"
     report_both: bool = True
     threshold: str | float = "auto"
+    #: rounds of grid extension beyond a chosen edge (0: the grid as given, a chosen edge only warns)
+    extend_rounds: int = EXTEND_ROUNDS
 
     def __post_init__(self) -> None:
         if self.cv not in CV_KINDS:
@@ -119,6 +121,8 @@ class CVSpec:
         if not isinstance(self.folds, int) or isinstance(self.folds, bool) or self.folds < 2:
             raise ConfigError(f"{self.where}.cv_folds: an integer of at least 2, got {self.folds!r}")
         resolve_target(self.scoring, self.where)
+        if not isinstance(self.extend_rounds, int) or isinstance(self.extend_rounds, bool) or self.extend_rounds < 0:
+            raise ConfigError(f"{self.where}.grid_extend_rounds: 0 or more, got {self.extend_rounds!r}")
         object.__setattr__(self, "threshold", check_threshold(self.threshold, self.where))
 
     @property
@@ -567,7 +571,7 @@ def tune(
             return res
 
         results = evaluate(candidates)
-        if len(candidates) > 1:
+        if len(candidates) > 1 and spec.extend_rounds:
             _extend(full_grid, candidates, results, evaluate, spec, limits or {}, params)
 
         # first of the best on ties: the grid order (as written in the config) breaks ties
@@ -597,7 +601,7 @@ def tune(
         plateau = sum(r.mean == chosen.mean for r in results) > 1
         edges = grid_edges(full_grid, best, spec.where, limits) if not plateau else []
         for line in edges:
-            log.warning("%s (after extending it %d times)", line, EXTEND_ROUNDS)
+            log.warning("%s%s", line, f" (after up to {spec.extend_rounds} extensions)" if spec.extend_rounds else "")
         log.info(
             "%s: chosen %s, decision threshold %.3f (%s), %s cv %s = %.4f ± %.4f",
             spec.where,
@@ -639,7 +643,7 @@ def _extend(
             return  # a plateau: the edge is not where the score rises
         for name, values in grid.items():
             side = edge_side(values, best.get(name))
-            if side is None or rounds[name] >= EXTEND_ROUNDS:
+            if side is None or rounds[name] >= spec.extend_rounds:
                 continue
             new = extend_values(values, side, EXTEND_STEPS, limits.get(name, (None, None)))
             if not new:
@@ -653,7 +657,7 @@ def _extend(
                 "largest" if side == "high" else "smallest",
                 ", ".join(str(v) for v in new),
                 rounds[name],
-                EXTEND_ROUNDS,
+                spec.extend_rounds,
             )
             grid[name] = [*new[::-1], *values] if side == "low" else [*values, *new]
             added = [{**best, name: v} for v in new]
@@ -737,11 +741,18 @@ class SklearnClassifier:
         seed: int = 0,
         class_weight: str | None = None,
         threshold: str | float = "auto",
+        grid_extend_rounds: int = EXTEND_ROUNDS,
         **hyper: Any,
     ):
         self.where = f"classifier.{self.name}"
         self.spec = CVSpec(
-            cv=cv, folds=cv_folds, scoring=scoring, seed=int(seed), where=self.where, threshold=threshold
+            cv=cv,
+            folds=cv_folds,
+            scoring=scoring,
+            seed=int(seed),
+            where=self.where,
+            threshold=threshold,
+            extend_rounds=grid_extend_rounds,
         )
         self.seed = int(seed)
         self.class_weight = check_class_weight(class_weight, self.where)

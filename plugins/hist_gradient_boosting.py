@@ -45,6 +45,7 @@ class HistGradientBoosting(SklearnClassifier):
         scoring: str = "crop_f1",
         n_threads: int | None = 1,
         threshold: str | float = "auto",
+        grid_extend_rounds: int = 3,
         seed: int = 0,
     ):
         super().__init__(
@@ -53,6 +54,7 @@ class HistGradientBoosting(SklearnClassifier):
             cv_folds=cv_folds,
             scoring=scoring,
             threshold=threshold,
+            grid_extend_rounds=grid_extend_rounds,
             seed=seed,
             class_weight=class_weight,
             learning_rate=learning_rate,

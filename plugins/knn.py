@@ -37,6 +37,7 @@ class KNNClassifier:
         n_jobs: int = -1,
         seed: int = 0,
         threshold: str | float = "auto",
+        grid_extend_rounds: int = 3,
     ):
         k_grid = [int(k) for k in ([k_grid] if isinstance(k_grid, int) else k_grid)]
         if not k_grid or min(k_grid) < 1:
@@ -44,7 +45,13 @@ class KNNClassifier:
         if weights not in ("uniform", "distance"):
             raise ConfigError(f"classifier.knn.weights: 'uniform' or 'distance', got {weights!r}")
         self.spec = CVSpec(
-            cv=cv, folds=cv_folds, scoring=scoring, seed=seed, where="classifier.knn", threshold=threshold
+            cv=cv,
+            folds=cv_folds,
+            scoring=scoring,
+            seed=seed,
+            where="classifier.knn",
+            threshold=threshold,
+            extend_rounds=grid_extend_rounds,
         )
         check_untuned(self.spec, len(k_grid), grid="k_grid")
         self.k_grid, self.cv_folds, self.cv, self.scoring = k_grid, cv_folds, cv, scoring

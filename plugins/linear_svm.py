@@ -27,6 +27,7 @@ class LinearSVM(SklearnClassifier):
         cv_folds: int = 3,
         scoring: str = "crop_f1",
         threshold: str | float = "auto",
+        grid_extend_rounds: int = 3,
         seed: int = 0,
     ):
         super().__init__(
@@ -36,6 +37,7 @@ class LinearSVM(SklearnClassifier):
             scoring=scoring,
             seed=seed,
             threshold=threshold,
+            grid_extend_rounds=grid_extend_rounds,
             class_weight=class_weight,
             C=C,
         )

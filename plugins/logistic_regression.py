@@ -24,6 +24,7 @@ class LogisticRegressionClassifier(SklearnClassifier):
         cv_folds: int = 3,
         scoring: str = "crop_f1",
         threshold: str | float = "auto",
+        grid_extend_rounds: int = 3,
         seed: int = 0,
     ):
         super().__init__(
@@ -33,6 +34,7 @@ class LogisticRegressionClassifier(SklearnClassifier):
             scoring=scoring,
             seed=seed,
             threshold=threshold,
+            grid_extend_rounds=grid_extend_rounds,
             class_weight=class_weight,
             C=C,
         )

@@ -37,6 +37,7 @@ class MLP(SklearnClassifier):
         scoring: str = "crop_f1",
         n_threads: int | None = 1,
         threshold: str | float = "auto",
+        grid_extend_rounds: int = 3,
         seed: int = 0,
     ):
         super().__init__(
@@ -45,6 +46,7 @@ class MLP(SklearnClassifier):
             cv_folds=cv_folds,
             scoring=scoring,
             threshold=threshold,
+            grid_extend_rounds=grid_extend_rounds,
             seed=seed,
             class_weight=class_weight,
             hidden_layer_sizes=_layers(hidden_layer_sizes),

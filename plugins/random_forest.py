@@ -32,6 +32,7 @@ class RandomForest(SklearnClassifier):
         scoring: str = "crop_f1",
         n_jobs: int = -1,
         threshold: str | float = "auto",
+        grid_extend_rounds: int = 3,
         seed: int = 0,
     ):
         super().__init__(
@@ -40,6 +41,7 @@ class RandomForest(SklearnClassifier):
             cv_folds=cv_folds,
             scoring=scoring,
             threshold=threshold,
+            grid_extend_rounds=grid_extend_rounds,
             seed=seed,
             class_weight=class_weight,
             n_estimators=n_estimators,

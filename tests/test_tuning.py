@@ -388,3 +388,22 @@ def test_builtin_grid_limits_keep_extended_values_valid():
     hgb = HistGradientBoosting().grid_limits()
     assert min(extend_values([15, 31], "low", limits=hgb["max_leaf_nodes"])) >= 2
     assert max(extend_values([0.1, 0.3], "high", limits=hgb["learning_rate"])) <= 1.0
+
+
+def test_no_extension_rounds_keeps_the_grid_and_warns_at_its_edge():
+    X, y, groups = graded_data()
+    spec = CVSpec(cv="spatial", threshold=0.5, report_both=False, where="classifier.toy", extend_rounds=0)
+    tuned = tune(Graded, {"level": [1, 2, 3]}, X, y, groups, spec)
+    assert tuned.best == {"level": 3} and "grid_extended_level" not in tuned.params
+    assert "level=3 is the largest value of its grid (1..3)" in tuned.fit_result().tags["warning.grid_edge"]
+    with pytest.raises(ConfigError, match="grid_extend_rounds"):
+        CVSpec(extend_rounds=-1, where="classifier.x")
+    assert RandomForest(grid_extend_rounds=0).spec.extend_rounds == 0
+
+
+def test_the_seed_experiment_keeps_the_seed_studys_choices():
+    from cropseg.config import compose
+
+    cfg = compose(["+experiment=seed_knn"])
+    assert cfg.classifier.threshold == 0.5 and cfg.classifier.grid_extend_rounds == 0
+    assert cfg.train.balance is False and cfg.classifier.scoring == "crop_f1"  # scoring follows evaluate.target
