@@ -220,13 +220,14 @@ def vote(Q, pts, labels, start, end, sdim, sval, left, right, k, n_classes, dist
 
 
 @nb.njit(cache=True, nogil=True)
-def vote_binary(Q, pts, start, end, sdim, sval, left, right, k, out):
+def vote_binary(Q, pts, start, end, sdim, sval, left, right, k, m, out):
     """The uniform ``k``-nearest-neighbour vote between two classes, with one tree per class: each tree
     argument is a pair (class 0's, class 1's) of :func:`build_tree`'s arrays. Writes 0 or 1 per row of
     ``Q`` to ``out``.
 
-    Class 1 wins a uniform vote of the ``k`` nearest iff it holds at least ``m = k // 2 + 1`` of them (a tie,
-    even ``k``, goes to class 0 as in scikit-learn), that is iff ``a < b`` where ``a`` is the distance to
+    Class 1 wins iff it holds at least ``m`` (1..k) of the ``k`` nearest: ``m = k // 2 + 1`` is the majority
+    vote (a tie, even ``k``, goes to class 0 as in scikit-learn); another ``m`` is a decision threshold on
+    the vote fraction (crop iff its fraction is above ``(m - 1) / k``). That is iff ``a < b`` where ``a`` is the distance to
     the ``m``-th nearest class-1 point and ``b`` the distance to the ``(k - m + 1)``-th nearest class-0
     point: so each row needs a small search in the tree of the class that likely wins (the previous
     row's, bounded by its neighbours there) and a search in the other tree bounded by that distance,
@@ -234,7 +235,6 @@ def vote_binary(Q, pts, start, end, sdim, sval, left, right, k, out):
     equally far at the ``k``-th neighbour's distance) is the only case where the answer depends on which
     equidistant points are kept; it goes to class 0."""
     nq, D = Q.shape
-    m = k // 2 + 1
     need = (k - m + 1, m)  # points of class 0 / class 1 a search needs
     kk = max(need)
     hd = np.empty(kk)

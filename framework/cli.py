@@ -96,7 +96,7 @@ COMMON_OVERRIDES = [
     ("classifier=random_forest", "one plugin per stage (the names above)"),
     ("classifier.k_grid=[5,7,9]", "a classifier option (an unknown one lists the valid options)"),
     ("postprocessor.median_blur.kernel=7", "a postprocessor option (min_area_ha, simplify for vectorize)"),
-    ("train.max_pixels=20000 train.balance=true", "training sample size and class balance"),
+    ("train.max_pixels=20000 train.balance=auto|true|false", "training sample size and class balance"),
     ("+experiment=seed_knn", "a named study from experiments/"),
     ("--multirun classifier=knn,mlp", "a sweep, one MLflow child run per combination"),
 ]

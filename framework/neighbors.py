@@ -65,7 +65,9 @@ class KNNIndex:
     Two classes with uniform weights get one tree per class (:func:`cropseg._knn_kernel.vote_binary`);
     anything else one tree over all points (:func:`cropseg._knn_kernel.vote`)."""
 
-    def __init__(self, X: np.ndarray, y: np.ndarray, n_classes: int, k: int, weights: str = "uniform"):
+    def __init__(
+        self, X: np.ndarray, y: np.ndarray, n_classes: int, k: int, weights: str = "uniform", m: int | None = None
+    ):
         from . import _knn_kernel as kernel
 
         _announce_compile(kernel)
@@ -76,7 +78,11 @@ class KNNIndex:
             raise ValueError(f"k must be in 1..{len(X)} (the training pixels), got {k}")
         self.k, self.weights, self.n_classes = int(k), weights, int(n_classes)
         y = np.asarray(y, dtype=np.int64)
-        m = self.k // 2 + 1
+        # class 1 needs m of the k votes: the majority, or a decision threshold's count (see vote_binary)
+        m = self.k // 2 + 1 if m is None else int(m)
+        if not 1 <= m <= self.k:
+            raise ValueError(f"m (votes class 1 needs) must be in 1..{self.k}, got {m}")
+        self.m = m
         counts = np.bincount(y, minlength=self.n_classes)
         self.binary = self.n_classes == 2 and weights == "uniform" and counts[0] >= self.k - m + 1 and counts[1] >= m
         if self.binary:
@@ -107,7 +113,7 @@ class KNNIndex:
         from . import _knn_kernel as kernel
 
         if self.binary:  # each tree array as a pair (class 0's, class 1's)
-            kernel.vote_binary(Q, *zip(*self._trees), self.k, out)  # type: ignore[call-arg]  # numba dispatcher
+            kernel.vote_binary(Q, *zip(*self._trees), self.k, self.m, out)  # type: ignore[call-arg]  # numba dispatcher
         else:
             pts, *nodes = self._trees[0]
             kernel.vote(
@@ -249,26 +255,49 @@ def supports(model: Any) -> bool:
     )
 
 
-def index_for(model: Any) -> KNNIndex:
-    """The :class:`KNNIndex` of a fitted ``KNeighborsClassifier``, built on first use and cached per model."""
+def index_for(model: Any, m: int | None = None) -> KNNIndex:
+    """The :class:`KNNIndex` of a fitted ``KNeighborsClassifier`` (``m``: the votes class 1 needs; None: the
+    majority), built on first use and cached per model."""
     with _LOCK:
         idx = _INDEXES.get(model)
-        if idx is None or idx.k != model.n_neighbors or idx.weights != model.weights:
-            idx = KNNIndex(model._fit_X, model._y, len(model.classes_), model.n_neighbors, model.weights)
+        want = model.n_neighbors // 2 + 1 if m is None else m
+        if idx is None or idx.k != model.n_neighbors or idx.weights != model.weights or idx.m != want:
+            idx = KNNIndex(model._fit_X, model._y, len(model.classes_), model.n_neighbors, model.weights, want)
             _INDEXES[model] = idx
         return idx
 
 
-def knn_predict(model: Any, X: np.ndarray, threads: int | None = None) -> np.ndarray:
+def votes_needed(k: int, threshold: float) -> int:
+    """The crop votes of ``k`` a pixel needs for its vote fraction to be above ``threshold``:
+    ``floor(threshold * k) + 1`` (``k + 1``: never)."""
+    return int(np.floor(threshold * k + 1e-9)) + 1
+
+
+def knn_predict(model: Any, X: np.ndarray, threads: int | None = None, threshold: float = 0.5) -> np.ndarray:
     """``model.predict(X)`` for a fitted ``KNeighborsClassifier``, computed with :class:`KNNIndex`
-    (``threads`` query threads; default: :func:`cropseg.parallel.task_threads`)."""
+    (``threads`` query threads; default: :func:`cropseg.parallel.task_threads`). With a ``threshold`` other
+    than 0.5 (two classes 0/1): class 1 where its vote fraction (``predict_proba``) is above it, from the
+    same vote-shaped search (uniform weights) or ``predict_proba`` (otherwise)."""
+    majority = threshold == 0.5
+    if not majority and list(getattr(model, "classes_", [])) != [0, 1]:
+        raise ValueError("a decision threshold needs a two-class model with classes 0 and 1")
     if not supports(model) or not isinstance(X, np.ndarray) or X.ndim != 2:
-        return KNeighborsClassifier.predict(model, X)
+        if majority:
+            return KNeighborsClassifier.predict(model, X)
+        return (KNeighborsClassifier.predict_proba(model, X)[:, 1] > threshold).astype(model.classes_.dtype)
     if threads is None:
         from .parallel import task_threads
 
         threads = task_threads()
-    return model.classes_[index_for(model).predict(X, threads=threads)]
+    if majority:
+        return model.classes_[index_for(model).predict(X, threads=threads)]
+    m = votes_needed(model.n_neighbors, threshold)
+    if m > model.n_neighbors:
+        return np.zeros(len(X), dtype=model.classes_.dtype)
+    idx = index_for(model, m)
+    if not idx.binary:  # distance weights, or a class with too few pixels for the two-tree search
+        return (KNeighborsClassifier.predict_proba(model, X)[:, 1] > threshold).astype(model.classes_.dtype)
+    return model.classes_[idx.predict(X, threads=threads)]
 
 
 class FastKNeighborsClassifier(KNeighborsClassifier):

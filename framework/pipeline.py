@@ -33,7 +33,9 @@ from .sampling import sample_training_pixels
 from .scene_ops import apply_filters, predict_scene
 from .schema import check_framework_options
 from .signals import raise_if_received
+from .targets import TARGETS, target_from_config
 from .tracking import TAG_PREFIX, Tracker, git_commit
+from .tuning import accepts
 from .types import (
     BAND_NAMES,
     Classifier,
@@ -440,7 +442,7 @@ def _run_stages(cfg: DictConfig, st: Stages, rl: Any, out: Path, t_start: float)
         fit_tags = dict(getattr(fit, "tags", {}))
         rl.set_tags({f"{TAG_PREFIX}{k}": v for k, v in fit_tags.items()})
         if not tcfg_run_name(cfg):  # the name now says what the fit chose: knn k=9 | bands
-            chosen = fit_tags.get("chosen") or chosen_label(dict(fit.params))
+            chosen = fit_tags["chosen"] if "chosen" in fit_tags else chosen_label(dict(fit.params))
             rl.rename(
                 " ".join(
                     p for p in (run_label(st.names["classifier"], chosen, st.names["features"]), rl.name_suffix) if p
@@ -466,6 +468,7 @@ def _run_stages(cfg: DictConfig, st: Stages, rl: Any, out: Path, t_start: float)
             reports[key] = (rep, text, cm)
             metrics.update(report_metrics(rep, key))
             metrics[f"{key}_iou"] = iou(cm)
+            metrics[f"{key}_balanced_accuracy"] = TARGETS["balanced_accuracy"].score(cm)
         if role == "test":
             outputs.update(test_mask_raw=raw, test_mask=final)
     log.info(
@@ -475,6 +478,7 @@ def _run_stages(cfg: DictConfig, st: Stages, rl: Any, out: Path, t_start: float)
         metrics["test_crop_f1"],
         metrics["test_weighted_avg_f1"],
     )
+    rl.set_tags(shift_diagnostics(cfg, labels, reports["test"][2], metrics, fit))
 
     # -- vectorize -----------------------------------------------------------------------------------
     grid = scenes.test.grid
@@ -532,6 +536,53 @@ def _run_stages(cfg: DictConfig, st: Stages, rl: Any, out: Path, t_start: float)
     )
 
 
+def shift_diagnostics(
+    cfg: DictConfig, labels: dict, test_cm: np.ndarray, metrics: dict[str, float], fit: Any
+) -> dict[str, str]:
+    """Crop shares and the CV-vs-test gap, added to ``metrics``; returns the warning tags to set.
+
+    Metrics: ``train_labelled_crop_fraction`` / ``test_labelled_crop_fraction`` (the labelled pixels' crop
+    share of each scene), ``test_predicted_crop_fraction`` (the share of the test scene's labelled pixels
+    predicted crop, after postprocessing), ``crop_share_difference`` (predicted minus reference) and
+    ``cv_test_gap`` (the tuning CV's value of ``evaluate.target`` minus its test value; positive: CV was
+    optimistic). A predicted share off the reference by more than ``evaluate.crop_share_margin`` of it
+    (relative: 0.1 = 10 %, the mapped crop area off by as much) warns (log, and the tag
+    ``cropseg.warning.crop_share_shift``)."""
+    shares = {}
+    for role in ("train", "test"):
+        c = labels[role].counts
+        n = int(c["crop"]) + int(c["noncrop"])
+        shares[role] = int(c["crop"]) / n if n else float("nan")
+    metrics.setdefault("train_labelled_crop_fraction", shares["train"])
+    metrics["test_labelled_crop_fraction"] = shares["test"]
+    cm = np.asarray(test_cm, dtype=np.float64)
+    predicted = float(cm[:, 1].sum() / cm.sum()) if cm.sum() else float("nan")
+    metrics["test_predicted_crop_fraction"] = predicted
+    metrics["crop_share_difference"] = predicted - shares["test"]
+    target = target_from_config(cfg)
+    kind = str(getattr(fit, "params", {}).get("cv", "")) if fit is not None else ""
+    cv_value = metrics.get(f"cv_{kind}_{target.name}")
+    if cv_value is not None and target.test_metric in metrics:
+        metrics["cv_test_gap"] = cv_value - metrics[target.test_metric]
+    log.info(
+        "crop share: train %.1f%% labelled, test %.1f%% labelled, %.1f%% predicted%s",
+        100 * shares["train"],
+        100 * shares["test"],
+        100 * predicted,
+        f"; {kind} CV {target.name} minus test: {metrics['cv_test_gap']:+.3f}" if "cv_test_gap" in metrics else "",
+    )
+    margin = float((cfg.get("evaluate") or {}).get("crop_share_margin", 0.1))
+    if shares["test"] > 0 and abs(predicted / shares["test"] - 1) > margin:
+        text = (
+            f"predicted crop share of the test scene {100 * predicted:.1f}% vs {100 * shares['test']:.1f}% in its "
+            f"reference ({100 * (predicted / shares['test'] - 1):+.0f}%, margin {100 * margin:.0f}%; "
+            f"training scene {100 * shares['train']:.1f}%)"
+        )
+        log.warning("%s", text)
+        return {f"{TAG_PREFIX}warning.crop_share_shift": text}
+    return {}
+
+
 #: fewest labelled valid pixels a test scene may have (the model's input example takes five)
 MIN_TEST_PIXELS = 5
 
@@ -577,7 +628,7 @@ def _fit_pixel_model(
         seed=int(tcfg.get("seed", cfg.get("seed", 0))),
         spatial_block=int(tcfg.get("spatial_block", 128)),
         block=block,
-        balance=bool(tcfg.get("balance", False)),
+        balance=tcfg.get("balance", "auto") is True,
     )
     n_train = len(ts.y)
     log.info(
@@ -597,7 +648,12 @@ def _fit_pixel_model(
     )
     t = time.perf_counter()
     assert isinstance(st.classifier, Classifier)
-    fit = st.classifier.fit(ts.X, ts.y, ts.groups)
+    if tcfg.get("balance", "auto") == "auto" and accepts(st.classifier.fit, "balance"):
+        fit = st.classifier.fit(ts.X, ts.y, ts.groups, balance="auto")  # type: ignore[call-arg]
+    else:
+        if tcfg.get("balance", "auto") == "auto":
+            log.info("train.balance=auto: classifier %s takes no balance choice; proportional", st.names["classifier"])
+        fit = st.classifier.fit(ts.X, ts.y, ts.groups)
     fit_s = time.perf_counter() - t
     log.info("fit %s in %.1f s %s", st.names["classifier"], fit_s, dict(fit.params) if fit else "")
     metrics.update(fit_seconds=fit_s, fit_pixels_per_second=n_train / max(fit_s, 1e-9), train_pixels=float(n_train))

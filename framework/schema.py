@@ -202,7 +202,7 @@ FRAMEWORK_OPTIONS: dict[str, Any] = {
     "block_size": typing.Annotated[int, Range(16, 16384)],
     "train.max_pixels": PositiveInt | typing.Literal["all"] | None,
     "train.max_per_class": PositiveInt | typing.Literal["all"] | None,
-    "train.balance": bool,
+    "train.balance": bool | typing.Literal["auto"],
     "train.seed": int,
     "train.spatial_block": PositiveInt,
     "output_dir": str | None,
@@ -212,6 +212,7 @@ FRAMEWORK_OPTIONS: dict[str, Any] = {
     "tracking.log_model": bool,
     "sweep.objective": str | None,
     "evaluate.target": typing.Literal[tuple(TARGETS)],
+    "evaluate.crop_share_margin": typing.Annotated[float, Range(0, 1)],
     "preview.max_side": typing.Annotated[int, Range(16, 65536)],
 }
 

@@ -11,15 +11,38 @@ of them are validated the same way and report the same metrics:
   the seed study's choice. Neighbouring pixels leak between folds, so its scores are optimistic.
 * ``cv="none"``: no cross-validation at all; the grid must hold a single candidate.
 
-The CV named by ``cv`` picks the hyperparameters; the chosen candidate is then also scored with the other
-CV, so every run reports both (``cv_spatial_<scoring>``, ``cv_random_<scoring>``, each with ``_std``),
-plus ``cv_score``/``cv_score_std`` = the tuning CV's score and the parameter ``cv`` naming it. Only the
-training pixels a classifier is given are ever used; the test scene never reaches ``fit``.
+**What is maximised.** ``scoring`` names a target metric of :mod:`cropseg.targets` (the classifiers'
+configs default to ``${evaluate.target}``, crop F1) or the scikit-learn scorer name of one (``f1_weighted``
+is the weighted-F1 target). Every candidate's out-of-fold crop probabilities (KNN: the vote fraction) are
+kept, so each fold's 2x2 confusion matrix gives every target at once.
+
+**Decision threshold.** ``threshold="auto"`` picks, per candidate, the probability cut that maximises the
+target on the pooled out-of-fold probabilities (a pixel is crop when its probability is above it); a
+number fixes it (0.5 is the usual argmax). The candidate with the best mean fold target at its threshold
+wins; the fitted classifier applies that threshold wherever it predicts.
+
+**Imbalance.** A grid may hold ``balance`` (:data:`BALANCE_MODES`): ``proportional`` (the sample as drawn),
+``sample`` (the majority class undersampled, seeded, to the minority's count, inside every training fold
+and at the refit) and ``weights`` (class weights, where the classifier takes them). The CV chooses among
+them like any hyperparameter (``train.balance=auto``).
+
+**Grid edges.** A numeric hyperparameter whose chosen value is the smallest or largest of its grid gets
+the grid extended outward (:func:`extend_values`: :data:`EXTEND_STEPS` values per round, at most
+:data:`EXTEND_ROUNDS` rounds, within the hyperparameter's limits), the other hyperparameters held at their
+chosen values; ``null`` counts as the top end of a grid (``max_depth: [8, 16, null]``). Only a value still
+on an edge after the last round warns (log and the ``warning.grid_edge`` tag).
+
+The chosen candidate is also scored with the CV that did not tune, so every run reports both. Metrics:
+``cv_score``/``cv_score_std`` (the target in the tuning CV), ``cv_<kind>_<target>``/``..._std`` for every
+target of :data:`cropseg.targets.TARGETS` and both CVs, today's ``cv_<kind>_f1_weighted``, per-fold
+``cv_<kind>_<crop metric>_fold<i>`` of the tuning CV, ``cv_<scoring>_<candidate>`` per candidate, and
+``threshold``. Only the training pixels a classifier is given are ever used; the test scene never reaches
+``fit``.
 """
 
 from __future__ import annotations
 
-import functools
+import copy
 import inspect
 import logging
 import math
@@ -32,17 +55,51 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError
+from .targets import TARGETS, Target, confusion
 from .types import FitResult
 
 log = logging.getLogger(__name__)
 
 CV_KINDS = ("spatial", "random", "none")
 CLASS_WEIGHTS = (None, "balanced")
+#: the ways a tuning CV can balance the classes (a ``balance`` entry of a grid)
+BALANCE_MODES = ("proportional", "sample", "weights")
+#: values added beyond a grid's edge per extension round, and the most rounds per hyperparameter
+EXTEND_STEPS = 3
+EXTEND_ROUNDS = 3
+#: distinct probability cuts a threshold search considers at most (quantiles of the probabilities beyond)
+MAX_THRESHOLDS = 1024
+#: crop metrics logged per fold of the tuning CV
+FOLD_METRICS = ("crop_precision", "crop_recall", "crop_f1", "crop_iou")
+
+
+def resolve_target(scoring: str, where: str = "classifier") -> Target:
+    """The :class:`~cropseg.targets.Target` that ``scoring`` names: a target name (``crop_f1``) or the
+    scikit-learn scorer name of one (``f1_weighted``); anything else is a :class:`ConfigError`."""
+    if scoring in TARGETS:
+        return TARGETS[scoring]
+    for t in TARGETS.values():
+        if t.scorer == scoring:
+            return t
+    raise ConfigError(
+        f"{where}.scoring: {scoring!r} is not a target metric (one of {', '.join(TARGETS)}) "
+        f"nor the scikit-learn scorer of one ({', '.join(t.scorer for t in TARGETS.values())})"
+    )
+
+
+def check_threshold(value: Any, where: str) -> str | float:
+    """``"auto"`` or a number in [0, 1)."""
+    if value == "auto":
+        return "auto"
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= float(value) < 1:
+        return float(value)
+    raise ConfigError(f"{where}.threshold: auto or a crop-probability cut in [0, 1), got {value!r}")
 
 
 @dataclass(frozen=True)
 class CVSpec:
-    """How a classifier cross-validates: which CV tunes (``cv``), ``folds``, ``scoring`` and ``seed``.
+    """How a classifier cross-validates: which CV tunes (``cv``), ``folds``, ``scoring`` (a target),
+    ``seed`` and the decision ``threshold`` (``"auto"`` or a number).
 
     ``where`` (e.g. ``classifier.random_forest``) prefixes error messages. ``report_both`` scores the chosen
     candidate with the CV that did not tune as well (on by default).
@@ -50,23 +107,27 @@ class CVSpec:
 
     cv: str = "spatial"
     folds: int = 3
-    scoring: str = "f1_weighted"
+    scoring: str = "crop_f1"
     seed: int = 0
     where: str = "classifier"
     report_both: bool = True
+    threshold: str | float = "auto"
+    #: rounds of grid extension beyond a chosen edge (0: the grid as given, a chosen edge only warns)
+    extend_rounds: int = EXTEND_ROUNDS
 
     def __post_init__(self) -> None:
         if self.cv not in CV_KINDS:
             raise ConfigError(f"{self.where}.cv: one of {', '.join(CV_KINDS)}, got {self.cv!r}")
         if not isinstance(self.folds, int) or isinstance(self.folds, bool) or self.folds < 2:
             raise ConfigError(f"{self.where}.cv_folds: an integer of at least 2, got {self.folds!r}")
-        from sklearn.metrics import get_scorer_names
+        resolve_target(self.scoring, self.where)
+        if not isinstance(self.extend_rounds, int) or isinstance(self.extend_rounds, bool) or self.extend_rounds < 0:
+            raise ConfigError(f"{self.where}.grid_extend_rounds: 0 or more, got {self.extend_rounds!r}")
+        object.__setattr__(self, "threshold", check_threshold(self.threshold, self.where))
 
-        if self.scoring not in get_scorer_names():
-            raise ConfigError(
-                f"{self.where}.scoring: {self.scoring!r} is not a scikit-learn scorer name "
-                "(e.g. f1_weighted, f1_macro, accuracy, balanced_accuracy, roc_auc)"
-            )
+    @property
+    def target(self) -> Target:
+        return resolve_target(self.scoring, self.where)
 
 
 def check_untuned(spec: CVSpec, n_candidates: int, grid: str = "grid") -> None:
@@ -121,7 +182,10 @@ def expand_grid(
             raise ConfigError(f"{where}.grid.{name}: a list of candidate values, got {values!r}")
         if len(values) == 0:
             raise ConfigError(f"{where}.grid.{name}: no candidate values")
-    return [dict(c) for c in ParameterGrid({k: list(v) for k, v in grid.items()})] if grid else [{}]
+    if not grid:
+        return [{}]
+    # in the grid's own key order (ParameterGrid sorts the keys)
+    return [{k: c[k] for k in grid} for c in ParameterGrid({k: list(v) for k, v in grid.items()})]
 
 
 def candidate_key(params: Mapping[str, Any]) -> str:
@@ -134,70 +198,269 @@ def candidate_key(params: Mapping[str, Any]) -> str:
     return re.sub(r"[^A-Za-z0-9_.\-]", "-", "_".join(parts))
 
 
-@dataclass
-class CVScore:
-    mean: float
-    std: float
-    seconds: float
+# -- probabilities, thresholds, confusion matrices ----------------------------------------------------
 
 
-def cv_score(
-    build: Callable[[], Any],
-    X: np.ndarray,
-    y: np.ndarray,
-    cv: Any,
-    scoring: str,
-    groups: np.ndarray | None = None,
-    fit_params: Mapping[str, Any] | None = None,
-) -> CVScore:
-    """Mean and std of ``scoring`` over the folds of ``cv`` for a fresh estimator from ``build()``."""
-    from sklearn.model_selection import cross_validate
-
-    t = time.perf_counter()
-    res = cross_validate(
-        build(),
-        X,
-        y,
-        groups=groups,
-        cv=cv,
-        scoring=scoring,
-        n_jobs=1,
-        params=dict(fit_params or {}),
-        error_score="raise",
-    )
-    scores = np.asarray(res["test_score"], dtype=float)
-    return CVScore(float(np.mean(scores)), float(np.std(scores)), time.perf_counter() - t)
+def crop_probability(estimator: Any, X: np.ndarray) -> np.ndarray:
+    """The crop (class 1) probability of every row: ``predict_proba``'s column of class 1, or the 0/1
+    prediction for an estimator without probabilities."""
+    if hasattr(estimator, "predict_proba"):
+        proba = np.asarray(estimator.predict_proba(X), dtype=np.float64)
+        classes = list(estimator.classes_)
+        return proba[:, classes.index(1)] if 1 in classes else np.zeros(len(X))
+    return (np.asarray(estimator.predict(X)) == 1).astype(np.float64)
 
 
-#: ``predict_all(X_train, y_train, X_test, candidates)``: one prediction array per candidate, e.g. every k
-#: of a KNN grid from a single neighbour query (see :func:`tune`)
+def apply_threshold(p_crop: np.ndarray, threshold: float) -> np.ndarray:
+    """0/1 labels: crop where the crop probability is above ``threshold`` (ties to non-crop, as an argmax
+    over (non-crop, crop) gives at 0.5)."""
+    return (np.asarray(p_crop) > threshold).astype(np.uint8)
+
+
+def threshold_candidates(p: np.ndarray) -> np.ndarray:
+    """Cuts worth trying for probabilities ``p``: the midpoints between consecutive distinct values (at most
+    :data:`MAX_THRESHOLDS`; beyond that, between quantiles), and 0.5."""
+    u = np.unique(p)
+    if len(u) > MAX_THRESHOLDS:
+        u = np.unique(np.quantile(p, np.linspace(0, 1, MAX_THRESHOLDS + 1)))
+    cuts = (u[:-1] + u[1:]) / 2 if len(u) > 1 else np.empty(0)
+    return np.unique(np.concatenate([cuts, [0.5]]))
+
+
+def confusions_at(p: np.ndarray, y: np.ndarray, cuts: np.ndarray) -> np.ndarray:
+    """2x2 confusion matrices (len(cuts), 2, 2) of ``p > cut`` against 0/1 ``y``, for every cut at once."""
+    y = np.asarray(y)
+    pos, neg = np.sort(p[y == 1]), np.sort(p[y == 0])
+    tp = len(pos) - np.searchsorted(pos, cuts, side="right")
+    fp = len(neg) - np.searchsorted(neg, cuts, side="right")
+    out = np.empty((len(cuts), 2, 2))
+    out[:, 0, 0], out[:, 0, 1] = len(neg) - fp, fp
+    out[:, 1, 0], out[:, 1, 1] = len(pos) - tp, tp
+    return out
+
+
+def best_threshold(p: np.ndarray, y: np.ndarray, target: Target) -> tuple[float, float]:
+    """The cut of crop probabilities ``p`` that maximises ``target`` against 0/1 ``y`` (a pixel is crop when
+    its probability is above it), and the target there; ties go to the cut nearest 0.5."""
+    cuts = threshold_candidates(np.asarray(p, dtype=np.float64))
+    scores = np.array([target.score(cm) for cm in confusions_at(p, y, cuts)])
+    best = np.flatnonzero(scores >= scores.max() - 1e-12)
+    i = best[np.argmin(np.abs(cuts[best] - 0.5))]
+    return float(cuts[i]), float(scores[i])
+
+
+# -- balancing inside the training folds --------------------------------------------------------------
+
+
+def undersample(y: np.ndarray, seed: int) -> np.ndarray:
+    """Indices (sorted) of a balanced subset of ``y``: every pixel of the smallest class and as many of each
+    other class, drawn without replacement (seeded)."""
+    y = np.asarray(y)
+    classes, counts = np.unique(y, return_counts=True)
+    if len(classes) < 2:
+        return np.arange(len(y))
+    rng = np.random.default_rng(seed)
+    n = int(counts.min())
+    keep = [
+        np.flatnonzero(y == c) if cnt == n else rng.choice(np.flatnonzero(y == c), n, replace=False)
+        for c, cnt in zip(classes, counts)
+    ]
+    return np.sort(np.concatenate(keep))
+
+
+class _Wrapped:
+    """Base of the fit-time wrappers below: prediction goes to the fitted inner ``estimator``."""
+
+    estimator: Any
+
+    @property
+    def classes_(self) -> Any:
+        return self.estimator.classes_
+
+    def predict(self, X: Any) -> Any:
+        return self.estimator.predict(X)
+
+    def predict_proba(self, X: Any) -> Any:
+        return self.estimator.predict_proba(X)
+
+
+class BalancedSample(_Wrapped):
+    """``estimator`` fitted on a balanced subset of its training pixels (:func:`undersample`): the
+    ``sample`` balance mode, the same in every CV fold and at the refit."""
+
+    def __init__(self, estimator: Any, seed: int = 0):
+        self.estimator, self.seed = estimator, int(seed)
+
+    def fit(self, X: np.ndarray, y: np.ndarray, **fit_params: Any) -> BalancedSample:
+        idx = undersample(y, self.seed)
+        params = {k: np.asarray(v)[idx] for k, v in fit_params.items()}
+        self.estimator.fit(np.asarray(X)[idx], np.asarray(y)[idx], **params)
+        return self
+
+
+class SampleWeighted(_Wrapped):
+    """``estimator`` fitted with balanced per-pixel ``sample_weight`` passed as ``param`` (classifiers whose
+    estimator takes no ``class_weight``)."""
+
+    def __init__(self, estimator: Any, param: str):
+        self.estimator, self.param = estimator, param
+
+    def fit(self, X: np.ndarray, y: np.ndarray, **fit_params: Any) -> SampleWeighted:
+        self.estimator.fit(X, y, **{**fit_params, self.param: balanced_sample_weight(y)})
+        return self
+
+
+def unwrap(estimator: Any) -> Any:
+    """The estimator inside :class:`BalancedSample` / :class:`SampleWeighted` wrappers."""
+    while isinstance(estimator, _Wrapped):
+        estimator = estimator.estimator
+    return estimator
+
+
+# -- grid extension -----------------------------------------------------------------------------------
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def extend_values(
+    values: Sequence[Any], side: str, n: int = EXTEND_STEPS, limits: tuple[float | None, float | None] = (None, None)
+) -> list[Any]:
+    """Up to ``n`` new values beyond the ``"low"`` or ``"high"`` end of a numeric grid, inside ``limits``
+    (inclusive; ``None``: open). Evenly spaced grids continue their step; other grids of positive values
+    (and two-value grids spanning a factor of 2 or more) continue their ratio. Integer grids stay integer;
+    a grid of positive values never reaches 0 or below, one without negatives never goes below 0. An
+    empty list: the grid cannot move that way (a limit, or ``null`` at the top)."""
+    nums = sorted({float(v) for v in values if _is_number(v)})
+    if len(nums) < 2 or (side == "high" and any(v is None for v in values)):
+        return []
+    ints = all(isinstance(v, int) for v in values if _is_number(v))
+    lo_lim, hi_lim = limits
+    if nums[0] > 0:
+        lo_lim = max(lo_lim if lo_lim is not None else 0.0, 1.0 if ints else 0.0)
+    elif nums[0] >= 0:
+        lo_lim = max(lo_lim if lo_lim is not None else 0.0, 0.0)
+    diffs = np.diff(nums)
+    even = np.allclose(diffs, diffs[0], rtol=1e-6, atol=0)
+    positive = nums[0] > 0
+    geometric = positive and (not even or (len(nums) == 2 and nums[1] / nums[0] >= 2))
+    edge = nums[-1] if side == "high" else nums[0]
+    if geometric:
+        ratio = (nums[-1] / nums[0]) ** (1 / (len(nums) - 1))
+        step = ratio if side == "high" else 1 / ratio
+        raw = [edge * step**i for i in range(1, n + 1)]
+    else:
+        d = float(diffs[-1] if side == "high" else diffs[0])
+        raw = [edge + (d if side == "high" else -d) * i for i in range(1, n + 1)]
+    out: list[Any] = []
+    for v in raw:
+        if ints:
+            v = int(round(v))
+        if hi_lim is not None and v > hi_lim:
+            v = int(hi_lim) if ints else hi_lim
+        if lo_lim is not None and v < lo_lim:
+            v = int(math.ceil(lo_lim)) if ints else lo_lim
+        if lo_lim is not None and nums[0] > 0 and not ints and v <= 0:
+            break
+        beyond = v > edge if side == "high" else v < edge
+        if not beyond or v in out or (nums[0] > 0 and v <= 0):
+            break
+        out.append(v if ints else float(f"{v:.6g}"))
+        if (side == "high" and hi_lim is not None and v >= hi_lim) or (
+            side == "low" and lo_lim is not None and v <= lo_lim
+        ):
+            break
+    return out
+
+
+def edge_side(values: Sequence[Any], chosen: Any) -> str | None:
+    """``"low"`` / ``"high"`` when ``chosen`` is the smallest / largest value of a numeric grid (``null``
+    is the top end: a chosen ``null`` is no edge to extend, the largest number before it is inside)."""
+    nums = [v for v in values if _is_number(v)]
+    has_null = any(v is None for v in values)
+    if len(nums) + has_null != len(values) or len(set(nums)) + has_null < 2 or not _is_number(chosen):
+        return None
+    if chosen == min(nums):
+        return "low"
+    if chosen == max(nums) and not has_null:
+        return "high"
+    return None
+
+
+# -- cross-validation ---------------------------------------------------------------------------------
+
+#: ``predict_all(X_train, y_train, X_test, candidates)``: one crop-probability array per candidate, e.g.
+#: every k of a KNN grid from a single neighbour query (see :func:`tune`)
 PredictAll = Callable[[np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]], list[np.ndarray]]
 
 
-def cv_scores_all(
-    predict_all: PredictAll,
+def oof_probabilities(
+    build: Callable[..., Any],
     candidates: list[dict[str, Any]],
     X: np.ndarray,
     y: np.ndarray,
-    cv: Any,
-    scoring: str,
-    groups: np.ndarray | None,
-) -> list[CVScore] | None:
-    """CV scores of every candidate from one ``predict_all`` call per fold; ``None`` when ``scoring``
-    needs more than predicted labels (e.g. ``roc_auc``), so the caller scores candidates one by one."""
-    from sklearn.metrics import get_scorer
+    folds: list[tuple[np.ndarray, np.ndarray]],
+    fit_params: Mapping[str, Any] | None = None,
+    predict_all: PredictAll | None = None,
+) -> np.ndarray:
+    """Out-of-fold crop probabilities (len(candidates), len(y)): each candidate fitted on every fold's
+    training part and asked about its held-out part (``predict_all``: all candidates of a fold at once)."""
+    out = np.zeros((len(candidates), len(y)))
+    for train, test in folds:
+        if predict_all is not None and not fit_params:
+            for j, p in enumerate(predict_all(X[train], y[train], X[test], candidates)):
+                out[j, test] = p
+            continue
+        params = {k: np.asarray(v)[train] for k, v in dict(fit_params or {}).items()}
+        for j, cand in enumerate(candidates):
+            est = build(**cand).fit(X[train], y[train], **params)
+            out[j, test] = crop_probability(est, X[test])
+    return out
 
-    scorer = get_scorer(scoring)
-    if getattr(scorer, "_response_method", None) != "predict":
-        return None
-    t = time.perf_counter()
-    folds: list[list[float]] = [[] for _ in candidates]
-    for train, test in cv.split(X, y, groups):
-        preds = predict_all(X[train], y[train], X[test], candidates)
-        for j, pred in enumerate(preds):
-            folds[j].append(scorer._sign * scorer._score_func(y[test], pred, **scorer._kwargs))
-    each = (time.perf_counter() - t) / len(candidates)
-    return [CVScore(float(np.mean(f)), float(np.std(f)), each) for f in folds]
+
+@dataclass
+class CVResult:
+    """One candidate's cross-validation: its threshold, fold confusion matrices and target per fold."""
+
+    threshold: float
+    confusions: list[np.ndarray]
+    scores: list[float]
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.scores))
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.scores))
+
+    def metrics(self, kind: str, per_fold: bool) -> dict[str, float]:
+        """``cv_<kind>_<target>`` and ``_std`` for every target, ``cv_<kind>_f1_weighted`` (and ``_std``),
+        and with ``per_fold`` the crop metrics of each fold (``cv_<kind>_crop_f1_fold1`` ...)."""
+        out: dict[str, float] = {}
+        for name, t in TARGETS.items():
+            vals = [t.score(cm) for cm in self.confusions]
+            out[f"cv_{kind}_{name}"], out[f"cv_{kind}_{name}_std"] = float(np.mean(vals)), float(np.std(vals))
+            if name == "weighted_f1":  # the name of the weighted score before targets existed
+                out[f"cv_{kind}_f1_weighted"], out[f"cv_{kind}_f1_weighted_std"] = (
+                    out[f"cv_{kind}_{name}"],
+                    float(np.std(vals)),
+                )
+            if per_fold and name in FOLD_METRICS:
+                out.update({f"cv_{kind}_{name}_fold{i + 1}": v for i, v in enumerate(vals)})
+        return out
+
+
+def score_candidate(
+    p: np.ndarray, y: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]], target: Target, threshold: str | float
+) -> CVResult:
+    """The fold confusion matrices and targets of out-of-fold probabilities ``p`` at ``threshold``
+    (``"auto"``: :func:`best_threshold` on the pooled held-out pixels of all folds)."""
+    held = np.concatenate([test for _, test in folds])
+    t = best_threshold(p[held], y[held], target)[0] if threshold == "auto" else float(threshold)
+    cms = [confusion(y[test], apply_threshold(p[test], t)) for _, test in folds]
+    return CVResult(t, cms, [target.score(cm) for cm in cms])
 
 
 @dataclass
@@ -210,31 +473,39 @@ class Tuned:
     metrics: dict[str, float] = field(default_factory=dict)
     #: one line per tuned hyperparameter whose chosen value is the smallest or largest of its grid
     edge_warnings: list[str] = field(default_factory=list)
+    #: the decision threshold on the crop probability (0.5: the classifier's own argmax)
+    threshold: float = 0.5
 
     def fit_result(self) -> FitResult:
         from .naming import chosen_label
 
         tags = {"warning.grid_edge": "; ".join(self.edge_warnings)} if self.edge_warnings else {}
-        if self.best:
-            tags["chosen"] = chosen_label(self.best)
+        # what the run is named after (knn k=9 | bands): the chosen hyperparameters, and the balance
+        # unless it is the sample as drawn
+        tags["chosen"] = chosen_label({k: v for k, v in self.best.items() if (k, v) != ("balance", "proportional")})
         return FitResult(params=dict(self.params), metrics=dict(self.metrics), tags=tags)
 
 
-def grid_edges(grid: Mapping[str, Sequence[Any]] | None, best: Mapping[str, Any], where: str) -> list[str]:
-    """A warning for every numeric hyperparameter of ``grid`` (two or more values) whose chosen value in
-    ``best`` is the smallest or largest candidate: the CV score may still improve beyond the grid."""
+def grid_edges(
+    grid: Mapping[str, Sequence[Any]] | None,
+    best: Mapping[str, Any],
+    where: str,
+    limits: Mapping[str, tuple[float | None, float | None]] | None = None,
+) -> list[str]:
+    """A warning for every numeric hyperparameter of ``grid`` (two or more values; ``null`` as the top end)
+    whose chosen value in ``best`` is the smallest or largest candidate, unless that is as far as its
+    ``limits`` go: the score may improve beyond it."""
     out = []
     for name, values in dict(grid or {}).items():
-        nums = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
-        if len(nums) != len(values) or len(set(nums)) < 2 or name not in best:
+        side = edge_side(values, best.get(name)) if name in best else None
+        if side is None or not extend_values(values, side, 1, (limits or {}).get(name, (None, None))):
             continue
-        chosen, lo, hi = best[name], min(nums), max(nums)
-        if chosen in (lo, hi):
-            side = "largest" if chosen == hi else "smallest"
-            out.append(
-                f"{where}: chosen {name}={chosen} is the {side} value of its grid ({lo}..{hi}); the CV "
-                f"score may improve beyond it: widen the grid"
-            )
+        nums = [v for v in values if _is_number(v)]
+        top = "null" if any(v is None for v in values) else max(nums)
+        out.append(
+            f"{where}: chosen {name}={best[name]} is the {'largest' if side == 'high' else 'smallest'} value of "
+            f"its grid ({min(nums)}..{top}); the CV score may improve beyond it: widen the grid"
+        )
     return out
 
 
@@ -249,119 +520,154 @@ def tune(
     fit_params: Mapping[str, Any] | None = None,
     allowed: Sequence[str] | None = None,
     predict_all: PredictAll | None = None,
+    limits: Mapping[str, tuple[float | None, float | None]] | None = None,
 ) -> Tuned:
-    """Pick the best candidate of ``grid`` by the CV ``spec.cv`` names, refit it on all of ``X``, and score
-    it with the other CV too.
+    """Pick the best candidate of ``grid`` (and its decision threshold) by the CV ``spec.cv`` names on the
+    target ``spec.scoring``, extending numeric grids beyond a chosen edge, refit it on all of ``X``, and
+    score it with the other CV too.
 
     ``build(**candidate)`` returns a fresh unfitted scikit-learn estimator; ``fit_params`` (e.g.
-    ``{"sample_weight": w}``, one value per row of ``X``) go to every fit, split with the folds. Metrics:
-    ``cv_<scoring>_<candidate>`` for every candidate when there are several, ``cv_score``/``cv_score_std``
-    (the tuning CV), ``cv_<kind>_<scoring>``/``..._std`` for spatial and random, ``cv_seconds`` and
-    ``refit_seconds``. Params: the chosen values, ``cv`` (the CV that tuned), ``cv_folds``, ``cv_scoring``.
-
-    ``predict_all`` (optional, without ``fit_params``) scores every candidate of a fold at once (a KNN grid
-    from one query of the largest k); the scores are those of fitting each candidate on the fold. A chosen
-    value on the edge of a numeric grid warns (log, and the ``warning.grid_edge`` tag of the fit result).
+    ``{"sample_weight": w}``, one value per row of ``X``) go to every fit, split with the folds.
+    ``predict_all`` (optional, without ``fit_params``) gives every candidate's crop probabilities for a fold
+    at once (a KNN grid from one query of the largest k); they equal those of fitting each candidate on the
+    fold. ``limits`` bound grid extension per hyperparameter (``{"max_samples": (None, 1.0)}``). Params: the
+    chosen values, ``cv``, ``cv_folds``, ``cv_scoring``, ``threshold`` and ``grid_extended_<name>`` (the
+    values added); metrics: see the module docstring, plus ``cv_seconds`` and ``refit_seconds``.
     """
+    target = spec.target
     candidates = expand_grid(grid, spec.where, allowed)
-    y = np.asarray(y)
+    X, y = np.asarray(X), np.asarray(y)
     metrics: dict[str, float] = {}
     params: dict[str, Any] = {}
     t0 = time.perf_counter()
-    scores: dict[str, CVScore] = {}
-    results: list[CVScore] = []
+    edges: list[str] = []
+    threshold = 0.5 if spec.threshold == "auto" else float(spec.threshold)
+    full_grid = {k: list(v) for k, v in dict(grid or {}).items()}
     if spec.cv == "none":
         check_untuned(spec, len(candidates))
         best = candidates[0]
+        if spec.threshold == "auto":
+            log.info("%s: cv=none: no out-of-fold probabilities to choose a threshold; 0.5", spec.where)
     else:
-        tuning_cv = splitter(spec.cv, spec, y, groups)
-        cv_groups = groups if spec.cv == "spatial" else None
-        at_once = None
-        if predict_all is not None and len(candidates) > 1 and not fit_params:
-            at_once = cv_scores_all(predict_all, candidates, np.asarray(X), y, tuning_cv, spec.scoring, cv_groups)
-        for n, cand in enumerate(candidates):
-            if at_once is not None:
-                results.append(at_once[n])
+        folds = list(splitter(spec.cv, spec, y, groups).split(X, y, groups if spec.cv == "spatial" else None))
+        at_once = predict_all
+
+        def evaluate(cands: list[dict[str, Any]]) -> list[CVResult]:
+            p = oof_probabilities(build, cands, X, y, folds, fit_params, at_once)
+            res = [score_candidate(p[j], y, folds, target, spec.threshold) for j in range(len(cands))]
+            for cand, r in zip(cands, res):
                 if len(candidates) > 1:
-                    metrics[f"cv_{spec.scoring}_{candidate_key(cand)}"] = at_once[n].mean
+                    metrics[f"cv_{spec.scoring}_{candidate_key(cand)}"] = r.mean
                 log.info(
-                    "%s: %s cv %s %s = %.4f ± %.4f",
+                    "%s: %s cv %s %s = %.4f ± %.4f (threshold %.3f)",
                     spec.where,
                     spec.cv,
                     spec.scoring,
                     candidate_key(cand) or "defaults",
-                    at_once[n].mean,
-                    at_once[n].std,
+                    r.mean,
+                    r.std,
+                    r.threshold,
                 )
-                continue
-            s = cv_score(
-                functools.partial(build, **cand),
-                X,
-                y,
-                tuning_cv,
-                spec.scoring,
-                groups if spec.cv == "spatial" else None,
-                fit_params,
-            )
-            results.append(s)
-            if len(candidates) > 1:
-                metrics[f"cv_{spec.scoring}_{candidate_key(cand)}"] = s.mean
-            log.info(
-                "%s: %s cv %s %s = %.4f ± %.4f (%.1f s)",
-                spec.where,
-                spec.cv,
-                spec.scoring,
-                candidate_key(cand) or "defaults",
-                s.mean,
-                s.std,
-                s.seconds,
-            )
+            return res
+
+        results = evaluate(candidates)
+        if len(candidates) > 1 and spec.extend_rounds:
+            _extend(full_grid, candidates, results, evaluate, spec, limits or {}, params)
+
         # first of the best on ties: the grid order (as written in the config) breaks ties
         i = max(range(len(results)), key=lambda j: (results[j].mean, -j))
-        best = candidates[i]
-        scores[spec.cv] = results[i]
-        metrics.update(cv_score=results[i].mean, cv_score_std=results[i].std)
+        best, chosen = candidates[i], results[i]
+        threshold = chosen.threshold
+        metrics.update(cv_score=chosen.mean, cv_score_std=chosen.std, **chosen.metrics(spec.cv, per_fold=True))
         if spec.report_both:
             other = "random" if spec.cv == "spatial" else "spatial"
             try:
-                other_cv = splitter(other, spec, y, groups)
+                other_folds = list(splitter(other, spec, y, groups).split(X, y, groups if other == "spatial" else None))
             except ConfigError as exc:
                 log.warning("%s: no %s CV score for the chosen hyperparameters: %s", spec.where, other, exc)
             else:
-                scores[other] = cv_score(
-                    lambda: build(**best),
-                    X,
-                    y,
-                    other_cv,
-                    spec.scoring,
-                    groups if other == "spatial" else None,
-                    fit_params,
-                )
+                p = oof_probabilities(build, [best], X, y, other_folds, fit_params, predict_all)
+                r = score_candidate(p[0], y, other_folds, target, threshold)
+                metrics.update(r.metrics(other, per_fold=False))
                 log.info(
                     "%s: %s cv %s of the chosen %s = %.4f ± %.4f",
                     spec.where,
                     other,
                     spec.scoring,
                     candidate_key(best) or "defaults",
-                    scores[other].mean,
-                    scores[other].std,
+                    r.mean,
+                    r.std,
                 )
-        for kind, s in scores.items():
-            metrics[f"cv_{kind}_{spec.scoring}"] = s.mean
-            metrics[f"cv_{kind}_{spec.scoring}_std"] = s.std
+        plateau = sum(r.mean == chosen.mean for r in results) > 1
+        edges = grid_edges(full_grid, best, spec.where, limits) if not plateau else []
+        for line in edges:
+            log.warning("%s%s", line, f" (after up to {spec.extend_rounds} extensions)" if spec.extend_rounds else "")
+        log.info(
+            "%s: chosen %s, decision threshold %.3f (%s), %s cv %s = %.4f ± %.4f",
+            spec.where,
+            candidate_key(best) or "defaults",
+            threshold,
+            "auto" if spec.threshold == "auto" else "fixed",
+            spec.cv,
+            spec.scoring,
+            chosen.mean,
+            chosen.std,
+        )
     metrics["cv_seconds"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     estimator = build(**best).fit(X, y, **dict(fit_params or {}))
     metrics["refit_seconds"] = time.perf_counter() - t1
     params.update({k: _loggable(v) for k, v in best.items()})
-    params.update(cv=spec.cv, cv_folds=spec.folds, cv_scoring=spec.scoring)
+    params.update(cv=spec.cv, cv_folds=spec.folds, cv_scoring=spec.scoring, threshold=round(threshold, 6))
     metrics = {k: v for k, v in metrics.items() if math.isfinite(v)}
-    # a chosen value on the edge of its grid warns, unless another candidate scored the same (a plateau)
-    plateau = spec.cv != "none" and sum(r.mean == scores[spec.cv].mean for r in results) > 1
-    edges = grid_edges(grid, best, spec.where) if len(candidates) > 1 and not plateau else []
-    for line in edges:
-        log.warning("%s", line)
-    return Tuned(estimator, best, params, metrics, edges)
+    return Tuned(estimator, best, params, metrics, edges, threshold)
+
+
+def _extend(
+    grid: dict[str, list[Any]],
+    candidates: list[dict[str, Any]],
+    results: list[CVResult],
+    evaluate: Callable[[list[dict[str, Any]]], list[CVResult]],
+    spec: CVSpec,
+    limits: Mapping[str, tuple[float | None, float | None]],
+    params: dict[str, Any],
+) -> None:
+    """Extend ``grid`` (in place, with ``candidates`` and ``results``) beyond every chosen edge value, one
+    hyperparameter at a time, the others held at the current best, for at most :data:`EXTEND_ROUNDS`
+    rounds each; the values added are logged and kept in ``params`` (``grid_extended_<name>``)."""
+    rounds = dict.fromkeys(grid, 0)
+    while True:
+        i = max(range(len(results)), key=lambda j: (results[j].mean, -j))
+        best = candidates[i]
+        if sum(r.mean == results[i].mean for r in results) > 1:
+            return  # a plateau: the edge is not where the score rises
+        for name, values in grid.items():
+            side = edge_side(values, best.get(name))
+            if side is None or rounds[name] >= spec.extend_rounds:
+                continue
+            new = extend_values(values, side, EXTEND_STEPS, limits.get(name, (None, None)))
+            if not new:
+                continue
+            rounds[name] += 1
+            log.info(
+                "%s: chosen %s=%s is the %s value of its grid: extending it with %s (round %d of at most %d)",
+                spec.where,
+                name,
+                best[name],
+                "largest" if side == "high" else "smallest",
+                ", ".join(str(v) for v in new),
+                rounds[name],
+                spec.extend_rounds,
+            )
+            grid[name] = [*new[::-1], *values] if side == "low" else [*values, *new]
+            added = [{**best, name: v} for v in new]
+            candidates.extend(added)
+            results.extend(evaluate(added))
+            key = f"grid_extended_{name}"
+            params[key] = ",".join(str(v) for v in [*str(params.get(key, "")).split(","), *new] if str(v))
+            break
+        else:
+            return
 
 
 def _loggable(value: Any) -> Any:
@@ -391,21 +697,33 @@ def check_class_weight(value: Any, where: str) -> str | None:
     return value
 
 
+def check_balance(value: Any, where: str = "fit") -> str:
+    """The ``balance`` argument of a classifier's ``fit``: ``"auto"`` or one of :data:`BALANCE_MODES`."""
+    if value != "auto" and value not in BALANCE_MODES:
+        raise ConfigError(f"{where}: balance must be auto or one of {', '.join(BALANCE_MODES)}, got {value!r}")
+    return str(value)
+
+
 class SklearnClassifier:
     """Base of the built-in scikit-learn classifiers: options, tuning, prediction, probabilities.
 
     A subclass sets ``name``, lists its tunable ``hyperparameters`` (option names, values in
     ``self.hyper``) and implements :meth:`build` returning a fresh estimator (or
     :class:`~sklearn.pipeline.Pipeline`) for one candidate. ``grid`` maps hyperparameter names to candidate
-    lists; the CV named by ``cv`` chooses among them (see :func:`tune`).
+    lists; the CV named by ``cv`` chooses among them (see :func:`tune`), on the target ``scoring``, with the
+    decision ``threshold`` (``"auto"``: chosen by the CV; a number: fixed).
 
     ``class_weight``: ``None`` or ``"balanced"``. Estimators that take ``class_weight`` get it in
     :meth:`build`; for the others set ``sample_weight_param`` (e.g. ``"mlp__sample_weight"``) and the base
-    passes balanced per-pixel weights to ``fit`` instead.
+    passes balanced per-pixel weights to ``fit`` instead. ``fit(..., balance="auto")`` (``train.balance=auto``)
+    lets the CV choose among the proportional sample, a balanced sample and class weights; with
+    ``class_weight="balanced"`` set, class weights stay.
     """
 
     name: str = "sklearn"
     hyperparameters: tuple[str, ...] = ()
+    #: bounds of grid extension per hyperparameter (inclusive; None: open), e.g. fractions up to 1
+    limits: dict[str, tuple[float | None, float | None]] = {}
     #: threads for OpenMP/BLAS inside fit and predict (threadpoolctl); None leaves the libraries' default.
     #: OpenMP estimators (HistGradientBoosting) slow down badly on a busy machine with more threads.
     n_threads: int | None = None
@@ -419,13 +737,23 @@ class SklearnClassifier:
         grid: Mapping[str, Sequence[Any]] | None = None,
         cv: str = "spatial",
         cv_folds: int = 3,
-        scoring: str = "f1_weighted",
+        scoring: str = "crop_f1",
         seed: int = 0,
         class_weight: str | None = None,
+        threshold: str | float = "auto",
+        grid_extend_rounds: int = EXTEND_ROUNDS,
         **hyper: Any,
     ):
         self.where = f"classifier.{self.name}"
-        self.spec = CVSpec(cv=cv, folds=cv_folds, scoring=scoring, seed=int(seed), where=self.where)
+        self.spec = CVSpec(
+            cv=cv,
+            folds=cv_folds,
+            scoring=scoring,
+            seed=int(seed),
+            where=self.where,
+            threshold=threshold,
+            extend_rounds=grid_extend_rounds,
+        )
         self.seed = int(seed)
         self.class_weight = check_class_weight(class_weight, self.where)
         self.hyper = dict(hyper)
@@ -433,25 +761,55 @@ class SklearnClassifier:
         self.candidates = expand_grid(self.grid, self.where, self.hyperparameters)  # validate now
         check_untuned(self.spec, len(self.candidates))
         self.model_: Any = None
+        self.threshold_ = 0.5
 
     def build(self, **params: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def _build(self, **candidate: Any) -> Any:
-        return self.build(**{**self.hyper, **candidate})
+        mode = candidate.pop("balance", "proportional")
+        owner = self
+        if mode == "weights" and self.class_weight is None:
+            owner = copy.copy(self)
+            owner.class_weight = "balanced"
+        est = owner.build(**{**self.hyper, **candidate})
+        if owner.class_weight == "balanced" and self.sample_weight_param:
+            est = SampleWeighted(est, self.sample_weight_param)
+        return BalancedSample(est, self.seed) if mode == "sample" else est
 
-    def fit(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None) -> FitResult:
-        fit_params = {}
-        if self.class_weight == "balanced" and self.sample_weight_param:
-            fit_params[self.sample_weight_param] = balanced_sample_weight(y)
+    def balance_modes(self) -> list[str]:
+        """What ``fit(balance="auto")`` chooses among: class weights only for a subclass that takes a
+        ``class_weight`` option (its :meth:`build` reads ``self.class_weight``) or sets
+        ``sample_weight_param``; with ``class_weight="balanced"`` set, class weights alone."""
+        if self.class_weight == "balanced":
+            return ["weights"]
+        weighted = self.sample_weight_param is not None or accepts(type(self).__init__, "class_weight")
+        return [m for m in BALANCE_MODES if m != "weights" or weighted]
+
+    def fit(
+        self, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None, balance: str = "proportional"
+    ) -> FitResult:
+        grid = dict(self.grid)
+        balance = check_balance(balance, f"{self.where}.fit")
+        modes = self.balance_modes() if balance == "auto" else [balance]
+        if self.spec.cv == "none" and len(modes) > 1:
+            log.info("%s: cv=none: no CV to choose the balance; proportional", self.where)
+            modes = ["proportional"]
+        if modes != ["proportional"]:
+            grid["balance"] = modes
+        allowed = (*self.hyperparameters, "balance")
         with self._threads():
-            tuned = tune(
-                self._build, self.grid, X, y, groups, self.spec, fit_params=fit_params, allowed=self.hyperparameters
-            )
+            tuned = tune(self._build, grid, X, y, groups, self.spec, allowed=allowed, limits=self.grid_limits())
         self.model_ = tuned.estimator
-        extra = self.describe(self.model_)
+        self.threshold_ = tuned.threshold
+        extra = self.describe(unwrap(self.model_))
         tuned.params.update(extra)
+        tuned.params.setdefault("balance", modes[0])
         return tuned.fit_result()
+
+    def grid_limits(self) -> dict[str, tuple[float | None, float | None]]:
+        """How far grid extension may take each hyperparameter (:attr:`limits` unless overridden)."""
+        return dict(self.limits)
 
     def describe(self, model: Any) -> dict[str, Any]:
         """Extra fitted facts to log as ``fit.*`` params (e.g. iterations run); none by default."""
@@ -467,8 +825,12 @@ class SklearnClassifier:
         return threadpool_limits(limits=int(self.n_threads))
 
     def predict(self, X: np.ndarray) -> np.ndarray:
+        """0/1 labels at the fitted decision threshold (the estimator's own ``predict`` at 0.5)."""
+        threshold = getattr(self, "threshold_", 0.5)
         with self._threads():
-            return np.asarray(self.model_.predict(X)).astype(np.uint8)
+            if threshold == 0.5:
+                return np.asarray(self.model_.predict(X)).astype(np.uint8)
+            return apply_threshold(crop_probability(self.model_, X), threshold)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         with self._threads():

@@ -26,6 +26,9 @@ class HistGradientBoosting(SklearnClassifier):
         "l2_regularization",
     )
 
+    #: how far grid extension may go: a tree needs 2 leaves; a learning rate above 1 overshoots
+    limits = {"max_leaf_nodes": (2, None), "learning_rate": (None, 1.0)}
+
     def __init__(
         self,
         learning_rate: float = 0.1,
@@ -39,8 +42,10 @@ class HistGradientBoosting(SklearnClassifier):
         grid: Mapping[str, Sequence[Any]] | None = None,
         cv: str = "spatial",
         cv_folds: int = 3,
-        scoring: str = "f1_weighted",
+        scoring: str = "crop_f1",
         n_threads: int | None = 1,
+        threshold: str | float = "auto",
+        grid_extend_rounds: int = 3,
         seed: int = 0,
     ):
         super().__init__(
@@ -48,6 +53,8 @@ class HistGradientBoosting(SklearnClassifier):
             cv=cv,
             cv_folds=cv_folds,
             scoring=scoring,
+            threshold=threshold,
+            grid_extend_rounds=grid_extend_rounds,
             seed=seed,
             class_weight=class_weight,
             learning_rate=learning_rate,

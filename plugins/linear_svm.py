@@ -25,11 +25,21 @@ class LinearSVM(SklearnClassifier):
         grid: Mapping[str, Sequence[Any]] | None = None,
         cv: str = "spatial",
         cv_folds: int = 3,
-        scoring: str = "f1_weighted",
+        scoring: str = "crop_f1",
+        threshold: str | float = "auto",
+        grid_extend_rounds: int = 3,
         seed: int = 0,
     ):
         super().__init__(
-            grid=grid, cv=cv, cv_folds=cv_folds, scoring=scoring, seed=seed, class_weight=class_weight, C=C
+            grid=grid,
+            cv=cv,
+            cv_folds=cv_folds,
+            scoring=scoring,
+            seed=seed,
+            threshold=threshold,
+            grid_extend_rounds=grid_extend_rounds,
+            class_weight=class_weight,
+            C=C,
         )
         if calibration not in ("sigmoid", "isotonic"):
             raise ConfigError(f"{self.where}.calibration: 'sigmoid' or 'isotonic', got {calibration!r}")

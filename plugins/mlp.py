@@ -19,6 +19,7 @@ class MLP(SklearnClassifier):
     name = "mlp"
     hyperparameters = ("hidden_layer_sizes", "alpha", "learning_rate_init", "batch_size")
     sample_weight_param = "mlp__sample_weight"
+    limits = {"learning_rate_init": (None, 1.0)}
 
     def __init__(
         self,
@@ -33,8 +34,10 @@ class MLP(SklearnClassifier):
         grid: Mapping[str, Sequence[Any]] | None = None,
         cv: str = "spatial",
         cv_folds: int = 3,
-        scoring: str = "f1_weighted",
+        scoring: str = "crop_f1",
         n_threads: int | None = 1,
+        threshold: str | float = "auto",
+        grid_extend_rounds: int = 3,
         seed: int = 0,
     ):
         super().__init__(
@@ -42,6 +45,8 @@ class MLP(SklearnClassifier):
             cv=cv,
             cv_folds=cv_folds,
             scoring=scoring,
+            threshold=threshold,
+            grid_extend_rounds=grid_extend_rounds,
             seed=seed,
             class_weight=class_weight,
             hidden_layer_sizes=_layers(hidden_layer_sizes),

@@ -29,8 +29,10 @@ class RandomForest(SklearnClassifier):
         grid: Mapping[str, Sequence[Any]] | None = None,
         cv: str = "spatial",
         cv_folds: int = 3,
-        scoring: str = "f1_weighted",
+        scoring: str = "crop_f1",
         n_jobs: int = -1,
+        threshold: str | float = "auto",
+        grid_extend_rounds: int = 3,
         seed: int = 0,
     ):
         super().__init__(
@@ -38,6 +40,8 @@ class RandomForest(SklearnClassifier):
             cv=cv,
             cv_folds=cv_folds,
             scoring=scoring,
+            threshold=threshold,
+            grid_extend_rounds=grid_extend_rounds,
             seed=seed,
             class_weight=class_weight,
             n_estimators=n_estimators,
@@ -47,6 +51,14 @@ class RandomForest(SklearnClassifier):
             max_samples=max_samples,
         )
         self.n_jobs = n_jobs
+
+    def grid_limits(self) -> dict[str, tuple[float | None, float | None]]:
+        # max_samples and max_features are fractions (at most 1) when given as floats, counts when integers
+        return {
+            name: (None, 1.0)
+            for name in ("max_samples", "max_features")
+            if any(isinstance(v, float) for v in self.grid.get(name, []))
+        }
 
     def build(self, **params: Any) -> Any:
         from sklearn.ensemble import RandomForestClassifier

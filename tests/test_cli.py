@@ -51,6 +51,14 @@ EXPECTED_METRICS = [
     "cv_spatial_f1_weighted_std",
     "cv_random_f1_weighted",
     "cv_random_f1_weighted_std",
+    "cv_spatial_crop_f1",
+    "cv_spatial_crop_f1_fold1",
+    "cv_random_crop_iou",
+    "train_labelled_crop_fraction",
+    "test_labelled_crop_fraction",
+    "test_predicted_crop_fraction",
+    "crop_share_difference",
+    "cv_test_gap",
 ]
 
 EXPECTED_ARTIFACTS = [
@@ -110,9 +118,24 @@ def test_cli_end_to_end_local_source(tmp_path, tiny_pair, cli_env, tracking_uri)
     assert run.data.metrics["test_raw_crop_support"] == 880
     assert run.data.params["classifier.name"] == "knn"
     assert run.data.params["source.train_image"] == str(train.image)
-    assert int(run.data.params["fit.k"]) in (3, 5)
+    assert int(run.data.params["fit.k"]) in (3, 5) or "fit.grid_extended_k" in run.data.params
+    assert "cropseg.warning.crop_share_shift" not in run.data.tags  # separable tiny scenes: shares agree
     assert run.data.params["fit.cv"] == "spatial"  # the CV that tuned k; its score is cv_score
-    assert run.data.metrics["cv_score"] == run.data.metrics["cv_spatial_f1_weighted"]
+    assert run.data.metrics["cv_score"] == run.data.metrics["cv_spatial_crop_f1"]  # the target: crop F1
+    # every target's test metric is logged; the gap is the tuning CV's target minus the test one
+    from cropseg.targets import TARGETS
+
+    assert not [t.test_metric for t in TARGETS.values() if t.test_metric not in run.data.metrics]
+    m = run.data.metrics
+    assert m["cv_test_gap"] == pytest.approx(m["cv_spatial_crop_f1"] - m["test_crop_f1"])
+    assert m["test_predicted_crop_fraction"] == pytest.approx(
+        (m["test_crop_support"] * m["test_crop_recall"] / m["test_crop_precision"])
+        / (m["test_crop_support"] + m["test_noncrop_support"])
+    )
+    assert 0 <= float(run.data.params["fit.threshold"]) < 1 and run.data.params["fit.balance"] in (
+        "proportional",
+        "sample",
+    )
     tags = run.data.tags
     assert tags["cropseg.source"] == "local" and tags["cropseg.classifier"] == "knn"
     assert tags["cropseg.labeler"] == "rasterize" and tags["cropseg.postprocessor"] == "median_blur,vectorize"

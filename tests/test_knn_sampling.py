@@ -48,9 +48,9 @@ def test_knn_predicts_separable_data():
     assert fit.params["cv"] == "random"
     assert fit.metrics["cv_score"] == pytest.approx(1.0)
     assert 0.0 <= fit.metrics["cv_score_std"] < 1e-9
-    assert fit.metrics["cv_random_f1_weighted"] == fit.metrics["cv_score"]
+    assert fit.metrics["cv_random_crop_f1"] == fit.metrics["cv_score"]
     assert "cv_spatial_f1_weighted" not in fit.metrics  # no groups: no spatial CV to report
-    assert set(fit.metrics) >= {f"cv_f1_weighted_k{k}" for k in K_GRID}
+    assert set(fit.metrics) >= {f"cv_crop_f1_k{k}" for k in K_GRID}
     Xt, yt = blobs(100, seed=1)
     pred = clf.predict(Xt)
     assert pred.dtype == np.uint8 and pred.shape == yt.shape
@@ -60,7 +60,8 @@ def test_knn_predicts_separable_data():
 def test_knn_best_k_is_the_best_cv_score():
     X, y = blobs(120, seed=3, sep=2.0)  # overlapping blobs: the k's score differently
     fit = KNNClassifier(k_grid=(1, 3, 9, 15), n_jobs=1, seed=0, cv="random").fit(X, y)
-    scores = {k: fit.metrics[f"cv_f1_weighted_k{k}"] for k in (1, 3, 9, 15)}
+    scores = {int(k[len("cv_crop_f1_k") :]): v for k, v in fit.metrics.items() if k.startswith("cv_crop_f1_k")}
+    assert {1, 3, 9, 15} <= set(scores)  # and the k of any extension of the grid
     assert fit.params["k"] in scores
     assert scores[fit.params["k"]] == max(scores.values())
     assert fit.metrics["cv_score"] == pytest.approx(max(scores.values()))
@@ -315,19 +316,24 @@ def test_sample_bad_total_cap_raises(labelled):
         sample(labelled, max_pixels=0)
 
 
-def test_knn_warns_when_the_chosen_k_is_on_the_edge_of_its_grid(caplog):
+def test_knn_extends_its_grid_when_the_chosen_k_is_on_the_edge(caplog):
     # noisy labels: the vote over more neighbours keeps improving, so the largest k of the grid wins
     rng = np.random.default_rng(0)
     X = rng.normal(size=(600, 2)).astype(np.float32)
     y = ((X[:, 0] > 0) ^ (rng.random(600) < 0.3)).astype(np.uint8)
-    with caplog.at_level("WARNING"):
-        fit = KNNClassifier(k_grid=[1, 3, 5], cv="random").fit(X, y)
-    assert fit.params["k"] == 5
-    assert "k=5 is the largest value of its grid (1..5)" in fit.tags["warning.grid_edge"]
-    assert any("largest value of its grid" in r.getMessage() for r in caplog.records)
-    assert fit.tags["chosen"] == "k=5"
-    inner = KNNClassifier(k_grid=[1, 25, 351], cv="random").fit(X, y)  # the best k inside the grid: no warning
-    assert inner.params["k"] == 25 and "warning.grid_edge" not in inner.tags
+    with caplog.at_level("INFO"):
+        fit = KNNClassifier(k_grid=[1, 3, 5], cv="random", threshold=0.5).fit(X, y)
+    assert fit.params["grid_extended_k"].startswith("7,9,11")
+    assert fit.params["k"] > 5 and fit.tags["chosen"] == f"k={fit.params['k']}"
+    assert any(
+        "k=5 is the largest value of its grid: extending it with 7, 9, 11" in r.getMessage() for r in caplog.records
+    )
+    if "warning.grid_edge" not in fit.tags:  # settled inside the extended grid
+        assert fit.params["k"] < max(int(k) for k in fit.params["grid_extended_k"].split(","))
+    inner = KNNClassifier(k_grid=[1, 25, 351], cv="random", threshold=0.5, scoring="f1_weighted").fit(
+        X, y
+    )  # the best k inside the grid: no extension
+    assert inner.params["k"] == 25 and "warning.grid_edge" not in inner.tags and "grid_extended_k" not in inner.params
 
 
 def test_knn_cv_scores_every_k_from_one_query_as_fitting_each_k():
@@ -340,10 +346,11 @@ def test_knn_cv_scores_every_k_from_one_query_as_fitting_each_k():
     for weights in ("uniform", "distance"):
         clf = KNNClassifier(k_grid=[3, 7, 15, 31], weights=weights)
         spec = CVSpec(cv="spatial", folds=3, seed=0, where="classifier.knn")
-        at_once = tune(clf._estimator, {"k": clf.k_grid}, X, y, groups, spec, predict_all=clf._predict_all)
-        one_by_one = tune(clf._estimator, {"k": clf.k_grid}, X, y, groups, spec)
-        keys = [k for k in one_by_one.metrics if k.startswith("cv_f1_weighted_k")]
-        assert len(keys) == 4
+        lim = {"k": (1, 500)}
+        at_once = tune(clf._estimator, {"k": clf.k_grid}, X, y, groups, spec, predict_all=clf._predict_all, limits=lim)
+        one_by_one = tune(clf._estimator, {"k": clf.k_grid}, X, y, groups, spec, limits=lim)
+        keys = [k for k in one_by_one.metrics if k.startswith("cv_crop_f1_k")]
+        assert len(keys) >= 4
         for k in keys:
             assert at_once.metrics[k] == pytest.approx(one_by_one.metrics[k], abs=1e-12), (weights, k)
         assert at_once.best == one_by_one.best

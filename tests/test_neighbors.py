@@ -112,7 +112,7 @@ def test_empty_input_and_direct_index():
 def test_knn_plugin_predicts_like_its_sklearn_model_and_pickles():
     X, y = reflectance_like(6000, seed=21)
     Xt, _ = reflectance_like(20000, seed=22)
-    clf = KNNClassifier(k_grid=(5, 7), cv="random", n_jobs=1, seed=0)
+    clf = KNNClassifier(k_grid=(5, 7), cv="random", n_jobs=1, seed=0, threshold=0.5)
     clf.fit(X, y)
     assert isinstance(clf.model_, KNeighborsClassifier)
     expected = KNeighborsClassifier.predict(clf.model_, Xt).astype(np.uint8)  # scikit-learn's own vote
@@ -121,6 +121,37 @@ def test_knn_plugin_predicts_like_its_sklearn_model_and_pickles():
     assert np.mean(got == expected) >= 0.999
     again = pickle.loads(pickle.dumps(clf))  # a pickled model (MLflow artifact, Dask worker) predicts alike
     np.testing.assert_array_equal(again.predict(Xt), got)
+
+
+@pytest.mark.parametrize("threshold", [0.1, 0.3, 0.45, 0.7, 0.95])
+def test_a_decision_threshold_is_the_vote_fraction_above_it(threshold):
+    """The vote-shaped search with m = floor(threshold * k) + 1 crop votes gives scikit-learn's
+    ``predict_proba(X)[:, 1] > threshold``; the plugin applies its fitted threshold the same way."""
+    X, y = reflectance_like(6000, seed=23)
+    Xt, _ = reflectance_like(20000, seed=24)
+    model = KNeighborsClassifier(n_neighbors=9).fit(X, y)
+    expected = (model.predict_proba(Xt)[:, 1] > threshold).astype(model.classes_.dtype)
+    got = knn_predict(model, Xt, threshold=threshold)
+    assert np.mean(got == expected) >= 0.999
+    clf = KNNClassifier(k_grid=(9,), cv="random", n_jobs=1, threshold=threshold)
+    clf.fit(X, y)
+    assert clf.threshold_ == threshold and clf.predict(Xt).tolist() == got.astype(np.uint8).tolist()
+
+
+def test_an_auto_threshold_is_chosen_and_applied():
+    X, y = reflectance_like(6000, seed=25)
+    clf = KNNClassifier(k_grid=(5, 9), cv="random", n_jobs=1, seed=0)
+    fit = clf.fit(X, y)
+    k = clf.model_.n_neighbors
+    assert fit.params["threshold"] == pytest.approx(clf.threshold_, abs=1e-6)
+    # a midpoint between two vote fractions j/k and (j+1)/k
+    assert (clf.threshold_ * k) % 1 == pytest.approx(0.5, abs=1e-4)
+    # the logged model (a pickle) keeps and applies it: runs, the pyfunc model and `cropseg predict` alike
+    Xt, _ = reflectance_like(5000, seed=26)
+    again = pickle.loads(pickle.dumps(clf))
+    assert again.threshold_ == clf.threshold_
+    expected = (KNeighborsClassifier.predict_proba(clf.model_, Xt)[:, 1] > clf.threshold_).astype(np.uint8)
+    assert np.mean(again.predict(Xt) == expected) >= 0.999
 
 
 def test_reference_configuration_uses_the_two_class_search_and_small_classes_fall_back():

@@ -196,4 +196,4 @@ def test_optuna_sweeper_maximises_the_spatial_cv_score(work, tiny_pair, cli_env,
     best = yaml.safe_load((work / "optuna-sweep" / "optimization_results.yaml").read_text())
     scores = [c.data.metrics["cv_score"] for c in children]
     assert best["best_value"] == pytest.approx(max(scores))
-    assert best["best_value"] == pytest.approx(max(c.data.metrics["cv_spatial_f1_weighted"] for c in children))
+    assert best["best_value"] == pytest.approx(max(c.data.metrics["cv_spatial_crop_f1"] for c in children))

@@ -10,7 +10,17 @@ import pytest
 
 from cropseg.errors import ConfigError
 from cropseg.sampling import sample_training_pixels
-from cropseg.tuning import CVSpec, candidate_key, expand_grid, tune
+from cropseg.targets import TARGETS
+from cropseg.tuning import (
+    CVSpec,
+    best_threshold,
+    candidate_key,
+    confusions_at,
+    expand_grid,
+    extend_values,
+    splitter,
+    tune,
+)
 from cropseg_plugins.bands import BandFeatures
 from cropseg_plugins.logistic_regression import LogisticRegressionClassifier
 from cropseg_plugins.mlp import MLP
@@ -35,15 +45,38 @@ def overlapping(n: int = 200, seed: int = 0, sep: float = 1.5):
 
 def test_the_best_candidate_of_the_tuning_cv_is_chosen_and_refitted():
     X, y, groups = overlapping()
-    tuned = tune(knn, {"k": [1, 15, 31]}, X, y, groups, CVSpec(cv="random", seed=0))
-    scores = {k: tuned.metrics[f"cv_f1_weighted_k{k}"] for k in (1, 15, 31)}
+    tuned = tune(knn, {"k": [1, 15, 31]}, X, y, groups, CVSpec(cv="random", seed=0), limits={"k": (1, 260)})
+    scores = {int(k[len("cv_crop_f1_k") :]): v for k, v in tuned.metrics.items() if k.startswith("cv_crop_f1_k")}
+    assert {1, 15, 31} <= set(scores)  # and any k the grid was extended with
     assert tuned.best["k"] == max(scores, key=scores.get) and tuned.params["k"] == tuned.best["k"]
-    assert tuned.metrics["cv_score"] == scores[tuned.best["k"]] == tuned.metrics["cv_random_f1_weighted"]
+    assert tuned.metrics["cv_score"] == scores[tuned.best["k"]] == tuned.metrics["cv_random_crop_f1"]
     assert tuned.params["cv"] == "random" and tuned.params["cv_folds"] == 3
+    assert tuned.params["cv_scoring"] == "crop_f1"  # the default target
     assert tuned.estimator.n_neighbors == tuned.best["k"]
     assert hasattr(tuned.estimator, "classes_")  # refitted on all pixels
-    # the chosen candidate is scored by the spatial CV too
+    # the chosen candidate is scored by the spatial CV too, every target and today's weighted F1 beside
     assert {"cv_spatial_f1_weighted", "cv_spatial_f1_weighted_std", "cv_random_f1_weighted_std"} <= set(tuned.metrics)
+    assert {"cv_spatial_crop_iou", "cv_random_balanced_accuracy_std", "cv_spatial_crop_recall"} <= set(tuned.metrics)
+    # the crop metrics of every fold of the tuning CV, whose mean and sd are the logged ones
+    folds = [tuned.metrics[f"cv_random_crop_f1_fold{i}"] for i in (1, 2, 3)]
+    assert np.mean(folds) == pytest.approx(tuned.metrics["cv_random_crop_f1"])
+    assert np.std(folds) == pytest.approx(tuned.metrics["cv_random_crop_f1_std"])
+    assert {f"cv_random_{m}_fold3" for m in ("crop_precision", "crop_recall", "crop_iou")} <= set(tuned.metrics)
+
+
+def test_the_scoring_is_a_target_or_the_scorer_of_one():
+    X, y, groups = overlapping()
+    spec = CVSpec(cv="random", scoring="f1_weighted", threshold=0.5, report_both=False)
+    tuned = tune(knn, {"k": [5]}, X, y, groups, spec)
+    assert spec.target.name == "weighted_f1"
+    assert tuned.metrics["cv_score"] == tuned.metrics["cv_random_weighted_f1"] == tuned.metrics["cv_random_f1_weighted"]
+    # the weighted F1 of the folds equals scikit-learn's scorer on each fold's predictions
+    from sklearn.model_selection import cross_val_score
+
+    sk = cross_val_score(knn(5), X, y, cv=splitter("random", spec, y, None), scoring="f1_weighted")
+    assert tuned.metrics["cv_score"] == pytest.approx(float(np.mean(sk)), abs=1e-12)
+    with pytest.raises(ConfigError, match="roc_auc.*not a target metric"):
+        CVSpec(scoring="roc_auc", where="classifier.x")
 
 
 def test_ties_go_to_the_first_candidate_in_grid_order():
@@ -154,7 +187,7 @@ def test_spatial_cv_is_lower_than_random_cv_on_the_synthetic_sample(sample_pixel
     tuned = tune(make, {}, ts.X, ts.y, ts.groups, CVSpec(cv="spatial", seed=0))
     spatial, random = tuned.metrics["cv_spatial_f1_weighted"], tuned.metrics["cv_random_f1_weighted"]
     assert spatial < random - 0.02, (spatial, random)
-    assert tuned.metrics["cv_score"] == spatial
+    assert tuned.metrics["cv_score"] == tuned.metrics["cv_spatial_crop_f1"] < tuned.metrics["cv_random_crop_f1"]
 
 
 def imbalanced(seed: int = 0):
@@ -186,3 +219,191 @@ def test_every_classifier_config_but_knn_has_class_weight():
     conf = Path(__file__).resolve().parents[1] / "conf" / "classifier"
     for path in conf.glob("*.yaml"):
         assert ("class_weight" in OmegaConf.load(path)) == (path.stem != "knn"), path.name
+
+
+# -- decision threshold --------------------------------------------------------------------------------
+
+
+def test_threshold_choice_recovers_a_known_optimum():
+    """100 crop pixels at p=0.3, 1000 non-crop at 0.1 and 10 at 0.35: crop F1 is best (200/210) for any cut
+    in [0.1, 0.3), zero above 0.3 and worse below 0.1; the midpoint of the distinct values there is 0.2."""
+    p = np.concatenate([np.full(100, 0.3), np.full(1000, 0.1), np.full(10, 0.35)])
+    y = np.concatenate([np.ones(100), np.zeros(1010)]).astype(np.uint8)
+    t, score = best_threshold(p, y, TARGETS["crop_f1"])
+    assert t == pytest.approx(0.2) and score == pytest.approx(200 / 210)
+    # the majority vote (0.5) would map no crop at all
+    assert TARGETS["crop_f1"].score(confusions_at(p, y, np.array([0.5]))[0]) == 0.0
+
+
+@pytest.mark.parametrize("target", ["crop_f1", "crop_iou", "balanced_accuracy", "weighted_f1"])
+def test_threshold_choice_matches_a_brute_force_search(target):
+    """Synthetic scores: the chosen cut scores what the best of a dense sweep of cuts (by scikit-learn's
+    metrics on the labels) scores."""
+    from sklearn.metrics import balanced_accuracy_score, f1_score, jaccard_score
+
+    rng = np.random.default_rng(4)
+    y = (rng.random(3000) < 0.25).astype(np.uint8)
+    p = np.clip(rng.normal(0.35 + 0.25 * y, 0.15), 0, 1).round(3)
+    t, score = best_threshold(p, y, TARGETS[target])
+    sk = {
+        "crop_f1": lambda pred: f1_score(y, pred),
+        "crop_iou": lambda pred: jaccard_score(y, pred),
+        "balanced_accuracy": lambda pred: balanced_accuracy_score(y, pred),
+        "weighted_f1": lambda pred: f1_score(y, pred, average="weighted"),
+    }[target]
+    sweep = max(sk((p > c).astype(np.uint8)) for c in np.arange(0.0, 1.0, 0.0005))
+    assert score == pytest.approx(sweep, abs=1e-12)
+    assert sk((p > t).astype(np.uint8)) == pytest.approx(score, abs=1e-12)
+
+
+def test_a_classifier_applies_its_chosen_threshold():
+    X, y, groups = imbalanced()
+    clf = LogisticRegressionClassifier(grid={"C": [1.0]}, cv="random")
+    fit = clf.fit(X, y, groups)
+    assert fit.params["threshold"] == pytest.approx(clf.threshold_, abs=1e-6) and clf.threshold_ != 0.5
+    np.testing.assert_array_equal(clf.predict(X), (clf.predict_proba(X)[:, 1] > clf.threshold_).astype(np.uint8))
+    fixed = LogisticRegressionClassifier(grid={"C": [1.0]}, cv="random", threshold=0.5)
+    fixed.fit(X, y, groups)
+    np.testing.assert_array_equal(fixed.predict(X), fixed.model_.predict(X))
+    with pytest.raises(ConfigError, match="threshold"):
+        LogisticRegressionClassifier(threshold=1.5)
+
+
+# -- balance as a choice ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", [LogisticRegressionClassifier, MLP, "knn"])
+def test_auto_balance_chooses_balancing_on_an_imbalanced_set(cls):
+    """1 crop pixel for 9 non-crop ones, overlapping, at the majority vote (threshold 0.5, which alone would
+    otherwise re-balance): the proportional sample maps little crop, so the CV picks a balanced sample or
+    class weights for crop F1."""
+    from cropseg_plugins.knn import KNNClassifier
+
+    X, y, groups = imbalanced()
+    if cls == "knn":
+        clf = KNNClassifier(k_grid=[15], cv="spatial", threshold=0.5)
+    else:
+        clf = cls(grid={}, cv="spatial", threshold=0.5)
+    fit = clf.fit(X, y, groups, balance="auto")
+    modes = [m for m in ("proportional", "sample", "weights") if any(k.endswith(f"balance{m}") for k in fit.metrics)]
+    assert modes == (["proportional", "sample"] if cls == "knn" else ["proportional", "sample", "weights"])
+    scores = {m: next(v for k, v in fit.metrics.items() if k.endswith(f"balance{m}")) for m in modes}
+    assert fit.params["balance"] in ("sample", "weights") and scores[fit.params["balance"]] == max(scores.values())
+    assert scores[fit.params["balance"]] > scores["proportional"] + 0.02, scores
+    # the refit is balanced as chosen: more crop predicted than the proportional fit gives
+    plain = (KNNClassifier(k_grid=[15], threshold=0.5) if cls == "knn" else cls(grid={}, threshold=0.5)).fit(
+        X, y, groups
+    )
+    assert plain.params["balance"] == "proportional"
+
+
+# -- grid extension ---------------------------------------------------------------------------------------
+
+
+def test_extend_values():
+    assert extend_values([3, 5, 7], "high") == [9, 11, 13]
+    assert extend_values([3, 5, 7], "low") == [1]  # k stays positive
+    assert extend_values([0.01, 1.0, 100.0], "high") == [1e4, 1e6, 1e8]  # a ratio continues
+    assert extend_values([0.01, 1.0, 100.0], "low") == [1e-4, 1e-6, 1e-8]
+    assert extend_values([8, 16], "high") == [32, 64, 128]  # two values a factor 2 apart: doubling
+    assert extend_values([8, 16, None], "high") == []  # null is the top end
+    assert extend_values([8, 16, None], "low") == [4, 2, 1]
+    assert extend_values([0.05, 0.1], "high", limits=(None, 1.0)) == [0.2, 0.4, 0.8]
+    assert extend_values([0.5, 1.0], "high", limits=(None, 1.0)) == []  # already at its limit
+    assert extend_values([0.0, 0.5], "low") == []  # no negative values from a grid without them
+    assert extend_values([15, 25], "high") == [35, 45, 55]  # evenly spaced (less than a factor 2): the step
+    assert extend_values([15, 31], "high") == [64, 132, 274]
+
+
+class Graded:
+    """A toy estimator for grid tests: its crop probability is right for the share ``level / 100`` of the
+    pixels (column 1 of X is uniform), so every score rises with ``level`` until 100."""
+
+    def __init__(self, level):
+        self.level = level
+
+    def fit(self, X, y):
+        self.classes_ = np.array([0, 1])
+        return self
+
+    def predict_proba(self, X):
+        right = X[:, 1] < self.level / 100
+        p = np.where(right, X[:, 0], 1 - X[:, 0])
+        return np.column_stack([1 - p, p])
+
+
+def graded_data(n=2000, seed=0):
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < 0.4).astype(np.uint8)
+    return np.column_stack([y, rng.random(n)]), y, np.arange(n) % 10
+
+
+def test_a_chosen_edge_extends_the_grid_until_the_best_lies_inside(caplog):
+    X, y, groups = graded_data()
+    spec = CVSpec(cv="spatial", threshold=0.5, report_both=False, where="classifier.toy")
+    with caplog.at_level("INFO"):
+        tuned = tune(Graded, {"level": [40, 60]}, X, y, groups, spec, limits={"level": (0, 1000)})
+    # 80, 100, 120 added in round 1: 100 and 120 are both perfect (a plateau), so the first (100) is kept
+    assert tuned.best == {"level": 100} and tuned.params["grid_extended_level"] == "80,100,120"
+    assert tuned.edge_warnings == [] and "warning.grid_edge" not in tuned.fit_result().tags
+    assert any("extending it with 80, 100, 120" in r.getMessage() for r in caplog.records)
+    assert tuned.metrics["cv_crop_f1_level120"] == tuned.metrics["cv_score"] == 1.0
+
+
+def test_extension_is_bounded_and_still_warns_when_the_score_keeps_rising(caplog):
+    X, y, groups = graded_data()
+    spec = CVSpec(cv="spatial", threshold=0.5, report_both=False, where="classifier.toy")
+    with caplog.at_level("WARNING"):
+        tuned = tune(Graded, {"level": [1, 2, 3]}, X, y, groups, spec)
+    assert tuned.params["grid_extended_level"] == "4,5,6,7,8,9,10,11,12"  # 3 rounds of 3 steps
+    assert tuned.best == {"level": 12}
+    assert "level=12 is the largest value of its grid (1..12)" in tuned.fit_result().tags["warning.grid_edge"]
+    assert any("largest value of its grid" in r.getMessage() for r in caplog.records)
+    # a limit stops the extension without a warning: the value is as far as it can go
+    capped = tune(Graded, {"level": [1, 2, 3]}, X, y, groups, spec, limits={"level": (1, 4)})
+    assert capped.best == {"level": 4} and capped.edge_warnings == []
+
+
+def test_null_is_the_top_end_of_a_grid():
+    X, y, groups = graded_data()
+    spec = CVSpec(cv="spatial", threshold=0.5, report_both=False)
+
+    def build(level):
+        return Graded(100 if level is None else level)
+
+    tuned = tune(build, {"level": [10, 20, None]}, X, y, groups, spec)
+    assert tuned.best == {"level": None} and tuned.edge_warnings == [] and "grid_extended_level" not in tuned.params
+    low = tune(lambda level: Graded(100 - 4 * (level or 25)), {"level": [10, 20, None]}, X, y, groups, spec)
+    # downward from 10 by its ratio (two values a factor 2 apart), staying >= 1
+    assert low.best == {"level": 1} and low.params["grid_extended_level"] == "5,2,1"
+
+
+def test_builtin_grid_limits_keep_extended_values_valid():
+    from cropseg_plugins.hist_gradient_boosting import HistGradientBoosting
+
+    rf = RandomForest(grid={"max_samples": [0.25, 0.5], "max_depth": [8, 16]})
+    assert rf.grid_limits() == {"max_samples": (None, 1.0)}  # a fraction of the pixels at most 1
+    assert extend_values([0.25, 0.5], "high", limits=rf.grid_limits()["max_samples"]) == [1.0]
+    assert RandomForest(grid={"max_samples": [1000, 2000]}).grid_limits() == {}  # counts: open
+    hgb = HistGradientBoosting().grid_limits()
+    assert min(extend_values([15, 31], "low", limits=hgb["max_leaf_nodes"])) >= 2
+    assert max(extend_values([0.1, 0.3], "high", limits=hgb["learning_rate"])) <= 1.0
+
+
+def test_no_extension_rounds_keeps_the_grid_and_warns_at_its_edge():
+    X, y, groups = graded_data()
+    spec = CVSpec(cv="spatial", threshold=0.5, report_both=False, where="classifier.toy", extend_rounds=0)
+    tuned = tune(Graded, {"level": [1, 2, 3]}, X, y, groups, spec)
+    assert tuned.best == {"level": 3} and "grid_extended_level" not in tuned.params
+    assert "level=3 is the largest value of its grid (1..3)" in tuned.fit_result().tags["warning.grid_edge"]
+    with pytest.raises(ConfigError, match="grid_extend_rounds"):
+        CVSpec(extend_rounds=-1, where="classifier.x")
+    assert RandomForest(grid_extend_rounds=0).spec.extend_rounds == 0
+
+
+def test_the_seed_experiment_keeps_the_seed_studys_choices():
+    from cropseg.config import compose
+
+    cfg = compose(["+experiment=seed_knn"])
+    assert cfg.classifier.threshold == 0.5 and cfg.classifier.grid_extend_rounds == 0
+    assert cfg.train.balance is False and cfg.classifier.scoring == "crop_f1"  # scoring follows evaluate.target

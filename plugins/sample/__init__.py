@@ -5,6 +5,12 @@ once (analytic GeoTIFF, Planet-schema metadata XML, DWR-style ground truth GeoJS
 scenes then go through the same code as real ones: reflectance from the XML coefficients, ground truth
 from the GeoJSON.
 
+``preset``: ``default`` (nearly separable by a pixel's own bands) or ``hard``, the failure modes of real
+scene pairs (:data:`HARD`, :class:`~cropseg_plugins.sample.synth.Difficulty`): a train scene with 45 % crop
+and a test scene with 25 %, crop-like green grass and shrubs (non-crop) that differ from crop only in
+texture and context, a brightness / season offset of the test scene (acquired later in the summer), and
+label noise in the survey.
+
 ``dates=N`` (2 or more) generates instead the SYNTHETIC multi-date sample of
 :mod:`cropseg_plugins.sample.multidate`: each scene is a time stack of N acquisitions over one growing
 season (phenology curves of several crop types, grassland / fallow / shrub that no single date separates
@@ -21,6 +27,8 @@ from cropseg.errors import ConfigError
 from cropseg.planet_metadata import parse_metadata
 from cropseg.types import Scene, SceneSet, VectorGroundTruth
 
+from .synth import Difficulty
+
 #: bump when the generator changes so caches are not reused across versions
 GENERATOR_VERSION = 1
 #: largest side of a synthetic scene in pixels
@@ -32,18 +40,43 @@ SCENES = (
     ("train", 0, 626000.0, 4243000.0, datetime(2017, 6, 1, 18, 4, 25, tzinfo=timezone.utc)),
     ("test", 1, 641000.0, 4241000.0, datetime(2017, 6, 1, 18, 4, 27, tzinfo=timezone.utc)),
 )
+PRESETS = ("default", "hard")
+#: bump when the hard preset changes (the default scenes are versioned by GENERATOR_VERSION alone)
+HARD_VERSION = 1
+#: the hard preset, per role: (seed offset, acquisition, difficulty); the test scene is acquired ~12 weeks
+#: later (brighter visible bands, less near-IR)
+HARD = {
+    "train": (2, datetime(2017, 6, 1, 18, 4, 25, tzinfo=timezone.utc), Difficulty(crop_share=0.45)),
+    "test": (
+        3,
+        datetime(2017, 8, 24, 18, 10, 3, tzinfo=timezone.utc),
+        Difficulty(crop_share=0.25, band_gain=(1.08, 1.06, 1.12, 0.86)),
+    ),
+}
 
 
 class SampleSource:
     synthetic = True
 
-    def __init__(self, size: int | list[int] = 1000, seed: int = 42, dates: int = 1, use_date: int | None = None):
+    def __init__(
+        self,
+        size: int | list[int] = 1000,
+        seed: int = 42,
+        preset: str = "default",
+        dates: int = 1,
+        use_date: int | None = None,
+    ):
         if not 1 <= int(dates) <= MAX_DATES:
             raise ConfigError(f"source.dates: 1 (single-date sample) to {MAX_DATES} dates, got {dates!r}")
         if use_date is not None and not (dates > 1 and 0 <= int(use_date) < int(dates)):
             raise ConfigError(
                 f"source.use_date: the index (0..{int(dates) - 1}) of one date of the multi-date sample "
                 f"(source.dates >= 2), got {use_date!r} with source.dates={dates}"
+            )
+        if preset != "default" and int(dates) > 1:
+            raise ConfigError(
+                f"source.preset={preset}: the presets shape the single-date sample; the multi-date sample "
+                f"(source.dates={dates}) has its own difficulties"
             )
         self.dates = int(dates)
         self.use_date = None if use_date is None else int(use_date)
@@ -57,7 +90,9 @@ class SampleSource:
                 f"source.size={size!r}: at most {MAX_SIDE} pixels per side (a PlanetScope scene is about "
                 f"9000 x 4000 px; the synthetic field layout is built in memory)"
             )
-        self.height, self.width, self.seed = int(h), int(w), int(seed)
+        if preset not in PRESETS:
+            raise ConfigError(f"source.preset={preset!r}: one of {', '.join(PRESETS)}")
+        self.height, self.width, self.seed, self.preset = int(h), int(w), int(seed), preset
 
     def check(self, workdir: Path) -> None:
         """Before a run starts: the scenes not yet generated fit on the cache's disk (uncompressed estimate)."""
@@ -81,7 +116,8 @@ class SampleSource:
 
             name = f"md{MULTIDATE_VERSION}-{self.dates}dates-seed{self.seed}-{self.width}x{self.height}"
             return Path(workdir) / name
-        return Path(workdir) / f"v{GENERATOR_VERSION}-seed{self.seed}-{self.width}x{self.height}"
+        hard = f"-hard{HARD_VERSION}" if self.preset == "hard" else ""
+        return Path(workdir) / f"v{GENERATOR_VERSION}{hard}-seed{self.seed}-{self.width}x{self.height}"
 
     def load(self, workdir: Path) -> SceneSet:
         import logging
@@ -93,6 +129,9 @@ class SampleSource:
         folder = self._folder(workdir)
         scenes = {}
         for role, offset, left, top, acquired in SCENES:
+            difficulty = None
+            if self.preset == "hard":
+                offset, acquired, difficulty = HARD[role]
             seed = self.seed * 10 + offset
             scene_id = acquired.strftime("%Y%m%d_%H%M%S") + f"_{seed % 65536:04x}"  # Planet-style item id
             files = SyntheticScene(
@@ -103,7 +142,12 @@ class SampleSource:
             )
             if not all(p.is_file() for p in (files.analytic, files.metadata_xml, files.ground_truth)):
                 logging.getLogger("cropseg").info(
-                    "generating the SYNTHETIC %s scene (%dx%d px) into %s", role, self.width, self.height, folder
+                    "generating the SYNTHETIC %s scene (%dx%d px%s) into %s",
+                    role,
+                    self.width,
+                    self.height,
+                    ", hard preset" if difficulty else "",
+                    folder,
                 )
                 files = generate_scene(
                     folder,
@@ -114,6 +158,7 @@ class SampleSource:
                     left=left,
                     top=top,
                     acquired=acquired,
+                    difficulty=difficulty,
                 )
             meta = parse_metadata(files.metadata_xml)
             scenes[role] = Scene(
@@ -127,13 +172,14 @@ class SampleSource:
                     "acquired": meta.acquired.isoformat() if meta.acquired else None,
                     "synthetic": True,
                     "reflectance": "toa_xml",
+                    "preset": self.preset,
                 },
             )
         return SceneSet(
             train=scenes["train"],
             test=scenes["test"],
             synthetic=True,
-            metadata={"generator_version": GENERATOR_VERSION, "seed": self.seed},
+            metadata={"generator_version": GENERATOR_VERSION, "seed": self.seed, "preset": self.preset},
         )
 
     def _load_stacks(self, workdir: Path) -> SceneSet:

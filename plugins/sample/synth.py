@@ -51,7 +51,7 @@ from shapely.geometry.polygon import orient
 
 from cropseg.errors import ConfigError
 
-__all__ = ["SyntheticScene", "generate_scene", "CROP_CLASSES", "BASE_REFLECTANCE_COEFFICIENTS"]
+__all__ = ["Difficulty", "SyntheticScene", "generate_scene", "CROP_CLASSES", "BASE_REFLECTANCE_COEFFICIENTS"]
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +147,9 @@ class Kind:
     PARK = 17
     PARKING = 18
     FARMYARD = 19
+    # the hard preset only (see Difficulty): non-crop cover that looks like crop pixel by pixel
+    GREEN_GRASS = 20  # irrigated-looking green grass: a crop's spectrum, clumpy texture, no rows
+    SHRUB = 21  # dense shrubs: an orchard's spectrum, crowns scattered rather than in rows
 
 
 #: Kinds that are a crop on the ground.
@@ -182,6 +185,7 @@ _CLASS_KIND: dict[str, int] = {
     "NV": Kind.GRASSLAND,
 }
 _P_CROP_NOW_BARE = 0.065  # surveyed crop, bare/fallow in the image
+_CROP_FIELD_CLASSES = [c for c in _FIELD_CLASSES if c in CROP_CLASSES]
 _P_NONCROP_NOW_CROP = 0.25  # surveyed idle / grass or unsurveyed, green crop in the image
 
 
@@ -193,6 +197,28 @@ class SyntheticScene:
     analytic: Path  # <dir>/<scene_id>_3B_AnalyticMS.tif
     metadata_xml: Path  # <dir>/<scene_id>_3B_AnalyticMS_metadata.xml
     ground_truth: Path  # <dir>/<scene_id>_ground_truth.geojson
+
+
+@dataclass(frozen=True)
+class Difficulty:
+    """What makes a scene of the hard preset (``source.preset=hard``) hard; ``None`` = the default scene.
+
+    * ``crop_share``: the labelled crop share of the scene (fields change cover and survey class together,
+      at random, until the surveyed crop area reaches this share of the surveyed area): a train scene and a
+      test scene with different shares, as two real scenes have.
+    * ``mimic_fraction``: this share of the non-crop fields (idle, fallow, grass) become green grass or
+      dense shrubs with a crop's or an orchard's spectrum, surveyed as native vegetation (non-crop): they
+      differ from crop only in texture (clumpy, no rows) and context, not in a pixel's own bands.
+    * ``label_noise``: this share of the surveyed fields carry the wrong side of the crop / non-crop line in
+      the survey (crop surveyed as idle, non-crop as a field crop), on top of the default's stale survey.
+    * ``band_gain``: per-band factors (blue, green, red, NIR) on the scene's reflectance: a brightness /
+      season offset between the scenes (later in the season: brighter visible bands, less NIR).
+    """
+
+    crop_share: float
+    mimic_fraction: float = 0.6
+    label_noise: float = 0.05
+    band_gain: tuple[float, float, float, float] | None = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -496,6 +522,19 @@ def _recipe(
         p["bg"] = _jitter(_mix(GRAVEL, SOIL, u(0.0, 1.0, n)), rng)
         p["bright_amp"][:] = 0.08
         trees(u(0.2, 0.35, n), TREE)
+    elif kind == Kind.GREEN_GRASS:  # a green crop's spectrum; clumpy at 6-20 m, no rows, uneven cover
+        p["fv"] = u(0.55, 0.9, n)
+        p["veg"] = _jitter(_mix(GREEN_VEG, STRAW, u(0.0, 0.35, n)), rng, 0.06, 0.03)
+        p["bg"] = _jitter(_spec(DRY_GRASS, n), rng)
+        p["tex_amp"] = u(0.3, 0.45, n)
+        p["w_a"], p["w_b"], p["w_c"] = np.full(n, 0.55), np.full(n, 0.2), np.full(n, 0.81)
+        p["bright_amp"][:] = 0.1
+    elif kind == Kind.SHRUB:  # an orchard's canopy spectrum as scattered crowns instead of rows
+        p["fv"] = u(0.1, 0.3, n)
+        p["veg"] = _jitter(_mix(GREEN_VEG, STRAW, u(0.2, 0.5, n)), rng)
+        p["bg"] = _jitter(_mix(SOIL, DRY_GRASS, u(0.0, 1.0, n)) * u(0.75, 1.05, n)[:, None], rng)
+        p["shade"] = u(0.3, 0.55, n)
+        trees(u(0.35, 0.6, n), TREE)
     else:  # pragma: no cover - programming error
         raise ValueError(f"unknown kind {kind}")
     return p
@@ -579,6 +618,8 @@ class _Layout:
     haze_gy: float
     keys: dict[str, int]
     survey: list[_SurveyPolygon]
+    #: per-band reflectance factors of the hard preset (None: the default scene)
+    band_gain: tuple[float, float, float, float] | None = None
 
     @property
     def transform(self) -> Any:
@@ -709,8 +750,11 @@ class _LayoutBuilder:
 
     EXTENSION = 60.0  # metres of layout beyond the raster edges, so fields run off the edges naturally
 
-    def __init__(self, seed: int, width: int, height: int, left: float, top: float):
+    def __init__(
+        self, seed: int, width: int, height: int, left: float, top: float, difficulty: Difficulty | None = None
+    ):
         self.seed = seed
+        self.difficulty = difficulty
         self.width, self.height, self.left, self.top = width, height, left, top
         streams = np.random.SeedSequence(seed & _MASK64).spawn(6)
         self.rng_geo, self.rng_fields, self.rng_farm, self.rng_urban, self.rng_spec, self.rng_misc = (
@@ -960,6 +1004,56 @@ class _LayoutBuilder:
             surveyed=surveyed,
             survey_geoms=geoms.copy(),
         )
+        if self.difficulty is not None:
+            self._harden_fields(self.difficulty)
+
+    def _harden_fields(self, d: Difficulty) -> None:
+        """The hard preset's fields (see :class:`Difficulty`), from a stream of their own."""
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed & _MASK64, 0x4A2D]))
+        f, n = self.f, len(self.f.geoms)
+        self.noisy = np.zeros(n, dtype=bool)
+        if n == 0:
+            return
+        mimic = ~np.isin(f.survey_class, CROP_CLASSES) & (rng.random(n) < d.mimic_fraction)
+        f.kind[mimic] = np.where(rng.random(int(mimic.sum())) < 0.5, Kind.GREEN_GRASS, Kind.SHRUB)
+        f.survey_class[mimic], f.subclass[mimic], f.surveyed[mimic] = "NV", "1", True
+        # label noise: the survey says the other side of the crop line (the cover stays)
+        noisy = f.surveyed & (rng.random(n) < d.label_noise)
+        crop = np.isin(f.survey_class, CROP_CLASSES)
+        f.survey_class[noisy & crop], f.subclass[noisy & crop] = "I", "1"
+        f.survey_class[noisy & ~crop], f.subclass[noisy & ~crop] = "F", "6"
+        self.noisy = noisy
+
+    def _calibrate_share(self, d: Difficulty, survey: list[_SurveyPolygon], field_at: dict[int, int]) -> None:
+        """Flip fields (cover and survey class together, in a random order) until the surveyed crop area
+        is ``d.crop_share`` of the footprint (land the survey leaves out is labelled non-crop, as the
+        labelers read a DWR survey); ``field_at`` maps a field to its entry of ``survey``."""
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed & _MASK64, 0x5C3E]))
+        f = self.f
+        inside = shapely.intersection(np.array([sp.geometry for sp in survey], dtype=object), self.footprint_poly)
+        area = shapely.area(inside)
+        crop = np.array([sp.class1 in CROP_CLASSES for sp in survey])
+        total, have = float(self.footprint_poly.intersection(self.scene_box).area), float(area[crop].sum())
+        want = d.crop_share * total
+        for i in rng.permutation(len(f.geoms)):
+            j = field_at.get(int(i))
+            if j is None or self.noisy[i] or area[j] <= 0:
+                continue
+            if abs(have - want) < 0.003 * total:
+                break
+            if have > want and crop[j]:
+                f.kind[i] = Kind.GREEN_GRASS if rng.random() < 0.5 else Kind.SHRUB
+                f.survey_class[i], f.subclass[i] = "NV", "1"
+                have -= area[j]
+            elif have < want and not crop[j] and have + 0.5 * area[j] <= want:
+                cls = str(rng.choice(_CROP_FIELD_CLASSES))
+                f.survey_class[i], f.subclass[i] = cls, str(next(iter(_FIELD_CLASSES[cls][1])))
+                f.kind[i] = _CLASS_KIND[cls]
+                have += area[j]
+            else:
+                continue
+            crop[j] = not crop[j]
+            survey[j] = _SurveyPolygon(survey[j].geometry, str(f.survey_class[i]), str(f.subclass[i]))
 
     def _farmstead(self, i: int) -> bool:
         """Put a farmyard with buildings inside field ``i`` (a hole in its survey polygon), if it fits."""
@@ -1079,7 +1173,9 @@ class _LayoutBuilder:
         and a stretch of riparian trees wrongly mapped as an orchard."""
         rng, f = self.rng_misc, self.f
         survey = self.survey
+        field_at = {}
         for i in np.flatnonzero(f.surveyed):
+            field_at[int(i)] = len(survey)
             survey.append(_SurveyPolygon(f.survey_geoms[i], str(f.survey_class[i]), str(f.subclass[i])))
         survey += [_SurveyPolygon(p, "U", "**") for p in self.urban]
         survey += [_SurveyPolygon(lake, "NW", "**") for lake in self.lakes]
@@ -1107,6 +1203,8 @@ class _LayoutBuilder:
             wrong = _polygonal(self.riparian.intersection(reach))
             if not wrong.is_empty:
                 survey.append(_SurveyPolygon(wrong, "D", "6"))
+        if self.difficulty is not None:
+            self._calibrate_share(self.difficulty, survey, field_at)
 
     def objects(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """All objects in draw order (later ones drawn over earlier ones) and their parameter table."""
@@ -1168,12 +1266,15 @@ class _LayoutBuilder:
             haze_gy=float(rng.uniform(-1, 1)),
             keys={name: _channel_key(self.seed, i) for i, name in enumerate(channels)},
             survey=survey,
+            band_gain=None if self.difficulty is None else self.difficulty.band_gain,
         )
 
 
-def _build_layout(seed: int, width: int, height: int, left: float, top: float) -> _Layout:
+def _build_layout(
+    seed: int, width: int, height: int, left: float, top: float, difficulty: Difficulty | None = None
+) -> _Layout:
     """Generate the whole scene as vector geometry (UTM) plus per-object spectral parameters."""
-    return _LayoutBuilder(seed, width, height, left, top).build()
+    return _LayoutBuilder(seed, width, height, left, top, difficulty).build()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1267,6 +1368,8 @@ def _render_block(layout: _Layout, row0: int, col0: int, h: int, w: int) -> tupl
         surface = (surface + trees * (g(f"tree{b}") - surface)) * bright + _HAZE_BAND_FACTORS[b] * haze
         noise = _gaussian_noise(rows, cols, keys[f"noise{b}"])
         out[b] = surface + (0.002 + 0.015 * surface) * noise
+        if layout.band_gain is not None:  # the hard preset's brightness / season offset
+            out[b] *= np.float32(layout.band_gain[b])
     valid = _footprint_mask(layout, xm, ym)
     return out, ids, valid
 
@@ -1641,6 +1744,7 @@ def generate_scene(
     top: float = 4240000.0,
     acquired: datetime,
     block_size: int = 512,
+    difficulty: Difficulty | None = None,
 ) -> SyntheticScene:
     """Write a synthetic PSScene (GeoTIFF + metadata XML) and its survey ground truth into ``directory``.
 
@@ -1648,6 +1752,7 @@ def generate_scene(
     arguments always give the same raster values and the same GeoJSON (``block_size`` only changes how
     many rows and columns are computed at once, never the result); another ``seed`` gives another
     landscape. Each file is written under a temporary name and renamed into place when complete.
+    ``difficulty`` makes a scene of the hard preset (:class:`Difficulty`); ``None``, the default scene.
     """
     if width < 32 or height < 32:
         raise ConfigError(f"synthetic scene: width and height must be at least 32 pixels, got {width}x{height}")
@@ -1664,7 +1769,7 @@ def generate_scene(
         ground_truth=directory / f"{scene_id}_ground_truth.geojson",
     )
     start = time.perf_counter()
-    layout = _build_layout(seed, width, height, float(left), float(top))
+    layout = _build_layout(seed, width, height, float(left), float(top), difficulty)
     log.debug("layout built in %.2f s", time.perf_counter() - start)
     _write_raster(layout, scene.analytic, block_size)
     _write_text(scene.metadata_xml, _metadata_xml(layout, scene_id, seed, acquired, scene.analytic.name))

@@ -1,0 +1,171 @@
+"""Model selection before / after, side by side: the default KNN run on the hard SYNTHETIC preset over
+several source seeds, and the default run's wall time on the bundled sample.
+
+    .venv/bin/python benchmarks/model_selection.py --before /path/to/old/checkout --seeds 42 7 3
+
+``--before`` is another checkout of cropseg (e.g. ``git worktree add /tmp/old <commit>`` or ``git archive
+<commit> | tar -x -C /tmp/old``): its ``pkgs/`` goes first on ``PYTHONPATH`` of the "before" runs, so both
+variants run in this environment, in turn, on the same files. The hard scenes (``source.preset=hard``) are
+generated once with *this* checkout and read by both variants through ``source=local``, so the old code,
+which has no hard preset, sees the same pixels and ground truth. Every run is a fresh ``cropseg``
+process with the default configuration otherwise (``tracking.log_model`` and all). Prints a Markdown report
+(mean and sd over the seeds); other jobs on the machine make absolute seconds noisy: read the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def hard_files(cache: Path, seed: int, size: int) -> dict[str, Path]:
+    """Generate (once) the hard preset's scenes for ``seed``; their files for ``source=local``."""
+    from cropseg_plugins.sample import SampleSource
+
+    scenes = SampleSource(size=size, seed=seed, preset="hard").load(cache / "sample")
+    out = {}
+    for role in ("train", "test"):
+        sc = getattr(scenes, role)
+        out[f"{role}_image"] = Path(sc.path)
+        out[f"{role}_metadata"] = Path(str(sc.path).replace("_AnalyticMS.tif", "_AnalyticMS_metadata.xml"))
+        out[f"{role}_ground_truth"] = Path(sc.ground_truth.path)
+    return out
+
+
+def run(variant: str, before: Path | None, overrides: list[str], work: Path, name: str) -> dict[str, float]:
+    """One ``cropseg`` run in a fresh process; its metrics.json plus wall seconds and crop shares."""
+    env = dict(os.environ, CROPSEG_CACHE_DIR=str(work / "cache"))
+    if variant == "before":
+        assert before is not None
+        env["PYTHONPATH"] = os.pathsep.join([str(before / "pkgs"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    out = work / "runs" / name
+    cmd = [
+        sys.executable,
+        "-m",
+        "cropseg.cli",
+        *overrides,
+        f"output_dir={out}",
+        f"tracking.uri=sqlite:///{work / 'mlflow.db'}",
+        f"tracking.experiment=model_selection_{variant}",
+    ]
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if proc.returncode != 0:
+        raise SystemExit(f"{name} failed:\n{proc.stderr[-3000:]}")
+    m = json.loads((out / "metrics.json").read_text())
+    cm = json.loads((out / "reports" / "test_confusion_matrix.json").read_text())
+    total = sum(map(sum, cm))
+    m["wall_seconds"] = wall
+    m["predicted_share"] = (cm[0][1] + cm[1][1]) / total
+    m["reference_share"] = (cm[1][0] + cm[1][1]) / total
+    return m
+
+
+def fmt(values: list[float], digits: int = 3) -> str:
+    if not values:
+        return "-"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--before", type=Path, required=True, help="another cropseg checkout (the baseline)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[42, 7, 3], help="source seeds of the hard preset")
+    ap.add_argument("--size", type=int, default=1000)
+    ap.add_argument("--timing-repeats", type=int, default=2, help="default-sample runs per variant (0: skip)")
+    ap.add_argument("--workdir", type=Path, default=Path("model_selection_bench"))
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=OVERRIDE[,OVERRIDE...]",
+        help="another 'after' run per seed with these overrides, e.g. 'threshold 0.5=classifier.threshold=0.5'",
+    )
+    ap.add_argument("--only-variants", action="store_true", help="run the --variant runs alone (no before/after)")
+    args = ap.parse_args(argv)
+    work = args.workdir.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    before = args.before.resolve()
+    variants = {"before": [], "after": []}
+    for spec in args.variant:
+        name, _, overrides = spec.partition("=")
+        variants[name] = [o for o in overrides.split(",") if o]
+    if args.only_variants:
+        variants.pop("before")
+        variants.pop("after")
+    rows: dict[str, dict[str, list[float]]] = {v: {} for v in variants}
+    keys = (
+        "test_crop_f1",
+        "test_crop_precision",
+        "test_crop_recall",
+        "test_weighted_avg_f1",
+        "predicted_share",
+        "reference_share",
+        "cv_score",
+        "cv_spatial_crop_f1",
+        "cv_test_gap",
+        "wall_seconds",
+    )
+    for seed in args.seeds:
+        files = hard_files(work / "cache", seed, args.size)
+        overrides = ["source=local", f"source.ground_truth={files['train_ground_truth']}"]
+        overrides += [f"source.{k}={v}" for k, v in files.items()]
+        order = list(variants) if seed % 2 else list(variants)[::-1]  # alternate the order
+        for variant in order:
+            tag = "before" if variant == "before" else "after"
+            slug = variant.replace(" ", "_").replace("=", "_")
+            m = run(tag, before, overrides + variants[variant], work, f"hard-{seed}-{slug}")
+            for k in keys:
+                if k in m:
+                    rows[variant].setdefault(k, []).append(float(m[k]))
+            print(f"seed {seed} {variant}: test crop F1 {m['test_crop_f1']:.4f}", file=sys.stderr, flush=True)
+    timing: dict[str, list[float]] = {"before": [], "after": []}
+    for i in range(args.timing_repeats):
+        for variant in ("before", "after") if i % 2 == 0 else ("after", "before"):
+            m = run(variant, before, [f"source.size={args.size}"], work, f"default-{i}-{variant}")
+            timing[variant].append(m["wall_seconds"])
+            print(f"default sample {variant}: {m['wall_seconds']:.1f} s", file=sys.stderr, flush=True)
+
+    load = os.getloadavg()
+    lines = [
+        "## Model selection: the default KNN run before / after, hard SYNTHETIC preset",
+        "",
+        f"Source seeds {', '.join(map(str, args.seeds))} (`source.preset=hard`, {args.size}x{args.size} px, read "
+        f"through `source=local` by both); before = `{before}`; load average at the end "
+        f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} cores. Mean ± sd over the seeds.",
+        "",
+        "| metric | " + " | ".join(variants) + " |",
+        "|---|" + "---|" * len(variants),
+    ]
+    for k in keys:
+        lines.append(f"| {k} | " + " | ".join(fmt(rows[v].get(k, [])) for v in variants) + " |")
+    for name, ov in variants.items():
+        if ov:
+            lines.append(f"\n{name}: after, with {' '.join(f'`{o}`' for o in ov)}.")
+    if args.timing_repeats:
+        b, a = statistics.median(timing["before"]), statistics.median(timing["after"])
+        lines += [
+            "",
+            f"Default run on the bundled sample (`source.size={args.size}`), wall seconds per process, "
+            f"{args.timing_repeats} runs each, alternating: before {', '.join(f'{t:.1f}' for t in timing['before'])}; "
+            f"after {', '.join(f'{t:.1f}' for t in timing['after'])}; median ratio after / before {a / b:.2f}.",
+        ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
