@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,7 @@ import rasterio
 from rasterio.windows import Window
 
 from .errors import ConfigError, LabelError, PluginError
+from .targets import Target, confusion, get_target
 from .types import CROP, IGNORE, NONCROP, EpochCallback, Features, LabelRaster, PatchModel, PatchSet, Scene
 
 log = logging.getLogger("cropseg")
@@ -275,14 +277,21 @@ def score_masks(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
 
 
 def epoch_callback(
-    validation: PatchSet | None, log_metrics: Callable[[Mapping[str, float], int], None], label: str = "fit"
+    validation: PatchSet | None,
+    log_metrics: Callable[[Mapping[str, float], int], None],
+    label: str = "fit",
+    target: Target | None = None,
 ) -> EpochCallback:
     """The :class:`cropseg.types.EpochCallback` the pipeline hands to a patch model: scores the validation
     prediction, logs ``train_loss`` and ``val_crop_f1``/``val_iou``... at step ``epoch`` through
-    ``log_metrics(metrics, step)`` and writes a progress line."""
+    ``log_metrics(metrics, step)`` and writes a progress line. It returns those metrics plus ``target``:
+    the run's target metric (``evaluate.target``, default crop F1) on the validation patches, which the
+    model maximises (kept epoch, early stopping, class-weight choice)."""
+    tgt = target or get_target(None)
 
     def on_epoch(epoch: int, train_loss: float, val_pred: np.ndarray | None) -> dict[str, float]:
         metrics = {"train_loss": float(train_loss)}
+        value = None
         if val_pred is not None and validation is not None:
             pred = np.asarray(val_pred)
             if pred.shape != validation.y.shape:
@@ -290,16 +299,90 @@ def epoch_callback(
                     f"patch model: validation prediction has shape {pred.shape}, expected {validation.y.shape}"
                 )
             metrics.update({f"val_{k}": v for k, v in score_masks(pred, validation.y).items()})
+            value = tgt.score(confusion(validation.y, pred))
         log_metrics(metrics, int(epoch))
         extra = (
             f", validation crop F1 {metrics['val_crop_f1']:.3f} IoU {metrics['val_iou']:.3f}"
             if "val_crop_f1" in metrics
             else ""
         )
+        if value is not None and tgt.name not in ("crop_f1",):
+            extra += f", {tgt.name} {value:.3f}"
         log.info("%s epoch %d: train loss %.4f%s", label, epoch, train_loss, extra)
-        return metrics
+        return metrics if value is None else {**metrics, "target": float(value)}
 
     return on_epoch
+
+
+def _duration(secs: float) -> str:
+    secs = max(0.0, float(secs))
+    if secs < 60:
+        return f"{secs:.0f} s"
+    if secs < 3600:
+        return f"{int(secs // 60)} min {int(secs % 60):02d} s"
+    return f"{int(secs // 3600)} h {int(secs % 3600 // 60):02d} min"
+
+
+class TrainingProgress:
+    """Progress lines inside a patch model's epochs: batches done, rate and time left.
+
+    The first line comes after the first batch of the first epoch (so within seconds of the start of
+    training, not at the end of an epoch), later ones at most every ``every`` seconds: ``unet epoch 2/20:
+    batch 12/25 (48%), 3.1 batches/s (50 patches/s), epoch ETA 4 s, at most 1 min 30 s left (20 epochs)``.
+    Early stopping or the time budget may end training sooner than the last figure. ``clock`` is a
+    monotonic clock in seconds (tests give a controllable one)."""
+
+    def __init__(
+        self,
+        label: str,
+        epochs: int,
+        batches: int,
+        batch_size: int,
+        every: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.label, self.epochs, self.batches, self.batch_size = label, int(epochs), max(1, int(batches)), batch_size
+        self.every, self.clock = float(every), clock
+        self.epoch = 0
+        self.t_epoch = self.last = self.clock()
+        self.lines = 0
+        #: seconds of each finished epoch (the estimate of the remaining ones)
+        self.durations: list[float] = []
+
+    def start_epoch(self, epoch: int) -> None:
+        now = self.clock()
+        if self.epoch:
+            self.durations.append(now - self.t_epoch)
+        self.epoch, self.t_epoch = int(epoch), now
+
+    def batch(self, done: int) -> None:
+        """``done`` batches of the current epoch have finished."""
+        now = self.clock()
+        if self.lines and now - self.last < self.every:
+            return
+        if done >= self.batches and self.lines:
+            return  # the epoch's own line follows
+        self.last, self.lines = now, self.lines + 1
+        took = max(now - self.t_epoch, 1e-9)
+        rate = done / took
+        epoch_left = (self.batches - done) / rate
+        per_epoch = float(np.mean(self.durations)) if self.durations else self.batches / rate
+        total_left = epoch_left + per_epoch * (self.epochs - self.epoch)
+        log.info(
+            "%s epoch %d/%d: batch %d/%d (%.0f%%), %.2f batches/s (%.0f patches/s), epoch ETA %s, "
+            "at most %s left (%d epochs)",
+            self.label,
+            self.epoch,
+            self.epochs,
+            done,
+            self.batches,
+            100.0 * done / self.batches,
+            rate,
+            rate * self.batch_size,
+            _duration(epoch_left),
+            _duration(total_left),
+            self.epochs,
+        )
 
 
 # -- prediction -----------------------------------------------------------------------------------------

@@ -549,6 +549,7 @@ def _fit_patch_model(
     """Draw patches from the training scene (validation from its held-out blocks), fit the patch model
     with per-epoch step metrics, and log its kept weights."""
     from .patches import PatchOptions, draw_patches, epoch_callback
+    from .targets import target_from_config
 
     model = st.classifier
     assert isinstance(model, PatchModel)
@@ -584,7 +585,12 @@ def _fit_patch_model(
     )
     n_train = int(np.count_nonzero(sample.train.y != 255))
     metrics.update(sample.info)
-    on_epoch = epoch_callback(sample.validation, lambda m, step: rl.log_metrics(m, step=step), st.names["classifier"])
+    on_epoch = epoch_callback(
+        sample.validation,
+        lambda m, step: rl.log_metrics(m, step=step),
+        st.names["classifier"],
+        target_from_config(cfg),
+    )
     t = time.perf_counter()
     fit = model.fit_patches(sample.train, sample.validation, on_epoch)
     fit_s = time.perf_counter() - t

@@ -39,6 +39,7 @@ SMALL = [
     "classifier.batch_size=8",
     "classifier.threads=1",
     "classifier.tile_size=64",
+    "classifier.class_weight=null",
 ]
 FAST = [
     "classifier=unet",
