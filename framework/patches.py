@@ -401,6 +401,11 @@ class PatchPredictContext:
 DEFAULT_TILE = 512
 
 
+def tile_side(model: PatchModel) -> int:
+    """The side of a patch model's prediction tiles: its ``tile_size``, else :data:`DEFAULT_TILE`."""
+    return int(getattr(model, "tile_size", 0) or DEFAULT_TILE)
+
+
 def predict_patch_block(ctx: PatchPredictContext, window: Window) -> tuple[np.ndarray, int, float]:
     """Predict one window with a patch model. The scene is cut into fixed tiles of the model's
     ``tile_size`` (default :data:`DEFAULT_TILE`) anchored at the scene's origin, whatever the block size;
@@ -412,7 +417,7 @@ def predict_patch_block(ctx: PatchPredictContext, window: Window) -> tuple[np.nd
     import time
 
     h = int(ctx.model.halo)
-    tile = int(getattr(ctx.model, "tile_size", 0) or DEFAULT_TILE)
+    tile = tile_side(ctx.model)
     grid = ctx.scene.grid
     r0, c0 = int(window.row_off), int(window.col_off)
     wh, ww = int(window.height), int(window.width)
