@@ -585,6 +585,8 @@ def _fit_patch_model(
     )
     n_train = int(np.count_nonzero(sample.train.y != 255))
     metrics.update(sample.info)
+    if sample.warnings:
+        rl.set_tags({f"{TAG_PREFIX}warning.validation": "; ".join(sample.warnings)})
     on_epoch = epoch_callback(
         sample.validation,
         lambda m, step: rl.log_metrics(m, step=step),

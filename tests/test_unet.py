@@ -213,7 +213,7 @@ def test_patches_stratified_seeded_and_held_out(tmp_path):
     scene = reg.create("source", "sample", {"size": 128}).load(tmp_path / "cache").train
     labels = reg.create("labeler", "rasterize", {}).label(scene, tmp_path / "labels.tif")
     feats = reg.create("features", "bands", {})
-    opts = PatchOptions(max_patches=12, val_fraction=0.25, min_per_class=2)
+    opts = PatchOptions(max_patches=12, val_fraction=0.25, min_per_class=2, min_val_pixels=0)
     a = draw_patches(scene, labels, feats, 32, opts, seed=4, spatial_block=32)
     b = draw_patches(scene, labels, feats, 32, opts, seed=4, spatial_block=32)
     assert np.array_equal(a.train.origins, b.train.origins) and np.array_equal(a.train.X, b.train.X)
@@ -227,6 +227,26 @@ def test_patches_stratified_seeded_and_held_out(tmp_path):
     assert a.validation is not None
     for r, c in a.validation.origins:
         assert held[r // 32 : (r + 31) // 32 + 1, c // 32 : (c + 31) // 32 + 1].all()
+    assert a.info["val_fraction"] == 0.25 and not a.warnings
+    # validation short of min_val_pixels per class: more blocks held out (up to half), then a warning
+    big = draw_patches(scene, labels, feats, 32, PatchOptions(12, None, 0.25, 0.05, 2, 10**6), seed=4, spatial_block=32)
+    assert 0.25 < big.info["val_fraction"] <= 0.5 and big.info["val_blocks"] > held.sum()
+    assert big.validation is not None and len(big.validation) > len(a.validation)
+    assert big.warnings and "min_val_pixels=1000000" in big.warnings[0]
+    held_big = holdout_blocks(128, 128, 32, big.info["val_fraction"], 4)
+    for r, c in big.train.origins:
+        assert not held_big[r // 32 : (r + 31) // 32 + 1, c // 32 : (c + 31) // 32 + 1].any()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_held_out_blocks_spread_over_the_scene(seed):
+    """64 of 256 blocks held out: every band of 4 block rows (a quarter of the scene) holds 16 of them, and
+    no block row more than 6 (a plain random draw of 64 blocks puts 9-23 in a quarter)."""
+    held = holdout_blocks(1024, 1024, 64, 0.25, seed)
+    assert held.shape == (16, 16) and held.sum() == 64
+    assert [int(held[i : i + 4].sum()) for i in range(0, 16, 4)] == [16, 16, 16, 16]
+    assert held.sum(axis=1).max() <= 6 and held.sum(axis=0).max() <= 10
+    assert not np.array_equal(held, holdout_blocks(1024, 1024, 64, 0.25, seed + 10))
 
 
 # -- bad input: one line, non-zero exit, FAILED run, nothing that looks like a result ------------------------
