@@ -80,6 +80,15 @@ def build(size: int, workdir: Path, overrides: list[str]):
     return cfg, st, scenes, sample, make
 
 
+def _amp(model, dev) -> bool:
+    """The model's AMP setting on ``dev`` (False for versions without the option: a before/after run)."""
+    return bool(getattr(model, "_amp", lambda d: False)(dev))
+
+
+def _channels_last(model, dev) -> bool:
+    return bool(getattr(model, "_channels_last", lambda d: False)(dev))
+
+
 def set_threads(n: int) -> None:
     import torch
 
@@ -96,8 +105,7 @@ def bench_training(model, sample, threads_list: list[int | None], repeats: int) 
     mean = X.mean(axis=(0, 2, 3)).astype(np.float32)
     std = (X.std(axis=(0, 2, 3)) + 1e-6).astype(np.float32)
     dev = model._device()
-    amp = model._amp(dev)
-    cl = model._channels_last(dev)
+    amp, cl = _amp(model, dev), _channels_last(model, dev)
     xt = torch.from_numpy(((X - mean[None, :, None, None]) / std[None, :, None, None]).astype(np.float32)).to(dev)
     yt = torch.from_numpy(sample.train.y).to(dev)
     if cl:
@@ -157,15 +165,14 @@ def bench_prediction(model, scenes, st, workdir: Path, repeats: int) -> dict:
     import torch
 
     from cropseg.parallel import BlockExecutor, ParallelConfig, use_executor
-    from cropseg.patches import tile_side
     from cropseg.scene_ops import predict_scene
 
-    tile, halo = tile_side(model), int(model.halo)
+    tile, halo = int(getattr(model, "tile_size", 0) or 512), int(model.halo)
     side = tile + 2 * halo
     dev = model._device()
     rng = np.random.default_rng(0)
     x = rng.normal(size=(1, model.n_features, side, side)).astype(np.float32)
-    out: dict = {"tile": tile, "halo": halo, "device": str(dev), "amp": model._amp(dev)}
+    out: dict = {"tile": tile, "halo": halo, "device": str(dev), "amp": _amp(model, dev)}
     net = model._ready()
 
     def forward() -> None:
@@ -270,13 +277,17 @@ def main() -> int:
     cfg, st, scenes, sample, make = build(args.size, workdir, [f"classifier.device={args.device}", *args.overrides])
     model = make()
     # a quickly fitted model to predict with (its speed does not depend on what it learned)
-    quick = make(epochs=1, class_weight=None, patience=None, max_minutes=None)
+    quick = make(
+        epochs=1, class_weight=None, patience=None, **({"max_minutes": None} if "max_minutes" in cfg.classifier else {})
+    )
     quick.fit_patches(sample.train, sample.validation, None)
     cores = os.cpu_count() or 1
     threads_model = model.threads
     threads_list = [1, None] if cores > 1 else [1]
     if threads_model not in (1, None):
         threads_list.insert(0, threads_model)
+    if quick._device().type == "cuda":
+        threads_list = [None]
     start_load = load()
     pred = bench_prediction(quick, scenes, st, workdir, args.repeats)
     pred_load = load()

@@ -7,6 +7,9 @@
 set -u
 OUT="${OUT:-$PWD/gpu-check}"
 PY="${PYTHON:-python3}"
+# DEVICE / SIZE / RUN_OVERRIDES only to rehearse the script on a CPU machine (DEVICE=cpu SIZE=300 ...)
+DEVICE="${DEVICE:-cuda}"
+SIZE="${SIZE:-2000}"
 mkdir -p "$OUT"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/cropseg-gpu-XXXXXX")"
 export MPLBACKEND=Agg
@@ -28,21 +31,22 @@ EOF
 } > "$OUT/env.txt" 2>&1
 
 # 1. the benchmark: bare forward / training loop on the GPU vs cropseg's prediction and epoch (AMP on CUDA)
-timeout 200 "$PY" benchmarks/bench_unet.py --size 2000 --device cuda --repeats 3 --workdir "$WORK/bench" \
+timeout 200 "$PY" benchmarks/bench_unet.py --size "$SIZE" --device "$DEVICE" --repeats 3 --workdir "$WORK/bench" \
   --json "$OUT/bench_unet_cuda.json" --out "$OUT/bench_unet_cuda.md" > "$OUT/bench_unet_cuda.log" 2>&1
 echo "bench_unet exit $? after $(( $(date +%s) - start )) s" >> "$OUT/env.txt"
 
 # 2. one full run on the default sample with the U-Net's defaults; device=auto must pick CUDA (AMP on there)
-timeout 150 "$PY" - "$WORK" "$OUT/run_result.json" > "$OUT/run.log" 2>&1 <<'EOF'
-import json, sys, time
+timeout 150 "$PY" - "$WORK" "$OUT/run_result.json" ${RUN_OVERRIDES:-} > "$OUT/run.log" 2>&1 <<'EOF'
+import json, logging, sys, time
 from pathlib import Path
 import cropseg
 
 work, dest = Path(sys.argv[1]), Path(sys.argv[2])
 t = time.perf_counter()
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 res = cropseg.run(
     ["classifier=unet", "classifier.device=auto", f"tracking.uri=sqlite:///{work / 'mlflow.db'}",
-     f"cache_dir={work / 'cache'}"],
+     f"cache_dir={work / 'cache'}", *sys.argv[3:]],
     output_dir=work / "run",
 )
 wall = time.perf_counter() - t

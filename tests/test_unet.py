@@ -132,18 +132,34 @@ def test_cropseg_predict_reproduces_the_run_test_mask(unet_run, tmp_path, capsys
 
 
 def test_mask_does_not_depend_on_block_size(unet_run, tmp_path):
-    """Fixed prediction tiles with a halo: blocks of 24 px (not aligned with the 64-px tiles) and one
-    whole-scene block give the same mask, pixel for pixel, and it is the run's own raw test mask."""
+    """Fixed prediction tiles with a halo: blocks of 24 and 100 px (not aligned with the 64-px tiles; rounded
+    up to whole tiles) and one whole-scene block give the same mask, pixel for pixel, and it is the run's own
+    raw test mask and the tile-by-tile reference's."""
     from cropseg.tracking.model import load_pipeline_model
 
     pipe = load_pipeline_model(unet_run["uri"], f"runs:/{unet_run['run'].info.run_id}/model").pipeline
     scene = pipe.scene(unet_run["test_tif"], metadata=unet_run["test_xml"])
     masks = []
-    for i, block in enumerate((24, SIZE)):
+    for i, block in enumerate((24, 100, SIZE)):
         pipe.predict_scene(scene, tmp_path / f"{i}.tif", block=block, raw_path=tmp_path / f"{i}_raw.tif")
         masks.append(_read(tmp_path / f"{i}_raw.tif"))
-    assert np.array_equal(masks[0], masks[1])
-    assert np.array_equal(masks[1], _read(unet_run["result"].outputs["test_mask_raw"]))
+    assert np.array_equal(masks[0], masks[1]) and np.array_equal(masks[0], masks[2])
+    assert np.array_equal(masks[2], _read(unet_run["result"].outputs["test_mask_raw"]))
+    # the straightforward implementation (each 64-px tile read with its 32-px halo and predicted on its own,
+    # centre kept) gives the same mask: on CPU in float32 the tolerance is zero pixels
+    from rasterio.windows import Window
+
+    model, feats = pipe.classifier, pipe.features
+    ref = np.full((SIZE, SIZE), 255, dtype=np.uint8)
+    with scene.reader() as reader:
+        for r in range(0, SIZE, 64):
+            for c in range(0, SIZE, 64):
+                th, tw = min(64, SIZE - r), min(64, SIZE - c)
+                blk = reader.read(Window(c - 32, r - 32, tw + 64, th + 64))
+                pred = model.predict_block(feats.compute(blk.reflectance, scene.band_names), blk.valid)
+                core = (slice(32, 32 + th), slice(32, 32 + tw))
+                ref[r : r + th, c : c + tw] = np.where(blk.valid[core], pred[core], 255)
+    assert np.array_equal(ref, masks[0])
 
 
 def test_pixel_rows_answer_as_uniform_fields(unet_run):
