@@ -288,13 +288,7 @@ def main() -> int:
         threads_list.insert(0, threads_model)
     if quick._device().type == "cuda":
         threads_list = [None]
-    start_load = load()
-    pred = bench_prediction(quick, scenes, st, workdir, args.repeats)
-    pred_load = load()
-    train = bench_training(model, sample, threads_list, args.repeats)
-    train_load = load()
-    agree = agreement(quick, scenes, st, workdir) if quick._device().type == "cuda" else None
-    res = {
+    res: dict = {
         "machine": f"{platform.machine()}, {cores} cores, {platform.platform()}",
         "python": sys.version.split()[0],
         "torch": torch.__version__,
@@ -302,16 +296,23 @@ def main() -> int:
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "size": args.size,
         "overrides": args.overrides,
-        "load_start": start_load,
-        "load_after_prediction": pred_load,
-        "load_after_training": train_load,
-        "prediction": pred,
-        "training": train,
-        "amp_agreement": agree,
-        "seconds": time.perf_counter() - t0,
+        "load_start": load(),
     }
-    if args.json:
-        args.json.write_text(json.dumps(res, indent=2))
+
+    def save() -> None:  # after every section, so a run cut short still leaves what it measured
+        res["seconds"] = time.perf_counter() - t0
+        if args.json:
+            args.json.write_text(json.dumps(res, indent=2))
+
+    save()
+    res["prediction"] = bench_prediction(quick, scenes, st, workdir, args.repeats)
+    res["load_after_prediction"] = load()
+    save()
+    res["training"] = bench_training(model, sample, threads_list, args.repeats)
+    res["load_after_training"] = load()
+    save()
+    res["amp_agreement"] = agreement(quick, scenes, st, workdir) if quick._device().type == "cuda" else None
+    save()
     report = render(res)
     print(report)
     if args.out:

@@ -3,11 +3,11 @@
 # Run from the repository root with cropseg (and the 'deep' extra) importable; writes at most 8 files,
 # flat, under "$OUT/" (default ./gpu-check): env.txt, bench_unet_cuda.{md,json,log}, run.log,
 # run_result.json, test_cuda.txt. Everything is local (sqlite MLflow store, in-process Dask cluster);
-# each step has its own time limit so the whole script ends within 6 minutes.
+# each step has its own time limit (170 + 120 + 45 s) so the whole script ends within 6 minutes.
 set -u
 OUT="${OUT:-$PWD/gpu-check}"
 PY="${PYTHON:-python3}"
-# DEVICE / SIZE / RUN_OVERRIDES only to rehearse the script on a CPU machine (DEVICE=cpu SIZE=300 ...)
+# DEVICE / SIZE / BENCH_ARGS / RUN_OVERRIDES only to rehearse the script on a CPU machine (DEVICE=cpu SIZE=300 ...)
 DEVICE="${DEVICE:-cuda}"
 SIZE="${SIZE:-2000}"
 mkdir -p "$OUT"
@@ -31,12 +31,12 @@ EOF
 } > "$OUT/env.txt" 2>&1
 
 # 1. the benchmark: bare forward / training loop on the GPU vs cropseg's prediction and epoch (AMP on CUDA)
-timeout 200 "$PY" benchmarks/bench_unet.py --size "$SIZE" --device "$DEVICE" --repeats 3 --workdir "$WORK/bench" \
-  --json "$OUT/bench_unet_cuda.json" --out "$OUT/bench_unet_cuda.md" > "$OUT/bench_unet_cuda.log" 2>&1
+timeout 170 "$PY" benchmarks/bench_unet.py --size "$SIZE" --device "$DEVICE" --repeats 3 --workdir "$WORK/bench" \
+  --json "$OUT/bench_unet_cuda.json" --out "$OUT/bench_unet_cuda.md" ${BENCH_ARGS:-} > "$OUT/bench_unet_cuda.log" 2>&1
 echo "bench_unet exit $? after $(( $(date +%s) - start )) s" >> "$OUT/env.txt"
 
 # 2. one full run on the default sample with the U-Net's defaults; device=auto must pick CUDA (AMP on there)
-timeout 150 "$PY" - "$WORK" "$OUT/run_result.json" ${RUN_OVERRIDES:-} > "$OUT/run.log" 2>&1 <<'EOF'
+timeout 120 "$PY" - "$WORK" "$OUT/run_result.json" ${RUN_OVERRIDES:-} > "$OUT/run.log" 2>&1 <<'EOF'
 import json, logging, sys, time
 from pathlib import Path
 import cropseg
@@ -61,8 +61,8 @@ echo "full run exit $? after $(( $(date +%s) - start )) s" >> "$OUT/env.txt"
 
 # 3. the tests that need CUDA (they skip elsewhere), if pytest is there
 if "$PY" -c "import pytest" 2>/dev/null; then
-  timeout 90 "$PY" -m pytest -q -p no:cacheprovider -n 0 tests/test_unet.py -k cuda > "$OUT/test_cuda.txt" 2>&1 \
-    || timeout 90 "$PY" -m pytest -q -p no:cacheprovider tests/test_unet.py -k cuda > "$OUT/test_cuda.txt" 2>&1
+  timeout 45 "$PY" -m pytest -q -p no:cacheprovider -n 0 tests/test_unet.py -k cuda > "$OUT/test_cuda.txt" 2>&1 \
+    || timeout 45 "$PY" -m pytest -q -p no:cacheprovider tests/test_unet.py -k cuda > "$OUT/test_cuda.txt" 2>&1
   echo "cuda tests exit $? after $(( $(date +%s) - start )) s" >> "$OUT/env.txt"
 else
   echo "pytest not installed: CUDA tests not run" >> "$OUT/env.txt"
