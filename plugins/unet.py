@@ -4,9 +4,12 @@ default; any of its architectures and encoders), trained from scratch on the fra
 Needs the optional extra: ``pip install 'cropseg[deep]'`` (PyTorch, segmentation-models-pytorch). No
 weights are downloaded: ``encoder_weights`` must stay null; ``weights`` loads a local PyTorch state dict
 (of the whole network, or of its encoder only) before training. Masked binary cross-entropy (ignore
-pixels, 255, count for nothing), Adam, flips / 90-degree rotations, optional class weighting; the epoch
-with the best validation crop F1 (on held-out blocks of the training scene) is kept. Seeded: the same
-seed gives the same weights and masks on CPU.
+pixels, 255, count for nothing), Adam, flips / 90-degree rotations; the epoch with the best validation
+target (``evaluate.target``, on held-out blocks of the training scene) is kept, training stops early after
+``patience`` epochs without a better one or at the ``max_minutes`` budget, and ``class_weight=auto``
+trains without and with balanced class weights and keeps the better on validation. Progress lines inside
+each epoch. Mixed precision and channels-last memory on CUDA. Seeded: the same seed gives the same
+weights and masks on CPU (on one machine and thread count).
 """
 
 from __future__ import annotations
