@@ -264,6 +264,7 @@ def main() -> int:
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=None, help="Markdown report (default: stdout only)")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--sections", default="predict,train", help="predict, train or both (default)")
     ap.add_argument("overrides", nargs="*", help="further classifier overrides, e.g. classifier.tile_size=256")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -305,12 +306,15 @@ def main() -> int:
             args.json.write_text(json.dumps(res, indent=2))
 
     save()
-    res["prediction"] = bench_prediction(quick, scenes, st, workdir, args.repeats)
-    res["load_after_prediction"] = load()
-    save()
-    res["training"] = bench_training(model, sample, threads_list, args.repeats)
-    res["load_after_training"] = load()
-    save()
+    sections = set(args.sections.split(","))
+    if "predict" in sections:
+        res["prediction"] = bench_prediction(quick, scenes, st, workdir, args.repeats)
+        res["load_after_prediction"] = load()
+        save()
+    if "train" in sections:
+        res["training"] = bench_training(model, sample, threads_list, args.repeats)
+        res["load_after_training"] = load()
+        save()
     res["amp_agreement"] = agreement(quick, scenes, st, workdir) if quick._device().type == "cuda" else None
     save()
     report = render(res)
@@ -331,26 +335,31 @@ def render(res: dict) -> str:
                 lines.append(f"| {k} | {v['seconds']:.3f} | {each} | {v[unit]:,.0f} | {v[unit] / ceiling:.2f}x |")
         return lines
 
-    p, t = res["prediction"], res["training"]
-    pc = [k for k in p if k.startswith("bare")]
-    tc = [k for k in t if k.startswith("bare")]
     out = [
         f"Machine: {res['machine']}; Python {res['python']}, torch {res['torch']}, cropseg {res['cropseg']}"
         + (f"; GPU {res['gpu']}" if res["gpu"] else ""),
         f"Scenes: SYNTHETIC sample {res['size']}x{res['size']}; overrides {res['overrides'] or 'none'}; load average "
-        f"at start {res['load_start']}, after prediction {res['load_after_prediction']}, after training "
-        f"{res['load_after_training']}.",
-        "",
-        f"Prediction ({p['scene']} test scene, tiles of {p['tile']} px + {p['halo']} px halo, device {p['device']}, "
-        f"AMP {p['amp']}; {p['tile_pixels']:,} tile pixels):",
-        "",
-        *rows(p, "pixels_per_second", pc),
-        "",
-        f"Training ({t['patches']} patches of {t['patch_size']} px, batch {t['batch_size']}, device {t['device']}, "
-        f"AMP {t['amp']}):",
-        "",
-        *rows(t, "patches_per_second", tc),
+        f"at start {res['load_start']}, after prediction {res.get('load_after_prediction', '-')}, after training "
+        f"{res.get('load_after_training', '-')}.",
     ]
+    if "prediction" in res:
+        p = res["prediction"]
+        out += [
+            "",
+            f"Prediction ({p['scene']} test scene, tiles of {p['tile']} px + {p['halo']} px halo, device "
+            f"{p['device']}, AMP {p['amp']}; {p['tile_pixels']:,} tile pixels):",
+            "",
+            *rows(p, "pixels_per_second", [k for k in p if k.startswith("bare")]),
+        ]
+    if "training" in res:
+        t = res["training"]
+        out += [
+            "",
+            f"Training ({t['patches']} patches of {t['patch_size']} px, batch {t['batch_size']}, device "
+            f"{t['device']}, AMP {t['amp']}):",
+            "",
+            *rows(t, "patches_per_second", [k for k in t if k.startswith("bare")]),
+        ]
     if res.get("amp_agreement"):
         a = res["amp_agreement"]
         out += [
