@@ -285,7 +285,9 @@ def wrong_weights(tmp_path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("case", ["missing_weights", "wrong_weights", "cuda", "encoder_weights"])
+@pytest.mark.parametrize(
+    "case", ["missing_weights", "wrong_weights", "cuda", "encoder_weights", "max_minutes", "class_weight"]
+)
 def test_bad_options_stop_before_any_work(case, tmp_path, capfd, monkeypatch, wrong_weights):
     import torch
 
@@ -297,6 +299,8 @@ def test_bad_options_stop_before_any_work(case, tmp_path, capfd, monkeypatch, wr
         "wrong_weights": (f"classifier.weights={wrong_weights}", "does not fit Unet"),
         "cuda": ("classifier.device=cuda", "no CUDA device"),
         "encoder_weights": ("classifier.encoder_weights=imagenet", "downloads no weights"),
+        "max_minutes": ("classifier.max_minutes=0", "a positive number of minutes"),
+        "class_weight": ("classifier.class_weight=weighted", "auto, balanced or null"),
     }[case]
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     line = _one_line(capfd, main([*FAST, override, f"tracking.uri={uri}", f"cache_dir={tmp_path / 'cache'}"]))
