@@ -16,7 +16,8 @@ One run measures, on the bundled SYNTHETIC sample (``source=sample``, ``--size``
 
 Prints a Markdown report (``--out``) and writes the numbers as JSON (``--json``). ``--device cuda`` (or
 ``auto``) measures on a GPU; the CPU thread variants are then replaced by the device. Timings on a shared
-machine are noisy: each figure is the median of ``--repeats`` repeats, and the load average is printed.
+machine are noisy: the variants of a section run in turn (a warm-up each, then ``--repeats`` rounds;
+medians reported), so a change of load hits them alike, and the load average is printed.
 
     .venv/bin/python benchmarks/bench_unet.py                       # 2000x2000 scenes, CPU
     .venv/bin/python benchmarks/bench_unet.py --size 1000 --device cuda --json out.json
@@ -40,17 +41,6 @@ import numpy as np
 
 def load() -> str:
     return " / ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def median_time(fn, repeats: int, warmup: int = 1) -> tuple[float, list[float]]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times)), times
 
 
 def build(size: int, workdir: Path, overrides: list[str]):
@@ -95,8 +85,23 @@ def set_threads(n: int) -> None:
     torch.set_num_threads(int(n))
 
 
+def alternate(variants: dict, repeats: int) -> dict[str, dict]:
+    """Run every variant once to warm it up, then all of them in turn, ``repeats`` rounds, so that a change
+    of load on a shared machine hits them alike. A variant returns its own seconds, or None to be timed
+    here. Returns ``{name: {"seconds": median, "each": [...]}}``."""
+    for fn in variants.values():
+        fn()
+    each: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(repeats):
+        for k, fn in variants.items():
+            t = time.perf_counter()
+            r = fn()
+            each[k].append(float(r) if r is not None else time.perf_counter() - t)
+    return {k: {"seconds": float(np.median(v)), "each": v} for k, v in each.items()}
+
+
 def bench_training(model, sample, threads_list: list[int | None], repeats: int) -> dict:
-    """Bare forward + backward + step over the patches vs cropseg's epoch."""
+    """Bare forward + backward + step over the patches vs cropseg's epoch, alternating."""
     import torch
 
     from cropseg.patches import epoch_callback
@@ -111,9 +116,12 @@ def bench_training(model, sample, threads_list: list[int | None], repeats: int) 
     if cl:
         xt = xt.contiguous(memory_format=torch.channels_last)
     bs = int(model.batch_size)
+    cores = os.cpu_count() or 1
     out: dict = {"patches": len(X), "patch_size": int(X.shape[-1]), "batch_size": bs, "device": str(dev), "amp": amp}
 
-    def bare_epoch(net, opt) -> None:
+    def bare_epoch(net, opt, threads: int) -> None:
+        if dev.type != "cuda":
+            set_threads(threads)
         net.train()
         for s in range(0, len(xt), bs):
             xb, yb = xt[s : s + bs], yt[s : s + bs]
@@ -129,40 +137,40 @@ def bench_training(model, sample, threads_list: list[int | None], repeats: int) 
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
-    for threads in threads_list:
-        key = "device" if dev.type == "cuda" else f"threads={threads or os.cpu_count()}"
+    def noop(metrics, step) -> None:
+        pass
+
+    def cropseg_epoch(threads: int | None) -> float:
+        """One epoch of fit_patches (its own epoch timing: no network build, no normalisation)."""
         if dev.type != "cuda":
-            set_threads(threads or os.cpu_count() or 1)
+            set_threads(threads or cores)
+        m = model.__class__.__new__(model.__class__)
+        m.__dict__.update(model.__dict__)
+        m.threads, m.epochs, m.patience, m.class_weight, m.max_minutes = threads, 1, None, None, None
+        res = m.fit_patches(sample.train, sample.validation, epoch_callback(sample.validation, noop, "bench"))
+        secs = list(getattr(m, "epoch_seconds", []))
+        return secs[0] if secs else float(res.metrics["train_seconds_per_epoch"])
+
+    variants: dict = {}
+    for threads in threads_list:
+        key = "device" if dev.type == "cuda" else f"threads={threads or cores}"
         net = model._build(int(X.shape[1])).to(dev)
         if cl:
             net = net.to(memory_format=torch.channels_last)
         opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-        secs, each = median_time(lambda net=net, opt=opt: bare_epoch(net, opt), repeats)
-        out[f"bare {key}"] = {"seconds": secs, "each": each, "patches_per_second": len(X) / secs}
-
-    def noop(metrics, step) -> None:
-        pass
-
+        variants[f"bare {key}"] = lambda net=net, opt=opt, n=threads or cores: bare_epoch(net, opt, n)
     for threads in threads_list:
-        key = "device" if dev.type == "cuda" else f"threads={threads or os.cpu_count()}"
-        m = model.__class__.__new__(model.__class__)
-        m.__dict__.update(model.__dict__)
-        m.threads, m.epochs, m.patience, m.class_weight, m.max_minutes = threads, 1 + repeats, None, None, None
-        on_epoch = epoch_callback(sample.validation, noop, "bench")
-        t = time.perf_counter()
-        m.fit_patches(sample.train, sample.validation, on_epoch)
-        total = time.perf_counter() - t
-        each = list(getattr(m, "epoch_seconds", []))[1:] or [total / (1 + repeats)]
-        secs = float(np.median(each))
-        out[f"cropseg {key}"] = {"seconds": secs, "each": each, "patches_per_second": len(X) / secs}
-        if dev.type == "cuda":
-            break
+        key = "device" if dev.type == "cuda" else f"threads={threads or cores}"
+        variants[f"cropseg {key}"] = lambda n=threads: cropseg_epoch(n)
+    for k, v in alternate(variants, repeats).items():
+        out[k] = {**v, "patches_per_second": len(X) / v["seconds"]}
     return out
 
 
 def bench_prediction(model, scenes, st, workdir: Path, repeats: int) -> dict:
-    """Bare forward pass on one tile + halo vs cropseg predicting the test scene."""
+    """Bare forward pass on one tile + halo vs cropseg predicting the test scene, alternating."""
     import torch
+    from rasterio.windows import Window
 
     from cropseg.parallel import BlockExecutor, ParallelConfig, use_executor
     from cropseg.scene_ops import predict_scene
@@ -173,47 +181,11 @@ def bench_prediction(model, scenes, st, workdir: Path, repeats: int) -> dict:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(1, model.n_features, side, side)).astype(np.float32)
     out: dict = {"tile": tile, "halo": halo, "device": str(dev), "amp": _amp(model, dev)}
-    net = model._ready()
-
-    def forward() -> None:
-        model._logits(x)
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-
+    model._ready()
     cores = os.cpu_count() or 1
-    if dev.type == "cuda":
-        secs, each = median_time(forward, repeats, warmup=3)
-        out["bare device"] = {"seconds": secs, "each": each, "pixels_per_second": tile * tile / secs}
-    else:
-        for threads in sorted({1, cores}):
-            set_threads(threads)
-            secs, each = median_time(forward, repeats)
-            out[f"bare threads={threads}"] = {"seconds": secs, "each": each, "pixels_per_second": tile * tile / secs}
-        if cores > 1:
-
-            def concurrent() -> None:
-                def work() -> None:
-                    torch.set_num_threads(1)  # per OpenMP thread: each Python thread sets its own
-                    model._logits(x)
-
-                ts = [threading.Thread(target=work) for _ in range(cores)]
-                for t in ts:
-                    t.start()
-                for t in ts:
-                    t.join()
-
-            secs, each = median_time(concurrent, repeats)
-            out[f"bare {cores} x 1 thread"] = {
-                "seconds": secs,
-                "each": each,
-                "pixels_per_second": cores * tile * tile / secs,
-            }
-    del net
     # the pixels of the tiles cropseg predicts: every tile with a valid pixel, clipped to the scene
     grid = scenes.test.grid
     tile_px = 0
-    from rasterio.windows import Window
-
     with scenes.test.reader() as reader:
         for r in range(0, grid.height, tile):
             for c in range(0, grid.width, tile):
@@ -222,18 +194,54 @@ def bench_prediction(model, scenes, st, workdir: Path, repeats: int) -> dict:
                     tile_px += h * w
     out["scene"] = f"{grid.width}x{grid.height}"
     out["tile_pixels"] = tile_px
-    executors = [("dask (default)", ParallelConfig(backend="dask"))]
+
+    def forward(threads: int) -> None:
+        if dev.type != "cuda":
+            set_threads(threads)
+        model._logits(x)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    def concurrent() -> None:
+        def work() -> None:
+            torch.set_num_threads(1)  # per OpenMP thread: each Python thread sets its own
+            model._logits(x)
+
+        ts = [threading.Thread(target=work) for _ in range(cores)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+
+    variants: dict = {}
+    pixels: dict[str, float] = {}
+    if dev.type == "cuda":
+        variants["bare device"] = lambda: forward(1)
+        pixels["bare device"] = tile * tile
+    else:
+        for threads in sorted({1, cores}):
+            variants[f"bare threads={threads}"] = lambda n=threads: forward(n)
+            pixels[f"bare threads={threads}"] = tile * tile
+        if cores > 1:
+            variants[f"bare {cores} x 1 thread"] = concurrent
+            pixels[f"bare {cores} x 1 thread"] = cores * tile * tile
+    executors = {"dask (default)": BlockExecutor(ParallelConfig(backend="dask"))}
     if dev.type != "cuda":
-        executors.append(("serial", ParallelConfig(backend="serial")))
-    for label, pcfg in executors:
-        with BlockExecutor(pcfg) as ex, use_executor(ex):
-            mask = workdir / f"predict-{label.split()[0]}.tif"
+        executors["serial"] = BlockExecutor(ParallelConfig(backend="serial"))
+    try:
+        for label, ex in executors.items():
 
-            def run(mask: Path = mask) -> None:
-                predict_scene(scenes.test, st.features, model, mask)
+            def run(ex: BlockExecutor = ex, mask: Path = workdir / f"predict-{label.split()[0]}.tif") -> None:
+                with use_executor(ex):
+                    predict_scene(scenes.test, st.features, model, mask)
 
-            secs, each = median_time(run, repeats)
-        out[f"cropseg {label}"] = {"seconds": secs, "each": each, "pixels_per_second": tile_px / secs}
+            variants[f"cropseg {label}"] = run
+            pixels[f"cropseg {label}"] = tile_px
+        for k, v in alternate(variants, repeats).items():
+            out[k] = {**v, "pixels_per_second": pixels[k] / v["seconds"]}
+    finally:
+        for ex in executors.values():
+            ex.close()
     return out
 
 
@@ -265,6 +273,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=None, help="Markdown report (default: stdout only)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--sections", default="predict,train", help="predict, train or both (default)")
+    ap.add_argument("--threads", default="1,all", help="CPU thread settings of the training variants (default 1,all)")
     ap.add_argument("overrides", nargs="*", help="further classifier overrides, e.g. classifier.tile_size=256")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -284,8 +293,8 @@ def main() -> int:
     quick.fit_patches(sample.train, sample.validation, None)
     cores = os.cpu_count() or 1
     threads_model = model.threads
-    threads_list = [1, None] if cores > 1 else [1]
-    if threads_model not in (1, None):
+    threads_list: list[int | None] = [None if t == "all" else int(t) for t in args.threads.split(",")]
+    if threads_model not in threads_list:
         threads_list.insert(0, threads_model)
     if quick._device().type == "cuda":
         threads_list = [None]
