@@ -491,7 +491,7 @@ class UNet:
 
 
 #: training patches (an evenly spaced subset) over which batch-norm statistics are re-estimated after each epoch
-BN_PATCHES = 128
+BN_PATCHES = 64
 
 
 def _recalibrate_batchnorm(net: Any, X: np.ndarray, dev: Any, amp: bool) -> None:
