@@ -14,8 +14,9 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -24,9 +25,14 @@ from rasterio.windows import Window
 
 from .errors import ConfigError, LabelError, PluginError
 from .featurize import block_features
+from .targets import Target, confusion, get_target
 from .types import CROP, IGNORE, NONCROP, EpochCallback, Features, LabelRaster, PatchModel, PatchSet, Scene
 
 log = logging.getLogger("cropseg")
+
+
+#: the largest share of the training scene's blocks held out to reach ``min_val_pixels``
+MAX_VAL_FRACTION = 0.5
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,9 @@ class PatchOptions:
     min_class_fraction: float = 0.05
     #: fewer training patches holding a class than this is an error
     min_per_class: int = 4
+    #: labelled pixels of each class the validation patches should hold: short of it, more blocks are held
+    #: out (the share grows by half at a time, up to :data:`MAX_VAL_FRACTION`), then a warning
+    min_val_pixels: int = 10000
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_patches, int) or self.max_patches < 2:
@@ -55,6 +64,8 @@ class PatchOptions:
             raise ConfigError(f"train.patches.min_class_fraction: in (0, 1], got {self.min_class_fraction!r}")
         if not isinstance(self.min_per_class, int) or self.min_per_class < 1:
             raise ConfigError(f"train.patches.min_per_class: a positive integer, got {self.min_per_class!r}")
+        if not isinstance(self.min_val_pixels, int) or isinstance(self.min_val_pixels, bool) or self.min_val_pixels < 0:
+            raise ConfigError(f"train.patches.min_val_pixels: a non-negative integer, got {self.min_val_pixels!r}")
 
     @classmethod
     def from_config(cls, node: Mapping[str, Any] | None) -> PatchOptions:
@@ -91,14 +102,24 @@ def check_scene_size(model: PatchModel, scene: Scene, role: str = "training") ->
 
 def holdout_blocks(height: int, width: int, spatial_block: int, fraction: float, seed: int) -> np.ndarray:
     """A boolean ``(block rows, block cols)`` map of the spatial blocks held out for validation: a seeded
-    ``fraction`` of them (at least one when ``fraction > 0`` and there are two blocks or more)."""
+    ``fraction`` of them (at least one when ``fraction > 0`` and there are two blocks or more), spread
+    over the scene: the blocks, taken in serpentine order (left to right, then right to left on the next
+    row), are cut into as many runs of equal length as blocks are held out, and one block of each run is
+    drawn, so held-out blocks do not cluster in one part of the scene."""
     nr, nc = -(-height // spatial_block), -(-width // spatial_block)
-    held = np.zeros(nr * nc, dtype=bool)
-    n = int(round(fraction * nr * nc))
-    if fraction > 0 and nr * nc >= 2:
-        n = max(1, min(n, nr * nc - 1))
-        held[np.random.default_rng(seed).choice(nr * nc, size=n, replace=False)] = True
-    return held.reshape(nr, nc)
+    held = np.zeros((nr, nc), dtype=bool)
+    total = nr * nc
+    n = int(round(fraction * total))
+    if fraction > 0 and total >= 2:
+        n = max(1, min(n, total - 1))
+        serpentine = np.arange(total).reshape(nr, nc)
+        serpentine[1::2] = serpentine[1::2, ::-1]
+        order = serpentine.ravel()
+        bounds = np.linspace(0, total, n + 1).round().astype(np.int64)
+        rng = np.random.default_rng(seed)
+        picks = [order[int(rng.integers(bounds[i], bounds[i + 1]))] for i in range(n)]
+        held.ravel()[picks] = True
+    return held
 
 
 def _starts(size: int, p: int, stride: int) -> np.ndarray:
@@ -186,6 +207,8 @@ class PatchSample:
     train: PatchSet
     validation: PatchSet | None
     info: dict[str, float]
+    #: what the run should warn about (too little validation); logged, and tagged by the pipeline
+    warnings: list[str] = field(default_factory=list)
 
 
 def draw_patches(
@@ -204,8 +227,10 @@ def draw_patches(
     ``min_class_fraction`` of its pixels are labelled that class. At most ``max_patches`` training
     patches are drawn, half from candidates with crop and half from those with non-crop (seeded with
     ``seed``); validation patches, at most ``max_patches * val_fraction``, come the same way from
-    candidates lying wholly inside held-out blocks. Raises :class:`LabelError` when fewer than
-    ``min_per_class`` training candidates hold a class.
+    candidates lying wholly inside held-out blocks (spread over the scene, :func:`holdout_blocks`). When
+    they hold fewer than ``min_val_pixels`` labelled pixels of a class, more blocks are held out (see
+    :class:`PatchOptions`); still short, the sample carries a warning. Raises :class:`LabelError` when
+    fewer than ``min_per_class`` training candidates hold a class.
     """
     p = int(patch_size)
     g = labels.grid
@@ -213,12 +238,35 @@ def draw_patches(
         raise ConfigError(f"classifier.patch_size={p}: larger than the training scene ({g.width}x{g.height} px)")
     stride = int(options.stride or max(1, p // 2))
     block = max(int(spatial_block), p)
-    held = holdout_blocks(g.height, g.width, block, float(options.val_fraction), seed)
-    cand = _candidates(labels, p, stride, held, block)
     need = options.min_class_fraction * p * p
-    has_crop, has_non = cand.crop >= need, cand.noncrop >= need
-    train_mask = ~cand.val
-    n_crop, n_non = int((has_crop & train_mask).sum()), int((has_non & train_mask).sum())
+
+    def attempt(fraction: float) -> tuple[Any, ...]:
+        held = holdout_blocks(g.height, g.width, block, fraction, seed)
+        cand = _candidates(labels, p, stride, held, block)
+        has_crop, has_non = cand.crop >= need, cand.noncrop >= need
+        train_mask = ~cand.val
+        n_crop, n_non = int((has_crop & train_mask).sum()), int((has_non & train_mask).sum())
+        rng = np.random.default_rng(seed)
+        tr = np.flatnonzero(train_mask)
+        pick = tr[_stratified(has_crop[tr], has_non[tr], options.max_patches, rng)]
+        va = np.flatnonzero(cand.val & (has_crop | has_non))
+        cap_v = max(2, int(round(options.max_patches * fraction)))
+        vpick = va[_stratified(has_crop[va], has_non[va], cap_v, rng)] if len(va) else va
+        val_px = min(int(cand.crop[vpick].sum()), int(cand.noncrop[vpick].sum()))
+        return fraction, held, cand, n_crop, n_non, pick, vpick, val_px
+
+    state = attempt(float(options.val_fraction))
+    # short of min_val_pixels of a class in validation: hold out more blocks (the share grows by half at a
+    # time, up to MAX_VAL_FRACTION) as long as the training part keeps enough patches of each class
+    while state[0] > 0 and state[7] < options.min_val_pixels:
+        grown = min(MAX_VAL_FRACTION, state[0] * 1.5)
+        if grown <= state[0] or holdout_blocks(g.height, g.width, block, grown, seed).sum() <= state[1].sum():
+            break
+        nxt = attempt(grown)
+        if min(nxt[3], nxt[4]) < options.min_per_class:
+            break
+        state = nxt
+    fraction, held, cand, n_crop, n_non, pick, vpick, _ = state
     short = [f"{n} with {name}" for n, name in ((n_crop, "crop"), (n_non, "non-crop")) if n < options.min_per_class]
     if short:
         raise LabelError(
@@ -227,24 +275,40 @@ def draw_patches(
             f"{options.min_class_fraction:.0%} of it is that class): use a smaller "
             "classifier.patch_size, a larger training scene or check the ground truth"
         )
-    rng = np.random.default_rng(seed)
-    tr = np.flatnonzero(train_mask)
-    pick = tr[_stratified(has_crop[tr], has_non[tr], options.max_patches, rng)]
     train = _read_patches(scene, labels, features, cand.rows[pick], cand.cols[pick], p)
     validation = None
-    va = np.flatnonzero(cand.val & (has_crop | has_non))
-    if len(va):
-        cap_v = max(2, int(round(options.max_patches * options.val_fraction)))
-        vpick = va[_stratified(has_crop[va], has_non[va], cap_v, rng)]
+    warnings: list[str] = []
+    if len(vpick):
         validation = _read_patches(scene, labels, features, cand.rows[vpick], cand.cols[vpick], p)
     elif options.val_fraction > 0:
-        log.warning(
-            "no validation patches: the training scene has no labelled %dx%d patch inside held-out "
-            "blocks of %d px (the model trains without validation)",
-            p,
-            p,
-            block,
+        warnings.append(
+            f"no validation patches: the training scene has no labelled {p}x{p} patch inside held-out blocks "
+            f"of {block} px (the model trains without validation)"
         )
+    val_counts = (
+        (int(np.count_nonzero(validation.y == CROP)), int(np.count_nonzero(validation.y == NONCROP)))
+        if validation is not None
+        else (0, 0)
+    )
+    if validation is not None and min(val_counts) < options.min_val_pixels:
+        warnings.append(
+            f"validation patches hold {val_counts[0]} crop and {val_counts[1]} non-crop labelled pixels, "
+            f"fewer than train.patches.min_val_pixels={options.min_val_pixels} of each with "
+            f"{int(held.sum())} of {held.size} blocks held out: the kept epoch is noisy (label more of "
+            "the training scene, or use a larger one)"
+        )
+    if fraction > options.val_fraction:
+        log.info(
+            "validation: %d of %d blocks held out (val_fraction %.2f grown to %.2f for "
+            "train.patches.min_val_pixels=%d per class)",
+            int(held.sum()),
+            held.size,
+            options.val_fraction,
+            fraction,
+            options.min_val_pixels,
+        )
+    for w in warnings:
+        log.warning("%s", w)
     info = {
         "train_patches": float(len(train)),
         "val_patches": float(len(validation) if validation else 0),
@@ -252,9 +316,12 @@ def draw_patches(
         "patch_candidates_with_crop": float(n_crop),
         "patch_candidates_with_noncrop": float(n_non),
         "val_blocks": float(held.sum()),
+        "val_fraction": float(fraction),
+        "val_crop_pixels": float(val_counts[0]),
+        "val_noncrop_pixels": float(val_counts[1]),
         "patch_size": float(p),
     }
-    return PatchSample(train, validation, info)
+    return PatchSample(train, validation, info, warnings)
 
 
 # -- scoring and the per-epoch callback -------------------------------------------------------------------
@@ -276,14 +343,21 @@ def score_masks(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
 
 
 def epoch_callback(
-    validation: PatchSet | None, log_metrics: Callable[[Mapping[str, float], int], None], label: str = "fit"
+    validation: PatchSet | None,
+    log_metrics: Callable[[Mapping[str, float], int], None],
+    label: str = "fit",
+    target: Target | None = None,
 ) -> EpochCallback:
     """The :class:`cropseg.types.EpochCallback` the pipeline hands to a patch model: scores the validation
     prediction, logs ``train_loss`` and ``val_crop_f1``/``val_iou``... at step ``epoch`` through
-    ``log_metrics(metrics, step)`` and writes a progress line."""
+    ``log_metrics(metrics, step)`` and writes a progress line. It returns those metrics plus ``target``:
+    the run's target metric (``evaluate.target``, default crop F1) on the validation patches, which the
+    model maximises (kept epoch, early stopping, class-weight choice)."""
+    tgt = target or get_target(None)
 
     def on_epoch(epoch: int, train_loss: float, val_pred: np.ndarray | None) -> dict[str, float]:
         metrics = {"train_loss": float(train_loss)}
+        value = None
         if val_pred is not None and validation is not None:
             pred = np.asarray(val_pred)
             if pred.shape != validation.y.shape:
@@ -291,16 +365,90 @@ def epoch_callback(
                     f"patch model: validation prediction has shape {pred.shape}, expected {validation.y.shape}"
                 )
             metrics.update({f"val_{k}": v for k, v in score_masks(pred, validation.y).items()})
+            value = tgt.score(confusion(validation.y, pred))
         log_metrics(metrics, int(epoch))
         extra = (
             f", validation crop F1 {metrics['val_crop_f1']:.3f} IoU {metrics['val_iou']:.3f}"
             if "val_crop_f1" in metrics
             else ""
         )
+        if value is not None and tgt.name not in ("crop_f1",):
+            extra += f", {tgt.name} {value:.3f}"
         log.info("%s epoch %d: train loss %.4f%s", label, epoch, train_loss, extra)
-        return metrics
+        return metrics if value is None else {**metrics, "target": float(value)}
 
     return on_epoch
+
+
+def _duration(secs: float) -> str:
+    secs = max(0.0, float(secs))
+    if secs < 60:
+        return f"{secs:.0f} s"
+    if secs < 3600:
+        return f"{int(secs // 60)} min {int(secs % 60):02d} s"
+    return f"{int(secs // 3600)} h {int(secs % 3600 // 60):02d} min"
+
+
+class TrainingProgress:
+    """Progress lines inside a patch model's epochs: batches done, rate and time left.
+
+    The first line comes after the first batch of the first epoch (so within seconds of the start of
+    training, not at the end of an epoch), later ones at most every ``every`` seconds: ``unet epoch 2/20:
+    batch 12/25 (48%), 3.1 batches/s (50 patches/s), epoch ETA 4 s, at most 1 min 30 s left (20 epochs)``.
+    Early stopping or the time budget may end training sooner than the last figure. ``clock`` is a
+    monotonic clock in seconds (tests give a controllable one)."""
+
+    def __init__(
+        self,
+        label: str,
+        epochs: int,
+        batches: int,
+        batch_size: int,
+        every: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.label, self.epochs, self.batches, self.batch_size = label, int(epochs), max(1, int(batches)), batch_size
+        self.every, self.clock = float(every), clock
+        self.epoch = 0
+        self.t_epoch = self.last = self.clock()
+        self.lines = 0
+        #: seconds of each finished epoch (the estimate of the remaining ones)
+        self.durations: list[float] = []
+
+    def start_epoch(self, epoch: int) -> None:
+        now = self.clock()
+        if self.epoch:
+            self.durations.append(now - self.t_epoch)
+        self.epoch, self.t_epoch = int(epoch), now
+
+    def batch(self, done: int) -> None:
+        """``done`` batches of the current epoch have finished."""
+        now = self.clock()
+        if self.lines and now - self.last < self.every:
+            return
+        if done >= self.batches and self.lines:
+            return  # the epoch's own line follows
+        self.last, self.lines = now, self.lines + 1
+        took = max(now - self.t_epoch, 1e-9)
+        rate = done / took
+        epoch_left = (self.batches - done) / rate
+        per_epoch = float(np.mean(self.durations)) if self.durations else self.batches / rate
+        total_left = epoch_left + per_epoch * (self.epochs - self.epoch)
+        log.info(
+            "%s epoch %d/%d: batch %d/%d (%.0f%%), %.2f batches/s (%.0f patches/s), epoch ETA %s, "
+            "at most %s left (%d epochs)",
+            self.label,
+            self.epoch,
+            self.epochs,
+            done,
+            self.batches,
+            100.0 * done / self.batches,
+            rate,
+            rate * self.batch_size,
+            _duration(epoch_left),
+            _duration(total_left),
+            self.epochs,
+        )
 
 
 # -- prediction -----------------------------------------------------------------------------------------
@@ -319,6 +467,11 @@ class PatchPredictContext:
 DEFAULT_TILE = 512
 
 
+def tile_side(model: PatchModel) -> int:
+    """The side of a patch model's prediction tiles: its ``tile_size``, else :data:`DEFAULT_TILE`."""
+    return int(getattr(model, "tile_size", 0) or DEFAULT_TILE)
+
+
 def predict_patch_block(ctx: PatchPredictContext, window: Window) -> tuple[np.ndarray, int, float]:
     """Predict one window with a patch model. The scene is cut into fixed tiles of the model's
     ``tile_size`` (default :data:`DEFAULT_TILE`) anchored at the scene's origin, whatever the block size;
@@ -330,7 +483,7 @@ def predict_patch_block(ctx: PatchPredictContext, window: Window) -> tuple[np.nd
     import time
 
     h = int(ctx.model.halo)
-    tile = int(getattr(ctx.model, "tile_size", 0) or DEFAULT_TILE)
+    tile = tile_side(ctx.model)
     grid = ctx.scene.grid
     r0, c0 = int(window.row_off), int(window.col_off)
     wh, ww = int(window.height), int(window.width)

@@ -667,6 +667,7 @@ def _fit_patch_model(
     """Draw patches from the training scene (validation from its held-out blocks), fit the patch model
     with per-epoch step metrics, and log its kept weights."""
     from .patches import PatchOptions, draw_patches, epoch_callback
+    from .targets import target_from_config
 
     model = st.classifier
     assert isinstance(model, PatchModel)
@@ -702,7 +703,14 @@ def _fit_patch_model(
     )
     n_train = int(np.count_nonzero(sample.train.y != 255))
     metrics.update(sample.info)
-    on_epoch = epoch_callback(sample.validation, rl.log_learning_curve, st.names["classifier"])
+    if sample.warnings:
+        rl.set_tags({f"{TAG_PREFIX}warning.validation": "; ".join(sample.warnings)})
+    on_epoch = epoch_callback(
+        sample.validation,
+        rl.log_learning_curve,
+        st.names["classifier"],
+        target_from_config(cfg),
+    )
     t = time.perf_counter()
     fit = model.fit_patches(sample.train, sample.validation, on_epoch)
     fit_s = time.perf_counter() - t

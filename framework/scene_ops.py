@@ -50,15 +50,18 @@ def predict_scene(
     over blocks). Blocks run on the current block executor (:func:`cropseg.parallel.current_executor`:
     the run's ``parallel`` config; serial outside a run) and are written in order."""
     grid = scene.grid
-    total = n_windows(grid.height, grid.width, block)
-    prog = Progress(f"predict {scene.name}", total)
     n_px, secs = 0, 0.0
     task: Any = predict_block
     ctx: Any = PredictContext(scene, features, classifier)  # type: ignore[arg-type]
     if isinstance(classifier, PatchModel):
-        from .patches import PatchPredictContext, predict_patch_block
+        from .patches import PatchPredictContext, predict_patch_block, tile_side
 
         task, ctx = predict_patch_block, PatchPredictContext(scene, features, classifier)
+        # blocks of whole tiles: a tile that straddled two blocks would be read and predicted twice
+        tile = tile_side(classifier)
+        block = -(-int(block) // tile) * tile
+    total = n_windows(grid.height, grid.width, block)
+    prog = Progress(f"predict {scene.name}", total)
     with block_writer(out_path, grid) as dst:
         windows = list(iter_windows(grid.height, grid.width, block))
         for w, (mask, n, s) in zip(windows, current_executor().map(task, windows, ctx, total)):

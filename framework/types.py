@@ -578,7 +578,9 @@ class EpochCallback(Protocol):
     ``epoch`` counts from 1; ``val_pred`` is the model's uint8 0/1 prediction of the validation patches
     ``(n, p, p)`` (or None without validation). The framework logs the loss and the validation crop
     F1 / IoU as MLflow step metrics and a progress line, and returns the validation metrics
-    (``val_crop_f1``, ``val_iou``...) so the model can keep its best epoch.
+    (``val_crop_f1``, ``val_iou``...) plus ``target``: the run's target metric (``evaluate.target``,
+    :mod:`cropseg.targets`) on the validation patches, which the model should maximise (kept epoch,
+    early stopping). Batch-level progress inside an epoch is the model's: :class:`cropseg.patches.TrainingProgress`.
     """
 
     def __call__(self, epoch: int, train_loss: float, val_pred: np.ndarray | None) -> Mapping[str, float]: ...

@@ -4,9 +4,12 @@ default; any of its architectures and encoders), trained from scratch on the fra
 Needs the optional extra: ``pip install 'cropseg[deep]'`` (PyTorch, segmentation-models-pytorch). No
 weights are downloaded: ``encoder_weights`` must stay null; ``weights`` loads a local PyTorch state dict
 (of the whole network, or of its encoder only) before training. Masked binary cross-entropy (ignore
-pixels, 255, count for nothing), Adam, flips / 90-degree rotations, optional class weighting; the epoch
-with the best validation crop F1 (on held-out blocks of the training scene) is kept. Seeded: the same
-seed gives the same weights and masks on CPU.
+pixels, 255, count for nothing), Adam, flips / 90-degree rotations; the epoch with the best validation
+target (``evaluate.target``, on held-out blocks of the training scene) is kept, training stops early after
+``patience`` epochs without a better one or at the ``max_minutes`` budget, and ``class_weight=auto``
+trains without and with balanced class weights and keeps the better on validation. Progress lines inside
+each epoch. Mixed precision and channels-last memory on CUDA. Seeded: the same seed gives the same
+weights and masks on CPU (on one machine and thread count).
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ from __future__ import annotations
 import copy
 import io
 import logging
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +33,8 @@ from cropseg.types import IGNORE, EpochCallback, FitResult, PatchSet
 log = logging.getLogger("cropseg")
 
 DEVICES = ("auto", "cpu", "cuda")
+CLASS_WEIGHTS = ("auto", "balanced", None)
+_BUILD_LOCK = threading.Lock()
 
 
 def _deep() -> tuple[Any, Any]:
@@ -64,11 +71,14 @@ class UNet:
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         augment: bool = True,
-        class_weight: str | None = None,
-        patience: int | None = None,
+        class_weight: str | None = "auto",
+        patience: int | None = 3,
+        max_minutes: float | None = None,
         halo: int = 32,
         tile_size: int = 512,
         threads: int | None = None,
+        amp: bool | None = None,
+        channels_last: bool | None = None,
         seed: int = 0,
     ):
         torch, smp = _deep()
@@ -120,10 +130,15 @@ class UNet:
                 f"classifier.patch_size={patch_size}: must be a multiple of {self.divisor} "
                 f"(2^encoder_depth) for {self.arch}"
             )
-        if class_weight not in (None, "balanced"):
-            raise ConfigError(f"classifier.class_weight: null or balanced, got {class_weight!r}")
-        if patience is not None and (not isinstance(patience, int) or patience < 1):
+        if class_weight not in CLASS_WEIGHTS:
+            raise ConfigError(f"classifier.class_weight: auto, balanced or null, got {class_weight!r}")
+        if patience is not None and (not isinstance(patience, int) or isinstance(patience, bool) or patience < 1):
             raise ConfigError(f"classifier.patience: a positive integer or null, got {patience!r}")
+        if max_minutes is not None and (isinstance(max_minutes, bool) or not float(max_minutes) > 0):
+            raise ConfigError(f"classifier.max_minutes: a positive number of minutes or null, got {max_minutes!r}")
+        for name, val in (("amp", amp), ("channels_last", channels_last)):
+            if val is not None and not isinstance(val, bool):
+                raise ConfigError(f"classifier.{name}: true, false or null (null: on CUDA only), got {val!r}")
         if not float(lr) > 0:
             raise ConfigError(f"classifier.lr: a positive number, got {lr!r}")
         self.weights = None if weights in (None, "") else str(Path(str(weights)).expanduser())
@@ -132,7 +147,13 @@ class UNet:
         self.epochs, self.patch_size, self.batch_size = epochs, patch_size, batch_size
         self.lr, self.weight_decay, self.augment = float(lr), float(weight_decay), bool(augment)
         self.class_weight, self.patience, self.halo, self.tile_size = class_weight, patience, halo, tile_size
+        self.max_minutes = None if max_minutes is None else float(max_minutes)
+        self.amp, self.channels_last = amp, channels_last
         self.threads, self.seed = threads, int(seed)
+        #: the clock of the patience / time-budget / progress logic (tests substitute a controllable one)
+        self._clock: Callable[[], float] = time.monotonic
+        #: seconds of each epoch trained by the last fit (all class-weight candidates, in order)
+        self.epoch_seconds: list[float] = []
         self.n_features: int | None = None
         self.mean: np.ndarray | None = None
         self.std: np.ndarray | None = None
@@ -187,6 +208,11 @@ class UNet:
     def fit_patches(
         self, train: PatchSet, validation: PatchSet | None, on_epoch: EpochCallback | None = None
     ) -> FitResult:
+        """Train on ``train``; keep the epoch with the best validation target (``on_epoch``'s ``target``,
+        else ``val_crop_f1``); stop early after ``patience`` epochs without a better one, or before an
+        epoch that would end past ``max_minutes``. ``class_weight=auto`` trains once without and once with
+        balanced class weights (each with half of what is left of the time budget) and keeps the one with
+        the better validation target."""
         torch, _ = _deep()
         if self.threads:
             torch.set_num_threads(int(self.threads))
@@ -195,89 +221,206 @@ class UNet:
         self.mean = X.mean(axis=(0, 2, 3)).astype(np.float32)
         self.std = (X.std(axis=(0, 2, 3)) + 1e-6).astype(np.float32)
         dev = self._device()
-        net = self._build(self.n_features)
+        if dev.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        candidates: list[str | None] = [self.class_weight]
+        if self.class_weight == "auto":
+            if validation is None:
+                log.warning("unet: class_weight=auto needs validation patches; training without class weights")
+                candidates = [None]
+            else:
+                candidates = [None, "balanced"]
+        Xn = self._normalise(X)
+        start = self._clock()
+        deadline = None if self.max_minutes is None else start + 60.0 * float(self.max_minutes)
+        runs: list[_Trained] = []
+        step0 = 0
+        for i, cw in enumerate(candidates):
+            # each remaining candidate gets an equal share of what is left of the budget
+            dl = None if deadline is None else self._clock() + (deadline - self._clock()) / (len(candidates) - i)
+            label = f"unet class_weight={cw or 'none'}" if len(candidates) > 1 else "unet"
+            runs.append(self._train_one(Xn, y, validation, on_epoch, cw, dl, step0, label))
+            step0 += runs[-1].epochs_run
+        chosen = max(runs, key=lambda r: r.best_score)  # the first on a tie: no class weights
+        self._net = self._build(self.n_features)
+        self._net.load_state_dict(chosen.state)
+        self._net.to(dev)
+        self._net.eval()
+        self._state = chosen.state
+        self.epoch_seconds = [s for r in runs for s in r.epoch_seconds]
+        params: dict[str, Any] = {
+            "best_epoch": chosen.best_epoch,
+            "epochs_run": chosen.epochs_run,
+            "stopped": chosen.stopped,
+            "device": str(dev),
+            "amp": self._amp(dev),
+            "n_parameters": int(sum(p.numel() for p in self._net.parameters())),
+        }
+        if self.class_weight == "auto":
+            params["class_weight"] = chosen.class_weight or "none"
+        metrics_out: dict[str, float] = {
+            "fit_epochs": float(sum(r.epochs_run for r in runs)),
+            "best_epoch": float(chosen.best_epoch),
+            "train_seconds_per_epoch": float(np.mean(self.epoch_seconds)) if self.epoch_seconds else 0.0,
+            "train_patches_per_second": float(np.median([r.patches_per_second for r in runs])),
+        }
+        if validation is not None:
+            metrics_out["val_best_target"] = float(chosen.best_score)
+            for r in runs if len(runs) > 1 else ():
+                metrics_out[f"val_best_target_class_weight_{r.class_weight or 'none'}"] = float(r.best_score)
+        tags: dict[str, str] = {}
+        if chosen.best_epoch == chosen.epochs_run and chosen.stopped != "patience" and chosen.epochs_run > 1:
+            why = "the time budget (classifier.max_minutes)" if chosen.stopped == "time" else "classifier.epochs"
+            msg = (
+                f"unet: the kept epoch is the last one run ({chosen.best_epoch}, stopped by {why}); validation "
+                "was still improving: more epochs or time may give a better model"
+            )
+            log.warning(msg)
+            tags["warning.last_epoch"] = msg
+        return FitResult(params=params, metrics=metrics_out, tags=tags)
+
+    def _amp(self, dev: Any) -> bool:
+        """Mixed precision (bfloat16 autocast): ``amp`` true, or null on CUDA."""
+        return bool(self.amp) if self.amp is not None else dev.type == "cuda"
+
+    def _channels_last(self, dev: Any) -> bool:
+        return bool(self.channels_last) if self.channels_last is not None else dev.type == "cuda"
+
+    def _train_one(
+        self,
+        Xn: np.ndarray,
+        y: np.ndarray,
+        validation: PatchSet | None,
+        on_epoch: EpochCallback | None,
+        class_weight: str | None,
+        deadline: float | None,
+        step0: int,
+        label: str,
+    ) -> _Trained:
+        """One training run: epochs until ``epochs``, ``patience`` or ``deadline``; the best epoch kept."""
+        from cropseg.patches import TrainingProgress
+
+        torch, _ = _deep()
+        dev = self._device()
+        amp = self._amp(dev)
+        net = self._build(int(Xn.shape[1]))
         if self.weights is not None:
             self._load_weights(net)
         net.to(dev)
+        if self._channels_last(dev):
+            net = net.to(memory_format=torch.channels_last)
         labelled = y != IGNORE
         n_crop, n_all = int(np.count_nonzero(y == 1)), int(np.count_nonzero(labelled))
         pos_weight = None
-        if self.class_weight == "balanced" and 0 < n_crop < n_all:
+        if class_weight == "balanced" and 0 < n_crop < n_all:
             pos_weight = torch.tensor((n_all - n_crop) / n_crop, dtype=torch.float32, device=dev)
         opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         rng = np.random.default_rng(self.seed)
-        Xn = (X - self.mean[None, :, None, None]) / self.std[None, :, None, None]
-        best: tuple[float, int, Any] = (-1.0, 0, None)
-        history, waited, t0 = [], 0, time.perf_counter()
+        n_batches = -(-len(Xn) // self.batch_size)
+        progress = TrainingProgress(label, self.epochs, n_batches, self.batch_size, clock=self._clock)
+        best_score, best_epoch, best_state = -np.inf, 0, None
+        waited, epoch_seconds, stopped, epoch = 0, [], "epochs", 0
         for epoch in range(1, self.epochs + 1):
+            if deadline is not None and epoch_seconds and self._clock() + epoch_seconds[-1] > deadline:
+                log.info("%s: time budget reached after epoch %d (classifier.max_minutes)", label, epoch - 1)
+                stopped, epoch = "time", epoch - 1
+                break
+            t_epoch = self._clock()
+            progress.start_epoch(epoch)
             net.train()
-            order = rng.permutation(len(Xn))
             loss_sum, px_sum = 0.0, 0
-            for s in range(0, len(order), self.batch_size):
-                idx = order[s : s + self.batch_size]
-                xb, yb = Xn[idx], y[idx]
-                if self.augment:
-                    xb, yb = _augment(xb, yb, rng)
-                xt = torch.from_numpy(np.ascontiguousarray(xb)).to(dev)
-                yt = torch.from_numpy(np.ascontiguousarray(yb)).to(dev)
+            for b, (xt, yt) in enumerate(self._batches(Xn, y, rng, dev), start=1):
                 keep = yt != IGNORE
-                if not bool(keep.any()):
-                    continue
-                logits = net(xt)[:, 0]
-                loss = torch.nn.functional.binary_cross_entropy_with_logits(
-                    logits[keep], (yt[keep] == 1).float(), pos_weight=pos_weight, reduction="sum"
-                )
                 n = int(keep.sum())
-                opt.zero_grad()
-                (loss / n).backward()
-                opt.step()
-                loss_sum, px_sum = loss_sum + float(loss.detach()), px_sum + n
+                if n:
+                    with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=amp):
+                        logits = net(xt)[:, 0]
+                    loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                        logits.float()[keep], (yt[keep] == 1).float(), pos_weight=pos_weight, reduction="sum"
+                    )
+                    opt.zero_grad(set_to_none=True)
+                    (loss / n).backward()
+                    opt.step()
+                    loss_sum, px_sum = loss_sum + float(loss.detach()), px_sum + n
+                progress.batch(b)
             train_loss = loss_sum / max(px_sum, 1)
-            _recalibrate_batchnorm(net, Xn, self.batch_size, dev)
+            _recalibrate_batchnorm(net, Xn, dev, amp)
             self._net = net
             val_pred = self._predict_batch(validation.X) if validation is not None else None
-            metrics = dict(on_epoch(epoch, train_loss, val_pred)) if on_epoch is not None else {}
-            score = float(metrics.get("val_crop_f1", -train_loss))
-            history.append(score)
-            if score > best[0] or best[2] is None:
-                best, waited = (
-                    (score, epoch, copy.deepcopy({k: v.detach().cpu() for k, v in net.state_dict().items()})),
-                    0,
-                )
+            metrics = dict(on_epoch(step0 + epoch, train_loss, val_pred)) if on_epoch is not None else {}
+            score = float(metrics.get("target", metrics.get("val_crop_f1", -train_loss)))
+            epoch_seconds.append(self._clock() - t_epoch)
+            if score > best_score or best_state is None:
+                best_score, best_epoch, waited = score, epoch, 0
+                best_state = copy.deepcopy({k: v.detach().cpu() for k, v in net.state_dict().items()})
             else:
                 waited += 1
                 if self.patience is not None and waited >= self.patience:
-                    log.info("unet: early stop after epoch %d (best epoch %d)", epoch, best[1])
+                    log.info("%s: early stop after epoch %d (best epoch %d)", label, epoch, best_epoch)
+                    stopped = "patience"
                     break
-        net.load_state_dict(best[2])
-        self._state = best[2]
-        net.eval()
-        self._net = net
-        params = {
-            "best_epoch": best[1],
-            "epochs_run": len(history),
-            "device": str(dev),
-            "n_parameters": int(sum(p.numel() for p in net.parameters())),
-        }
-        metrics_out = {
-            "fit_epochs": float(len(history)),
-            "best_epoch": float(best[1]),
-            "train_seconds_per_epoch": (time.perf_counter() - t0) / max(len(history), 1),
-        }
-        if validation is not None:
-            metrics_out["val_best_crop_f1"] = float(best[0])
-        return FitResult(params=params, metrics=metrics_out)
+        assert best_state is not None
+        secs = sum(epoch_seconds)
+        return _Trained(
+            class_weight=class_weight,
+            state=best_state,
+            best_score=float(best_score),
+            best_epoch=best_epoch,
+            epochs_run=len(epoch_seconds),
+            stopped=stopped,
+            epoch_seconds=epoch_seconds,
+            patches_per_second=len(Xn) * len(epoch_seconds) / max(secs, 1e-9),
+        )
+
+    def _batches(self, Xn: np.ndarray, y: np.ndarray, rng: np.random.Generator, dev: Any) -> Iterator[tuple[Any, Any]]:
+        """The epoch's shuffled, augmented batches as tensors on ``dev``; the next batch is prepared on a
+        background thread while the current one trains (numpy releases the GIL for the copies)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        torch, _ = _deep()
+        order = rng.permutation(len(Xn))
+        starts = list(range(0, len(order), self.batch_size))
+        # one augmentation draw per patch, made up front so the result does not depend on thread timing
+        draws = [(int(rng.integers(4)), bool(rng.random() < 0.5)) for _ in order] if self.augment else None
+        pin = dev.type == "cuda"
+
+        def make(s: int) -> tuple[Any, Any]:
+            idx = order[s : s + self.batch_size]
+            xb, yb = Xn[idx], y[idx]
+            if draws is not None:
+                xb, yb = _augment(xb, yb, draws[s : s + self.batch_size])
+            xt = torch.from_numpy(np.ascontiguousarray(xb))
+            yt = torch.from_numpy(np.ascontiguousarray(yb))
+            if pin:
+                xt, yt = xt.pin_memory(), yt.pin_memory()
+            return xt, yt
+
+        with ThreadPoolExecutor(1, thread_name_prefix="cropseg-batches") as pool:
+            nxt = pool.submit(make, starts[0]) if starts else None
+            for i in range(len(starts)):
+                assert nxt is not None
+                xt, yt = nxt.result()
+                nxt = pool.submit(make, starts[i + 1]) if i + 1 < len(starts) else None
+                xt = xt.to(dev, non_blocking=pin)
+                if self._channels_last(dev):
+                    xt = xt.contiguous(memory_format=torch.channels_last)
+                yield xt, yt.to(dev, non_blocking=pin)
 
     # -- prediction --------------------------------------------------------------------------------------
     def _ready(self) -> Any:
-        if self._net is None:
-            if self._state is None or self.n_features is None:
-                raise PluginError("classifier unet: predict before fit")
-            net = self._build(self.n_features)
-            net.load_state_dict(self._state)
-            net.to(self._device())
-            net.eval()
-            self._net = net
+        with _BUILD_LOCK:  # block tasks run on several threads: build the network once
+            if self._net is None:
+                if self._state is None or self.n_features is None:
+                    raise PluginError("classifier unet: predict before fit")
+                torch, _ = _deep()
+                net = self._build(self.n_features)
+                net.load_state_dict(self._state)
+                dev = self._device()
+                net.to(dev)
+                if self._channels_last(dev):
+                    net = net.to(memory_format=torch.channels_last)
+                net.eval()
+                self._net = net
         return self._net
 
     def _logits(self, x: np.ndarray) -> np.ndarray:
@@ -295,9 +438,12 @@ class UNet:
             big[:, :, :h, :w] = x
             x = big
         dev = next(net.parameters()).device
-        with torch.inference_mode():
-            out = net(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(dev))[:, 0]
-        return out.cpu().numpy()[:, :h, :w]
+        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(dev)
+        if self._channels_last(dev):
+            xt = xt.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=self._amp(dev)):
+            out = net(xt)[:, 0]
+        return out.float().cpu().numpy()[:, :h, :w]
 
     def _normalise(self, X: np.ndarray) -> np.ndarray:
         assert self.mean is not None and self.std is not None
@@ -322,7 +468,7 @@ class UNet:
     # -- pickling: options, normalisation and the best epoch's weights; the network is rebuilt -----------
     def __getstate__(self) -> dict[str, Any]:
         torch, _ = _deep()
-        state = {k: v for k, v in self.__dict__.items() if k not in ("_net", "_state")}
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_net", "_state", "_clock")}
         buf = io.BytesIO()
         torch.save(self._state, buf)
         state["_weights_bytes"] = buf.getvalue()
@@ -331,7 +477,11 @@ class UNet:
     def __setstate__(self, state: dict[str, Any]) -> None:
         torch, _ = _deep()
         raw = state.pop("_weights_bytes", None)
+        # models pickled before these options existed
+        for key, default in (("amp", None), ("channels_last", None), ("max_minutes", None), ("epoch_seconds", [])):
+            state.setdefault(key, default)
         self.__dict__.update(state)
+        self._clock = time.monotonic
         self._net = None
         self._state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True) if raw else None
 
@@ -344,10 +494,15 @@ class UNet:
         return path
 
 
-def _recalibrate_batchnorm(net: Any, X: np.ndarray, batch_size: int, dev: Any) -> None:
-    """Re-estimate the batch-norm statistics of the current weights on the training patches (a plain
-    average over the batches, no gradient): after few steps the running averages still hold the
-    statistics of earlier weights and skew evaluation-mode predictions."""
+#: training patches (an evenly spaced subset) over which batch-norm statistics are re-estimated after each epoch
+BN_PATCHES = 64
+
+
+def _recalibrate_batchnorm(net: Any, X: np.ndarray, dev: Any, amp: bool) -> None:
+    """Re-estimate the batch-norm statistics of the current weights on (at most :data:`BN_PATCHES`, evenly
+    spaced) training patches: a plain average over batches of 64, no gradient. After few steps the running
+    averages still hold the statistics of earlier weights and skew evaluation-mode predictions; a bounded
+    subset keeps this at a small share of an epoch."""
     torch, _ = _deep()
     bns = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     if not bns:
@@ -357,25 +512,41 @@ def _recalibrate_batchnorm(net: Any, X: np.ndarray, batch_size: int, dev: Any) -
         m.reset_running_stats()
         m.momentum = None
     net.train()
-    with torch.no_grad():
-        for s in range(0, len(X), batch_size):
-            net(torch.from_numpy(np.ascontiguousarray(X[s : s + batch_size])).to(dev))
+    idx = np.unique(np.linspace(0, len(X) - 1, min(len(X), BN_PATCHES)).round().astype(np.int64))
+    with torch.no_grad(), torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=amp):
+        for s in range(0, len(idx), 64):
+            net(torch.from_numpy(np.ascontiguousarray(X[idx[s : s + 64]])).to(dev))
     for m, mom in zip(bns, saved):
         m.momentum = mom
     net.eval()
 
 
-def _augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Random flips and 90-degree rotations of each patch (the same for its features and labels)."""
+def _augment(x: np.ndarray, y: np.ndarray, draws: list[tuple[int, bool]]) -> tuple[np.ndarray, np.ndarray]:
+    """Flips and 90-degree rotations of each patch (``draws``: (quarter turns, flip) per patch; the same
+    for its features and labels)."""
     xs, ys = [], []
-    for xi, yi in zip(x, y):
-        k, flip = int(rng.integers(4)), bool(rng.random() < 0.5)
+    for xi, yi, (k, flip) in zip(x, y, draws):
         xi, yi = np.rot90(xi, k, axes=(-2, -1)), np.rot90(yi, k, axes=(-2, -1))
         if flip:
             xi, yi = xi[..., ::-1], yi[..., ::-1]
         xs.append(xi)
         ys.append(yi)
     return np.stack(xs), np.stack(ys)
+
+
+@dataclass
+class _Trained:
+    """One training run of :meth:`UNet.fit_patches` (one class-weight candidate)."""
+
+    class_weight: str | None
+    state: dict[str, Any]
+    best_score: float
+    best_epoch: int
+    epochs_run: int
+    #: why it stopped: epochs | patience | time
+    stopped: str
+    epoch_seconds: list[float]
+    patches_per_second: float
 
 
 @hookimpl

@@ -8,6 +8,7 @@ depend on the block size, that `cropseg compare` lists it, and that bad input st
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +43,7 @@ SMALL = [
     "classifier.batch_size=8",
     "classifier.threads=1",
     "classifier.tile_size=64",
+    "classifier.class_weight=null",
 ]
 FAST = [
     "classifier=unet",
@@ -134,18 +136,34 @@ def test_cropseg_predict_reproduces_the_run_test_mask(unet_run, tmp_path, capsys
 
 
 def test_mask_does_not_depend_on_block_size(unet_run, tmp_path):
-    """Fixed prediction tiles with a halo: blocks of 24 px (not aligned with the 64-px tiles) and one
-    whole-scene block give the same mask, pixel for pixel, and it is the run's own raw test mask."""
+    """Fixed prediction tiles with a halo: blocks of 24 and 100 px (not aligned with the 64-px tiles; rounded
+    up to whole tiles) and one whole-scene block give the same mask, pixel for pixel, and it is the run's own
+    raw test mask and the tile-by-tile reference's."""
     from cropseg.tracking.model import load_pipeline_model
 
     pipe = load_pipeline_model(unet_run["uri"], f"runs:/{unet_run['run'].info.run_id}/model").pipeline
     scene = pipe.scene(unet_run["test_tif"], metadata=unet_run["test_xml"])
     masks = []
-    for i, block in enumerate((24, SIZE)):
+    for i, block in enumerate((24, 100, SIZE)):
         pipe.predict_scene(scene, tmp_path / f"{i}.tif", block=block, raw_path=tmp_path / f"{i}_raw.tif")
         masks.append(_read(tmp_path / f"{i}_raw.tif"))
-    assert np.array_equal(masks[0], masks[1])
-    assert np.array_equal(masks[1], _read(unet_run["result"].outputs["test_mask_raw"]))
+    assert np.array_equal(masks[0], masks[1]) and np.array_equal(masks[0], masks[2])
+    assert np.array_equal(masks[2], _read(unet_run["result"].outputs["test_mask_raw"]))
+    # the straightforward implementation (each 64-px tile read with its 32-px halo and predicted on its own,
+    # centre kept) gives the same mask: on CPU in float32 the tolerance is zero pixels
+    from rasterio.windows import Window
+
+    model, feats = pipe.classifier, pipe.features
+    ref = np.full((SIZE, SIZE), 255, dtype=np.uint8)
+    with scene.reader() as reader:
+        for r in range(0, SIZE, 64):
+            for c in range(0, SIZE, 64):
+                th, tw = min(64, SIZE - r), min(64, SIZE - c)
+                blk = reader.read(Window(c - 32, r - 32, tw + 64, th + 64))
+                pred = model.predict_block(feats.compute(blk.reflectance, scene.band_names), blk.valid)
+                core = (slice(32, 32 + th), slice(32, 32 + tw))
+                ref[r : r + th, c : c + tw] = np.where(blk.valid[core], pred[core], 255)
+    assert np.array_equal(ref, masks[0])
 
 
 def test_pixel_rows_answer_as_uniform_fields(unet_run):
@@ -215,7 +233,7 @@ def test_patches_stratified_seeded_and_held_out(tmp_path):
     scene = reg.create("source", "sample", {"size": 128}).load(tmp_path / "cache").train
     labels = reg.create("labeler", "rasterize", {}).label(scene, tmp_path / "labels.tif")
     feats = reg.create("features", "bands", {})
-    opts = PatchOptions(max_patches=12, val_fraction=0.25, min_per_class=2)
+    opts = PatchOptions(max_patches=12, val_fraction=0.25, min_per_class=2, min_val_pixels=0)
     a = draw_patches(scene, labels, feats, 32, opts, seed=4, spatial_block=32)
     b = draw_patches(scene, labels, feats, 32, opts, seed=4, spatial_block=32)
     assert np.array_equal(a.train.origins, b.train.origins) and np.array_equal(a.train.X, b.train.X)
@@ -229,6 +247,26 @@ def test_patches_stratified_seeded_and_held_out(tmp_path):
     assert a.validation is not None
     for r, c in a.validation.origins:
         assert held[r // 32 : (r + 31) // 32 + 1, c // 32 : (c + 31) // 32 + 1].all()
+    assert a.info["val_fraction"] == 0.25 and not a.warnings
+    # validation short of min_val_pixels per class: more blocks held out (up to half), then a warning
+    big = draw_patches(scene, labels, feats, 32, PatchOptions(12, None, 0.25, 0.05, 2, 10**6), seed=4, spatial_block=32)
+    assert 0.25 < big.info["val_fraction"] <= 0.5 and big.info["val_blocks"] > held.sum()
+    assert big.validation is not None and len(big.validation) > len(a.validation)
+    assert big.warnings and "min_val_pixels=1000000" in big.warnings[0]
+    held_big = holdout_blocks(128, 128, 32, big.info["val_fraction"], 4)
+    for r, c in big.train.origins:
+        assert not held_big[r // 32 : (r + 31) // 32 + 1, c // 32 : (c + 31) // 32 + 1].any()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_held_out_blocks_spread_over_the_scene(seed):
+    """64 of 256 blocks held out: every band of 4 block rows (a quarter of the scene) holds 16 of them, and
+    no block row more than 6 (a plain random draw of 64 blocks puts 9-23 in a quarter)."""
+    held = holdout_blocks(1024, 1024, 64, 0.25, seed)
+    assert held.shape == (16, 16) and held.sum() == 64
+    assert [int(held[i : i + 4].sum()) for i in range(0, 16, 4)] == [16, 16, 16, 16]
+    assert held.sum(axis=1).max() <= 6 and held.sum(axis=0).max() <= 10
+    assert not np.array_equal(held, holdout_blocks(1024, 1024, 64, 0.25, seed + 10))
 
 
 # -- bad input: one line, non-zero exit, FAILED run, nothing that looks like a result ------------------------
@@ -251,7 +289,9 @@ def wrong_weights(tmp_path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("case", ["missing_weights", "wrong_weights", "cuda", "encoder_weights"])
+@pytest.mark.parametrize(
+    "case", ["missing_weights", "wrong_weights", "cuda", "encoder_weights", "max_minutes", "class_weight"]
+)
 def test_bad_options_stop_before_any_work(case, tmp_path, capfd, monkeypatch, wrong_weights):
     import torch
 
@@ -263,6 +303,8 @@ def test_bad_options_stop_before_any_work(case, tmp_path, capfd, monkeypatch, wr
         "wrong_weights": (f"classifier.weights={wrong_weights}", "does not fit Unet"),
         "cuda": ("classifier.device=cuda", "no CUDA device"),
         "encoder_weights": ("classifier.encoder_weights=imagenet", "downloads no weights"),
+        "max_minutes": ("classifier.max_minutes=0", "a positive number of minutes"),
+        "class_weight": ("classifier.class_weight=weighted", "auto, balanced or null"),
     }[case]
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     line = _one_line(capfd, main([*FAST, override, f"tracking.uri={uri}", f"cache_dir={tmp_path / 'cache'}"]))
@@ -346,3 +388,178 @@ def test_patch_model_hook_is_documented_and_feeds_the_classifier_stage():
     assert info.distribution == "cropseg" and info.plugin.endswith("unet")
     model = reg.create("classifier", "unet", {"patch_size": 32, "threads": 1})
     assert isinstance(model, PatchModel)
+
+
+# -- training that knows when to stop (issue 18 item 6); controlled validation scores and a controllable clock --
+
+
+def _tiny_unet(**options):
+    """A small UNet built through the registry, as a run builds it (32-px patches, 3 encoder stages)."""
+    from cropseg.plugins import Registry, get_plugin_manager
+
+    base = {
+        "arch_options": {"encoder_depth": 3, "decoder_channels": [16, 8, 8]},
+        "patch_size": 32,
+        "batch_size": 4,
+        "threads": 1,
+        "tile_size": 64,
+        "class_weight": None,
+        "seed": 0,
+    }
+    model = Registry.from_plugin_manager(get_plugin_manager()).create("classifier", "unet", {**base, **options})
+    model.prepare(4)
+    return model
+
+
+@pytest.fixture(scope="module")
+def tiny_patches():
+    """SYNTHETIC separable patches (cropseg.conformance.separable_patches): 16 training, 4 validation."""
+    from cropseg.conformance import separable_patches
+
+    return separable_patches(16, 32, seed=0), separable_patches(4, 32, seed=1)
+
+
+class FakeClock:
+    """A monotonic clock that advances ``step`` seconds each time it is read (each read stands for work done)."""
+
+    def __init__(self, step: float):
+        self.now, self.step = 1000.0, step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def _scores(values):
+    """An on_epoch callback whose validation target is ``values[epoch - 1]`` (a controlled learning curve)."""
+    seen: list[int] = []
+
+    def on_epoch(epoch, loss, val_pred):
+        seen.append(epoch)
+        return {"target": float(values[epoch - 1]), "val_crop_f1": 0.0}
+
+    return on_epoch, seen
+
+
+def test_plateau_stops_early_and_keeps_the_best_epoch(tiny_patches, caplog):
+    model = _tiny_unet(epochs=10, patience=2)
+    on_epoch, seen = _scores([0.5, 0.7, 0.69, 0.7, 0.6, 0.8, 0.9, 0.9, 0.9, 0.9])
+    with caplog.at_level("INFO", logger="cropseg"):
+        res = model.fit_patches(*tiny_patches, on_epoch)
+    # epoch 2 is best; 3 and 4 are not better (a tie is no improvement): patience 2 stops after epoch 4
+    assert seen == [1, 2, 3, 4]
+    assert res.params["best_epoch"] == 2 and res.params["epochs_run"] == 4 and res.params["stopped"] == "patience"
+    assert res.metrics["val_best_target"] == pytest.approx(0.7)
+    assert "warning.last_epoch" not in res.tags
+    assert any("early stop after epoch 4 (best epoch 2)" in r.getMessage() for r in caplog.records)
+
+
+def test_kept_epoch_last_warns_and_tags(tiny_patches, caplog):
+    model = _tiny_unet(epochs=3, patience=2)
+    on_epoch, seen = _scores([0.5, 0.6, 0.7])
+    with caplog.at_level("WARNING", logger="cropseg"):
+        res = model.fit_patches(*tiny_patches, on_epoch)
+    assert seen == [1, 2, 3] and res.params["best_epoch"] == 3 and res.params["stopped"] == "epochs"
+    assert "kept epoch is the last one run" in res.tags["warning.last_epoch"]
+    assert [r for r in caplog.records if r.levelname == "WARNING" and "last one run" in r.getMessage()]
+    # a curve that peaked earlier does not warn
+    again = _tiny_unet(epochs=3, patience=5)
+    res = again.fit_patches(*tiny_patches, _scores([0.5, 0.8, 0.7])[0])
+    assert res.params["best_epoch"] == 2 and "warning.last_epoch" not in res.tags
+
+
+def test_progress_inside_the_first_epoch_within_30_s(tiny_patches, caplog):
+    """Every clock read advances 6 s: an epoch of 4 batches (16 patches, batch 4) spans well over 30 s of
+    this clock, so a line only at the end of an epoch would come too late; progress must come earlier."""
+    model = _tiny_unet(epochs=2, patience=None)
+    model._clock = clock = FakeClock(6.0)
+    start = clock.now
+    stamps: list[tuple[float, str]] = []
+
+    class Stamp(logging.Handler):
+        def emit(self, record):
+            stamps.append((clock.now, record.getMessage()))
+
+    handler = Stamp(level=logging.INFO)
+    logger = logging.getLogger("cropseg")
+    logger.addHandler(handler)
+    try:
+        with caplog.at_level("INFO", logger="cropseg"):
+            on_epoch, _ = _scores([0.5, 0.6])
+            model.fit_patches(*tiny_patches, on_epoch)
+    finally:
+        logger.removeHandler(handler)
+    progress = [(t, m) for t, m in stamps if "batch " in m and "batches/s" in m]
+    assert progress, stamps
+    first_t, first = progress[0]
+    assert first_t - start <= 30, (first_t - start, first)
+    assert "epoch 1/2: batch 1/4" in first and "ETA" in first and "patches/s" in first
+    # more lines while the epochs run, at most one per 10 s of the clock
+    assert len(progress) >= 2
+    assert all(b - a >= 10 for (a, _), (b, _) in zip(progress, progress[1:]))
+
+
+def test_time_budget_stops_training(tiny_patches):
+    """max_minutes=1 on a clock where an epoch takes far more than 10 s: training stops by the budget
+    before running all epochs, after at least one."""
+    model = _tiny_unet(epochs=50, patience=None, max_minutes=1)
+    model._clock = clock = FakeClock(2.0)
+    start = clock.now
+    on_epoch, seen = _scores([0.1 * i for i in range(1, 51)])
+    res = model.fit_patches(*tiny_patches, on_epoch)
+    assert res.params["stopped"] == "time" and 1 <= res.params["epochs_run"] < 50
+    assert clock.now - start <= 60 + max(model.epoch_seconds), model.epoch_seconds
+    assert "time budget" in res.tags["warning.last_epoch"]
+
+
+@pytest.mark.parametrize("better", ["none", "balanced"])
+def test_class_weight_auto_keeps_the_better_on_validation(tiny_patches, better):
+    """class_weight=auto trains without, then with balanced weights (epochs numbered on: 1-2, 3-4) and keeps
+    the candidate whose best validation target is higher."""
+    model = _tiny_unet(epochs=2, patience=None, class_weight="auto")
+    curve = [0.5, 0.6, 0.7, 0.65] if better == "balanced" else [0.5, 0.8, 0.7, 0.65]
+    on_epoch, seen = _scores(curve)
+    res = model.fit_patches(*tiny_patches, on_epoch)
+    assert seen == [1, 2, 3, 4]
+    assert res.params["class_weight"] == better
+    assert res.metrics["val_best_target_class_weight_none"] == pytest.approx(max(curve[:2]))
+    assert res.metrics["val_best_target_class_weight_balanced"] == pytest.approx(max(curve[2:]))
+    assert res.metrics["val_best_target"] == pytest.approx(max(curve))
+
+
+def test_epoch_callback_returns_the_run_target():
+    from cropseg.patches import epoch_callback
+    from cropseg.targets import get_target
+    from cropseg.types import PatchSet
+
+    y = np.array([[[0, 1, 1, 255]]], dtype=np.uint8)
+    val = PatchSet(np.zeros((1, 4, 1, 4), np.float32), y, np.zeros((1, 2), np.int64), ["a", "b", "c", "d"])
+    pred = np.array([[[1, 1, 0, 0]]], dtype=np.uint8)  # tp 1, fp 1, fn 1, tn 0
+    logged = []
+    for name, expected in (("crop_f1", 0.5), ("crop_iou", 1 / 3), ("accuracy", 1 / 3)):
+        cb = epoch_callback(val, lambda m, step: logged.append((step, dict(m))), "t", get_target(name))
+        out = cb(1, 0.1, pred)
+        assert out["target"] == pytest.approx(expected)
+    assert all("target" not in m for _, m in logged)  # the target is returned, not logged twice
+
+
+def test_cuda_fit_with_amp_and_prediction_agree_with_float32():
+    """On CUDA (skipped without a GPU): device=auto trains there with AMP (bfloat16), and the AMP mask of a
+    SYNTHETIC separable block agrees with the same weights' float32 mask on >= 99 % of pixels."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    from cropseg.conformance import separable_patches
+
+    model = _tiny_unet(epochs=3, patience=None, device="auto", lr=0.01)
+    res = model.fit_patches(separable_patches(24, 32, seed=0), separable_patches(6, 32, seed=1), None)
+    assert res.params["device"].startswith("cuda") and res.params["amp"] is True
+    block = separable_patches(1, 96, seed=5, ignore=False)
+    X, y = block.X[0], block.y[0]
+    ones = np.ones(X.shape[1:], dtype=bool)
+    amp_mask = model.predict_block(X, ones)
+    model.amp, model._net = False, None
+    fp32_mask = model.predict_block(X, ones)
+    assert float(np.mean(amp_mask == fp32_mask)) >= 0.99
+    assert float(np.mean(amp_mask == y)) > 0.9
