@@ -235,9 +235,16 @@ def group_headings(groups: dict[str, list[Row]]) -> dict[str, str]:
     side such as the sample size or the test AOI, ``cropseg.test.*`` tags such as the acquisition date, and
     the file names) whose values differ between the groups, differing ones first, then the file names."""
     reps = {g: next((r for r in m if r.status == "FINISHED"), m[0]) for g, m in groups.items() if m}
-    infos = {g: r.test_info or {} for g, r in reps.items()}
+    infos = {g: dict(r.test_info or {}) for g, r in reps.items()}
     keys = sorted({k for i in infos.values() for k in i})
     differing = [k for k in keys if len({i.get(k, "-") for i in infos.values()}) > 1]
+    for k in differing:  # paths: their file names when those tell the groups apart (nothing cut by the width)
+        values = {g: i.get(k, "-") for g, i in infos.items()}
+        names = {g: v.rstrip("/").rsplit("/", 1)[-1] for g, v in values.items()}
+        if any("/" in v for v in values.values()) and len(set(names.values())) == len(set(values.values())):
+            for g, i in infos.items():
+                if k in i:
+                    i[k] = names[g]
     out = {}
     for g, info in infos.items():
         shown = [f"{k}={info.get(k, '-')}" for k in differing if k != "files"]

@@ -258,3 +258,20 @@ LONGEST_FIRST = (
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: a module's own order is kept
+
+
+@pytest.fixture(autouse=True)
+def _no_stale_log_handlers():
+    """In-process cropseg commands configure logging (Hydra's job logging, predict's console handler) with
+    stream handlers on the stream pytest captures for that one test. Remove the handlers a test added to the
+    root and ``cropseg`` loggers when it ends, so none of them writes to a closed capture stream (``--- Logging
+    error ---`` in a later test's stderr). pytest's own capture handlers are left to pytest."""
+    import logging
+
+    loggers = [logging.getLogger(), logging.getLogger("cropseg")]
+    before = [{id(h) for h in lg.handlers} for lg in loggers]
+    yield
+    for lg, ids in zip(loggers, before):
+        for h in list(lg.handlers):
+            if id(h) not in ids and not type(h).__module__.startswith("_pytest"):
+                lg.removeHandler(h)

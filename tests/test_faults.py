@@ -638,7 +638,7 @@ def test_sample_design_output_faults_are_one_line(tmp_path, files, fault):
     assert ("no space left on device" if fault == "full" else "read-only file system") in line, line
 
 
-def test_killed_run_leaves_no_loadable_model(tmp_path, store_template):
+def test_killed_run_leaves_no_loadable_model(tmp_path, store_template, monkeypatch):
     """A run interrupted (Ctrl-C / SIGTERM) after its model was logged ends KILLED, and the model MLflow had
     marked READY is deleted: ``runs:/<id>/model`` does not load, and no registry version points at it."""
     import mlflow
@@ -653,7 +653,7 @@ def test_killed_run_leaves_no_loadable_model(tmp_path, store_template):
     uri = store_template.copy(tmp_path)
     tracker = Tracker(uri, "faults-killed-model")
     run_id = None
-    mlflow.set_tracking_uri(uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # not mlflow.set_tracking_uri: that would outlive the test
     with pytest.raises(KeyboardInterrupt):
         with tracker.run("killed") as rl:
             run_id = rl.run_id
