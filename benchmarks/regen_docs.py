@@ -148,8 +148,8 @@ def models_block(table: str, rows: list, ids: dict[str, list[str]], seeds: int, 
         "Ranked by mean test crop F1 (the default target). *95% CI*: spatial block bootstrap of the test crop "
         "F1 of the seeds' mean (128-px blocks of the test scene, 1000 replicates); *minus the top*: the paired "
         "interval of this row's crop F1 minus the top row's, from the same block draws; *n.s.*: not "
-        "distinguishable from the top. *spatial CV (tuning)*: each classifier's own tuning score (weighted F1 "
-        "of its spatial CV, mean over seeds); *fit s*: mean fit seconds.",
+        "distinguishable from the top. *spatial CV (tuning)*: each classifier's own tuning score (`cv_score`: "
+        "the target, crop F1, of its spatial CV, mean over seeds); *fit s*: mean fit seconds.",
         "",
         table,
         "",
