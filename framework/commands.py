@@ -48,7 +48,7 @@ def predict_command(argv: Sequence[str]) -> int:
 
     parser = argparse.ArgumentParser(
         prog="cropseg predict",
-        description="Apply a trained cropseg model to a new 4-band scene: mask GeoTIFF (on the scene's grid), "
+        description="Apply a trained cropseg model to a new scene with its bands: mask GeoTIFF (on the scene's grid), "
         "crop segments GeoJSON, crop-area summary, and with --ground-truth a classification report. "
         "Recorded as an MLflow run linked to the model's training run.",
     )
@@ -56,8 +56,9 @@ def predict_command(argv: Sequence[str]) -> int:
     parser.add_argument(
         "image",
         nargs="+",
-        help="the scene: a 4-band GeoTIFF (blue, green, red, NIR DN); for a model trained on a time stack, "
-        "one GeoTIFF per date in time order",
+        help="the scene: a GeoTIFF with the model's bands (by default its training scene's layout, e.g. "
+        "blue, green, red, NIR DN; see --bands); for a model trained on a time stack, one GeoTIFF per date "
+        "in time order",
     )
     parser.add_argument(
         "--metadata",
@@ -74,6 +75,11 @@ def predict_command(argv: Sequence[str]) -> int:
         help="a stack's dates, comma-separated YYYY-MM-DD in time order (default: from the metadata XMLs or file names)",
     )
     parser.add_argument("--nodata", type=float, help="DN of missing pixels (default: as in training)")
+    parser.add_argument(
+        "--bands",
+        help="the roles of the scene's bands in file order, comma-separated (e.g. blue,green,red,nir,swir1,swir2): "
+        "the model's bands are taken by role (default: the same band layout as the training scene)",
+    )
     parser.add_argument(
         "--ground-truth",
         help="ground truth for a classification report: a vector file (crop "
@@ -145,6 +151,7 @@ def predict_command(argv: Sequence[str]) -> int:
             udm=args.udm[0] if one and args.udm and len(args.udm) == 1 else args.udm,
             dates=[d.strip() for d in args.dates.split(",") if d.strip()] if args.dates else None,
             nodata=args.nodata,
+            bands=[b.strip() for b in args.bands.split(",") if b.strip()] if args.bands else None,
             ground_truth=args.ground_truth,
             attribute=args.attribute,
             crop_values=[v.strip() for v in args.crop_values.split(",") if v.strip()],

@@ -9,6 +9,9 @@ window, so block-wise features equal whole-scene features whatever the block siz
 
 Features that declare ``temporal = True`` (e.g. ``temporal``) read time stacks: they also get
 ``date_valid=`` (``(dates, h, w)``, which date is valid at each pixel) to fill or skip cloudy dates.
+
+:func:`probe_features` computes features on one pixel of zeros with a scene's band names (their roles),
+so a band or index a feature needs and the scene lacks is one line before any pixel is read.
 """
 
 from __future__ import annotations
@@ -31,6 +34,19 @@ def block_features(features: Features, blk: Block, band_names: Sequence[str]) ->
     if getattr(features, "temporal", False):
         return features.compute(blk.reflectance, band_names, date_valid=blk.date_valid)  # type: ignore[call-arg]
     return features.compute(blk.reflectance, band_names)
+
+
+def probe_features(features: Features, band_names: Sequence[str], n_dates: int = 1) -> list[str]:
+    """The feature names for a scene of ``band_names`` (``n_dates`` dates), after computing the features
+    on one pixel of zeros: a :class:`cropseg.errors.ConfigError` naming the option and the missing band
+    when the features need a band (or index) the scene does not have."""
+    names = list(features.names(band_names))
+    zeros = np.zeros((len(band_names), 1, 1), dtype=np.float32)
+    extra: dict[str, np.ndarray] = {"valid": np.ones((1, 1), bool)} if feature_halo(features) else {}
+    if getattr(features, "temporal", False):
+        extra["date_valid"] = np.ones((n_dates, 1, 1), bool)
+    features.compute(zeros, band_names, **extra)  # type: ignore[call-arg]
+    return names
 
 
 def window_features(

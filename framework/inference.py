@@ -37,7 +37,9 @@ class PipelineSpec:
 
     ``reflectance``: ``{"mode": "toa_xml"}`` (per-band ``reflectanceCoefficient`` of the new scene's Planet
     metadata XML), ``{"mode": "scale", "scale": s}`` (``DN * s``) or ``{"mode": "gains", "gains": [...]}``,
-    plus ``offsets``. ``bands`` are the file band indexes of ``band_names``; ``band_count`` and
+    plus ``offsets``. ``bands`` are the file band indexes of one date's bands, ``roles`` their roles
+    (:mod:`cropseg.spectral`: ``blue``... ``swir1``, ``ndvi``), ``band_names`` the roles of every band the
+    model reads (``<role>@<date>`` for a stack; the columns of the served model's rows); ``band_count`` and
     ``crs_units`` describe the scenes the model was trained on (new scenes must match). ``dates``: the
     training scene's dates when it was a time stack (a new scene must be a stack of as many dates; pixel
     rows for the served model then hold ``band_names``, i.e. every band of date 1, then date 2..., with
@@ -63,6 +65,7 @@ class PipelineSpec:
     synthetic: bool = False
     source_run_id: str | None = None
     dates: list[str] = field(default_factory=list)
+    roles: list[str] = field(default_factory=lambda: list(BAND_NAMES))
     cropseg_version: str = ""
     spec_version: int = SPEC_VERSION
 
@@ -152,6 +155,7 @@ def pipeline_spec(
         synthetic=bool(synthetic),
         source_run_id=run_id,
         dates=list(scene.dates),
+        roles=list(scene.base_band_names),
         cropseg_version=__version__,
     )
 
@@ -267,6 +271,20 @@ class InferencePipeline:
             f"give {want} images of one place, one per date in time order, got {n_images}"
         )
 
+    def check_bands(self, bands: Sequence[str], image: Path | str) -> tuple[str, ...]:
+        """The roles ``bands`` of a new scene's file bands (in order), checked against the model's: one
+        :class:`ModelInputError` saying which bands the model expects when one is missing."""
+        from .spectral import check_roles
+
+        given = check_roles(bands, "--bands")
+        missing = [r for r in self.spec.roles if r not in given]
+        if missing:
+            raise ModelInputError(
+                f"{image}: the model expects the bands {', '.join(self.spec.roles)}; --bands names "
+                f"{', '.join(given)}, without {missing[0]}"
+            )
+        return given
+
     def stack_scene(
         self,
         images: Sequence[Path | str],
@@ -280,6 +298,7 @@ class InferencePipeline:
         nodata: float | None = None,
         name: str | None = None,
         ground_truth: Any = None,
+        bands: Sequence[str] | None = None,
     ) -> Scene:
         """A time-stack :class:`Scene` of ``images`` (one per date, in time order) for a model trained on
         a stack of as many dates; each date checked as :meth:`scene` checks one image (band count, CRS
@@ -299,7 +318,13 @@ class InferencePipeline:
         first: Scene | None = None
         for i, img in enumerate(images):
             sc = self._image_scene(
-                img, metadata=metas[i], scale=scale, aoi=aoi if i == 0 else None, udm=udms[i], nodata=nodata
+                img,
+                metadata=metas[i],
+                scale=scale,
+                aoi=aoi if i == 0 else None,
+                udm=udms[i],
+                nodata=nodata,
+                bands=bands,
             )
             first = first or sc
             if dates is not None:
@@ -331,6 +356,7 @@ class InferencePipeline:
             metadata=dict(first.metadata),
             option="dates",
             aoi=first.aoi,
+            roles=first.roles,
         )
 
     def scene(
@@ -344,12 +370,21 @@ class InferencePipeline:
         nodata: float | None = None,
         name: str | None = None,
         ground_truth: Any = None,
+        bands: Sequence[str] | None = None,
     ) -> Scene:
         """A :class:`Scene` for one new GeoTIFF (see :meth:`_image_scene`); a model trained on a time stack
         refuses it in one line (:meth:`stack_scene` takes stacks)."""
         self.check_stack_length(1, image)
         return self._image_scene(
-            image, metadata=metadata, scale=scale, aoi=aoi, udm=udm, nodata=nodata, name=name, ground_truth=ground_truth
+            image,
+            metadata=metadata,
+            scale=scale,
+            aoi=aoi,
+            udm=udm,
+            nodata=nodata,
+            name=name,
+            ground_truth=ground_truth,
+            bands=bands,
         )
 
     def _image_scene(
@@ -363,19 +398,29 @@ class InferencePipeline:
         nodata: float | None = None,
         name: str | None = None,
         ground_truth: Any = None,
+        bands: Sequence[str] | None = None,
     ) -> Scene:
         """A :class:`Scene` for a new GeoTIFF, read as the model expects: same band count and CRS units as
         the training scenes, DN -> reflectance as in training (the scene's metadata XML or a scale; an
-        explicit ``metadata`` or ``scale`` overrides), optionally cropped to an AOI."""
+        explicit ``metadata`` or ``scale`` overrides), optionally cropped to an AOI. ``bands`` names the
+        roles of the file's bands in order (default: the training scene's layout): the model's bands are
+        taken from it by role; a scene without one of them is refused in one line."""
         from .planet_metadata import parse_metadata
 
         spec = self.spec
+        roles = tuple(spec.roles)
         image = Path(image).expanduser()
         with open_raster(image, what="scene") as src:
             count, crs, transform = src.count, src.crs, src.transform
             synthetic = str(src.tags().get("SYNTHETIC", "")).lower() == "true"
             grid = Grid(src.crs, src.transform, src.width, src.height)
-        if count != spec.band_count:
+        file_bands = tuple(int(b) for b in spec.bands)
+        if bands is not None:
+            given = self.check_bands(bands, image)
+            if count != len(given):
+                raise RasterFormatError(f"{image}: --bands names {len(given)} bands, the scene has {count}")
+            file_bands = tuple(given.index(r) + 1 for r in roles)
+        elif count != spec.band_count:
             per_date = f"{len(spec.bands)} per date, " if spec.dates else ""
             raise RasterFormatError(
                 f"{image}: the model expects {spec.band_count} bands "
@@ -398,7 +443,7 @@ class InferencePipeline:
                 units,
                 spec.pixel_size,
             )
-        gains, how = self._gains(image, metadata, scale)
+        gains, how = self._gains(image, metadata, scale, file_bands)
         offsets = tuple(float(o) for o in spec.reflectance.get("offsets", [0.0] * len(spec.bands)))
         window, geom = None, None
         if aoi is not None:
@@ -417,16 +462,19 @@ class InferencePipeline:
             path=image,
             gains=gains,
             offsets=offsets,
-            bands=tuple(int(b) for b in spec.bands),
+            bands=file_bands,
             window=window,
             nodata=spec.nodata if nodata is None else nodata,
             aoi=geom,
             usable_path=udm_path,
             ground_truth=ground_truth,
             metadata=meta_info,
+            roles=roles,
         )
 
-    def _gains(self, image: Path, metadata: Path | str | None, scale: float | None) -> tuple[tuple[float, ...], str]:
+    def _gains(
+        self, image: Path, metadata: Path | str | None, scale: float | None, file_bands: Sequence[int]
+    ) -> tuple[tuple[float, ...], str]:
         from .planet_metadata import parse_metadata
 
         refl = self.spec.reflectance
@@ -438,10 +486,18 @@ class InferencePipeline:
             return (float(scale),) * len(self.spec.bands), f"scale={scale}"
         if metadata is not None:
             meta = parse_metadata(metadata)
-            meta.gains(max(self.spec.bands))
+            from .spectral import PLANET_XML_ROLES
+
+            other = [r for r in self.spec.roles if r not in PLANET_XML_ROLES]
+            if other:
+                raise ConfigError(
+                    f"--metadata: a Planet metadata XML has reflectance coefficients for PlanetScope bands only, "
+                    f"not for the model's {other[0]} band; give --scale"
+                )
+            meta.gains(max(file_bands))
             if refl["mode"] != "toa_xml":
                 log.warning("reflectance from %s, not as in training (%s)", metadata, _describe(refl))
-            return tuple(meta.reflectance_coefficients[b] for b in self.spec.bands), "toa_xml"
+            return tuple(meta.reflectance_coefficients[b] for b in file_bands), "toa_xml"
         if refl["mode"] == "toa_xml":
             raise ConfigError(
                 f"{image}: the model converts DN to TOA reflectance with the scene's Planet metadata "

@@ -23,6 +23,7 @@ from .area_sample import area_metrics, check_area_config
 from .config import flatten, instantiate, plugin_options, postprocessor_nodes, redact
 from .errors import ConfigError, LabelError, PluginError, StackError, as_output_error
 from .evaluate import classification_report, confusion_from_rasters, iou, report_metrics
+from .featurize import probe_features
 from .lineage import TESTING, TRAINING, scene_refs
 from .naming import chosen_label, run_label
 from .parallel import BlockExecutor, ParallelConfig, use_executor
@@ -166,54 +167,57 @@ def build_stages(cfg: DictConfig, registry: Registry | None = None) -> Stages:
     for what, kind in (kinds() if callable(kinds) else {}).items():  # before any scene is loaded
         check_labeler_fits(registry, names["labeler"], kind, what)
     _check_sample_size(cfg, classifier)
+    # the features on the band roles the source declares (PlanetScope's four unless it says otherwise): a
+    # band or index they need and the scene will not have is one line now, before any run exists;
+    # temporal features are probed on a two-date stack of those bands
+    roles_of = getattr(source, "band_roles", None)
+    probe: tuple[str, ...] = tuple(roles_of()) if callable(roles_of) else BAND_NAMES
+    n_probe = 1
+    if getattr(features, "temporal", False):
+        probe, n_probe = tuple(f"{b}@{d}" for d in ("2000-01-01", "2000-07-01") for b in probe), 2
+    n_features = len(probe_features(features, probe, n_probe))
     if isinstance(classifier, PatchModel):
         from .patches import PatchOptions, check_patch_model
 
         PatchOptions.from_config(cfg.get("train", {}).get("patches"))
         # the real channel count (dates x features of a time stack) is set again once the scenes are known
-        # (_check_time_stacks); temporal features are probed on a two-date stack of the four bands
-        probe: tuple[str, ...] = BAND_NAMES
-        if getattr(features, "temporal", False):
-            probe = tuple(f"{b}@{d}" for d in ("2000-01-01", "2000-07-01") for b in BAND_NAMES)
-        check_patch_model(classifier, len(features.names(probe)))
+        # (_check_time_stacks)
+        check_patch_model(classifier, n_features)
     parallel = ParallelConfig.from_config(cfg.get("parallel"))
     check_area_config(cfg.get("evaluate"))
     return Stages(source, labeler, features, classifier, filters, vectorizers, registry, names, parallel)
 
 
 def _check_time_stacks(st: Stages, scenes: SceneSet) -> None:
-    """Before any pixel is read: train and test have the same number of dates and bands; features that
-    need a time stack (``temporal``) get one; the feature names (bands and indices the scene must have)
-    resolve; a patch model learns its input channel count (dates x features) from the stack."""
+    """Before any pixel is read: train and test have the same number of dates and the same bands (roles);
+    features that need a time stack (``temporal``) get one; the feature names (bands and indices the
+    scene must have) resolve; a patch model learns its input channel count (dates x features)."""
     train, test = scenes.train, scenes.test
     if train.n_dates != test.n_dates or len(train.bands) != len(test.bands):
         raise StackError(
             f"source: the train scene has {train.n_dates} date(s) of {len(train.bands)} bands, the test scene "
             f"{test.n_dates} of {len(test.bands)}; a model needs the same dates x bands in both"
         )
+    if train.base_band_names != test.base_band_names:
+        raise StackError(
+            f"source: the train scene's bands are {', '.join(train.base_band_names)}, the test scene's "
+            f"{', '.join(test.base_band_names)}; a model needs the same bands in both"
+        )
     if getattr(st.features, "temporal", False) and train.n_dates < 2:
         raise ConfigError(
             f"features={st.names.get('features')}: needs time stacks of two or more dates (source.dates=N for the "
             "sample, a list of images per scene for source=local); the scenes are single images"
         )
-    names = st.features.names(train.band_names)
-    if train.acquisitions:
-        # features made for single images (indices, context) find the bands they need only when computing:
-        # compute them on one pixel of zeros now, so a missing band is one line before any pixel is read
-        import numpy as np
-
-        from .featurize import feature_halo
-
-        zeros = np.zeros((len(train.band_names), 1, 1), dtype=np.float32)
-        extra: dict[str, Any] = {"valid": np.ones((1, 1), bool)} if feature_halo(st.features) else {}
-        if getattr(st.features, "temporal", False):
-            extra["date_valid"] = np.ones((train.n_dates, 1, 1), bool)
-        try:
-            st.features.compute(zeros, train.band_names, **extra)
-        except ConfigError as exc:
-            raise ConfigError(f"features={st.names.get('features')} on time stacks: {exc}") from None
-        if isinstance(st.classifier, PatchModel):
-            st.classifier.prepare(len(names))
+    # features made for single images (indices, context) find the bands they need only when computing:
+    # compute them on one pixel of zeros now, so a missing band is one line before any pixel is read
+    try:
+        names = probe_features(st.features, train.band_names, train.n_dates)
+    except ConfigError as exc:
+        if not train.acquisitions:
+            raise
+        raise ConfigError(f"features={st.names.get('features')} on time stacks: {exc}") from None
+    if isinstance(st.classifier, PatchModel):
+        st.classifier.prepare(len(names))
 
 
 def _check_sample_size(cfg: DictConfig, classifier: Any) -> None:
@@ -390,6 +394,7 @@ def _run_stages(cfg: DictConfig, st: Stages, rl: Any, out: Path, t_start: float)
     )
     metrics["source_seconds"] = time.perf_counter() - t
     _check_time_stacks(st, scenes)
+    rl.log_params({"band_roles": ",".join(scenes.train.base_band_names)})
     if scenes.train.acquisitions:
         rl.log_params(
             {f"{role}.dates": ",".join(sc.dates) for role, sc in (("train", scenes.train), ("test", scenes.test))}

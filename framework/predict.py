@@ -105,6 +105,7 @@ def predict(
     udm: str | Path | Sequence[str | Path] | None = None,
     dates: Sequence[str] | None = None,
     nodata: float | None = None,
+    bands: Sequence[str] | None = None,
     ground_truth: str | Path | None = None,
     attribute: str = "CLASS1",
     crop_values: Sequence[Any] = DWR_CROP_CLASSES,
@@ -156,6 +157,8 @@ def predict(
         [Path(p).expanduser() for p in image] if isinstance(image, list | tuple) else [Path(image).expanduser()]  # type: ignore[arg-type]
     )
     pipe.check_stack_length(len(images), images[0])
+    if bands is not None:
+        pipe.check_bands(bands, images[0])
     image = images[0]
     one_meta: Any = metadata
     one_udm: Any = udm
@@ -217,10 +220,18 @@ def predict(
                     aoi=aoi,
                     nodata=nodata,
                     ground_truth=gt,
+                    bands=bands,
                 )
             else:
                 scene = pipe.scene(
-                    image, metadata=one_meta, scale=scale, aoi=aoi, udm=one_udm, nodata=nodata, ground_truth=gt
+                    image,
+                    metadata=one_meta,
+                    scale=scale,
+                    aoi=aoi,
+                    udm=one_udm,
+                    nodata=nodata,
+                    ground_truth=gt,
+                    bands=bands,
                 )
             rl.log_params(
                 {
@@ -231,6 +242,7 @@ def predict(
                     "aoi": aoi,
                     "udm": udm,
                     "nodata": scene.nodata,
+                    "band_roles": ",".join(scene.base_band_names),
                     "ground_truth": ground_truth,
                     "attribute": attribute if gt else None,
                     "crop_values": ",".join(map(str, crop_values)) if gt else None,

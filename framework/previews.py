@@ -47,13 +47,17 @@ def _figure(img: np.ndarray, title: str, legend: list[tuple[tuple[int, int, int]
 
 
 def rgb_composite(scene: Scene, max_side: int) -> np.ndarray:
-    """True-colour composite (red, green, blue reflectance, 2-98 % stretch) of the scene, decimated."""
+    """True-colour composite (red, green, blue reflectance, 2-98 % stretch) of the scene, decimated; a
+    scene without red, green and blue bands (e.g. NDVI only) shows its first band in grey."""
+    roles = list(scene.base_band_names)
+    pos = [roles.index(r) for r in ("red", "green", "blue")] if {"red", "green", "blue"} <= set(roles) else [0, 0, 0]
     with rasterio.open(scene.path) as src:
-        bands = [scene.bands[2], scene.bands[1], scene.bands[0]]
+        bands = [scene.bands[i] for i in pos]
         dn = decimated_read(src, max_side, bands=list(bands), window=scene.window).astype(np.float32)
-    gains = np.asarray([scene.gains[2], scene.gains[1], scene.gains[0]], dtype=np.float32)[:, None, None]
+    gains = np.asarray([scene.gains[i] for i in pos], dtype=np.float32)[:, None, None]
+    offsets = np.asarray([(scene.offsets or (0.0,) * len(roles))[i] for i in pos], dtype=np.float32)[:, None, None]
     valid = ~np.all(dn == scene.nodata, axis=0) if scene.nodata is not None else np.ones(dn.shape[1:], bool)
-    refl = dn * gains
+    refl = dn * gains + offsets
     out = np.zeros((*dn.shape[1:], 3), dtype=np.uint8)
     if valid.any():
         for i in range(3):

@@ -125,7 +125,8 @@ def check_scene_raster(path: Path | str, bands: int = 4, indexes: Sequence[int] 
     georeferencing) and return its grid."""
     with open_raster(path, what="scene") as src:
         if src.count < bands:
-            raise RasterFormatError(f"{path}: expected {bands} bands (blue, green, red, NIR), found {src.count}")
+            what = " (blue, green, red, NIR)" if bands == 4 else ""
+            raise RasterFormatError(f"{path}: expected {bands} bands{what}, found {src.count}")
         wrong = [int(b) for b in indexes or () if not 1 <= int(b) <= src.count]
         if wrong:
             raise RasterFormatError(

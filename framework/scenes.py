@@ -1,7 +1,7 @@
 """Building :class:`~cropseg.types.Scene` objects from files: shared by every source plugin.
 
-Sources (``local``, ``planet``...) hand these helpers the files they found or downloaded: a 4-band
-image, its Planet metadata XML (DN -> TOA reflectance) or a constant scale (e.g. surface reflectance
+Sources (``local``, ``planet``...) hand these helpers the files they found or downloaded: an image
+(PlanetScope's four bands, or bands named by their roles, :mod:`cropseg.spectral`), its Planet metadata XML (DN -> TOA reflectance) or a constant scale (e.g. surface reflectance
 x 10000), an optional AOI that restricts the scene to a window, an optional usable-data raster (udm2) and
 the ground truth (vector file or class raster).
 
@@ -143,6 +143,8 @@ def build_scene(
     usable: Path | None = None,
     usable_band: int = 1,
     expected_bands: int = 4,
+    roles: Sequence[str] = (),
+    offsets: Sequence[float] | None = None,
 ) -> Scene:
     """A file-backed scene: ``image`` checked (band count, georeferencing), restricted to the window of
     ``aoi`` (shapely, in the image CRS) when given."""
@@ -167,6 +169,7 @@ def build_scene(
         name=role,
         path=image,
         gains=tuple(float(g) for g in gains),
+        offsets=tuple(float(o) for o in offsets) if offsets is not None else (0.0,) * len(bands),
         bands=tuple(int(b) for b in bands),
         window=window,
         nodata=nodata,
@@ -175,6 +178,7 @@ def build_scene(
         usable_band=usable_band,
         ground_truth=ground_truth,
         metadata=dict(metadata),
+        roles=tuple(roles),
     )
 
 
@@ -264,6 +268,7 @@ def build_stack(
     aoi: Any = None,
     aoi_what: Any = None,
     resampling: str = "nearest",
+    roles: Sequence[str] = (),
 ) -> Scene:
     """A time-stack scene of ``acquisitions`` (two or more dates, sorted, unique). The first date's grid
     (cut to ``aoi``'s window) is the scene's grid; every date must have the first date's band count and
@@ -290,6 +295,7 @@ def build_stack(
         usable=first.usable_path,
         usable_band=first.usable_band,
         expected_bands=len(first.bands),
+        roles=roles,
     )
     west, south, east, north = base.grid.bounds
     with open_raster(first.path, what="scene") as src:
@@ -338,6 +344,7 @@ def build_stack(
         metadata={**dict(metadata), "dates": [a.date for a in acqs]},
         acquisitions=tuple(acqs),
         resampling=resampling,
+        roles=base.roles,
     )
 
 

@@ -147,8 +147,8 @@ class Acquisition:
 
 @dataclass(frozen=True)
 class Scene:
-    """A file-backed 4-band scene (or a time stack of several dates); nothing is read until a window is
-    asked for.
+    """A file-backed scene of 4 PlanetScope bands or any bands named by ``roles`` (or a time stack of
+    several dates); nothing is read until a window is asked for.
 
     ``window`` restricts the scene to part of the file (e.g. an AOI's bounding box): the scene's grid is
     then that window's grid. Reflectance is ``DN * gains[b] + offsets[b]`` per band (Planet's
@@ -180,6 +180,9 @@ class Scene:
     acquisitions: tuple[Acquisition, ...] = ()
     #: resampling of dates on another grid than the first (a rasterio Resampling name)
     resampling: str = "nearest"
+    #: the role of each of ``bands`` (:data:`cropseg.spectral.ROLES`: ``swir1``, ``red_edge``, ``ndvi``...);
+    #: ``()`` = PlanetScope's blue, green, red, nir
+    roles: tuple[str, ...] = ()
 
     @property
     def dates(self) -> tuple[str, ...]:
@@ -192,8 +195,8 @@ class Scene:
 
     @property
     def base_band_names(self) -> tuple[str, ...]:
-        """The band names of one date (blue, green, red, nir)."""
-        return BAND_NAMES[: len(self.bands)]
+        """The band names of one date: their roles (``roles``, by default blue, green, red, nir)."""
+        return tuple(self.roles) if self.roles else BAND_NAMES[: len(self.bands)]
 
     @cached_property
     def grid(self) -> Grid:

@@ -29,8 +29,7 @@ import numpy as np
 
 from cropseg import hookimpl
 from cropseg.errors import ConfigError
-from cropseg.spectral import check_indices, compute_indices
-from cropseg.types import BAND_NAMES
+from cropseg.spectral import ROLES, check_indices, compute_indices
 
 STATS = ("mean", "std", "min", "max")
 OPTION = "features.context"
@@ -85,9 +84,9 @@ class ContextFeatures:
         if len(set(st)) != len(st):
             raise ConfigError(f"{OPTION}.stats: a statistic is listed twice: {st!r}")
         bnd = [str(b).lower() for b in _as_list(bands)]
-        unknown_bands = [b for b in bnd if b not in BAND_NAMES]
+        unknown_bands = [b for b in bnd if b not in ROLES]
         if unknown_bands:
-            raise ConfigError(f"{OPTION}.bands: unknown band {unknown_bands[0]!r} (known: {', '.join(BAND_NAMES)})")
+            raise ConfigError(f"{OPTION}.bands: unknown band {unknown_bands[0]!r} (known: {', '.join(ROLES)})")
         if len(set(bnd)) != len(bnd):
             raise ConfigError(f"{OPTION}.bands: a band is listed twice: {bnd!r}")
         idx = check_indices(_as_list(indices), f"{OPTION}.indices")
@@ -121,7 +120,7 @@ class ContextFeatures:
         missing = [b for b in self.bands if b not in band_names]
         if missing:
             raise ConfigError(f"{OPTION}.bands: the scene has no {missing[0]!r} band (bands: {', '.join(band_names)})")
-        idx = compute_indices(refl, band_names, self.indices, savi_l=self.savi_l, option=OPTION)
+        idx = compute_indices(refl, band_names, self.indices, savi_l=self.savi_l, option=f"{OPTION}.indices")
         h, w = refl.shape[1:]
         ok = np.ones((h, w), dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
         okf = ok.astype(np.float64)

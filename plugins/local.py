@@ -1,4 +1,4 @@
-"""Source ``local``: scenes from 4-band GeoTIFFs on disk.
+"""Source ``local``: scenes from GeoTIFFs on disk (PlanetScope's four bands, or any bands named by role).
 
 Train and test come either from two files (``train_image`` / ``test_image``) or from one file cut by two
 AOIs (``image`` + ``train_aoi`` / ``test_aoi``, GeoJSON or any vector). DN become TOA reflectance with the
@@ -14,6 +14,17 @@ one date after the other is read with ``bands_per_date`` (``bands`` then index w
 ``train_dates`` / ``test_dates`` / ``dates`` when given, else each date's metadata XML (``acquired``),
 else the file name by ``date_pattern``; they must be in time order without repeats. Dates on another grid
 than the first are warped onto it (``resampling``).
+
+**Bands.** ``bands`` is either four file band indexes of PlanetScope's blue, green, red, NIR (the
+default ``[1, 2, 3, 4]``), or the roles of the file's bands in order (``[blue, green, red, nir, swir1,
+swir2]``: the file holds exactly those bands; per date with ``bands_per_date``), or a mapping role ->
+band index picking bands of a larger file (``{blue: 2, green: 3, red: 4, nir: 8, swir1: 11, swir2: 12}``
+for a Sentinel-2 stack of all 12 L2A bands); roles in :mod:`cropseg.spectral`, indices stored as bands
+(``ndvi``) included. A Planet metadata XML converts PlanetScope bands only (its coefficients are per
+PlanetScope band): bands with other roles (SWIR, NDVI...) are refused with one; they use
+``DN * scale + offset`` (``scale: 1`` for data already in reflectance or an index, ``1e-4`` for
+Sentinel-2 L2A DN before processing baseline 04.00, ``2.75e-5`` and ``offset: -0.2`` for Landsat
+Collection 2 Level-2 surface reflectance).
 """
 
 from __future__ import annotations
@@ -39,6 +50,7 @@ from cropseg.scenes import (
     parse_date,
     toa_gains,
 )
+from cropseg.spectral import PLANET_XML_ROLES, parse_band_roles
 from cropseg.types import DWR_CROP_CLASSES, Acquisition, Scene, SceneSet
 
 Paths = str | list[str] | None
@@ -59,7 +71,7 @@ class LocalSource:
         test_metadata: Paths = None,
         scale: float = 1e-4,
         nodata: float | None = 0,
-        bands: Sequence[int] = (1, 2, 3, 4),
+        bands: Any = (1, 2, 3, 4),
         ground_truth: str | None = None,
         train_ground_truth: str | None = None,
         test_ground_truth: str | None = None,
@@ -77,15 +89,51 @@ class LocalSource:
         bands_per_date: int | None = None,
         date_pattern: str | None = None,
         resampling: str = "nearest",
+        offset: float = 0.0,
     ):
         if uncovered not in UNCOVERED:
             raise ConfigError(f"source.uncovered: 'noncrop' or 'ignore', got {uncovered!r}")
-        if len(bands) != 4:
-            raise ConfigError(f"source.bands: four band indexes (blue, green, red, NIR), got {list(bands)}")
+        #: file band indexes (None: the file's bands 1..n, checked against its band count) and their roles
+        self.band_indexes, self.roles = parse_band_roles(bands)
         if scale <= 0:
             raise ConfigError(f"source.scale: must be positive, got {scale}")
+        other = [r for r in self.roles if r not in PLANET_XML_ROLES]
+        for opt, value in (
+            ("metadata", metadata),
+            ("train_metadata", train_metadata),
+            ("test_metadata", test_metadata),
+        ):
+            if value not in (None, "", []) and other:
+                raise ConfigError(
+                    f"source.{opt}: a Planet metadata XML has reflectance coefficients for PlanetScope bands only, "
+                    f"not for the {other[0]} band (source.bands); leave it out and set source.scale (and "
+                    "source.offset): 1 for data already in reflectance, 1e-4 for Sentinel-2 L2A DN"
+                )
         self.opts = dict(locals())
         self.opts.pop("self")
+
+    def band_roles(self) -> tuple[str, ...]:
+        """The roles of one date's bands (known from the options, before any file is opened)."""
+        return self.roles
+
+    def _file_bands(self, path: Path, per_date: int | None = None) -> list[int]:
+        """The file band indexes of one date: ``source.bands``' indexes, or the file's bands 1..n when
+        ``bands`` names roles (the file, or each date of a stacked file, must hold exactly as many)."""
+        if self.band_indexes is not None:
+            return list(self.band_indexes)
+        if per_date is None:
+            with open_raster(path, what="scene") as src:
+                count = src.count
+            what = f"{path} has {count} bands"
+        else:
+            count, what = per_date, f"source.bands_per_date={per_date}"
+        n = len(self.roles)
+        if count != n:
+            raise ConfigError(
+                f"source.bands: {n} bands named ({', '.join(self.roles)}) but {what}; name every band in "
+                "file order, or pick bands by index with a mapping such as {blue: 1, green: 2, red: 3, nir: 4}"
+            )
+        return list(range(1, n + 1))
 
     def ground_truth_kinds(self) -> dict[str, str]:
         """``{option: "vector" | "raster"}`` for each ground truth this source will read, known before any
@@ -160,16 +208,19 @@ class LocalSource:
         for opt in (meta_opt, udm_opt):
             if isinstance(o[opt], list | tuple):
                 raise ConfigError(f"source.{opt}: a list (one per date) needs a list of images in source.{image_opt}")
-        bands = [int(b) for b in o["bands"]]
         image = existing_path(images, image_opt)
-        grid = check_scene_raster(image, indexes=bands)
+        assert image is not None
+        bands = self._file_bands(image)
+        grid = check_scene_raster(image, bands=len(bands), indexes=bands)
         meta_path = existing_path(o[meta_opt], meta_opt)
         metadata: dict[str, Any] = {"image": str(image)}
+        offsets = (0.0,) * len(bands)
         if meta_path is not None:
             gains, prov = toa_gains(meta_path, bands)
             metadata.update(prov)
         else:
-            gains = (float(o["scale"]),) * 4
+            gains = (float(o["scale"]),) * len(bands)
+            offsets = (float(o["offset"]),) * len(bands)
             metadata.update(scene_id=image.stem, reflectance=f"scale={o['scale']}")
         aoi = aoi_geometry(o[aoi_opt], grid.crs, option=aoi_opt) if o[aoi_opt] else None
         return build_scene(
@@ -183,6 +234,9 @@ class LocalSource:
             usable=existing_path(o[udm_opt], udm_opt),
             ground_truth=self._ground_truth(role),
             metadata=metadata,
+            expected_bands=len(bands),
+            roles=self.roles,
+            offsets=offsets,
         )
 
     def _per_date(self, opt: str, n: int) -> list[Any]:
@@ -196,17 +250,17 @@ class LocalSource:
 
     def _stack(self, role: str, image_opt: str, aoi_opt: str, meta_opt: str, udm_opt: str, dates_opt: str) -> Scene:
         o = self.opts
-        bands = [int(b) for b in o["bands"]]
         images = o[image_opt]
         if o["bands_per_date"] is not None:
             # one stacked GeoTIFF: date t's bands are bands + t * bands_per_date
             bpd = int(o["bands_per_date"])
             if isinstance(images, list | tuple):
                 raise ConfigError(f"source.bands_per_date: one stacked GeoTIFF in source.{image_opt}, got a list")
-            if bpd < max(bands):
-                raise ConfigError(f"source.bands_per_date={bpd}: smaller than the largest of source.bands {bands}")
             path = existing_path(images, image_opt)
             assert path is not None
+            bands = self._file_bands(path, bpd)
+            if bpd < max(bands):
+                raise ConfigError(f"source.bands_per_date={bpd}: smaller than the largest of source.bands {bands}")
             with open_raster(path, what="stacked scene") as src:
                 count = src.count
             if count % bpd:
@@ -219,6 +273,8 @@ class LocalSource:
         else:
             n = len(images)
             files = [existing_path(p, image_opt) for p in images]  # type: ignore[misc]
+            assert files[0] is not None
+            bands = self._file_bands(files[0])
             band_sets = [bands] * n
         metas = [existing_path(m, meta_opt) for m in self._per_date(meta_opt, n)]
         udms = [existing_path(u, udm_opt) for u in self._per_date(udm_opt, n)]
@@ -227,11 +283,13 @@ class LocalSource:
         for path, idx, meta_path, udm, date in zip(files, band_sets, metas, udms, given):
             assert path is not None
             metadata: dict[str, Any] = {"image": str(path)}
+            offsets = (0.0,) * len(idx)
             if meta_path is not None:
                 gains, prov = toa_gains(meta_path, idx)
                 metadata.update(prov)
             else:
                 gains = (float(o["scale"]),) * len(idx)
+                offsets = (float(o["offset"]),) * len(idx)
                 metadata.update(scene_id=path.stem, reflectance=f"scale={o['scale']}")
             if date is not None:
                 iso = parse_date(date, dates_opt)
@@ -252,7 +310,7 @@ class LocalSource:
                     date=iso,
                     path=path,
                     gains=tuple(float(g) for g in gains),
-                    offsets=(0.0,) * len(idx),
+                    offsets=offsets,
                     bands=tuple(idx),
                     nodata=o["nodata"],
                     usable_path=udm,
@@ -271,6 +329,7 @@ class LocalSource:
             aoi=aoi,
             aoi_what=existing_path(o[aoi_opt], aoi_opt) if aoi is not None else None,
             resampling=o["resampling"],
+            roles=self.roles,
         )
 
 

@@ -16,8 +16,10 @@ this order:
   year of the maximum), ``doymin`` and the ``percentiles`` (e.g. ``ndvi_p50``), named
   ``<index>_<statistic>``; ``valid_fraction`` (share of valid dates) when listed in ``stats``.
 
-A pixel with no valid date is nodata for the whole run. Indices are those of :mod:`cropseg.spectral`;
-an index or band the scene lacks is one ``cropseg: error:`` line before any pixel is read. On a scene of
+A pixel with no valid date is nodata for the whole run. Bands are whatever roles the scene has (SWIR,
+red edge, or an index stored as a band: an NDVI-only stack gives ``ndvi@<date>`` once, as a band, and
+its statistics); indices are those of :mod:`cropseg.spectral`; an index or band the scene lacks is one
+``cropseg: error:`` line before any pixel is read. On a scene of
 one image this plugin is refused (use ``bands`` or ``indices``).
 """
 
@@ -30,7 +32,7 @@ import numpy as np
 
 from cropseg import hookimpl
 from cropseg.errors import ConfigError
-from cropseg.spectral import INDICES, check_indices, compute_indices
+from cropseg.spectral import check_index_bands, check_indices, compute_indices
 
 STATS = ("min", "max", "mean", "std", "amplitude", "doymax", "doymin", "valid_fraction")
 FILLS = ("linear", "nearest", "none")
@@ -101,12 +103,13 @@ class TemporalFeatures:
         return list(self.bands)
 
     def _check_indices(self, base: Sequence[str]) -> None:
-        for i in {*self.indices, *self.stats_of}:
-            missing = [b for b in INDICES[i] if b not in base]
-            if missing:
-                raise ConfigError(
-                    f"features.temporal: the index {i} needs the {missing[0]} band, the scene has {', '.join(base)}"
-                )
+        check_index_bands(self.indices, base, "features.temporal.indices")
+        check_index_bands(self.stats_of, base, "features.temporal.stats_of")
+
+    def _date_indices(self, bands: Sequence[str]) -> list[str]:
+        """The per-date indices that are not already per-date bands (an index stored as a band, e.g. an
+        NDVI-only stack, appears once)."""
+        return [i for i in self.indices if i not in bands]
 
     def _stat_names(self) -> list[str]:
         pct = [f"p{p:g}" for p in self.percentiles]
@@ -119,7 +122,7 @@ class TemporalFeatures:
         out: list[str] = []
         if self.per_date:
             for d in dates:
-                out += [f"{b}@{d}" for b in bands] + [f"{i}@{d}" for i in self.indices]
+                out += [f"{b}@{d}" for b in bands] + [f"{i}@{d}" for i in self._date_indices(bands)]
             if self.fill == "none":
                 out += [f"valid@{d}" for d in dates]
         return out + self._stat_names()
@@ -146,7 +149,8 @@ class TemporalFeatures:
         )  # (t, len(need), h, w)
         if self.per_date:
             sel = [base.index(b) for b in bands]
-            series = np.concatenate([refl[:, sel], idx[:, [need.index(i) for i in self.indices]]], axis=1)
+            date_idx = [need.index(i) for i in self._date_indices(bands)]
+            series = np.concatenate([refl[:, sel], idx[:, date_idx]], axis=1)
             if self.fill != "none":
                 series = fill_gaps(series, date_valid, days, self.fill)
             out.append(series.reshape(-1, *shape))
