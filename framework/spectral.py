@@ -35,7 +35,7 @@ Where a denominator is 0 (e.g. nodata pixels, whose reflectance is 0) the index 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -106,39 +106,35 @@ def check_roles(roles: Sequence[str], option: str) -> tuple[str, ...]:
     return names
 
 
-def parse_band_roles(value: object, option: str = "source.bands") -> tuple[tuple[int, ...] | None, tuple[str, ...]]:
-    """``(file band indexes or None, roles)`` of a ``bands`` option:
+def parse_band_roles(
+    value: object, option: str = "source.bands"
+) -> tuple[tuple[int, ...], tuple[str, ...], int | None]:
+    """``(file band indexes, their roles, the file's band count or None)`` of a ``bands`` option:
 
-    * a list of four band indexes (``[1, 2, 3, 4]``, the default): PlanetScope's blue, green, red, nir;
-    * a list of roles (``[blue, green, red, nir, swir1, swir2]``): the file's bands 1, 2, ... in that
-      order (indexes ``None``: the source checks that the file has exactly that many bands);
-    * a mapping role -> band index (``{blue: 2, green: 3, red: 4, nir: 8, swir1: 11, swir2: 12}``): picks
-      those bands of a file holding more.
+    * four band indexes (``[1, 2, 3, 4]``, the default): PlanetScope's blue, green, red, nir (the file
+      holds at least the largest index; count ``None``);
+    * the roles of the file's bands in file order (``[blue, green, red, nir, swir1, swir2]``), ``null``
+      for a band left out (``[coastal, blue, green, red, null, null, swir1, swir2]``): the file (or one
+      date of a stacked file) holds exactly that many bands (the count returned).
     """
-    if isinstance(value, Mapping):
-        roles = check_roles(list(value.keys()), option)
-        try:
-            idx = tuple(int(v) for v in value.values())
-        except (TypeError, ValueError):
-            raise ConfigError(f"{option}: role -> band index (1-based) mapping, got {dict(value)!r}") from None
-    else:
-        items = [value] if isinstance(value, str | int) else list(value or [])  # type: ignore[call-overload]
-        if items and all(isinstance(v, int) and not isinstance(v, bool) for v in items):
-            if len(items) != 4:
-                raise ConfigError(
-                    f"{option}: four band indexes (blue, green, red, NIR), got {items}; other bands are "
-                    "named by role, e.g. [blue, green, red, nir, swir1, swir2]"
-                )
-            return tuple(int(v) for v in items), PLANETSCOPE_ROLES
-        if not all(isinstance(v, str) for v in items):
-            raise ConfigError(f"{option}: band indexes or band roles, not a mix: {items!r}")
-        return None, check_roles(items, option)
-    bad = [i for i in idx if i < 1]
-    if bad:
-        raise ConfigError(f"{option}: band indexes start at 1, got {bad[0]}")
-    if len(set(idx)) != len(idx):
-        raise ConfigError(f"{option}: a band index is given twice: {list(idx)}")
-    return idx, roles
+    items = [value] if isinstance(value, str | int) else list(value or [])  # type: ignore[call-overload]
+    if items and all(isinstance(v, int) and not isinstance(v, bool) for v in items):
+        if len(items) != 4:
+            raise ConfigError(
+                f"{option}: four band indexes (blue, green, red, NIR), got {items}; other bands are named "
+                "by role in file order, e.g. [blue, green, red, nir, swir1, swir2]"
+            )
+        idx = tuple(int(v) for v in items)
+        if min(idx) < 1 or len(set(idx)) != 4:
+            raise ConfigError(f"{option}: four different band indexes from 1, got {items}")
+        return idx, PLANETSCOPE_ROLES, None
+    if not all(v is None or isinstance(v, str) for v in items):
+        raise ConfigError(
+            f"{option}: four band indexes, or the roles of the file's bands in order (null for a band left out), "
+            f"got {items!r}"
+        )
+    roles = check_roles([v for v in items if v is not None], option)
+    return tuple(i + 1 for i, v in enumerate(items) if v is not None), roles, len(items)
 
 
 def check_indices(indices: Sequence[str] | str, option: str) -> list[str]:

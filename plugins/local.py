@@ -17,10 +17,10 @@ than the first are warped onto it (``resampling``).
 
 **Bands.** ``bands`` is either four file band indexes of PlanetScope's blue, green, red, NIR (the
 default ``[1, 2, 3, 4]``), or the roles of the file's bands in order (``[blue, green, red, nir, swir1,
-swir2]``: the file holds exactly those bands; per date with ``bands_per_date``), or a mapping role ->
-band index picking bands of a larger file (``{blue: 2, green: 3, red: 4, nir: 8, swir1: 11, swir2: 12}``
-for a Sentinel-2 stack of all 12 L2A bands); roles in :mod:`cropseg.spectral`, indices stored as bands
-(``ndvi``) included. A Planet metadata XML converts PlanetScope bands only (its coefficients are per
+swir2]``: the file holds exactly those bands; per date with ``bands_per_date``), ``null`` for a band left
+out (a Sentinel-2 L2A stack of 12 bands: ``[coastal, blue, green, red, red_edge, red_edge2, red_edge3,
+nir, nir_narrow, null, swir1, swir2]``, B9 water vapour left out); roles in :mod:`cropseg.spectral`,
+indices stored as bands (``ndvi``) included. A Planet metadata XML converts PlanetScope bands only (its coefficients are per
 PlanetScope band): bands with other roles (SWIR, NDVI...) are refused with one; they use
 ``DN * scale + offset`` (``scale: 1`` for data already in reflectance or an index, ``1e-4`` for
 Sentinel-2 L2A DN before processing baseline 04.00, ``2.75e-5`` and ``offset: -0.2`` for Landsat
@@ -93,8 +93,8 @@ class LocalSource:
     ):
         if uncovered not in UNCOVERED:
             raise ConfigError(f"source.uncovered: 'noncrop' or 'ignore', got {uncovered!r}")
-        #: file band indexes (None: the file's bands 1..n, checked against its band count) and their roles
-        self.band_indexes, self.roles = parse_band_roles(bands)
+        #: file band indexes, their roles, and the file's band count when bands are named by role
+        self.band_indexes, self.roles, self.band_count = parse_band_roles(bands)
         if scale <= 0:
             raise ConfigError(f"source.scale: must be positive, got {scale}")
         other = [r for r in self.roles if r not in PLANET_XML_ROLES]
@@ -117,9 +117,9 @@ class LocalSource:
         return self.roles
 
     def _file_bands(self, path: Path, per_date: int | None = None) -> list[int]:
-        """The file band indexes of one date: ``source.bands``' indexes, or the file's bands 1..n when
-        ``bands`` names roles (the file, or each date of a stacked file, must hold exactly as many)."""
-        if self.band_indexes is not None:
+        """The file band indexes of one date; when ``bands`` names the file's bands by role, the file (or
+        each date of a stacked file) must hold exactly as many bands as it names."""
+        if self.band_count is None:
             return list(self.band_indexes)
         if per_date is None:
             with open_raster(path, what="scene") as src:
@@ -127,13 +127,13 @@ class LocalSource:
             what = f"{path} has {count} bands"
         else:
             count, what = per_date, f"source.bands_per_date={per_date}"
-        n = len(self.roles)
+        n = self.band_count
         if count != n:
             raise ConfigError(
-                f"source.bands: {n} bands named ({', '.join(self.roles)}) but {what}; name every band in "
-                "file order, or pick bands by index with a mapping such as {blue: 1, green: 2, red: 3, nir: 4}"
+                f"source.bands: {n} bands named ({', '.join(r or 'null' for r in self.opts['bands'])}) but "
+                f"{what}; name every band of the file in order (null for one left out)"
             )
-        return list(range(1, n + 1))
+        return list(self.band_indexes)
 
     def ground_truth_kinds(self) -> dict[str, str]:
         """``{option: "vector" | "raster"}`` for each ground truth this source will read, known before any
