@@ -67,7 +67,7 @@ def test_indices_only_and_a_subset():
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        ({"indices": ["ndvi", "evi"]}, "evi"),
+        ({"indices": ["ndvi", "gndvi"]}, "gndvi"),
         ({"indices": [], "include_bands": False}, "no features"),
         ({"indices": ["ndvi", "ndvi"]}, "twice"),
         ({"savi_l": -1}, "savi_l"),

@@ -201,7 +201,7 @@ def test_a_date_without_valid_pixels_is_refused_by_check(tmp_path):
         (
             (0, 1),
             ["features=indices"],
-            "features=indices on time stacks: features.indices: the scene has no 'nir' band",
+            "features=indices on time stacks: features.indices.indices: the index ndvi needs the 'nir' band",
         ),
         ((0, 1), ["source.test_image={img0}"], "the train scene has 2 date(s), the test scene 1"),
     ],
@@ -293,7 +293,7 @@ def test_temporal_names_and_refusals():
     assert "valid@2017-06-15" in TemporalFeatures(fill="none").names(names)
     with pytest.raises(ConfigError, match="needs a time stack"):
         TemporalFeatures().names(["blue", "green", "red", "nir"])
-    with pytest.raises(ConfigError, match="the index ndvi needs the red band"):
+    with pytest.raises(ConfigError, match="features.temporal.indices: the index ndvi needs the 'red' band"):
         TemporalFeatures().names([f"{b}@{d}" for d in DATES for b in ("blue", "green", "nir")])
     with pytest.raises(ConfigError, match="unknown statistic 'median'"):
         TemporalFeatures(stats=["median"])
