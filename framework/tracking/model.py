@@ -6,8 +6,8 @@ and CRS expectations) and the fitted classifier (``classifier.pkl``). Loading re
 postprocessors through the plugin registry (:class:`cropseg.inference.InferencePipeline`), so the
 plugins must be installed where the model is loaded or served (``--env-manager local``).
 
-* ``loaded.predict(df)``: pixel rows (columns ``blue, green, red, nir``: reflectance) -> classes
-  (0 non-crop, 1 crop), no spatial postprocessing. This is what ``mlflow models serve`` answers.
+* ``loaded.predict(df)``: pixel rows (columns: the model's bands by role, ``blue, green, red, nir`` for
+  PlanetScope; reflectance) -> classes (0 non-crop, 1 crop), no spatial postprocessing. This is what ``mlflow models serve`` answers.
 * ``loaded.unwrap_python_model().predict_scene(image, out_path, metadata=...)``: a whole scene, block
   by block, with the mask filters: the same mask as the run's ``prediction/test_mask.tif``.
 """
