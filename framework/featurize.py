@@ -45,7 +45,7 @@ def probe_features(features: Features, band_names: Sequence[str], n_dates: int =
     extra: dict[str, np.ndarray] = {"valid": np.ones((1, 1), bool)} if feature_halo(features) else {}
     if getattr(features, "temporal", False):
         extra["date_valid"] = np.ones((n_dates, 1, 1), bool)
-    features.compute(zeros, band_names, **extra)  # type: ignore[call-arg]
+    features.compute(zeros, band_names, **extra)
     return names
 
 

@@ -133,7 +133,7 @@ def parse_band_roles(
             f"{option}: four band indexes, or the roles of the file's bands in order (null for a band left out), "
             f"got {items!r}"
         )
-    roles = check_roles([v for v in items if v is not None], option)
+    roles = check_roles([str(v) for v in items if v is not None], option)
     return tuple(i + 1 for i, v in enumerate(items) if v is not None), roles, len(items)
 
 
