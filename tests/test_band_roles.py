@@ -156,6 +156,47 @@ def test_local_source_refuses_roles_the_files_do_not_fit(tmp_path):
         LocalSource(**common, train_metadata=str(sc.metadata), bands=["blue", "green", "red", "nir", "swir1", "swir2"])
 
 
+def test_sentinel2_stacked_dates_with_a_band_left_out(tmp_path):
+    """A stacked GeoTIFF of two dates x 12 Sentinel-2 L2A bands (B1..B8, B8A, B9, B11, B12), B9 left out."""
+    from cropseg.testing import write_tiny_scene
+
+    sc = write_tiny_scene(tmp_path, name="s2", seed=4)
+    with rasterio.open(sc.image) as src:
+        prof = src.profile
+    dn = np.arange(1, 25, dtype=np.uint16)[:, None, None] * np.ones((24, 64, 64), np.uint16) * 100
+    prof.update(count=24)
+    with rasterio.open(sc.image, "w", **prof) as dst:
+        dst.write(dn)
+    s2 = ["coastal", "blue", "green", "red", "red_edge", "red_edge2", "red_edge3", "nir", "nir_narrow", None]
+    scene = (
+        LocalSource(
+            train_image=str(sc.image),
+            test_image=str(sc.image),
+            ground_truth=str(sc.ground_truth),
+            bands=[*s2, "swir1", "swir2"],
+            bands_per_date=12,
+            train_dates=["2021-05-03", "2021-07-12"],
+            test_dates=["2021-05-03", "2021-07-12"],
+        )
+        .load(tmp_path)
+        .train
+    )
+    assert scene.base_band_names[-3:] == ("nir_narrow", "swir1", "swir2") and len(scene.band_names) == 22
+    assert scene.acquisitions[1].bands == (13, 14, 15, 16, 17, 18, 19, 20, 21, 23, 24)
+    with scene.reader() as reader:
+        blk = reader.read(Window(0, 0, 4, 4))
+    expected = [b * 100 * 1e-4 for b in (*range(1, 10), 11, 12, *range(13, 22), 23, 24)]
+    np.testing.assert_allclose(blk.reflectance[:, 0, 0], expected, rtol=1e-5)
+    assert TemporalFeatures(indices=["ndmi"], stats_of=["ndre"], percentiles=[]).names(scene.band_names)[-6:] == [
+        "ndre_min",
+        "ndre_max",
+        "ndre_mean",
+        "ndre_std",
+        "ndre_amplitude",
+        "ndre_doymax",
+    ]
+
+
 def test_ndvi_only_stack_gives_temporal_features_without_duplicates(tmp_path):
     sc = write_ndvi_stack(tmp_path, 4, seed=1)
     scene = (
