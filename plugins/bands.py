@@ -1,4 +1,5 @@
-"""Features ``bands``: the reflectance bands themselves (blue, green, red, NIR), as in the seed study."""
+"""Features ``bands``: the scene's bands themselves (blue, green, red, NIR as in the seed study, or
+whatever roles the source names: SWIR, red edge, an index stored as a band)."""
 
 from __future__ import annotations
 
