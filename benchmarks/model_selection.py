@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -79,7 +80,7 @@ def fmt(values: list[float], digits: int = 3) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--before", type=Path, required=True, help="another cropseg checkout (the baseline)")
+    ap.add_argument("--before", type=Path, default=None, help="another cropseg checkout (the baseline)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[42, 7, 3], help="source seeds of the hard preset")
     ap.add_argument("--size", type=int, default=1000)
     ap.add_argument("--timing-repeats", type=int, default=2, help="default-sample runs per variant (0: skip)")
@@ -96,11 +97,14 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    before = args.before.resolve()
+    if args.before is None and not args.only_variants:
+        ap.error("--before is needed unless --only-variants")
+    before = args.before.resolve() if args.before else None
     variants = {"before": [], "after": []}
     for spec in args.variant:
         name, _, overrides = spec.partition("=")
-        variants[name] = [o for o in overrides.split(",") if o]
+        # commas inside [...] belong to a list value (features.radii=[2,5,10])
+        variants[name] = [o for o in re.split(r",(?![^\[]*\])", overrides) if o]
     if args.only_variants:
         variants.pop("before")
         variants.pop("after")
