@@ -27,11 +27,28 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def hard_files(cache: Path, seed: int, size: int) -> dict[str, Path]:
+#: ``--ablate``: the hard preset's test scene without one of its difficulties (a diagnosis of the CV-test
+#: gap, not a preset): ``gain`` no brightness / season offset, ``prior`` the training scene's crop share
+ABLATIONS = ("none", "gain", "prior", "gain+prior")
+
+
+def hard_files(cache: Path, seed: int, size: int, ablate: str = "none") -> dict[str, Path]:
     """Generate (once) the hard preset's scenes for ``seed``; their files for ``source=local``."""
+    import dataclasses
+
+    from cropseg_plugins import sample
     from cropseg_plugins.sample import SampleSource
 
-    scenes = SampleSource(size=size, seed=seed, preset="hard").load(cache / "sample")
+    folder = cache / "sample"
+    if ablate != "none":
+        offset, acquired, difficulty = sample.HARD["test"]
+        if "gain" in ablate:
+            difficulty = dataclasses.replace(difficulty, band_gain=None)
+        if "prior" in ablate:
+            difficulty = dataclasses.replace(difficulty, crop_share=sample.HARD["train"][2].crop_share)
+        sample.HARD = {**sample.HARD, "test": (offset, acquired, difficulty)}
+        folder = cache / f"sample-ablate-{ablate.replace('+', '-')}"
+    scenes = SampleSource(size=size, seed=seed, preset="hard").load(folder)
     out = {}
     for role in ("train", "test"):
         sc = getattr(scenes, role)
@@ -68,6 +85,12 @@ def run(variant: str, before: Path | None, overrides: list[str], work: Path, nam
     m["wall_seconds"] = wall
     m["predicted_share"] = (cm[0][1] + cm[1][1]) / total
     m["reference_share"] = (cm[1][0] + cm[1][1]) / total
+    # the test scene's crop recall (TPR) and false-positive rate at the training scene's labelled crop share:
+    # the crop F1 the test predictions would have without the prior shift (the rest of the CV-test gap is
+    # the classifier doing worse on the other scene)
+    tpr, fpr = cm[1][1] / (cm[1][0] + cm[1][1]), cm[0][1] / (cm[0][0] + cm[0][1])
+    p = m.get("train_labelled_crop_fraction", float("nan"))
+    m["test_crop_f1_at_train_share"] = 2 * tpr * p / (tpr * p + fpr * (1 - p) + p)
     return m
 
 
@@ -94,6 +117,12 @@ def main(argv: list[str] | None = None) -> None:
         help="another 'after' run per seed with these overrides, e.g. 'threshold 0.5=classifier.threshold=0.5'",
     )
     ap.add_argument("--only-variants", action="store_true", help="run the --variant runs alone (no before/after)")
+    ap.add_argument(
+        "--ablate",
+        choices=ABLATIONS,
+        default="none",
+        help="a diagnosis of the CV-test gap: the hard test scene without its gain, its prior shift or both",
+    )
     args = ap.parse_args(argv)
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -119,10 +148,11 @@ def main(argv: list[str] | None = None) -> None:
         "cv_score",
         "cv_spatial_crop_f1",
         "cv_test_gap",
+        "test_crop_f1_at_train_share",
         "wall_seconds",
     )
     for seed in args.seeds:
-        files = hard_files(work / "cache", seed, args.size)
+        files = hard_files(work / "cache", seed, args.size, args.ablate)
         overrides = ["source=local", f"source.ground_truth={files['train_ground_truth']}"]
         overrides += [f"source.{k}={v}" for k, v in files.items()]
         order = list(variants) if seed % 2 else list(variants)[::-1]  # alternate the order
@@ -146,7 +176,9 @@ def main(argv: list[str] | None = None) -> None:
         "## Model selection: the default KNN run before / after, hard SYNTHETIC preset",
         "",
         f"Source seeds {', '.join(map(str, args.seeds))} (`source.preset=hard`, {args.size}x{args.size} px, read "
-        f"through `source=local` by both); before = `{before}`; load average at the end "
+        f"through `source=local` by both"
+        + (f"; test scene ablated: `{args.ablate}`" if args.ablate != "none" else "")
+        + f"); before = `{before}`; load average at the end "
         f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} cores. Mean ± sd over the seeds.",
         "",
         "| metric | " + " | ".join(variants) + " |",
