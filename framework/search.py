@@ -17,6 +17,12 @@ through the ordinary pipeline (:func:`cropseg.pipeline.execute`), which tests it
 trials are child runs of one MLflow parent run tagged like a sweep (``cropseg compare --sweep latest``
 reads it); the chosen run logs ``search_cv_score`` and ``cv_test_gap`` (CV target minus test target).
 
+``--posthoc-test N`` checks the choice once it is made and logged (it cannot change it): the ``N`` best
+trials by CV are each refit on the training scene and tested once on the test scene
+(:func:`posthoc_test`), ``posthoc_test_<target>`` on their child runs and the chosen trial's test score
+minus the best of them (``posthoc_chosen_minus_best``) on the parent: did the CV pick the configuration
+that tests best?
+
 Trials run ``--jobs`` at a time (threads). The wall-time budget (``--minutes``) is checked before each trial
 and before each fold: no trial or fold starts after it, a fold in progress finishes; the final refit runs
 after it.
