@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -26,11 +27,28 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def hard_files(cache: Path, seed: int, size: int) -> dict[str, Path]:
+#: ``--ablate``: the hard preset's test scene without one of its difficulties (a diagnosis of the CV-test
+#: gap, not a preset): ``gain`` no brightness / season offset, ``prior`` the training scene's crop share
+ABLATIONS = ("none", "gain", "prior", "gain+prior")
+
+
+def hard_files(cache: Path, seed: int, size: int, ablate: str = "none") -> dict[str, Path]:
     """Generate (once) the hard preset's scenes for ``seed``; their files for ``source=local``."""
+    import dataclasses
+
+    from cropseg_plugins import sample
     from cropseg_plugins.sample import SampleSource
 
-    scenes = SampleSource(size=size, seed=seed, preset="hard").load(cache / "sample")
+    folder = cache / "sample"
+    if ablate != "none":
+        offset, acquired, difficulty = sample.HARD["test"]
+        if "gain" in ablate:
+            difficulty = dataclasses.replace(difficulty, band_gain=None)
+        if "prior" in ablate:
+            difficulty = dataclasses.replace(difficulty, crop_share=sample.HARD["train"][2].crop_share)
+        sample.HARD = {**sample.HARD, "test": (offset, acquired, difficulty)}
+        folder = cache / f"sample-ablate-{ablate.replace('+', '-')}"
+    scenes = SampleSource(size=size, seed=seed, preset="hard").load(folder)
     out = {}
     for role in ("train", "test"):
         sc = getattr(scenes, role)
@@ -65,8 +83,16 @@ def run(variant: str, before: Path | None, overrides: list[str], work: Path, nam
     cm = json.loads((out / "reports" / "test_confusion_matrix.json").read_text())
     total = sum(map(sum, cm))
     m["wall_seconds"] = wall
+    # the tuning's grid-edge warning (cropseg.tuning.grid_edges), once per hyperparameter left on an edge
+    m["grid_edge_warnings"] = float(proc.stderr.count("the CV score may improve beyond it"))
     m["predicted_share"] = (cm[0][1] + cm[1][1]) / total
     m["reference_share"] = (cm[1][0] + cm[1][1]) / total
+    # the test scene's crop recall (TPR) and false-positive rate at the training scene's labelled crop share:
+    # the crop F1 the test predictions would have without the prior shift (the rest of the CV-test gap is
+    # the classifier doing worse on the other scene)
+    tpr, fpr = cm[1][1] / (cm[1][0] + cm[1][1]), cm[0][1] / (cm[0][0] + cm[0][1])
+    p = m.get("train_labelled_crop_fraction", float("nan"))
+    m["test_crop_f1_at_train_share"] = 2 * tpr * p / (tpr * p + fpr * (1 - p) + p)
     return m
 
 
@@ -79,8 +105,8 @@ def fmt(values: list[float], digits: int = 3) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--before", type=Path, required=True, help="another cropseg checkout (the baseline)")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[42, 7, 3], help="source seeds of the hard preset")
+    ap.add_argument("--before", type=Path, default=None, help="another cropseg checkout (the baseline)")
+    ap.add_argument("--seeds", type=int, nargs="*", default=[42, 7, 3], help="source seeds of the hard preset")
     ap.add_argument("--size", type=int, default=1000)
     ap.add_argument("--timing-repeats", type=int, default=2, help="default-sample runs per variant (0: skip)")
     ap.add_argument("--workdir", type=Path, default=Path("model_selection_bench"))
@@ -93,14 +119,29 @@ def main(argv: list[str] | None = None) -> None:
         help="another 'after' run per seed with these overrides, e.g. 'threshold 0.5=classifier.threshold=0.5'",
     )
     ap.add_argument("--only-variants", action="store_true", help="run the --variant runs alone (no before/after)")
+    ap.add_argument(
+        "--timing-variant",
+        default=None,
+        metavar="NAME=OVERRIDE[,OVERRIDE...]",
+        help="time the default sample for 'after' against 'after' with these overrides (instead of before/after)",
+    )
+    ap.add_argument(
+        "--ablate",
+        choices=ABLATIONS,
+        default="none",
+        help="a diagnosis of the CV-test gap: the hard test scene without its gain, its prior shift or both",
+    )
     args = ap.parse_args(argv)
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    before = args.before.resolve()
+    if args.before is None and not (args.only_variants and (args.timing_variant or not args.timing_repeats)):
+        ap.error("--before is needed unless --only-variants")
+    before = args.before.resolve() if args.before else None
     variants = {"before": [], "after": []}
     for spec in args.variant:
         name, _, overrides = spec.partition("=")
-        variants[name] = [o for o in overrides.split(",") if o]
+        # commas inside [...] belong to a list value (features.radii=[2,5,10])
+        variants[name] = [o for o in re.split(r",(?![^\[]*\])", overrides) if o]
     if args.only_variants:
         variants.pop("before")
         variants.pop("after")
@@ -115,10 +156,11 @@ def main(argv: list[str] | None = None) -> None:
         "cv_score",
         "cv_spatial_crop_f1",
         "cv_test_gap",
+        "test_crop_f1_at_train_share",
         "wall_seconds",
     )
     for seed in args.seeds:
-        files = hard_files(work / "cache", seed, args.size)
+        files = hard_files(work / "cache", seed, args.size, args.ablate)
         overrides = ["source=local", f"source.ground_truth={files['train_ground_truth']}"]
         overrides += [f"source.{k}={v}" for k, v in files.items()]
         order = list(variants) if seed % 2 else list(variants)[::-1]  # alternate the order
@@ -130,11 +172,21 @@ def main(argv: list[str] | None = None) -> None:
                 if k in m:
                     rows[variant].setdefault(k, []).append(float(m[k]))
             print(f"seed {seed} {variant}: test crop F1 {m['test_crop_f1']:.4f}", file=sys.stderr, flush=True)
-    timing: dict[str, list[float]] = {"before": [], "after": []}
+    # the default sample's wall time (and score, grid-edge warnings) of two variants, alternating: before /
+    # after, or with --timing-variant the default (after) / after with the overrides
+    pair: dict[str, tuple[str, list[str]]] = {"before": ("before", []), "after": ("after", [])}
+    if args.timing_variant:
+        name, _, overrides = args.timing_variant.partition("=")
+        pair = {"after": ("after", []), name: ("after", [o for o in re.split(r",(?![^\[]*\])", overrides) if o])}
+    timing: dict[str, list[float]] = {v: [] for v in pair}
+    sample: dict[str, list[tuple[float, float]]] = {v: [] for v in pair}
     for i in range(args.timing_repeats):
-        for variant in ("before", "after") if i % 2 == 0 else ("after", "before"):
-            m = run(variant, before, [f"source.size={args.size}"], work, f"default-{i}-{variant}")
+        for variant in list(pair) if i % 2 == 0 else list(pair)[::-1]:
+            tag, extra = pair[variant]
+            slug = variant.replace(" ", "_")
+            m = run(tag, before, [f"source.size={args.size}", *extra], work, f"default-{i}-{slug}")
             timing[variant].append(m["wall_seconds"])
+            sample[variant].append((m["test_crop_f1"], m["grid_edge_warnings"]))
             print(f"default sample {variant}: {m['wall_seconds']:.1f} s", file=sys.stderr, flush=True)
 
     load = os.getloadavg()
@@ -142,25 +194,33 @@ def main(argv: list[str] | None = None) -> None:
         "## Model selection: the default KNN run before / after, hard SYNTHETIC preset",
         "",
         f"Source seeds {', '.join(map(str, args.seeds))} (`source.preset=hard`, {args.size}x{args.size} px, read "
-        f"through `source=local` by both); before = `{before}`; load average at the end "
+        f"through `source=local` by both"
+        + (f"; test scene ablated: `{args.ablate}`" if args.ablate != "none" else "")
+        + f"); before = `{before}`; load average at the end "
         f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} cores. Mean ± sd over the seeds.",
         "",
         "| metric | " + " | ".join(variants) + " |",
         "|---|" + "---|" * len(variants),
     ]
-    for k in keys:
+    for k in keys if args.seeds and variants else ():
         lines.append(f"| {k} | " + " | ".join(fmt(rows[v].get(k, [])) for v in variants) + " |")
     for name, ov in variants.items():
         if ov:
             lines.append(f"\n{name}: after, with {' '.join(f'`{o}`' for o in ov)}.")
     if args.timing_repeats:
-        b, a = statistics.median(timing["before"]), statistics.median(timing["after"])
+        first, second = pair
+        b, a = statistics.median(timing[first]), statistics.median(timing[second])
         lines += [
             "",
             f"Default run on the bundled sample (`source.size={args.size}`), wall seconds per process, "
-            f"{args.timing_repeats} runs each, alternating: before {', '.join(f'{t:.1f}' for t in timing['before'])}; "
-            f"after {', '.join(f'{t:.1f}' for t in timing['after'])}; median ratio after / before {a / b:.2f}.",
+            f"{args.timing_repeats} runs each, alternating: "
+            + "; ".join(f"{v} {', '.join(f'{t:.1f}' for t in timing[v])}" for v in pair)
+            + f"; median ratio {second} / {first} {a / b:.2f}. Test crop F1 / grid-edge warnings per run: "
+            + "; ".join(f"{v} {', '.join(f'{f:.3f} / {w:.0f}' for f, w in sample[v])}" for v in pair)
+            + ".",
         ]
+        if args.timing_variant:
+            lines.append(f"\n{second}: the default run with {' '.join(f'`{o}`' for o in pair[second][1])}.")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

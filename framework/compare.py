@@ -41,6 +41,7 @@ METRIC_COLUMNS = [
     ("test_weighted_avg_f1", "weighted F1"),
     ("test_iou", "crop IoU"),
     ("cv_score", "CV score"),
+    ("cv_test_gap", "CV - test"),
     ("cv_spatial_f1_weighted", "spatial CV F1"),
     ("cv_random_f1_weighted", "random CV F1"),
     ("fit_seconds", "fit s"),
@@ -563,10 +564,19 @@ CONSOLE_METRICS = [
     ("test_weighted_avg_f1", "wF1", "{:.3f}"),
     ("test_iou", "IoU", "{:.3f}"),
     ("cv_score", "CV", "{:.3f}"),
+    # the CV estimate of the target minus its test value (evaluate.target): how far CV is from test; shown
+    # when a compared run has it (see _console_metrics)
+    ("cv_test_gap", "CV-test", "{:+.3f}"),
     ("fit_seconds", "fit s", "{:.1f}"),
     ("predict_pixels_per_second", "px/s", "{:,.0f}"),
 ]
 DEFAULT_WIDTH = 160
+#: console columns left out when no compared run logged them
+OPTIONAL_CONSOLE_METRICS = ("cv_test_gap",)
+
+
+def _console_metrics(rows: list[Row]) -> list[tuple[str, str, str]]:
+    return [c for c in CONSOLE_METRICS if c[0] not in OPTIONAL_CONSOLE_METRICS or any(c[0] in r.metrics for r in rows)]
 
 
 def _metric(v: Any, fmt: str) -> str:
@@ -582,7 +592,8 @@ def _clip(text: str, width: int) -> str:
 def markdown(rows: list[Row], target: Target | None = None) -> str:
     ranks = _ranks(rows)
     extra_head, extra = uncertainty_columns(rows, target)
-    header = ["test group", "rank", "config", "fit outputs", "run id", "status", *[h for _, h, _ in CONSOLE_METRICS]]
+    metrics = _console_metrics(rows)
+    header = ["test group", "rank", "config", "fit outputs", "run id", "status", *[h for _, h, _ in metrics]]
     header += [*extra_head, "error"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for r in rows:
@@ -593,7 +604,7 @@ def markdown(rows: list[Row], target: Target | None = None) -> str:
             r.fit_outputs,
             r.run_id[:8],
             r.status,
-            *[_metric(r.metrics.get(m), f) for m, _, f in CONSOLE_METRICS],
+            *[_metric(r.metrics.get(m), f) for m, _, f in metrics],
             *extra.get(r.run_id, []),
             r.error,
         ]
@@ -610,14 +621,15 @@ def console(
     columns of :data:`UNCERTAINTY_HEAD` follow."""
     ranks = _ranks(rows)
     show_status = any(r.status != "FINISHED" for r in rows)
-    head = ["#", "config", "run id", *(["status"] if show_status else []), *[h for _, h, _ in CONSOLE_METRICS]]
+    metrics = _console_metrics(rows)
+    head = ["#", "config", "run id", *(["status"] if show_status else []), *[h for _, h, _ in metrics]]
     cells = {
         r.run_id: [
             str(ranks[r.run_id]),
             r.config,
             r.run_id[:8],
             *([r.status] if show_status else []),
-            *[_metric(r.metrics.get(m), f) for m, _, f in CONSOLE_METRICS],
+            *[_metric(r.metrics.get(m), f) for m, _, f in metrics],
         ]
         for r in rows
     }

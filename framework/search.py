@@ -17,6 +17,12 @@ through the ordinary pipeline (:func:`cropseg.pipeline.execute`), which tests it
 trials are child runs of one MLflow parent run tagged like a sweep (``cropseg compare --sweep latest``
 reads it); the chosen run logs ``search_cv_score`` and ``cv_test_gap`` (CV target minus test target).
 
+``--posthoc-test N`` checks the choice once it is made and logged (it cannot change it): the ``N`` best
+trials by CV are each refit on the training scene and tested once on the test scene
+(:func:`posthoc_test`), ``posthoc_test_<target>`` on their child runs and the chosen trial's test score
+minus the best of them (``posthoc_chosen_minus_best``) on the parent: did the CV pick the configuration
+that tests best?
+
 Trials run ``--jobs`` at a time (threads). The wall-time budget (``--minutes``) is checked before each trial
 and before each fold: no trial or fold starts after it, a fold in progress finishes; the final refit runs
 after it.
@@ -67,6 +73,8 @@ class SearchOptions:
     features: Sequence[str] = DEFAULT_FEATURES
     kernels: Sequence[int] = DEFAULT_KERNELS
     name: str | None = None
+    #: after the choice: refit this many of the best trials by CV and test each once (0: none)
+    posthoc_test: int = 0
 
     def check(self) -> None:
         if not (self.minutes > 0 and math.isfinite(self.minutes)):
@@ -75,6 +83,8 @@ class SearchOptions:
             raise ConfigError(f"--trials: at least 1, got {self.trials}")
         if self.jobs < 1:
             raise ConfigError(f"--jobs: at least 1, got {self.jobs}")
+        if self.posthoc_test < 0:
+            raise ConfigError(f"--posthoc-test: 0 or more trials, got {self.posthoc_test}")
         if self.folds < 2:
             raise ConfigError(f"--folds: at least 2, got {self.folds}")
         if not self.classifiers or not self.features or not self.kernels:
@@ -104,6 +114,8 @@ class SearchResult:
     best: TrialResult
     final_run_id: str
     test_score: float
+    #: ``--posthoc-test``: trial number -> its test target, measured after the choice
+    posthoc: dict[int, float] = field(default_factory=dict)
     #: clock readings: search start, the budget's end, first trial start, last trial end, final refit start
     times: dict[str, float] = field(default_factory=dict)
     output_dir: Path = Path(".")
@@ -202,6 +214,48 @@ class _Budget(Exception):
     """A trial stopped because the budget is spent (not scored)."""
 
 
+def _training_sample(cfg: Any, st: Any, scene: Any, labels: Any) -> Any:
+    """The training pixels of ``scene`` as a run of ``cfg`` draws them (a trial's ``train.balance`` is
+    true or false)."""
+    from .sampling import sample_training_pixels
+
+    tcfg = cfg.get("train", {})
+    caps = {k: None if tcfg.get(k) in (None, "all") else int(tcfg.get(k)) for k in ("max_pixels", "max_per_class")}
+    return sample_training_pixels(
+        scene,
+        labels,
+        st.features,
+        **caps,
+        seed=int(tcfg.get("seed", cfg.get("seed", 0))),
+        spatial_block=int(tcfg.get("spatial_block", 128)),
+        block=int(cfg.get("block_size", 512)),
+        balance=tcfg.get("balance", False) is True,
+    )
+
+
+def posthoc_test(
+    cfg: Any, registry: Any, train: Any, train_labels: Any, test: Any, test_labels: Any, target: Target, workdir: Path
+) -> float:
+    """A trial's configuration fitted on the whole training sample and scored once on the test scene as a
+    run scores it (the blurred mask against the test labels, every labelled pixel): the post-hoc check of
+    ``--posthoc-test``, after the choice."""
+    from .config import instantiate
+    from .pipeline import build_stages
+    from .scene_ops import apply_filters, predict_scene
+    from .uncertainty import block_confusions
+
+    st = build_stages(cfg, registry)
+    block = int(cfg.get("block_size", 512))
+    ts = _training_sample(cfg, st, train, train_labels)
+    clf = instantiate(registry, "classifier", cfg.classifier)
+    clf.fit(ts.X, ts.y, ts.groups)
+    del ts
+    raw = workdir / "test_mask_raw.tif"
+    predict_scene(test, st.features, clf, raw, block)
+    final = apply_filters(raw, st.filters, workdir / "test_mask.tif", block)
+    return target.score(block_confusions(test_labels.path, final, block).sum(axis=0))
+
+
 def pipeline_cv(
     cfg: Any,
     registry: Any,
@@ -219,26 +273,14 @@ def pipeline_cv(
     from .config import instantiate
     from .pipeline import build_stages
     from .raster import block_writer, iter_windows
-    from .sampling import sample_training_pixels
     from .scene_ops import apply_filters, predict_scene
     from .tuning import CVSpec, splitter
     from .uncertainty import block_confusions
 
     st = build_stages(cfg, registry)
-    tcfg = cfg.get("train", {})
-    sb = int(tcfg.get("spatial_block", 128))
+    sb = int(cfg.get("train", {}).get("spatial_block", 128))
     block = int(cfg.get("block_size", 512))
-    caps = {k: None if tcfg.get(k) in (None, "all") else int(tcfg.get(k)) for k in ("max_pixels", "max_per_class")}
-    ts = sample_training_pixels(
-        scene,
-        labels,
-        st.features,
-        **caps,
-        seed=int(tcfg.get("seed", cfg.get("seed", 0))),
-        spatial_block=sb,
-        block=block,
-        balance=bool(tcfg.get("balance", False)),
-    )
+    ts = _training_sample(cfg, st, scene, labels)
     split = splitter("spatial", CVSpec(cv="spatial", folds=folds, where="cropseg search"), ts.y, ts.groups)
     fold_of: dict[int, int] = {}
     maps = []
@@ -332,6 +374,7 @@ def search(
                 "search.classifiers": ",".join(opts.classifiers),
                 "search.features": ",".join(opts.features),
                 "search.kernels": ",".join(map(str, opts.kernels)),
+                "search.posthoc_test": opts.posthoc_test,
                 "evaluate.target": target.name,
             }
         )
@@ -435,11 +478,18 @@ def search(
                 f"{TAG_PREFIX}sweep.children": len(results) + 1,
             }
         )
+        if opts.posthoc_test:
+            posthoc = _posthoc_check(
+                overrides, results, best, opts.posthoc_test, st, train, labels, cache, out, target, say
+            )
+            _log_posthoc(tracker, plog, results, best, posthoc, target, say)
+        else:
+            posthoc = {}
         tracker.end_parent(parent, "FINISHED")
     except BaseException as exc:
         killed = isinstance(exc, KeyboardInterrupt)  # Ctrl-C, or SIGTERM through cropseg.signals.Terminated
         msg = "the search was stopped by a signal" if killed else (str(exc).splitlines() or [type(exc).__name__])[0]
-        for folder in ("search_labels", "trials"):  # nothing that looks like a result stays behind
+        for folder in ("search_labels", "trials", "posthoc"):  # nothing that looks like a result stays behind
             shutil.rmtree(out / folder, ignore_errors=True)
         if out.is_dir():
             (out / "FAILED.txt").write_text(msg + "\n")
@@ -450,7 +500,50 @@ def search(
         f"test {target.test_metric} {test:.4f}; CV - test = {gap:+.4f}; {len(results)} trials in "
         f"{(clock() - t0) / 60:.1f} min; chosen run {final.run_id}; compare: cropseg compare --sweep {parent}"
     )
-    return SearchResult(parent, target, results, best, final.run_id, test, times, out)
+    return SearchResult(parent, target, results, best, final.run_id, test, posthoc, times, out)
+
+
+def _posthoc_check(
+    overrides: Sequence[str],
+    results: list[TrialResult],
+    best: TrialResult,
+    n: int,
+    st: Any,
+    train: Any,
+    train_labels: Any,
+    cache: Path,
+    out: Path,
+    target: Target,
+    say: Callable[[str], None],
+) -> dict[int, float]:
+    """``--posthoc-test``: the ``n`` best trials by CV (the chosen one first), each refit on the training
+    scene and tested once on the test scene. Runs after the choice is made and logged: it cannot change it."""
+    from .config import compose
+
+    ranked = sorted(results, key=lambda r: (r.number != best.number, -r.score, r.number))[:n]
+    say(
+        f"post-hoc check of the choice (made and logged already; this cannot change it): the {len(ranked)} best "
+        "trial(s) by CV refit on the training scene and tested once each on the test scene"
+    )
+    test = st.source.load(cache).test
+    folder = out / "posthoc"
+    test_labels = st.labeler.label(test, folder / "test_labels.tif")
+    scores: dict[int, float] = {}
+    for r in ranked:
+        workdir = folder / str(r.number)
+        workdir.mkdir(parents=True, exist_ok=True)
+        cfg = compose([*overrides, *r.overrides])
+        started = time.perf_counter()
+        try:
+            scores[r.number] = posthoc_test(cfg, st.registry, train, train_labels, test, test_labels, target, workdir)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        say(
+            f"post-hoc {len(scores)}/{len(ranked)}: trial {r.number}, {r.label}: CV {target.name} {r.score:.4f}, "
+            f"test {scores[r.number]:.4f} ({time.perf_counter() - started:.0f} s)"
+        )
+    shutil.rmtree(folder, ignore_errors=True)
+    return scores
 
 
 def _log_trial(
@@ -514,6 +607,14 @@ def search_command(argv: Sequence[str]) -> int:
         default=",".join(map(str, DEFAULT_KERNELS)),
         help="median blur kernels to try, 1 = no blur (default: %(default)s)",
     )
+    p.add_argument(
+        "--posthoc-test",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after the choice (which it cannot change): refit the N best trials by CV and test each once on the "
+        "test scene, logged as posthoc_test_<target> on their runs (default: 0, none)",
+    )
     p.add_argument("--name", default=None, help="name of the parent run (default: search <date>/<time>)")
     p.add_argument("--output-dir", type=Path, default=None, help="default: outputs/search/<date>/<time>")
     args = p.parse_args(list(argv))
@@ -531,9 +632,58 @@ def search_command(argv: Sequence[str]) -> int:
         features=[f.strip() for f in args.features.split(",") if f.strip()],
         kernels=kernels,
         name=args.name,
+        posthoc_test=args.posthoc_test,
     )
     for noisy in ("alembic", "mlflow", "pyogrio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     res = search(args.overrides, opts, output_dir=args.output_dir, progress=lambda s: print(s, flush=True))
     print(f"\nparent run {res.parent_run_id}; chosen run {res.final_run_id}; outputs: {res.output_dir}")
     return 0
+
+
+def _log_posthoc(
+    tracker: Any,
+    plog: Any,
+    results: list[TrialResult],
+    best: TrialResult,
+    posthoc: dict[int, float],
+    target: Target,
+    say: Callable[[str], None],
+) -> None:
+    """Each post-hoc tested trial's child run gets ``posthoc_test_<target>`` and ``posthoc_cv_test_gap``;
+    the parent the chosen trial's test score against the best test score among them, and a table."""
+    from .tracking import TAG_PREFIX
+
+    by_number = {r.number: r for r in results}
+    for number, score in posthoc.items():
+        r = by_number[number]
+        if r.run_id:
+            tracker.logger(r.run_id).log_metrics(
+                {f"posthoc_test_{target.name}": score, "posthoc_cv_test_gap": r.score - score}
+            )
+    top = max(posthoc, key=lambda n: (posthoc[n], n == best.number))
+    chosen = posthoc[best.number]
+    plog.log_metrics(
+        {
+            "posthoc_trials": float(len(posthoc)),
+            f"posthoc_chosen_test_{target.name}": chosen,
+            f"posthoc_best_test_{target.name}": posthoc[top],
+            "posthoc_chosen_minus_best": chosen - posthoc[top],
+        }
+    )
+    plog.set_tags({f"{TAG_PREFIX}search.posthoc_best_trial": top})
+    rows = sorted(posthoc, key=lambda n: -by_number[n].score)
+    plog.log_table(
+        {
+            "trial": rows,
+            "configuration": [by_number[n].label for n in rows],
+            f"cv_{target.name}": [by_number[n].score for n in rows],
+            f"test_{target.name}": [posthoc[n] for n in rows],
+            "cv_test_gap": [by_number[n].score - posthoc[n] for n in rows],
+        },
+        "posthoc_test.json",
+    )
+    say(
+        f"post-hoc: the chosen trial {best.number} tests at {chosen:.4f}, the best of the {len(posthoc)} tested "
+        f"trials (trial {top}) at {posthoc[top]:.4f}: chosen - best = {chosen - posthoc[top]:+.4f}"
+    )

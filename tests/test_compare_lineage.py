@@ -24,6 +24,7 @@ from cropseg.compare import (
     console,
     group_headings,
     group_rows,
+    markdown,
     split_fit_params,
     table,
 )
@@ -265,6 +266,20 @@ def test_differing_options_come_first_and_survive_clipping():
     text = console(rows, groups, width=100)
     assert max(len(ln) for ln in text.splitlines()) <= 100 and "~" in text  # the config column was clipped
     assert "evaluate.target=crop_f1" in text and "evaluate.target=iou" in text
+
+
+def test_the_cv_test_gap_is_a_column_when_runs_logged_it():
+    """Issue 18, item 5: compare shows each run's CV-test gap (``cv_test_gap``, signed); runs that logged
+    none (older runs) show ``-``, and with no such run the column is left out."""
+    rows = [_row(0, "knn", "bands", "k=9", {}, 0.8), _row(1, "knn", "context", "k=9", {}, 0.7)]
+    rows[0].metrics.update(cv_score=0.9, cv_test_gap=0.377)
+    groups = group_rows(rows)
+    head, first, second = [ln for ln in console(rows, groups).splitlines() if ln and not ln.startswith("-")]
+    at = slice(head.index("CV-test"), head.index("CV-test") + len("CV-test"))  # right-aligned under its head
+    assert first[at].strip() == "+0.377" and second[at].strip() == "-"
+    assert "| +0.377 |" in markdown(rows)
+    del rows[0].metrics["cv_test_gap"]
+    assert "CV-test" not in console(rows, group_rows(rows)) and "CV-test" not in markdown(rows)
 
 
 def test_fit_outputs_are_not_settings():

@@ -79,7 +79,7 @@ def parallel_search(scenes, tmp_path_factory, store_template):
         mp.setattr(pyogrio, "read_info", spy(pyogrio, "read_info"))
         result = search(
             _overrides(scenes, uri, d / "cache"),
-            SearchOptions(minutes=30, trials=4, jobs=2, **SMALL),
+            SearchOptions(minutes=30, trials=4, jobs=2, posthoc_test=2, **SMALL),
             output_dir=d / "out",
             progress=progress,
             before_final=before_final,
@@ -137,6 +137,38 @@ def test_trials_and_the_chosen_run_are_children_of_one_sweep_parent(parallel_sea
     assert sum(int(r["runs (seeds)"]) for r in rows) == len(children)
 
 
+def test_posthoc_test_scores_the_best_trials_after_the_choice(parallel_search):
+    """--posthoc-test 2: the two best trials by CV refit and tested once each, after the choice (the test
+    scene's files are opened only in the final phase, above); the chosen trial's post-hoc score, computed
+    apart from the ordinary run, equals that run's test score."""
+    result, uri, _, lines, _ = parallel_search
+    client = MlflowClient(uri)
+    assert result.best.number in result.posthoc and len(result.posthoc) == min(2, len(result.trials))
+    tested = [r.score for r in result.trials if r.number in result.posthoc]
+    assert all(r.score <= min(tested) for r in result.trials if r.number not in result.posthoc)  # the best by CV
+    chosen = client.get_run(result.final_run_id)
+    assert result.posthoc[result.best.number] == pytest.approx(chosen.data.metrics["test_crop_f1"], abs=1e-9)
+    by_number = {r.number: r for r in result.trials}
+    for number, score in result.posthoc.items():
+        m = client.get_run(by_number[number].run_id).data.metrics
+        assert m["posthoc_test_crop_f1"] == pytest.approx(score)
+        assert m["posthoc_cv_test_gap"] == pytest.approx(by_number[number].score - score)
+    untested = [r for r in result.trials if r.number not in result.posthoc]
+    for r in untested:
+        assert "posthoc_test_crop_f1" not in client.get_run(r.run_id).data.metrics
+    parent = client.get_run(result.parent_run_id).data
+    best_test = max(result.posthoc.values())
+    assert parent.metrics["posthoc_best_test_crop_f1"] == pytest.approx(best_test)
+    assert parent.metrics["posthoc_chosen_minus_best"] == pytest.approx(result.posthoc[result.best.number] - best_test)
+    assert parent.metrics["posthoc_chosen_minus_best"] <= 0
+    # said after the choice and the chosen run's test, never before
+    chosen_at = next(i for i, ln in enumerate(lines) if ln.startswith("chosen: trial"))
+    posthoc_at = [i for i, ln in enumerate(lines) if ln.startswith("post-hoc")]
+    assert len(posthoc_at) == len(result.posthoc) + 2 and min(posthoc_at) > chosen_at
+    table = client.download_artifacts(result.parent_run_id, "posthoc_test.json")
+    assert "test_crop_f1" in Path(table).read_text()
+
+
 def test_budget_on_a_controllable_clock(scenes, tmp_path, store_template):
     """Each trial 'takes' 25 s of a fake clock: a one-minute budget starts trials at 0, 25 and 50 s and no
     more; the chosen one is still refit and tested."""
@@ -192,6 +224,7 @@ def test_a_spent_budget_stops_a_trial_between_folds(scenes, tmp_path):
         (["--kernels", "4"], "--kernels: odd positive integers"),
         (["--classifiers", "nosuch"], "nosuch"),
         (["--classifiers", "knn,unet"], "--classifiers: unet is a patch model"),
+        (["--posthoc-test", "-1"], "--posthoc-test: 0 or more trials"),
     ],
 )
 def test_bad_options_are_one_line(args, msg, capsys, tmp_path, monkeypatch):
