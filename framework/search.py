@@ -1,7 +1,8 @@
 """``cropseg search``: a budgeted Optuna search over whole pipelines, scored on the training scene only.
 
 Each trial is one configuration: a pixel classifier and one value of each of its own grid's
-hyperparameters (``k_grid``, ``grid.*``; widen a grid with the usual overrides), its ``class_weight``
+hyperparameters (``k_grid``, ``grid.*``, each numeric grid widened by three values on both sides within the
+classifier's limits, :func:`search_values`; widen it further with the usual overrides), its ``class_weight``
 where it has one, the features (``bands``, ``indices``, ``context`` with a choice of radii),
 ``train.balance`` and the median blur kernel. A trial is scored by **spatial cross-validation of the whole
 pipeline on the training scene**: the training pixels are drawn as a run draws them, the
@@ -38,7 +39,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -152,13 +153,36 @@ def check_overrides(overrides: Sequence[str]) -> None:
             )
 
 
+def search_values(values: Sequence[Any], limits: tuple[float | None, float | None] | None = None) -> list[Any]:
+    """The values a trial may take for one hyperparameter: its numeric grid widened on both sides by one
+    round of the grid extension a run's tuning does (:func:`cropseg.tuning.extend_values`: three values,
+    within the classifier's limits; ``null`` stays the top end), so the search is not held at the edge of
+    a grid written for one run's CV (the default random forest grid ``[8, 16]`` is searched over 1..128).
+    Other grids (strings, a single value) are searched as given."""
+    from .tuning import extend_values
+
+    def number(v: Any) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool)
+
+    lim = limits or (None, None)
+    wider = [*extend_values(values, "low", limits=lim), *values, *extend_values(values, "high", limits=lim)]
+    numbers = sorted({v for v in wider if number(v)})
+    return [*numbers, *dict.fromkeys(v for v in values if not number(v))]
+
+
 class _Space:
     """The search space: what Optuna suggests per trial, as Hydra overrides."""
 
-    def __init__(self, base: Sequence[str], opts: SearchOptions):
+    def __init__(
+        self,
+        base: Sequence[str],
+        opts: SearchOptions,
+        limits: Mapping[str, Mapping[str, tuple[float | None, float | None]]] | None = None,
+    ):
         from .config import compose
 
         self.opts = opts
+        self.limits = limits or {}
         self.nodes = {}
         for clf in opts.classifiers:
             cfg = compose([*base, f"classifier={clf}"])
@@ -173,12 +197,16 @@ class _Space:
         node = self.nodes[clf]
         ov, hp = [f"classifier={clf}"], []
         if "k_grid" in node:
-            k = trial.suggest_categorical(f"{clf}.k", list(node.k_grid))
+            k = trial.suggest_categorical(
+                f"{clf}.k", search_values(list(node.k_grid), self.limits.get(clf, {}).get("k"))
+            )
             ov.append(f"classifier.k_grid=[{k}]")
             hp.append(f"k={k}")
         grid: dict[str, list[Any]] = OmegaConf.to_container(node.grid, resolve=True) if node.get("grid") else {}  # type: ignore[assignment]
         for name, values in grid.items():
-            v = trial.suggest_categorical(f"{clf}.{name}", list(values))
+            v = trial.suggest_categorical(
+                f"{clf}.{name}", search_values(list(values), self.limits.get(clf, {}).get(name))
+            )
             ov.append(f"classifier.grid.{name}=[{_value(v)}]")
             hp.append(f"{name}={v}")
         if "class_weight" in node:
@@ -338,12 +366,15 @@ def search(
     say = progress or (lambda line: print(line, file=sys.stderr, flush=True))
     t0 = clock()
     deadline = t0 + opts.minutes * 60
-    space = _Space(overrides, opts)
     base = compose([*overrides, f"classifier={opts.classifiers[0]}"])
     target = target_from_config(base)
+    limits: dict[str, dict[str, tuple[float | None, float | None]]] = {}
     for clf in opts.classifiers:  # every choice builds, before any pixel is read
-        if isinstance(build_stages(compose([*overrides, f"classifier={clf}"])).classifier, PatchModel):
+        built = build_stages(compose([*overrides, f"classifier={clf}"])).classifier
+        if isinstance(built, PatchModel):
             raise ConfigError(f"--classifiers: {clf} is a patch model; cropseg search tries pixel classifiers")
+        limits[clf] = built.grid_limits() if hasattr(built, "grid_limits") else {}
+    space = _Space(overrides, opts, limits)
     st = build_stages(base)
     stamp = datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
     out = Path(output_dir or Path("outputs") / "search" / stamp).resolve()

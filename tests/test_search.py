@@ -16,7 +16,7 @@ import pytest
 from mlflow import MlflowClient
 
 from cropseg.cli import main
-from cropseg.search import SearchOptions, search
+from cropseg.search import SearchOptions, search, search_values
 from cropseg.testing import local_overrides, write_tiny_scene
 
 FAST = ["tracking.log_model=false", "postprocessor=[median_blur]", "parallel.backend=serial"]
@@ -259,3 +259,12 @@ def test_a_signal_ends_the_search_killed(sig, scenes, tmp_path, store_template):
     assert parent.info.status == "KILLED" and "signal" in parent.data.tags["cropseg.error"]
     assert all(r.info.status != "RUNNING" for r in runs)
     assert not (out / "search_labels").exists() and not (out / "trials").exists() and (out / "FAILED.txt").is_file()
+
+
+def test_numeric_grids_are_searched_beyond_their_edges():
+    """A run's grid is written for one CV; the search widens it (one round of grid extension each side)."""
+    assert search_values([8, 16]) == [1, 2, 4, 8, 16, 32, 64, 128]
+    assert search_values([3, 5, 7], (1, None)) == [1, 3, 5, 7, 9, 11, 13]
+    assert search_values([0.1, 0.5], (None, 1.0))[-1] == 1.0  # a fraction stays a fraction
+    assert search_values([8, 16, None]) == [1, 2, 4, 8, 16, None]  # null is the top end
+    assert search_values(["sqrt", "log2"]) == ["sqrt", "log2"]
