@@ -305,6 +305,26 @@ def test_percentiles_equal_numpy_over_valid_dates():
         assert g[0, 0] == 0
 
 
+def test_temporal_features_in_strips_equal_the_whole_block(monkeypatch):
+    """Blocks are computed in strips of rows (bounded temporaries as dates grow): the same features, bit for
+    bit, whatever the strip size, with per-date masks or with gaps read from zero rows (a served model)."""
+    import cropseg_plugins.temporal as temporal
+
+    rng = np.random.default_rng(4)
+    names = [f"{b}@{d}" for d in DATES for b in ("blue", "green", "red", "nir")]
+    refl = rng.uniform(0.01, 0.5, (12, 37, 23)).astype(np.float32)
+    valid = rng.random((3, 37, 23)) > 0.3
+    feats = TemporalFeatures(fill="linear", stats=["min", "mean", "std", "doymax"], percentiles=[50])
+    whole = feats.compute(refl, names, valid)
+    rows = np.where(np.repeat(valid, 4, axis=0), refl, 0.0).astype(np.float32)[:, :, :1]  # (bands, n, 1)
+    whole_rows = feats.compute(rows, names)
+    monkeypatch.setattr(temporal, "STRIP_PIXEL_DATES", 3 * 23 * 5)  # strips of 5 rows (the last one 2)
+    np.testing.assert_array_equal(feats.compute(refl, names, valid), whole)
+    monkeypatch.setattr(temporal, "STRIP_PIXEL_DATES", 1)  # one row at a time
+    np.testing.assert_array_equal(feats.compute(refl, names, valid), whole)
+    np.testing.assert_array_equal(feats.compute(rows, names), whole_rows)
+
+
 def test_temporal_names_and_refusals():
     names = [f"{b}@{d}" for d in DATES for b in ("blue", "green", "red", "nir")]
     f = TemporalFeatures(bands=["nir"], indices=["ndvi"], stats=["max", "doymax"], percentiles=[50])
