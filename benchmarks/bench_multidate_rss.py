@@ -42,7 +42,13 @@ DEFAULT_CASES = ("2x1000", "12x1000", "6x1000", "6x4000")
 TARGETS = (("12x1000", "2x1000", 1.5), ("6x4000", "6x1000", 1.25))
 #: the fit is fixed, not tuned (the tuning CV's memory depends on train.max_pixels, not on the scene, and
 #: its time would dominate): the default hyperparameters, no CV, threshold 0.5
-FIXED_FIT = ("classifier.grid.max_leaf_nodes=[31]", "train.balance=false", "classifier.cv=none", "classifier.threshold=0.5", "classifier.grid_extend_rounds=0")
+FIXED_FIT = (
+    "classifier.grid.max_leaf_nodes=[31]",
+    "train.balance=false",
+    "classifier.cv=none",
+    "classifier.threshold=0.5",
+    "classifier.grid_extend_rounds=0",
+)
 MIB = 2**20
 
 
