@@ -122,7 +122,7 @@ def run_case(spec: str, args: argparse.Namespace, workdir: Path) -> dict[str, fl
             str(size),
             str(dates),
             str(args.seed),
-            str(workdir / "cache"),
+            str(workdir / "cache" / "sample"),  # where `cropseg` looks: <cache_dir>/<source name>
         ],
         env,
         here,

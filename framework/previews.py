@@ -70,37 +70,68 @@ def rgb_composite(scene: Scene, max_side: int) -> np.ndarray:
     return _stretch(dn * gains, valid)
 
 
+#: source rows of a date read at once for its preview: the files are opened and closed per strip, so GDAL's
+#: block cache (which keeps every block a dataset decoded until it closes) holds one strip, not the scene
+PREVIEW_STRIP_ROWS = 512
+
+
 def date_composites(scene: Scene, max_side: int) -> Iterator[tuple[str, np.ndarray]]:
     """``(date, true-colour composite)`` for every date of a time stack, one date at a time, each on the
     scene's grid (dates on another grid warped onto it) and decimated to at most ``max_side`` pixels per
-    side; the stretch of each date leaves out what its usable-data mask (udm2) does not call clear. A
-    single image gives one item, its acquisition date (or ``""``) and :func:`rgb_composite`."""
-    from rasterio.enums import Resampling
-    from rasterio.windows import Window
+    side, read in strips of :data:`PREVIEW_STRIP_ROWS` source rows (memory stays bounded as scenes grow);
+    the stretch of each date leaves out what its usable-data mask (udm2) does not call clear. A single
+    image gives one item, its acquisition date (or ``""``) and :func:`rgb_composite`."""
+    import dataclasses
 
     if not scene.acquisitions:
         yield str(scene.metadata.get("acquired") or "")[:10], rgb_composite(scene, max_side)
         return
     grid = scene.grid
     f = max(1.0, max(grid.height, grid.width) / max_side)
-    shape = (max(1, round(grid.height / f)), max(1, round(grid.width / f)))
+    oh, ow = max(1, round(grid.height / f)), max(1, round(grid.width / f))
+    fh = grid.height / oh
+    step = max(1, int(PREVIEW_STRIP_ROWS // fh))
+    first = scene.acquisitions[0]
+    for t, a in enumerate(scene.acquisitions):
+        # the first date (whose grid is the scene's) and this one: only this one is read
+        one = dataclasses.replace(scene, acquisitions=(a,) if t == 0 else (first, a))
+        dn = np.zeros((3, oh, ow), dtype=np.float32)
+        valid = np.zeros((oh, ow), dtype=bool)
+        clear: np.ndarray | None = None
+        for o0 in range(0, oh, step):
+            o1 = min(oh, o0 + step)
+            d, v, c = _strip(one, grid.width, o0 * fh, (o1 - o0) * fh, (o1 - o0, ow))
+            dn[:, o0:o1], valid[o0:o1] = d, v
+            if c is not None:
+                clear = np.ones((oh, ow), dtype=bool) if clear is None else clear
+                clear[o0:o1] = c
+        gains = np.asarray([a.gains[2], a.gains[1], a.gains[0]], dtype=np.float32)[:, None, None]
+        offs = np.asarray(a.offsets or (0.0,) * len(a.bands), dtype=np.float32)
+        offsets = np.asarray([offs[2], offs[1], offs[0]], dtype=np.float32)[:, None, None]
+        yield a.date, _stretch(dn * gains + offsets, valid, clear)
+
+
+def _strip(
+    scene: Scene, width: int, row0: float, rows: float, shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Red, green, blue DN, valid (not nodata) and clear (usable raster) of the LAST date of ``scene``, for
+    source rows ``row0 .. row0 + rows`` (fractional) decimated to ``shape``; the files closed afterwards."""
+    from rasterio.enums import Resampling
+    from rasterio.windows import Window
+
     with scene.reader() as reader:
-        fwin = reader._file_window(Window(0, 0, grid.width, grid.height))
-        for a, src, usable, *_ in reader._dates:  # type: ignore[attr-defined]
-            idx = [a.bands[2], a.bands[1], a.bands[0]]
-            dn = src.read(idx, window=fwin, out_shape=(3, *shape), resampling=Resampling.nearest).astype(np.float32)
-            if a.nodata is not None:
-                valid = ~np.all(dn == a.nodata, axis=0)
-            else:
-                masks = src.read_masks(idx, window=fwin, out_shape=(3, *shape))
-                valid = np.all(masks > 0, axis=0)
-            clear = None
-            if usable is not None:
-                clear = usable.read(a.usable_band, window=fwin, out_shape=shape, resampling=Resampling.nearest) > 0
-            gains = np.asarray([a.gains[2], a.gains[1], a.gains[0]], dtype=np.float32)[:, None, None]
-            offs = np.asarray(a.offsets or (0.0,) * len(a.bands), dtype=np.float32)
-            offsets = np.asarray([offs[2], offs[1], offs[0]], dtype=np.float32)[:, None, None]
-            yield a.date, _stretch(dn * gains + offsets, valid, clear)
+        fwin = reader._file_window(Window(0, row0, width, rows))
+        a, src, usable, *_ = reader._dates[-1]  # type: ignore[attr-defined]
+        idx = [a.bands[2], a.bands[1], a.bands[0]]
+        dn = src.read(idx, window=fwin, out_shape=(3, *shape), resampling=Resampling.nearest).astype(np.float32)
+        if a.nodata is not None:
+            valid = ~np.all(dn == a.nodata, axis=0)
+        else:
+            valid = np.all(src.read_masks(idx, window=fwin, out_shape=(3, *shape)) > 0, axis=0)
+        clear = None
+        if usable is not None:
+            clear = usable.read(a.usable_band, window=fwin, out_shape=shape, resampling=Resampling.nearest) > 0
+    return dn, valid, clear
 
 
 def _classes(path: Path, max_side: int) -> np.ndarray:
