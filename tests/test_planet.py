@@ -804,3 +804,21 @@ def test_cli_window_with_no_scene_is_one_error_line(tmp_path, season_double, sea
     assert len(err) == 1 and "window 1 2017-07-15/2017-07-31: no scene matches" in err[0], proc.stderr[-2000:]
     assert season_double.counts["orders_created"] == 0
     assert FAKE_KEY not in proc.stdout + proc.stderr
+
+
+def test_fetch_search_and_download_by_window(season_double, season, season_aois, tmp_path, capsys, monkeypatch):
+    from cropseg_plugins.planet.fetch import main
+
+    monkeypatch.setenv("CROPSEG_CACHE_DIR", str(tmp_path / "cache"))
+    args = [o for o in season_overrides(season_double, season, season_aois) if o.startswith("source.")]
+    assert main(["search", *args]) == 0
+    out = capsys.readouterr().out
+    assert out.count("train window ") == 3 and out.count("test window ") == 3
+    june = next(block for block in out.split("\n\n") if block.startswith(f"train window 1 {SEASON_WINDOWS[1]}"))
+    assert f"* {season['train_t1'].id}" in june and f"  {season['hazy'].id}" in june  # hazy listed, not chosen
+    assert season_double.counts["orders_created"] == 0
+    assert main(["download", *args]) == 0
+    assert f"train: scenes {', '.join(season[f'train_t{t}'].id for t in range(3))}, order " in capsys.readouterr().out
+    ss = season_source(season_double, season, season_aois).load(tmp_path / "cache" / "planet")  # what cropseg reuses
+    assert ss.train.metadata["from_cache"] and ss.test.n_dates == 3
+    assert season_double.counts["orders_created"] == 2
