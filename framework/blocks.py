@@ -19,6 +19,9 @@ from .featurize import window_features
 from .raster import read_with_halo
 from .types import IGNORE, Classifier, Features, MaskFilter, Scene
 
+#: pixels a pixel classifier predicts at once within a block (a quarter of a 512 x 512 block)
+PREDICT_CHUNK = 1 << 16
+
 
 @dataclass(frozen=True)
 class PredictContext:
@@ -38,8 +41,14 @@ def predict_block(ctx: PredictContext, window: Window) -> tuple[np.ndarray, int,
     if not valid.any():
         return mask, 0, 0.0
     X = np.ascontiguousarray(feats[:, valid].T)
+    del feats
     t = time.perf_counter()
-    mask[valid] = ctx.classifier.predict(X)
+    # in chunks of pixels: a classifier's own copies (scikit-learn's float64 input, probabilities) stay
+    # bounded as the features per pixel grow (dates x bands of a time stack); each pixel is its own row
+    out = np.empty(X.shape[0], dtype=np.uint8)
+    for i in range(0, X.shape[0], PREDICT_CHUNK):
+        out[i : i + PREDICT_CHUNK] = ctx.classifier.predict(X[i : i + PREDICT_CHUNK])
+    mask[valid] = out
     return mask, int(X.shape[0]), time.perf_counter() - t
 
 

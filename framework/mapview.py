@@ -1,5 +1,6 @@
-"""An interactive, self-contained HTML map of a run (folium / Leaflet): the scene as an RGB overlay, ground
-truth and predicted segments (with ``area_ha``) as toggleable layers.
+"""An interactive, self-contained HTML map of a run (folium / Leaflet): the scene as an RGB overlay (a time
+stack: one overlay per date, named by the date), ground truth and predicted segments (with ``area_ha``) as
+toggleable layers.
 
 Leaflet 1.9.4 (BSD-2-Clause, ``framework/static/leaflet-1.9.4``) is inlined, so the map opens from the
 MLflow UI's artifact view or a file with no network; only the optional OpenStreetMap base layer needs one.
@@ -23,14 +24,11 @@ def _static(name: str) -> str:
     return resources.files("cropseg").joinpath("static", LEAFLET, name).read_text(encoding="utf-8")
 
 
-def _rgb_4326(scene: Scene, max_side: int) -> tuple[np.ndarray, list[list[float]]]:
-    """The true-colour composite warped to EPSG:4326 as RGBA (transparent outside the data)."""
+def _rgb_4326(scene: Scene, rgb: np.ndarray) -> tuple[np.ndarray, list[list[float]]]:
+    """A true-colour composite of the scene warped to EPSG:4326 as RGBA (transparent outside the data)."""
     from rasterio.transform import from_bounds, xy
     from rasterio.warp import Resampling, calculate_default_transform, reproject
 
-    from .previews import rgb_composite
-
-    rgb = rgb_composite(scene, max_side)
     grid = scene.grid
     h, w = rgb.shape[:2]
     west, south, east, north = grid.bounds
@@ -98,15 +96,21 @@ def write_map(
     import folium
     import geopandas as gpd
 
-    img, bounds = _rgb_4326(scene, max_side)
+    from .previews import date_composites
+
     m = folium.Map(tiles=None, control_scale=True)
     m.default_js = [("leaflet", _JS_MARK)]
     m.default_css = [("leaflet_css", _CSS_MARK)]
     folium.TileLayer("OpenStreetMap", name="OpenStreetMap (online)", show=False, overlay=False).add_to(m)
     synthetic = " [SYNTHETIC]" if scene.metadata.get("synthetic") else ""
-    folium.raster_layers.ImageOverlay(
-        img, bounds=bounds, name=f"scene RGB{synthetic}", mercator_project=True, pixelated=True
-    ).add_to(m)
+    bounds: list[list[float]] = []
+    # one layer per date of a time stack, named by its date (the first shown; tick another to compare)
+    for t, (day, rgb) in enumerate(date_composites(scene, max_side)):
+        img, bounds = _rgb_4326(scene, rgb)
+        name = f"scene RGB {day}{synthetic}" if scene.acquisitions else f"scene RGB{synthetic}"
+        folium.raster_layers.ImageOverlay(
+            img, bounds=bounds, name=name, mercator_project=True, pixelated=True, show=t == 0
+        ).add_to(m)
     truth = _truth_layer(scene, labels, max_side)
     tooltip_fields = [c for c in ("CLASS1", "LABEL") if c in truth.columns]
     folium.GeoJson(

@@ -36,6 +36,8 @@ from cropseg.spectral import check_index_bands, check_indices, compute_indices
 
 STATS = ("min", "max", "mean", "std", "amplitude", "doymax", "doymin", "valid_fraction")
 FILLS = ("linear", "nearest", "none")
+#: pixel-dates a strip of a block holds while its features are computed (2 dates of a 512 x 512 block)
+STRIP_PIXEL_DATES = 1 << 19
 
 
 def split_stack_names(band_names: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -128,6 +130,28 @@ class TemporalFeatures:
         return out + self._stat_names()
 
     def compute(
+        self, reflectance: np.ndarray, band_names: Sequence[str], date_valid: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The features of ``reflectance`` ``(dates x bands, rows, ...)``, computed in strips of rows of at
+        most :data:`STRIP_PIXEL_DATES` pixel-dates: every feature is a pixel's own, so the result is the same,
+        and the temporaries of gap filling and statistics (tens of bytes per pixel, date and feature) stay
+        bounded however many dates a block holds."""
+        t = len(split_stack_names(band_names)[0])
+        shape = reflectance.shape[1:]
+        rows = max(1, STRIP_PIXEL_DATES // max(1, t * int(np.prod(shape[1:], dtype=np.int64))))
+        if not shape or shape[0] <= rows:
+            return self._compute(reflectance, band_names, date_valid)
+        out: np.ndarray | None = None
+        for r0 in range(0, shape[0], rows):
+            dv = None if date_valid is None else date_valid[:, r0 : r0 + rows]
+            part = self._compute(reflectance[:, r0 : r0 + rows], band_names, dv)
+            if out is None:
+                out = np.empty((part.shape[0], *shape), np.float32)
+            out[:, r0 : r0 + rows] = part
+        assert out is not None
+        return out
+
+    def _compute(
         self, reflectance: np.ndarray, band_names: Sequence[str], date_valid: np.ndarray | None = None
     ) -> np.ndarray:
         dates, base = split_stack_names(band_names)

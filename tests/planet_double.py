@@ -34,6 +34,7 @@ from urllib.parse import parse_qs, urlparse
 import numpy as np
 import rasterio
 import shapely
+import shapely.affinity
 from shapely import wkt as shapely_wkt
 
 from cropseg.planet_metadata import parse_metadata
@@ -61,6 +62,8 @@ class DoubleScene:
     footprint: dict
     left: float
     top: float
+    #: the catalog's clear-sky percentage (udm2-derived ``clear_percent``); None: not in the item
+    clear_percent: float | None = None
 
     def item(self, base: str) -> dict:
         return {
@@ -75,6 +78,7 @@ class DoubleScene:
                 "instrument": "PS2",
                 "published": self.acquired.isoformat(),
                 "synthetic": True,
+                **({} if self.clear_percent is None else {"clear_percent": self.clear_percent}),
             },
             "assets": list(self.assets),
             "_permissions": [f"assets.{a}:download" for a in self.assets],
@@ -156,6 +160,67 @@ def default_scenes(directory: Path) -> dict[str, DoubleScene]:
         for k, (sid, seed, left, top, acq, cc) in specs.items()
     }
     del out["train_late"].assets["ortho_analytic_4b_sr"]  # like archive scenes without a surface-reflectance asset
+    return out
+
+
+#: the time windows of :func:`season_scenes` (the multi-date sample's three dates of 2017 fall in them)
+SEASON_WINDOWS = ("2017-03-01/2017-03-31", "2017-06-01/2017-06-30", "2017-09-01/2017-09-30")
+
+
+def season_scenes(directory: Path, size: int = 192) -> dict[str, DoubleScene]:
+    """Time stacks of the SYNTHETIC multi-date sample as catalog items: ``train_t<i>`` and ``test_t<i>``
+    (the same place on three dates in :data:`SEASON_WINDOWS`, from
+    :func:`cropseg_plugins.sample.multidate.generate_stack`), plus two decoys in the June window over the
+    train place: ``hazy`` (less cloud_cover than the real June scene but only 40 % clear by its udm2's
+    ``clear_percent``) and ``sliver`` (clear, but its footprint covers a sliver of the AOI)."""
+    from cropseg_plugins.sample.multidate import generate_stack
+
+    out: dict[str, DoubleScene] = {}
+    places = {"train": (31, 626000.0, 4243000.0), "test": (32, 641000.0, 4241000.0)}
+    for role, (seed, left, top) in places.items():
+        files, gt = generate_stack(
+            directory / role, role=role, seed=seed, n_dates=3, width=size, height=size, left=left, top=top
+        )
+        for t, f in enumerate(files):
+            meta = parse_metadata(f.metadata_xml)
+            assert meta.acquired is not None
+            out[f"{role}_t{t}"] = DoubleScene(
+                f.scene_id,
+                meta.acquired,
+                0.08 if t == 1 else 0.02,
+                {"ortho_analytic_4b": f.analytic, "ortho_analytic_4b_xml": f.metadata_xml, "ortho_udm2": f.udm2},
+                gt,
+                json.loads(json.dumps(shapely.geometry.mapping(shapely_wkt.loads(meta.footprint_wkt)))),
+                left,
+                top,
+                clear_percent=92.0 if t == 1 else 98.0,
+            )
+    june = out["train_t1"]
+    acquired = june.acquired.replace(day=june.acquired.day + 3)
+    out["hazy"] = DoubleScene(
+        f"{acquired:%Y%m%d_%H%M%S}_0a0a",
+        acquired,
+        0.03,
+        dict(june.assets),
+        june.ground_truth,
+        june.footprint,
+        june.left,
+        june.top,
+        clear_percent=40.0,
+    )
+    acquired = june.acquired.replace(day=june.acquired.day + 5)
+    shifted = shapely.affinity.translate(shapely.geometry.shape(june.footprint), xoff=0.00343)  # ~300 m east
+    out["sliver"] = DoubleScene(
+        f"{acquired:%Y%m%d_%H%M%S}_0b0b",
+        acquired,
+        0.0,
+        dict(june.assets),
+        june.ground_truth,
+        json.loads(json.dumps(shapely.geometry.mapping(shifted))),
+        june.left,
+        june.top,
+        clear_percent=100.0,
+    )
     return out
 
 
@@ -250,6 +315,8 @@ class PlanetDouble:
         self.downloads: Counter[str] = Counter()
         self.faults: dict[str, deque[int]] = defaultdict(deque)
         self.order_outcome = "success"
+        #: item ids whose delivery fails: an order holding one of them ends ``partial``, delivering the others
+        self.failed_items: set[str] = set()
         self.truncate: Counter[str] = Counter()  # file name suffix -> cut-off downloads left
         self.corrupt: Counter[str] = Counter()  # file name suffix -> corrupted downloads left
         self.spec: dict | None = SPEC
@@ -316,7 +383,11 @@ class PlanetDouble:
             order.state = "running"
         elif order.state == "running":
             order.state = order.outcome
-            if order.state == "success":
+            failed = set(order.request["products"][0].get("item_ids") or []) & self.failed_items
+            if order.state == "success" and failed:
+                order.state = "partial"
+                self.deliver(order, skip=failed)
+            elif order.state == "success":
                 p = order.request["products"][0]
                 order.bundle = next(
                     (
@@ -331,17 +402,20 @@ class PlanetDouble:
                 else:
                     order.state = "failed"
 
-    def deliver(self, order: Order) -> None:
-        """Write the order's files (clipped to the clip tool's AOI) and its manifest."""
+    def deliver(self, order: Order, skip: set[str] | None = None) -> None:
+        """Write the order's files (clipped to the clip tool's AOI) and its manifest; the items in ``skip``
+        are not delivered (a partial order)."""
         import rasterio.mask
         from rasterio.warp import transform_geom
 
         p = order.request["products"][0]
-        bundle = order.bundle
+        bundle = order.bundle = order.bundle or p["product_bundle"].split(",")[0]
         clip = next((t["clip"]["aoi"] for t in order.request.get("tools") or [] if "clip" in t), None)
         root = self.workdir / order.id
         entries = []
         for sid in p["item_ids"]:
+            if sid in (skip or set()):
+                continue
             scene = self.scenes[sid]
             for asset in BUNDLE_ASSETS[bundle]:
                 src_path = scene.assets[asset]
@@ -404,7 +478,11 @@ class PlanetDouble:
             )
         if order.state == "partial":
             out["last_message"] = "Order partially succeeded: 1 of 3 assets failed (injected fault)"
-        if order.state == "success":
+            failed = set(order.request["products"][0].get("item_ids") or []) & self.failed_items
+            if failed:
+                n = len(order.request["products"][0]["item_ids"])
+                out["last_message"] = f"Order partially succeeded: {len(failed)} of {n} items failed (injected fault)"
+        if order.state == "success" or (order.state == "partial" and order.files):
             out["_links"]["results"] = [
                 {
                     "name": f"{order.id}/{rel}",

@@ -191,6 +191,22 @@ def _read(path: Path) -> np.ndarray:
         return src.read(1)
 
 
+def test_prediction_in_chunks_of_pixels_equals_whole_blocks(tmp_path, tiny_model, monkeypatch):
+    """A block's pixels are classified in chunks (bounded copies inside the classifier): the same mask
+    whatever the chunk size."""
+    import cropseg.blocks
+
+    scene, clf = tiny_model
+    whole = tmp_path / "whole.tif"
+    n_whole, _ = predict_scene(scene, BandFeatures(), clf, whole, BLOCK)
+    monkeypatch.setattr(cropseg.blocks, "PREDICT_CHUNK", 97)  # every 48 px block in ~24 uneven chunks
+    chunked = tmp_path / "chunked.tif"
+    n_chunked, _ = predict_scene(scene, BandFeatures(), clf, chunked, BLOCK)
+    assert n_chunked == n_whole > 97 * 20
+    assert _read(chunked).tobytes() == _read(whole).tobytes()
+    assert {0, 1} <= set(np.unique(_read(whole)).tolist())
+
+
 @pytest.mark.slow
 def test_prediction_and_filters_on_a_dask_cluster_equal_the_serial_path(tmp_path, dask_cluster, tiny_model):
     from distributed import Client, get_task_stream

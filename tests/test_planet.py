@@ -18,7 +18,15 @@ import pytest
 import rasterio
 from fsfaults import run_on
 from mlflow import MlflowClient
-from planet_double import CLOUD, SPEC, PlanetDouble, default_scenes, utm_box_geojson
+from planet_double import (
+    CLOUD,
+    SEASON_WINDOWS,
+    SPEC,
+    PlanetDouble,
+    default_scenes,
+    season_scenes,
+    utm_box_geojson,
+)
 from rasterio.windows import Window
 
 from cropseg.errors import ConfigError, InputFileError, SourceError
@@ -611,3 +619,206 @@ def test_readme_seed_command_composes_and_validates_offline(seed_data, offline_e
     unquoted = [a.replace("'", "") for a in args]  # Hydra would read the test id as a float
     with pytest.raises(ConfigError, match=r"source.test.scene_id: got the number 2.01608\d*e\+40; .*quote the id"):
         build_stages(compose(unquoted))
+
+
+# -- a season: several time windows -> one time stack per part ------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def season(tmp_path_factory):
+    """SYNTHETIC time stacks (train and test, three dates of 2017) plus two June decoys (generated once)."""
+    return season_scenes(tmp_path_factory.mktemp("planet-season"))
+
+
+@pytest.fixture
+def season_double(season, tmp_path, offline_env):
+    with PlanetDouble(season, FAKE_KEY, tmp_path / "double") as d:
+        yield d
+
+
+@pytest.fixture
+def season_aois(season, tmp_path):
+    """AOI files inside the train and test places (420 m squares of the 576 m scenes)."""
+    out = {}
+    for role in ("train", "test"):
+        s = season[f"{role}_t0"]
+        path = tmp_path / f"season-aoi-{role}.geojson"
+        path.write_text(json.dumps(utm_box_geojson(s.left, s.top, 60, 60, 480, 480)))
+        out[role] = path
+    return out
+
+
+def season_source(double, season, aois, windows=SEASON_WINDOWS, **opts) -> PlanetSource:
+    parts = {
+        role: {"aoi": str(aois[role]), "ground_truth": str(season[f"{role}_t0"].ground_truth)}
+        for role in ("train", "test")
+    }
+    return PlanetSource(
+        train=parts["train"], test=parts["test"], api_url=double.url, windows=list(windows), **{**QUICK, **opts}
+    )
+
+
+def ordered_ids(double) -> list[list[str]]:
+    return [o.request["products"][0]["item_ids"] for o in double.orders.values()]
+
+
+def test_windows_give_a_time_stack_from_one_order_per_part_then_the_cache(season_double, season, season_aois, tmp_path):
+    cache = tmp_path / "cache"
+    ss = season_source(season_double, season, season_aois).load(cache)
+    for role in ("train", "test"):
+        want = [season[f"{role}_t{t}"] for t in range(3)]
+        scene = getattr(ss, role)
+        assert scene.n_dates == 3
+        assert list(scene.dates) == [s.acquired.date().isoformat() for s in want]  # from each metadata XML
+        assert scene.metadata["scene_ids"] == ",".join(s.id for s in want)
+        assert scene.metadata["windows"] == ",".join(SEASON_WINDOWS)
+        assert all(
+            a.usable_path is not None and a.usable_path.name.endswith("_udm2_clip.tif") for a in scene.acquisitions
+        )
+        with scene.reader() as reader:  # every date read onto the first date's grid
+            block = reader.read(Window(0, 0, 32, 32))
+        assert block.reflectance.shape[0] == 3 * 4 and block.date_valid.shape[0] == 3
+    # June: the decoys lose (hazy: less cloud_cover but 40 % clear; sliver: covers under half the AOI)
+    assert season["train_t1"].id in ss.train.metadata["scene_ids"]
+    assert season["hazy"].id not in ss.train.metadata["scene_ids"]
+    assert season_double.counts["orders_created"] == 2  # ONE order per part, three scenes each
+    assert sorted(map(len, ordered_ids(season_double))) == [3, 3]
+    assert all(o.request.get("tools") for o in season_double.orders.values())  # clipped to the AOI
+
+    again = season_source(season_double, season, season_aois).load(cache)
+    assert season_double.counts["orders_created"] == 2  # reused, nothing ordered
+    assert again.train.metadata["from_cache"] and list(again.test.dates) == list(ss.test.dates)
+
+
+def test_best_usable_ranks_clear_percent_over_cloud_cover():
+    hazy = Candidate("hazy", "2017-06-22T00:00:00Z", 0.03, 1.0, {"properties": {"clear_percent": 40}})
+    clear = Candidate("clear", "2017-06-19T00:00:00Z", 0.08, 1.0, {"properties": {"clear_percent": 92}})
+    half = Candidate("half", "2017-06-24T00:00:00Z", 0.0, 0.5, {"properties": {}})
+    assert [c.id for c in rank([hazy, clear, half], "best_usable")] == ["clear", "half", "hazy"]
+    assert [c.id for c in rank([hazy, clear, half], "least_cloud")][0] == "half"
+    assert half.clear == 1.0 and clear.usable == pytest.approx(0.92)
+
+
+def test_a_window_with_no_usable_scene_is_named_before_any_order(season_double, season, season_aois, tmp_path):
+    windows = [*SEASON_WINDOWS, "2017-12-01/2017-12-31"]
+    with pytest.raises(SourceError, match=r"over the train AOI in window 3 2017-12-01/2017-12-31: no scene matches"):
+        season_source(season_double, season, season_aois, windows).load(tmp_path / "cache")
+    # a window whose only scenes cover too little of the AOI (the sliver alone, once June's others are out)
+    only_sliver = ["2017-03-01/2017-03-31", "2017-06-24/2017-06-24"]
+    with pytest.raises(SourceError, match=r"window 1 2017-06-24/2017-06-24: 1 scene\(s\) match but none covers 50%"):
+        season_source(season_double, season, season_aois, only_sliver).load(tmp_path / "cache")
+    assert season_double.counts["orders_created"] == 0
+
+
+def test_partial_order_of_a_stack_uses_nothing_and_the_next_run_orders_again(
+    season_double, season, season_aois, tmp_path
+):
+    cache = tmp_path / "cache"
+    lost = season["train_t2"].id
+    season_double.failed_items = {lost}
+    with pytest.raises(
+        SourceError, match=rf"ended 'partial': .*1 of 3 items failed .*\(not delivered: {lost}\)\. Nothing from it"
+    ):
+        season_source(season_double, season, season_aois).load(cache)
+    assert cached_files(cache) == []  # no order record, manifest or file of the partial order kept
+    season_double.failed_items = set()
+    ss = season_source(season_double, season, season_aois).load(cache)
+    assert ss.train.n_dates == 3 and season_double.counts["orders_created"] == 3  # a new train order, the test one
+
+
+def test_window_config_errors(season_aois):
+    a = {"aoi": str(season_aois["train"])}
+    with pytest.raises(ConfigError, match="one window .* makes no time stack"):
+        PlanetSource(train=a, test=a, windows=["2017-03-01/2017-03-31"])
+    with pytest.raises(ConfigError, match=r"2017-03-20/2017-04-30 \(window 1\) starts before"):
+        PlanetSource(train=a, test=a, windows=["2017-03-01/2017-03-31", "2017-03-20/2017-04-30"])
+    with pytest.raises(ConfigError, match=r"source.windows\[1\]: a window START/END"):
+        PlanetSource(train=a, test=a, windows=["2017-03-01/2017-03-31", "2017-06"])
+    with pytest.raises(ConfigError, match="leave start and end unset"):
+        PlanetSource(train=a, test=a, windows=list(SEASON_WINDOWS), start="2017-01-01")
+    with pytest.raises(ConfigError, match="scene_id and source.windows"):
+        PlanetSource(train={**a, "scene_id": "x"}, test=a, windows=list(SEASON_WINDOWS))
+    with pytest.raises(ConfigError, match=r"source.test.windows\[0\].*starts after it ends"):
+        PlanetSource(train=a, test={**a, "windows": ["2017-05-01/2017-04-01", "2017-06-01/2017-06-02"]})
+
+
+def test_windows_compose_from_the_command_line_syntax(season_aois):
+    from cropseg.config import compose
+
+    cfg = compose(
+        ["source=planet", "source.windows=[2016-05-01/2016-05-31,2016-07-01/2016-07-31,2016-09-01/2016-09-30]"]
+    )
+    assert list(cfg.source.windows) == ["2016-05-01/2016-05-31", "2016-07-01/2016-07-31", "2016-09-01/2016-09-30"]
+    a = {"aoi": str(season_aois["train"])}
+    src = PlanetSource(train=a, test=a, windows=cfg.source.windows)
+    assert [w[2] for w in src.roles["test"]["windows"]] == list(cfg.source.windows)
+
+
+def season_overrides(double, season, aois, windows=SEASON_WINDOWS) -> list[str]:
+    return [
+        "source=planet",
+        f"source.api_url={double.url}",
+        f"source.windows=[{','.join(windows)}]",
+        *(f"source.{r}.aoi={aois[r]}" for r in ("train", "test")),
+        *(f"source.{r}.ground_truth={season[f'{r}_t0'].ground_truth}" for r in ("train", "test")),
+        "source.poll_seconds=0",
+        "source.retry_backoff_max=0.01",
+        "source.rate_limit=0",
+        "features=temporal",
+        "classifier.k_grid=[3,5]",
+        "train.max_per_class=1000",
+    ]
+
+
+@pytest.mark.slow
+def test_cli_season_stack_run_logs_dates_and_keeps_the_key_out(
+    tmp_path, season_double, season, season_aois, cli_env, tracking_uri, offline_env
+):
+    env = {**cli_env, **offline_env}
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = run_cli(season_overrides(season_double, season, season_aois), work, env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("cropseg").experiment_id])
+    assert run.info.status == "FINISHED"
+    dates = [season[f"train_t{t}"].acquired.date().isoformat() for t in range(3)]
+    assert run.data.params["train.dates"] == ",".join(dates)
+    assert run.data.tags["cropseg.train.scene_ids"] == ",".join(season[f"train_t{t}"].id for t in range(3))
+    assert season_double.counts["orders_created"] == 2
+    assert all(w in run.data.params["source.windows"] for w in SEASON_WINDOWS)
+    assert run.data.tags["cropseg.test.windows"] == ",".join(SEASON_WINDOWS)
+    needle = FAKE_KEY.encode()
+    assert not files_containing(tmp_path, needle)
+    assert FAKE_KEY not in proc.stdout + proc.stderr
+
+
+def test_cli_window_with_no_scene_is_one_error_line(tmp_path, season_double, season, season_aois, cli_env, offline_env):
+    env = {**cli_env, **offline_env}
+    work = tmp_path / "work"
+    work.mkdir()
+    windows = [SEASON_WINDOWS[0], "2017-07-15/2017-07-31", SEASON_WINDOWS[2]]
+    proc = run_cli(season_overrides(season_double, season, season_aois, windows), work, env)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    err = [ln for ln in proc.stderr.splitlines() if ln.startswith("cropseg: error:")]
+    assert len(err) == 1 and "window 1 2017-07-15/2017-07-31: no scene matches" in err[0], proc.stderr[-2000:]
+    assert season_double.counts["orders_created"] == 0
+    assert FAKE_KEY not in proc.stdout + proc.stderr
+
+
+def test_fetch_search_and_download_by_window(season_double, season, season_aois, tmp_path, capsys, monkeypatch):
+    from cropseg_plugins.planet.fetch import main
+
+    monkeypatch.setenv("CROPSEG_CACHE_DIR", str(tmp_path / "cache"))
+    args = [o for o in season_overrides(season_double, season, season_aois) if o.startswith("source.")]
+    assert main(["search", *args]) == 0
+    out = capsys.readouterr().out
+    assert out.count("train window ") == 3 and out.count("test window ") == 3
+    june = next(block for block in out.split("\n\n") if block.startswith(f"train window 1 {SEASON_WINDOWS[1]}"))
+    assert f"* {season['train_t1'].id}" in june and f"  {season['hazy'].id}" in june  # hazy listed, not chosen
+    assert season_double.counts["orders_created"] == 0
+    assert main(["download", *args]) == 0
+    assert f"train: scenes {', '.join(season[f'train_t{t}'].id for t in range(3))}, order " in capsys.readouterr().out
+    ss = season_source(season_double, season, season_aois).load(tmp_path / "cache" / "planet")  # what cropseg reuses
+    assert ss.train.metadata["from_cache"] and ss.test.n_dates == 3
+    assert season_double.counts["orders_created"] == 2

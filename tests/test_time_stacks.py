@@ -105,6 +105,35 @@ def test_usable_mask_of_one_date_keeps_the_other_dates(tmp_path):
     assert (blk.reflectance[4:8][:, :, :20] == 0).all()
 
 
+def test_previews_and_map_show_every_date(tmp_path):
+    """One true-colour preview per date, named by it, each on the first date's grid (the shifted last date
+    warped onto it), and one map layer per date; a single image keeps rgb.png and one layer."""
+    from cropseg.mapview import write_map
+    from cropseg.previews import date_composites, write_previews
+
+    files = _stack_files(tmp_path, shift_last=2)
+    scene = _local(files).load(tmp_path).test
+    comps = list(date_composites(scene, 1024))
+    assert [d for d, _ in comps] == list(DATES)
+    assert {img.shape for _, img in comps} == {(64, 64, 3)}
+    assert (comps[2][1][:, :2] == 255).all() and not (comps[0][1][:, :2] == 255).all()  # outside the last date
+    assert not np.array_equal(comps[0][1], comps[1][1])  # each date's own pixels
+    labels = tmp_path / "labels.tif"
+    with rasterio.open(files[0].image) as src:
+        prof = {**src.profile, "count": 1, "dtype": "uint8", "nodata": None}
+    with rasterio.open(labels, "w", **prof) as dst:
+        dst.write(np.tile(np.arange(64, dtype=np.uint8) % 2, (1, 64, 1)))
+    names = sorted(p.name for p in write_previews(scene, labels, labels, tmp_path / "previews", 32))
+    assert names == sorted([*(f"rgb_{d}.png" for d in DATES), "ground_truth.png", "prediction.png", "disagreement.png"])
+    html = write_map(scene, labels, None, tmp_path / "map.html", 32).read_text()
+    assert all(html.count(f"scene RGB {d}") == 1 for d in DATES)
+    single = LocalSource(
+        train_image=str(files[0].image), test_image=str(files[0].image), ground_truth=str(files[0].ground_truth)
+    ).load(tmp_path)
+    assert [p.name for p in write_previews(single.test, labels, labels, tmp_path / "p1", 32)][0] == "rgb.png"
+    assert "scene RGB 2017" not in write_map(single.test, labels, None, tmp_path / "m1.html", 32).read_text()
+
+
 def test_dates_from_names_explicit_and_stacked_geotiff(tmp_path):
     files = _stack_files(tmp_path)
     # no metadata: dates from the file names (YYYYMMDD at the start)
@@ -276,6 +305,26 @@ def test_percentiles_equal_numpy_over_valid_dates():
         assert g[0, 0] == 0
 
 
+def test_temporal_features_in_strips_equal_the_whole_block(monkeypatch):
+    """Blocks are computed in strips of rows (bounded temporaries as dates grow): the same features, bit for
+    bit, whatever the strip size, with per-date masks or with gaps read from zero rows (a served model)."""
+    import cropseg_plugins.temporal as temporal
+
+    rng = np.random.default_rng(4)
+    names = [f"{b}@{d}" for d in DATES for b in ("blue", "green", "red", "nir")]
+    refl = rng.uniform(0.01, 0.5, (12, 37, 23)).astype(np.float32)
+    valid = rng.random((3, 37, 23)) > 0.3
+    feats = TemporalFeatures(fill="linear", stats=["min", "mean", "std", "doymax"], percentiles=[50])
+    whole = feats.compute(refl, names, valid)
+    rows = np.where(np.repeat(valid, 4, axis=0), refl, 0.0).astype(np.float32)[:, :, :1]  # (bands, n, 1)
+    whole_rows = feats.compute(rows, names)
+    monkeypatch.setattr(temporal, "STRIP_PIXEL_DATES", 3 * 23 * 5)  # strips of 5 rows (the last one 2)
+    np.testing.assert_array_equal(feats.compute(refl, names, valid), whole)
+    monkeypatch.setattr(temporal, "STRIP_PIXEL_DATES", 1)  # one row at a time
+    np.testing.assert_array_equal(feats.compute(refl, names, valid), whole)
+    np.testing.assert_array_equal(feats.compute(rows, names), whole_rows)
+
+
 def test_temporal_names_and_refusals():
     names = [f"{b}@{d}" for d in DATES for b in ("blue", "green", "red", "nir")]
     f = TemporalFeatures(bands=["nir"], indices=["ndvi"], stats=["max", "doymax"], percentiles=[50])
@@ -399,6 +448,12 @@ def test_stack_run_tracks_every_date_and_predict_takes_a_stack(tmp_path, monkeyp
     assert "ndvi_amplitude" in run.data.params["features.names"]
     scenes = [d for d in run.inputs.dataset_inputs if {t.key: t.value for t in d.tags}.get("cropseg.kind") == "scene"]
     assert len(scenes) == 4 and sum("2017-06-15" in d.dataset.name for d in scenes) == 2
+    # a preview and a map layer per date of the test stack, logged with the run
+    previews = {f.path for f in client.list_artifacts(result.run_id, "previews")}
+    assert {"previews/rgb_2017-04-01.png", "previews/rgb_2017-06-15.png"} <= previews
+    assert "previews/rgb.png" not in previews
+    html = result.outputs["map"].read_text()
+    assert "scene RGB 2017-04-01" in html and "scene RGB 2017-06-15" in html
 
     model = f"runs:/{result.run_id}/model"
     common = ["--tracking-uri", tracking_uri]

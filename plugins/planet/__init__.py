@@ -32,13 +32,14 @@ from .search import (
     choose,
     describe_filter,
     parse_time,
+    parse_windows,
     rank,
     table,
 )
 
 log = logging.getLogger("cropseg.planet")
 ROLES = ("train", "test")
-ROLE_KEYS = ("aoi", "scene_id", "ground_truth", "start", "end", "max_cloud_cover")
+ROLE_KEYS = ("aoi", "scene_id", "ground_truth", "start", "end", "max_cloud_cover", "windows")
 WGS84 = "EPSG:4326"
 
 
@@ -59,6 +60,7 @@ class PlanetSource:
         fallback_bundles: Sequence[str] = (),
         start: Any = None,
         end: Any = None,
+        windows: Sequence[str] | None = None,
         max_cloud_cover: float | None = 0.1,
         filters: Sequence[Mapping[str, Any]] = (),
         permission_filter: bool = True,
@@ -94,9 +96,30 @@ class PlanetSource:
                     f"source.{role}: unknown option(s) {', '.join(unknown)} (valid: {', '.join(ROLE_KEYS)})"
                 )
             part = {k: (None if _unset(node.get(k)) else node.get(k)) for k in ROLE_KEYS}
-            for k, default in (("start", start), ("end", end), ("max_cloud_cover", max_cloud_cover)):
+            for k, default in (
+                ("start", start),
+                ("end", end),
+                ("max_cloud_cover", max_cloud_cover),
+                ("windows", windows),
+            ):
                 if part[k] is None:
                     part[k] = default
+            wins = part["windows"]
+            if wins is not None and not isinstance(wins, str) and len(wins) == 0:
+                part["windows"] = wins = None
+            if wins is not None:
+                opt = "windows" if _unset(node.get("windows")) else f"{role}.windows"
+                part["windows"] = parse_windows(wins if isinstance(wins, str) else list(wins), opt)
+                if part["start"] is not None or part["end"] is not None:
+                    raise ConfigError(
+                        f"source.{opt} and source.start/end: the windows set the dates of a time stack; "
+                        "leave start and end unset"
+                    )
+                if part["scene_id"] is not None:
+                    raise ConfigError(
+                        f"source.{role}.scene_id and source.{opt}: a window picks its scene by search; "
+                        "give one or the other"
+                    )
             part["start"] = parse_time(part["start"], f"{role}.start")
             part["end"] = parse_time(part["end"], f"{role}.end", end=True)
             if part["start"] and part["end"] and part["start"] > part["end"]:
@@ -172,13 +195,16 @@ class PlanetSource:
             self._aois[role] = aoi_geometry(self.roles[role]["aoi"], WGS84, option=f"{role}.aoi")
         return self._aois[role]
 
-    def search(self, api: Any, role: str) -> tuple[list[Candidate], str]:
-        """Every scene matching the role's filters, best first by the selection rule, and the filters as text."""
+    def search(self, api: Any, role: str, window: tuple[Any, Any] | None = None) -> tuple[list[Candidate], str]:
+        """Every scene matching the role's filters (within ``window`` = (start, end) when given), best first
+        by the selection rule (``best_usable`` within a window), and the filters as text."""
         from shapely.geometry import mapping
 
         from .client import bundle_assets, primary_asset
 
-        part, aoi = self.roles[role], self.aoi(role)
+        part, aoi = dict(self.roles[role]), self.aoi(role)
+        if window is not None:
+            part["start"], part["end"] = window
         asset = primary_asset(bundle_assets(self.item_type, self.bundle)) if self.require_asset else None
         assets = [asset] if asset else []
         flt = build_filter(
@@ -196,7 +222,48 @@ class PlanetSource:
         )
         items = api.search(self.item_type, flt, limit=self.search_limit)
         cover = AoiCover(aoi)
-        return rank([candidate(cover, it) for it in items], self.rule), text
+        return rank([candidate(cover, it) for it in items], "best_usable" if window else self.rule), text
+
+    def window_choices(self, api: Any, role: str) -> list[tuple[str, list[Candidate], str, Candidate | None]]:
+        """Per time window of the role: its text, the matching scenes (best usable first), the filters as
+        text and the chosen scene (``None`` when none covers ``min_aoi_coverage`` of the AOI)."""
+        out = []
+        for w0, w1, label in self.roles[role]["windows"]:
+            cands, text = self.search(api, role, (w0, w1))
+            ok = [c for c in cands if c.coverage >= self.min_coverage]
+            out.append((label, cands, text, ok[0] if ok else None))
+        return out
+
+    def pick_windows(self, api: Any, role: str) -> list[Candidate]:
+        """One scene per time window of the role: the one with the most usable AOI (AOI coverage x clear
+        fraction); a window with no usable scene is refused, naming it, before anything is ordered."""
+        chosen, missing = [], []
+        for i, (label, cands, text, best) in enumerate(self.window_choices(api, role)):
+            if best is None:
+                if cands:
+                    top = max(cands, key=lambda c: c.coverage)
+                    why = (
+                        f"{len(cands)} scene(s) match but none covers {self.min_coverage:.0%} of the AOI "
+                        f"(best: {top.id}, {top.coverage:.0%})"
+                    )
+                else:
+                    why = f"no scene matches ({text})"
+                missing.append(f"window {i} {label}: {why}")
+                continue
+            log.info(
+                "%s window %s: %d scenes match (* = most usable):\n%s",
+                role,
+                label,
+                len(cands),
+                table(cands, best.id, self.max_candidates),
+            )
+            chosen.append(best)
+        if missing:
+            raise SourceError(
+                f"source.windows: no usable Planet scene over the {role} AOI in {'; '.join(missing)}; widen "
+                "or drop the window, or relax source.max_cloud_cover / source.min_aoi_coverage"
+            )
+        return chosen
 
     def pick(self, api: Any, role: str) -> Candidate:
         """The role's scene: the explicit ``scene_id`` (checked against the AOI) or the best search match."""
@@ -247,6 +314,33 @@ class PlanetSource:
             api, cache, request, what=f"{role} scene {cand.id} ({self.bundle})", download_retries=self.download_retries
         )
 
+    def fetch_stack(self, api: Any, role: str, cands: Sequence[Candidate], workdir: Path) -> Any:
+        """The scenes of a role's time windows in ONE order (clipped to the AOI, with the bundle's udm2),
+        cached under one folder keyed by the scene ids."""
+        import hashlib
+
+        from planet import order_request
+        from shapely.geometry import mapping
+
+        from .cache import SceneCache
+        from .order import fetch
+
+        ids = [c.id for c in cands]
+        clip = mapping(self.aoi(role)) if self.clip else None
+        try:
+            product = order_request.product(
+                ids, self.bundle, self.item_type, fallback_bundle=self.fallback_bundles or None
+            )
+            tools = [order_request.clip_tool(clip)] if clip else None
+        except Exception as exc:  # planet.specs.SpecificationException / ClientError: bad bundle or AOI
+            raise ConfigError(f"source.bundle / source.fallback_bundles / source.{role}.aoi: {exc}") from None
+        name = f"cropseg {role} {len(ids)} dates {ids[0]}..{ids[-1]}"
+        request = order_request.build_request(name, products=[product], tools=tools)
+        key = "stack-" + hashlib.sha256(",".join(ids).encode()).hexdigest()[:12]
+        cache = SceneCache(workdir, self.item_type, key, product["product_bundle"], clip)
+        what = f"{role} time stack of {len(ids)} scenes ({', '.join(ids)}; {self.bundle})"
+        return fetch(api, cache, request, what=what, download_retries=self.download_retries)
+
     def ground_truth_kinds(self) -> dict[str, str]:
         """``{option: "vector" | "raster"}`` of each role's ground truth, before anything is fetched."""
         from cropseg.plugins import ground_truth_kind_of
@@ -262,7 +356,7 @@ class PlanetSource:
     def load(self, workdir: Path) -> SceneSet:
         from shapely.geometry import mapping
 
-        from .product import make_scene
+        from .product import make_scene, make_stack
 
         for role in ROLES:  # local files first: a typo fails before any request
             self.aoi(role)
@@ -275,9 +369,18 @@ class PlanetSource:
         api = self.api()
         meta: dict[str, Any] = {"item_type": self.item_type, "bundle": self.bundle, "api_url": api.api_url}
         scenes, synthetic = {}, False
-        picks = {role: self.pick(api, role) for role in ROLES}  # both chosen before anything is ordered
-        for role, cand in picks.items():
-            delivery = self.fetch(api, role, cand, Path(workdir))
+        # every role's scenes (one per window of a time stack) chosen before anything is ordered
+        picks: dict[str, list[Candidate]] = {
+            role: self.pick_windows(api, role) if self.roles[role]["windows"] else [self.pick(api, role)]
+            for role in ROLES
+        }
+        for role, cands in picks.items():
+            stack = bool(self.roles[role]["windows"])
+            if stack:
+                delivery = self.fetch_stack(api, role, cands, Path(workdir))
+            else:
+                delivery = self.fetch(api, role, cands[0], Path(workdir))
+            cand = cands[0]
             info = {
                 "scene_id": cand.id,
                 "acquired": cand.acquired or None,
@@ -288,11 +391,12 @@ class PlanetSource:
                 "order_id": delivery.order_id,
                 "from_cache": delivery.from_cache,
             }
-            if cand.synthetic:
+            if stack:
+                info["scene_ids"] = ",".join(c.id for c in cands)
+                info["windows"] = ",".join(w[2] for w in self.roles[role]["windows"])
+            if any(c.synthetic for c in cands):
                 info["synthetic"] = True
-            scenes[role] = make_scene(
-                role,
-                delivery,
+            opts: dict[str, Any] = dict(
                 aoi_geojson=mapping(self.aoi(role)),
                 bands=self.bands,
                 nodata=self.nodata,
@@ -300,7 +404,14 @@ class PlanetSource:
                 ground_truth=gts[role],
                 metadata=info,
             )
-            synthetic |= cand.synthetic
+            if stack:
+                from cropseg.scenes import check_stack_coverage
+
+                scenes[role] = make_stack(role, delivery, {c.id: c.acquired for c in cands}, **opts)
+                check_stack_coverage(scenes[role])
+            else:
+                scenes[role] = make_scene(role, delivery, **opts)
+            synthetic |= any(c.synthetic for c in cands)
             meta.update(
                 {
                     f"{role}_scene_id": cand.id,
@@ -308,6 +419,8 @@ class PlanetSource:
                     f"{role}_order_id": delivery.order_id,
                 }
             )
+            if stack:
+                meta[f"{role}_scene_ids"] = info["scene_ids"]
         return SceneSet(train=scenes["train"], test=scenes["test"], synthetic=synthetic, metadata=meta)
 
 

@@ -50,6 +50,21 @@ def search(source, api) -> int:  # noqa: ANN001
             cand = source.pick(api, role)
             print(f"{role}: scene {cand.id} given (source.{role}.scene_id)\n{table([cand], cand.id)}\n")
             continue
+        if part["windows"]:
+            for i, (label, wcands, text, best) in enumerate(source.window_choices(api, role)):
+                print(f"{role} window {i} {label}: {len(wcands)} Planet {source.item_type} scenes match ({text})")
+                if best is None:
+                    print(
+                        f"{PROG}: error: source.windows: no usable scene over the {role} AOI in window {i} {label}",
+                        file=sys.stderr,
+                    )
+                    status = 1
+                if wcands:
+                    print(
+                        f"(* = most usable: AOI coverage x clear fraction)\n{table(wcands, best and best.id, source.max_candidates)}"
+                    )
+                print()
+            continue
         cands, text = source.search(api, role)
         print(f"{role}: {len(cands)} Planet {source.item_type} scenes match ({text})")
         try:
@@ -64,10 +79,17 @@ def search(source, api) -> int:  # noqa: ANN001
 
 
 def download(source, api, cache: Path) -> int:  # noqa: ANN001
-    for role in ("train", "test"):
-        cand = source.pick(api, role)
-        delivery = source.fetch(api, role, cand, cache)
-        print(f"{role}: scene {cand.id}, order {delivery.order_id}{' (cached)' if delivery.from_cache else ''}")
+    picks = {  # every role's scenes chosen before anything is ordered
+        role: source.pick_windows(api, role) if source.roles[role]["windows"] else [source.pick(api, role)]
+        for role in ("train", "test")
+    }
+    for role, cands in picks.items():
+        if source.roles[role]["windows"]:
+            delivery = source.fetch_stack(api, role, cands, cache)
+        else:
+            delivery = source.fetch(api, role, cands[0], cache)
+        what = f"scene {cands[0].id}" if len(cands) == 1 else f"scenes {', '.join(c.id for c in cands)}"
+        print(f"{role}: {what}, order {delivery.order_id}{' (cached)' if delivery.from_cache else ''}")
         for e in delivery.entries:
             print(f"  {delivery.cache.path(e)}")
     return 0

@@ -80,12 +80,22 @@ def fetch(api: PlanetAPI, cache: SceneCache, request: dict, *, what: str, downlo
     if state != "success":
         cache.forget_order()
         msg = order.get("last_message") or "; ".join(map(str, order.get("error_hints") or [])) or "no reason given"
-        msg = " ".join(str(msg).split())[:300]
+        msg = " ".join(str(msg).split())[:300] + _undelivered(request, order)
         raise SourceError(
             f"Planet order {oid} for {what} ended '{state}': {msg}. Nothing from it is used; the next "
             "run places a new order (or pick another scene or source.bundle)"
         )
     return Delivery(cache, _download(api, cache, order, what, download_retries), oid, False)
+
+
+def _undelivered(request: dict, order: dict) -> str:
+    """For a partial order of several scenes: which of them have no delivered file (text to append)."""
+    ids = [str(i) for p in request.get("products") or [] for i in p.get("item_ids") or []]
+    names = [PurePosixPath(str(r.get("name", ""))).name for r in (order.get("_links") or {}).get("results") or []]
+    missing = [i for i in ids if not any(n.startswith(f"{i}_") for n in names)]
+    if len(ids) < 2 or not missing or len(missing) == len(ids) and not names:
+        return ""
+    return f" (not delivered: {', '.join(missing)})"
 
 
 def _resume_or_place(api: PlanetAPI, cache: SceneCache, request: dict, what: str) -> dict:

@@ -12,7 +12,7 @@ import numpy as np
 
 from cropseg.errors import ConfigError, SourceError
 
-RULES = ("least_cloud", "most_recent", "best_coverage")
+RULES = ("least_cloud", "most_recent", "best_coverage", "best_usable")
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,21 @@ class Candidate:
     @property
     def synthetic(self) -> bool:
         return bool(self.item.get("properties", {}).get("synthetic"))
+
+    @property
+    def clear(self) -> float | None:
+        """The scene's clear-sky fraction 0..1: the catalog's ``clear_percent`` (from the scene's udm2) when
+        it has one, else ``1 - cloud_cover``; ``None`` when the item says neither."""
+        props = self.item.get("properties") or {}
+        if props.get("clear_percent") is not None:
+            return float(props["clear_percent"]) / 100.0
+        return None if self.cloud_cover is None else 1.0 - self.cloud_cover
+
+    @property
+    def usable(self) -> float:
+        """The usable fraction of the AOI: its share the footprint covers times the clear-sky fraction."""
+        clear = self.clear
+        return self.coverage * (1.0 if clear is None else clear)
 
 
 def parse_time(value: Any, option: str, *, end: bool = False) -> datetime | None:
@@ -147,6 +162,7 @@ def rank(candidates: Sequence[Candidate], rule: str) -> list[Candidate]:
         "least_cloud": lambda c: (cloud(c), -c.coverage, _neg_time(c), c.id),
         "most_recent": lambda c: (_neg_time(c), cloud(c), -c.coverage, c.id),
         "best_coverage": lambda c: (-round(c.coverage, 4), cloud(c), _neg_time(c), c.id),
+        "best_usable": lambda c: (-round(c.usable, 4), -c.coverage, cloud(c), _neg_time(c), c.id),
     }
     return sorted(candidates, key=keys[rule])
 
@@ -160,14 +176,49 @@ def _neg_time(c: Candidate) -> float:
 
 def table(candidates: Sequence[Candidate], chosen: str | None = None, limit: int = 20) -> str:
     """A plain-text table of candidates (id, acquired, cloud cover, AOI coverage)."""
-    lines = [f"   {'id':<24} {'acquired':<26} {'cloud':>6} {'AOI cover':>9}"]
+    lines = [f"   {'id':<24} {'acquired':<26} {'cloud':>6} {'clear':>6} {'AOI cover':>9} {'usable':>6}"]
     for c in candidates[:limit]:
         mark = "*" if c.id == chosen else " "
         cc = "   n/a" if c.cloud_cover is None else f"{c.cloud_cover:6.2f}"
-        lines.append(f" {mark} {c.id:<24} {c.acquired[:26]:<26} {cc} {c.coverage:9.0%}")
+        clear = "   n/a" if c.clear is None else f"{c.clear:6.2f}"
+        lines.append(f" {mark} {c.id:<24} {c.acquired[:26]:<26} {cc} {clear} {c.coverage:9.0%} {c.usable:6.0%}")
     if len(candidates) > limit:
         lines.append(f"   ... and {len(candidates) - limit} more")
     return "\n".join(lines)
+
+
+def parse_window(value: Any, option: str) -> tuple[datetime, datetime, str]:
+    """A time window ``START/END`` (dates or ISO date-times, both inclusive; a bare end date means the end
+    of that day) as UTC datetimes and its text."""
+    text = str(value).strip()
+    parts = text.split("/")
+    if len(parts) != 2 or not all(p.strip() for p in parts):
+        raise ConfigError(f"source.{option}: a window START/END such as 2016-05-01/2016-05-31, got {value!r}")
+    start = parse_time(parts[0].strip(), option)
+    end = parse_time(parts[1].strip(), option, end=True)
+    assert start is not None and end is not None
+    if start > end:
+        raise ConfigError(f"source.{option}: the window {text} starts after it ends")
+    return start, end, text
+
+
+def parse_windows(values: Any, option: str) -> list[tuple[datetime, datetime, str]]:
+    """Two or more windows, in time order and not overlapping (one scene, one date, per window)."""
+    if isinstance(values, str) or not isinstance(values, Sequence):
+        raise ConfigError(f"source.{option}: a list of windows START/END, got {values!r}")
+    wins = [parse_window(v, f"{option}[{i}]") for i, v in enumerate(values)]
+    if len(wins) == 1:
+        raise ConfigError(
+            f"source.{option}: one window ({wins[0][2]}) makes no time stack; give two or more, or use "
+            "source.start / source.end for a single scene"
+        )
+    for i in range(1, len(wins)):
+        if wins[i][0] <= wins[i - 1][1]:
+            raise ConfigError(
+                f"source.{option}: windows must be in time order and not overlap: {wins[i][2]} "
+                f"(window {i}) starts before {wins[i - 1][2]} (window {i - 1}) ends"
+            )
+    return wins
 
 
 def choose(candidates: Sequence[Candidate], rule: str, min_coverage: float, filters_text: str, what: str) -> Candidate:
