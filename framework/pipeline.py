@@ -184,7 +184,8 @@ def build_stages(cfg: DictConfig, registry: Registry | None = None) -> Stages:
 def _check_time_stacks(st: Stages, scenes: SceneSet) -> None:
     """Before any pixel is read: train and test have the same number of dates and bands; features that
     need a time stack (``temporal``) get one; the feature names (bands and indices the scene must have)
-    resolve; a patch model learns its input channel count (dates x features) from the stack."""
+    resolve; a patch model learns its input channel count (dates x features) from the stack, and one with
+    ``check_feature_names`` (``tempcnn``) checks the feature names (e.g. refuses single-date features)."""
     train, test = scenes.train, scenes.test
     if train.n_dates != test.n_dates or len(train.bands) != len(test.bands):
         raise StackError(
@@ -197,6 +198,9 @@ def _check_time_stacks(st: Stages, scenes: SceneSet) -> None:
             "sample, a list of images per scene for source=local); the scenes are single images"
         )
     names = st.features.names(train.band_names)
+    check_names = getattr(st.classifier, "check_feature_names", None)
+    if isinstance(st.classifier, PatchModel) and callable(check_names):  # e.g. tempcnn: time series only
+        check_names(list(names))
     if train.acquisitions:
         # features made for single images (indices, context) find the bands they need only when computing:
         # compute them on one pixel of zeros now, so a missing band is one line before any pixel is read
