@@ -317,3 +317,19 @@ def test_single_date_scenes_are_refused_in_one_line_before_work(tmp_path, capfd,
     assert run.info.status == "FAILED"
     out = tmp_path / "out"
     assert not (out / "labels").exists() and not (out / "prediction").exists() and not (out / "model").exists()
+
+
+def test_without_the_extra_one_line_says_how_to_install(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from cropseg.cli import main\n"
+        f"sys.exit(main(['classifier=tempcnn', 'tracking.uri=sqlite:///{tmp_path / 'm.db'}']))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("cropseg: error:")]
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr
+    assert "classifier=tempcnn needs PyTorch" in lines[0] and "install it with: " in lines[0]
+    assert not (tmp_path / "outputs").exists()
