@@ -249,6 +249,9 @@ class InferencePipeline:
             return np.zeros(0, dtype=np.int64)
         feats = self.features.compute(np.ascontiguousarray(X.T)[:, :, None], tuple(self.spec.band_names))
         F = np.ascontiguousarray(np.asarray(feats)[:, :, 0].T)
+        rows = getattr(self.classifier, "predict_rows", None)
+        if isinstance(self.classifier, PatchModel) and callable(rows):  # a per-pixel patch model (tempcnn)
+            return np.asarray(rows(F)).astype(np.int64)
         if isinstance(self.classifier, PatchModel):  # no neighbourhood: each row as a uniform field
             from .patches import predict_uniform_rows
 

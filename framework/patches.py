@@ -396,7 +396,8 @@ class TrainingProgress:
     training, not at the end of an epoch), later ones at most every ``every`` seconds: ``unet epoch 2/20:
     batch 12/25 (48%), 3.1 batches/s (50 patches/s), epoch ETA 4 s, at most 1 min 30 s left (20 epochs)``.
     Early stopping or the time budget may end training sooner than the last figure. ``clock`` is a
-    monotonic clock in seconds (tests give a controllable one)."""
+    monotonic clock in seconds (tests give a controllable one); ``unit`` names what a batch holds (patches;
+    ``pixels`` for a per-pixel model)."""
 
     def __init__(
         self,
@@ -406,9 +407,10 @@ class TrainingProgress:
         batch_size: int,
         every: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        unit: str = "patches",
     ):
         self.label, self.epochs, self.batches, self.batch_size = label, int(epochs), max(1, int(batches)), batch_size
-        self.every, self.clock = float(every), clock
+        self.every, self.clock, self.unit = float(every), clock, unit
         self.epoch = 0
         self.t_epoch = self.last = self.clock()
         self.lines = 0
@@ -435,7 +437,7 @@ class TrainingProgress:
         per_epoch = float(np.mean(self.durations)) if self.durations else self.batches / rate
         total_left = epoch_left + per_epoch * (self.epochs - self.epoch)
         log.info(
-            "%s epoch %d/%d: batch %d/%d (%.0f%%), %.2f batches/s (%.0f patches/s), epoch ETA %s, "
+            "%s epoch %d/%d: batch %d/%d (%.0f%%), %.2f batches/s (%.0f %s/s), epoch ETA %s, "
             "at most %s left (%d epochs)",
             self.label,
             self.epoch,
@@ -445,6 +447,7 @@ class TrainingProgress:
             100.0 * done / self.batches,
             rate,
             rate * self.batch_size,
+            self.unit,
             _duration(epoch_left),
             _duration(total_left),
             self.epochs,

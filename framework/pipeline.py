@@ -191,7 +191,8 @@ def build_stages(cfg: DictConfig, registry: Registry | None = None) -> Stages:
 def _check_time_stacks(st: Stages, scenes: SceneSet) -> None:
     """Before any pixel is read: train and test have the same number of dates and the same bands (roles);
     features that need a time stack (``temporal``) get one; the feature names (bands and indices the
-    scene must have) resolve; a patch model learns its input channel count (dates x features)."""
+    scene must have) resolve; a patch model learns its input channel count (dates x features), and one
+    with ``check_feature_names`` (``tempcnn``) checks the feature names (e.g. refuses single-date features)."""
     train, test = scenes.train, scenes.test
     if train.n_dates != test.n_dates or len(train.bands) != len(test.bands):
         raise StackError(
@@ -216,6 +217,9 @@ def _check_time_stacks(st: Stages, scenes: SceneSet) -> None:
         if not train.acquisitions:
             raise
         raise ConfigError(f"features={st.names.get('features')} on time stacks: {exc}") from None
+    check_names = getattr(st.classifier, "check_feature_names", None)
+    if isinstance(st.classifier, PatchModel) and callable(check_names):  # e.g. tempcnn: time series only
+        check_names(list(names))
     if isinstance(st.classifier, PatchModel):
         st.classifier.prepare(len(names))
 

@@ -608,6 +608,11 @@ class PatchModel(Protocol):
     * ``predict_block(features, valid)``: features ``(f, h, w)`` float32 of a block plus its halo and
       its valid mask ``(h, w)`` -> uint8 0/1 ``(h, w)`` (the framework crops the halo and sets nodata).
 
+    Optional members: ``check_feature_names(names)`` checks the run's feature names once the scenes are
+    known, before any pixel is read (raise :class:`cropseg.errors.ConfigError`; ``tempcnn`` refuses
+    single-date features); ``predict_rows(features)`` answers pixel rows ``(n, f)`` exactly (a per-pixel
+    model; the served pyfunc model uses it instead of predicting each row as a uniform field).
+
     The fitted object must be picklable (it is logged as the run's model).
     """
 

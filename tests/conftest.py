@@ -248,6 +248,7 @@ LONGEST_FIRST = (
     "test_faults",
     "test_conformance",
     "test_unet",
+    "test_tempcnn",
     "test_example_plugin",
     "test_deploy",
     "test_parallel",

@@ -24,6 +24,7 @@ BUILTINS = {
         "linear_svm",
         "mlp",
         "unet",
+        "tempcnn",
     },
     "postprocessor": {"median_blur", "vectorize"},
 }
