@@ -101,7 +101,7 @@ def alternate(variants: dict, repeats: int) -> dict[str, dict]:
     return {k: {"seconds": float(np.median(v)), "each": v} for k, v in each.items()}
 
 
-def bench_training(model, sample, threads_list: list[int | None], repeats: int) -> dict:
+def bench_training(model, sample, threads_list: list[int | str | None], repeats: int) -> dict:
     """Bare forward + backward + step over the patches vs cropseg's epoch, alternating."""
     import torch
 
@@ -141,10 +141,13 @@ def bench_training(model, sample, threads_list: list[int | None], repeats: int) 
     def noop(metrics, step) -> None:
         pass
 
-    def cropseg_epoch(threads: int | None) -> float:
+    chosen: dict[str, list[str]] = {}
+
+    def cropseg_epoch(threads: int | str | None) -> float:
         """The second epoch of a two-epoch fit_patches (warm, as the bare loop's network is), from the end
-        of epoch 1 to the end of epoch 2 as its epoch callback sees them (validation included)."""
-        if dev.type != "cuda":
+        of epoch 1 to the end of epoch 2 as its epoch callback sees them (validation included). With
+        threads=auto the thread count is chosen in epoch 1 (its probe is not in the figure)."""
+        if dev.type != "cuda" and threads != "auto":
             set_threads(threads or cores)
         m = model.__class__.__new__(model.__class__)
         m.__dict__.update(model.__dict__)
@@ -157,11 +160,15 @@ def bench_training(model, sample, threads_list: list[int | None], repeats: int) 
             ends.append(time.perf_counter())
             return metrics
 
-        m.fit_patches(sample.train, sample.validation, on_epoch)
+        res = m.fit_patches(sample.train, sample.validation, on_epoch)
+        if "train_threads" in res.tags:
+            chosen.setdefault(str(threads), []).append(res.tags["train_threads"])
         return ends[1] - ends[0]
 
     variants: dict = {}
     for threads in threads_list:
+        if threads == "auto" and dev.type != "cuda":
+            continue  # the bare loop runs a fixed thread count
         key = "device" if dev.type == "cuda" else f"threads={threads or cores}"
         net = model._build(int(X.shape[1])).to(dev)
         if cl:
@@ -173,6 +180,8 @@ def bench_training(model, sample, threads_list: list[int | None], repeats: int) 
         variants[f"cropseg {key}"] = lambda n=threads: cropseg_epoch(n)
     for k, v in alternate(variants, repeats).items():
         out[k] = {**v, "patches_per_second": len(X) / v["seconds"]}
+    if chosen:
+        out["threads_auto"] = chosen.get("auto", [])
     return out
 
 
@@ -288,13 +297,13 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="cropseg-bench-unet-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    import torch
-
     import cropseg
 
     t0 = time.perf_counter()
     cfg, st, scenes, sample, make = build(args.size, workdir, [f"classifier.device={args.device}", *args.overrides])
-    model = make()
+    model = make()  # loads PyTorch the way cropseg does (OpenMP wait policy set first: see the unet plugin)
+    import torch
+
     # a quickly fitted model to predict with (its speed does not depend on what it learned)
     quick = make(
         epochs=1, class_weight=None, patience=None, **({"max_minutes": None} if "max_minutes" in cfg.classifier else {})
@@ -302,7 +311,9 @@ def main() -> int:
     quick.fit_patches(sample.train, sample.validation, None)
     cores = os.cpu_count() or 1
     threads_model = model.threads
-    threads_list: list[int | None] = [None if t == "all" else int(t) for t in args.threads.split(",")]
+    threads_list: list[int | str | None] = [
+        None if t == "all" else t if t == "auto" else int(t) for t in args.threads.split(",")
+    ]
     if threads_model not in threads_list:
         threads_list.insert(0, threads_model)
     if quick._device().type == "cuda":
@@ -316,6 +327,7 @@ def main() -> int:
         "size": args.size,
         "overrides": args.overrides,
         "load_start": load(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
     }
 
     def save() -> None:  # after every section, so a run cut short still leaves what it measured
@@ -358,7 +370,7 @@ def render(res: dict) -> str:
         + (f"; GPU {res['gpu']}" if res["gpu"] else ""),
         f"Scenes: SYNTHETIC sample {res['size']}x{res['size']}; overrides {res['overrides'] or 'none'}; load average "
         f"at start {res['load_start']}, after prediction {res.get('load_after_prediction', '-')}, after training "
-        f"{res.get('load_after_training', '-')}.",
+        f"{res.get('load_after_training', '-')}; OMP_WAIT_POLICY {res.get('omp_wait_policy') or 'unset'}.",
     ]
     if "prediction" in res:
         p = res["prediction"]
@@ -378,6 +390,8 @@ def render(res: dict) -> str:
             "",
             *rows(t, "patches_per_second", [k for k in t if k.startswith("bare")]),
         ]
+        if t.get("threads_auto"):
+            out += ["", "threads=auto chose (each fit): " + " | ".join(t["threads_auto"])]
     if res.get("amp_agreement"):
         a = res["amp_agreement"]
         out += [
