@@ -263,6 +263,76 @@ def bench_prediction(model, scenes, st, workdir: Path, repeats: int) -> dict:
     return out
 
 
+def bench_runtimes(model, scenes, st, workdir: Path, repeats: int) -> dict:
+    """The forward pass of one real test tile + halo (the scene's first tile, the fitted quick model) with one
+    thread, as each block task runs it: PyTorch eager (cropseg's path) against ``torch.compile`` (inductor;
+    compile time reported apart) and ONNX Runtime (exported with ``torch.onnx.export``; needs ``onnx`` and
+    ``onnxruntime``, which cropseg does not install). Agreement with eager: the largest logit difference
+    and the share of the tile's pixels on the same side of 0 (the mask)."""
+    import torch
+    from rasterio.windows import Window
+
+    from cropseg.featurize import block_features
+
+    tile, halo = int(getattr(model, "tile_size", 0) or 512), int(model.halo)
+    side = tile + 2 * halo
+    with scenes.test.reader() as reader:
+        blk = reader.read(Window(-halo, -halo, side, side))
+    x = model._normalise(block_features(st.features, blk, scenes.test.band_names)[None].astype(np.float32))
+    net = model._ready()
+    set_threads(1)
+    out: dict = {"tile": tile, "halo": halo, "threads": 1}
+    ref = model._logits(x)
+    xt = torch.from_numpy(x)
+
+    def eager() -> None:
+        model._logits(x)
+
+    fns: dict = {"eager (cropseg)": eager}
+    results: dict = {}
+    try:
+        t = time.perf_counter()
+        compiled = torch.compile(net)
+        with torch.inference_mode():
+            results["torch.compile"] = compiled(xt)[:, 0].numpy()
+        out["compile_seconds"] = time.perf_counter() - t
+
+        def run_compiled() -> None:
+            with torch.inference_mode():
+                compiled(xt)
+
+        fns["torch.compile"] = run_compiled
+    except Exception as exc:  # noqa: BLE001 - inductor fails in many ways without a compiler
+        out["compile_error"] = " ".join(str(exc).split())[:300]
+    try:
+        import onnxruntime as ort
+
+        t = time.perf_counter()
+        path = workdir / "unet.onnx"
+        torch.onnx.export(net, (xt,), str(path), input_names=["x"], output_names=["y"], opset_version=17, dynamo=False)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.inter_op_num_threads = 1, 1
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        results["onnxruntime"] = sess.run(None, {"x": x})[0][:, 0]
+        out["onnx_export_seconds"] = time.perf_counter() - t
+        out["onnxruntime_version"] = ort.__version__
+
+        def run_onnx() -> None:
+            sess.run(None, {"x": x})
+
+        fns["onnxruntime"] = run_onnx
+    except Exception as exc:  # noqa: BLE001 - not installed, or the export failed
+        out["onnx_error"] = " ".join(str(exc).split())[:300]
+    for k, v in results.items():
+        out[f"{k} agreement"] = {
+            "max_abs_logit_diff": float(np.abs(v - ref).max()),
+            "same_mask_share": float(np.mean((v > 0) == (ref > 0))),
+        }
+    for k, v in alternate(fns, repeats).items():
+        out[k] = {**v, "pixels_per_second": tile * tile / v["seconds"]}
+    return out
+
+
 def agreement(model, scenes, st, workdir: Path) -> dict:
     """On CUDA: the test mask with AMP against the same model in float32 (share of pixels that agree)."""
     import rasterio
@@ -290,7 +360,12 @@ def main() -> int:
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=None, help="Markdown report (default: stdout only)")
     ap.add_argument("--json", type=Path, default=None)
-    ap.add_argument("--sections", default="predict,train", help="predict, train or both (default)")
+    ap.add_argument(
+        "--sections",
+        default="predict,train",
+        help="comma-separated: predict, train (the default: both), runtimes (eager vs torch.compile vs ONNX "
+        "Runtime for one tile)",
+    )
     ap.add_argument("--threads", default="1,all", help="CPU thread settings of the training variants (default 1,all)")
     ap.add_argument("overrides", nargs="*", help="further classifier overrides, e.g. classifier.tile_size=256")
     args = ap.parse_args()
@@ -341,6 +416,10 @@ def main() -> int:
         res["prediction"] = bench_prediction(quick, scenes, st, workdir, args.repeats)
         res["load_after_prediction"] = load()
         save()
+    if "runtimes" in sections:
+        res["runtimes"] = bench_runtimes(quick, scenes, st, workdir, args.repeats)
+        res["load_after_runtimes"] = load()
+        save()
     if "train" in sections:
         res["training"] = bench_training(model, sample, threads_list, args.repeats)
         res["load_after_training"] = load()
@@ -356,8 +435,10 @@ def main() -> int:
 
 def render(res: dict) -> str:
     def rows(section: dict, unit: str, ceiling_keys: list[str]) -> list[str]:
-        ceiling = max(section[k][unit] for k in ceiling_keys)
-        lines = [f"| variant | seconds (median) | each repeat | {unit.replace('_', ' ')} | vs all-cores ceiling |"]
+        keys = ceiling_keys or [next(k for k, v in section.items() if isinstance(v, dict) and unit in v)]
+        ceiling = max(section[k][unit] for k in keys)
+        head = "vs all-cores ceiling" if ceiling_keys else f"vs {keys[0]}"
+        lines = [f"| variant | seconds (median) | each repeat | {unit.replace('_', ' ')} | {head} |"]
         lines.append("|---|---:|---|---:|---:|")
         for k, v in section.items():
             if isinstance(v, dict) and unit in v:
@@ -392,6 +473,27 @@ def render(res: dict) -> str:
         ]
         if t.get("threads_auto"):
             out += ["", "threads=auto chose (each fit): " + " | ".join(t["threads_auto"])]
+    if "runtimes" in res:
+        r = res["runtimes"]
+        out += [
+            "",
+            f"One real test tile ({r['tile']} px + {r['halo']} px halo), 1 thread, forward pass only (load after: "
+            f"{res.get('load_after_runtimes', '-')}); torch.compile's first call (compiling) took "
+            f"{r.get('compile_seconds', float('nan')):.1f} s, the ONNX export + session "
+            f"{r.get('onnx_export_seconds', float('nan')):.1f} s:",
+            "",
+            *rows({k: v for k, v in r.items() if isinstance(v, dict) and "seconds" in v}, "pixels_per_second", []),
+        ]
+        for k in ("torch.compile", "onnxruntime"):
+            a = r.get(f"{k} agreement")
+            if a:
+                out.append(
+                    f"\n{k} against eager: largest logit difference {a['max_abs_logit_diff']:.2e}, "
+                    f"{a['same_mask_share']:.6%} of the tile's pixels on the same side of 0."
+                )
+        for k in ("compile_error", "onnx_error"):
+            if k in r:
+                out.append(f"\n{k}: {r[k]}")
     if res.get("amp_agreement"):
         a = res["amp_agreement"]
         out += [
