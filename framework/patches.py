@@ -454,8 +454,9 @@ class TrainingProgress:
 class ThreadChooser:
     """Chooses a training loop's CPU thread count from its own first batches (``threads: auto``).
 
-    The first batch runs with every core, untimed (warm-up); then rounds of ``per_round`` batches with one
-    thread and ``per_round`` with every core (``cores``) alternate, so a change of load hits both alike.
+    The first batch runs with every core and the second with one thread, untimed (warm-up: a thread count's
+    first batch is slower); then rounds of ``per_round`` batches with one thread and ``per_round`` with every
+    core (``cores``) alternate, so a change of load hits both alike.
     After a round in which one setting's median time per patch is :data:`CLEAR` times the other's, or after
     ``rounds`` rounds, the faster is kept for the rest of the loop; every core only when it is at least
     :data:`GAIN` times as fast as one thread (the same speed on more cores only takes them from other jobs).
@@ -468,6 +469,8 @@ class ThreadChooser:
     GAIN = 1.1
     #: a round whose medians differ by this factor decides at once
     CLEAR = 1.5
+    #: untimed batches first (one with every core, one with one thread)
+    WARMUP = 2
 
     def __init__(
         self,
@@ -483,7 +486,7 @@ class ThreadChooser:
         self.samples: dict[int, list[float]] = {1: [], self.cores: []}
         #: the kept thread count once decided, else None
         self.chosen: int | None = 1 if self.cores == 1 else None
-        self._plan = [self.cores] + [
+        self._plan = [self.cores, 1] + [
             t for _ in range(self.rounds) for t in (1, self.cores) for _ in range(self.per_round)
         ]
         self._i, self._t0, self._current = 0, 0.0, 0
@@ -508,10 +511,10 @@ class ThreadChooser:
         if self.chosen is not None or patches <= 0:
             return
         secs = self.clock() - self._t0
-        if self._i > 0:  # the first batch is the untimed warm-up
+        if self._i >= self.WARMUP:
             self.samples[self._plan[self._i]].append(secs / patches)
         self._i += 1
-        end_of_round = self._i > 1 and (self._i - 1) % (2 * self.per_round) == 0
+        end_of_round = self._i > self.WARMUP and (self._i - self.WARMUP) % (2 * self.per_round) == 0
         if end_of_round:
             one, all_ = (float(np.median(self.samples[k])) for k in (1, self.cores))
             if self._i >= len(self._plan) or max(one, all_) >= self.CLEAR * min(one, all_):

@@ -611,8 +611,8 @@ def test_thread_chooser_keeps_the_faster_setting(cost, chosen, timed_each):
         assert batches < 50
     assert chooser.chosen == chosen and current[0] == chosen
     assert [len(v) for v in chooser.samples.values()] == [timed_each, timed_each]
-    assert batches == 1 + 2 * timed_each  # the warm-up batch, then the timed ones; no batch is wasted
-    assert calls[0] == 2 and all(a != b for a, b in zip(calls, calls[1:]))  # set only when it changes
+    assert batches == 2 + 2 * timed_each  # two warm-up batches, then the timed ones; no batch is wasted
+    assert calls[:2] == [2, 1] and all(a != b for a, b in zip(calls, calls[1:]))  # set only when it changes
     assert chooser.summary().endswith(f": {chosen}") and "ms/patch" in chooser.summary()
     # per patch: a batch of 8 patches costs cost[n] seconds
     assert np.median(chooser.samples[1]) == pytest.approx(cost[1] / 8)
@@ -639,8 +639,8 @@ def torch_threads():
 @pytest.mark.parametrize("faster", [1, 2])
 def test_unet_threads_auto_trains_with_the_faster(tiny_patches, caplog, monkeypatch, torch_threads, faster):
     """threads=auto on a clock where the faster thread count's batches take a third of the other's: the
-    first epoch's batches decide (16 patches, batch 4: the warm-up and one round of 2 + 2 batches), the rest
-    of training uses the choice, and the run reports it (INFO line, tag, metric)."""
+    first batches decide (16 patches, batch 4: two warm-up batches and one round of 2 + 2, into the second
+    epoch), the rest of training uses the choice, and the run reports it (INFO line, tag, metric)."""
     import cropseg.parallel
 
     torch = torch_threads
