@@ -8,8 +8,9 @@ pixels, 255, count for nothing), Adam, flips / 90-degree rotations; the epoch wi
 target (``evaluate.target``, on held-out blocks of the training scene) is kept, training stops early after
 ``patience`` epochs without a better one or at the ``max_minutes`` budget, and ``class_weight=auto``
 trains without and with balanced class weights and keeps the better on validation. Progress lines inside
-each epoch. Mixed precision and channels-last memory on CUDA. Seeded: the same seed gives the same
-weights and masks on CPU (on one machine and thread count).
+each epoch. Mixed precision and channels-last memory on CUDA. ``threads=auto`` (default) times the first
+training batches with one thread and with every core and keeps the faster. Seeded: the same seed gives the
+same weights and masks on CPU (on one machine with a fixed integer ``threads``).
 """
 
 from __future__ import annotations
