@@ -12,8 +12,11 @@ One run measures, on the bundled SYNTHETIC sample (``source=sample``, ``--size``
 * **training**: the bare loop (forward + backward + Adam step over the same normalised training patches
   and batch size, nothing else) with one thread and with every core, against one epoch of cropseg's
   ``fit_patches`` (shuffling, augmentation, batches prepared on a thread, batch-norm re-estimation,
-  validation prediction; the second of two epochs, warm), at the model's ``threads`` setting and with
-  every core.
+  validation prediction; the second of two epochs, warm), at the model's ``threads`` setting (``auto``:
+  its choice, made in epoch 1, is reported) and at ``--threads``.
+* **runtimes** (``--sections runtimes``, not in the default): one real test tile through PyTorch eager
+  (cropseg's path), ``torch.compile`` and ONNX Runtime (if ``onnx`` and ``onnxruntime`` are installed),
+  one thread, with their agreement.
 
 Prints a Markdown report (``--out``) and writes the numbers as JSON (``--json``). ``--device cuda`` (or
 ``auto``) measures on a GPU; the CPU thread variants are then replaced by the device. Timings on a shared
