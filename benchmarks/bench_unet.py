@@ -14,6 +14,8 @@ One run measures, on the bundled SYNTHETIC sample (``source=sample``, ``--size``
   ``fit_patches`` (shuffling, augmentation, batches prepared on a thread, batch-norm re-estimation,
   validation prediction; the second of two epochs, warm), at the model's ``threads`` setting (``auto``:
   its choice, made in epoch 1, is reported) and at ``--threads``.
+* **batch** (``--sections batch``, not in the default): validation crop F1 per epoch and fit time for
+  each ``--batch-sizes`` and ``--seeds`` (judge it on ``source.preset=hard``).
 * **runtimes** (``--sections runtimes``, not in the default): one real test tile through PyTorch eager
   (cropseg's path), ``torch.compile`` and ONNX Runtime (if ``onnx`` and ``onnxruntime`` are installed),
   one thread, with their agreement.
@@ -336,6 +338,30 @@ def bench_runtimes(model, scenes, st, workdir: Path, repeats: int) -> dict:
     return out
 
 
+def bench_batch_sizes(make, sample, batch_sizes: list[int], seeds: list[int], epochs: int = 5) -> dict:
+    """Validation crop F1 per epoch and fit seconds for each batch size and seed: ``epochs`` epochs, no
+    early stopping, no class weights, the model's ``threads`` setting."""
+    from cropseg.patches import epoch_callback
+
+    out: dict = {"epochs": epochs, "runs": {}}
+    for seed in seeds:
+        for bs in batch_sizes:
+            m = make(batch_size=bs, epochs=epochs, patience=None, class_weight=None, seed=seed)
+            curve: list[float] = []
+            cb = epoch_callback(
+                sample.validation, lambda metrics, step, curve=curve: curve.append(metrics["val_crop_f1"]), "bs"
+            )
+            t = time.perf_counter()
+            m.fit_patches(sample.train, sample.validation, cb)
+            out["runs"][f"{bs} {seed}"] = {
+                "batch_size": bs,
+                "seed": seed,
+                "curve": curve,
+                "seconds": time.perf_counter() - t,
+            }
+    return out
+
+
 def agreement(model, scenes, st, workdir: Path) -> dict:
     """On CUDA: the test mask with AMP against the same model in float32 (share of pixels that agree)."""
     import rasterio
@@ -367,8 +393,10 @@ def main() -> int:
         "--sections",
         default="predict,train",
         help="comma-separated: predict, train (the default: both), runtimes (eager vs torch.compile vs ONNX "
-        "Runtime for one tile)",
+        "Runtime for one tile), batch (validation crop F1 and fit time per --batch-sizes and --seeds)",
     )
+    ap.add_argument("--batch-sizes", default="16,32,64", help="batch sizes of --sections batch")
+    ap.add_argument("--seeds", default="0,1", help="seeds of --sections batch")
     ap.add_argument("--threads", default="1,all", help="CPU thread settings of the training variants (default 1,all)")
     ap.add_argument("overrides", nargs="*", help="further classifier overrides, e.g. classifier.tile_size=256")
     args = ap.parse_args()
@@ -423,6 +451,11 @@ def main() -> int:
         res["runtimes"] = bench_runtimes(quick, scenes, st, workdir, args.repeats)
         res["load_after_runtimes"] = load()
         save()
+    if "batch" in sections:
+        sizes = [int(b) for b in args.batch_sizes.split(",")]
+        res["batch_sizes"] = bench_batch_sizes(make, sample, sizes, [int(x) for x in args.seeds.split(",")])
+        res["load_after_batch_sizes"] = load()
+        save()
     if "train" in sections:
         res["training"] = bench_training(model, sample, threads_list, args.repeats)
         res["load_after_training"] = load()
@@ -476,6 +509,19 @@ def render(res: dict) -> str:
         ]
         if t.get("threads_auto"):
             out += ["", "threads=auto chose (each fit): " + " | ".join(t["threads_auto"])]
+    if "batch_sizes" in res:
+        b = res["batch_sizes"]
+        out += [
+            "",
+            f"Batch sizes: validation crop F1 after each of {b['epochs']} epochs (no early stopping, no class "
+            f"weights; load after: {res.get('load_after_batch_sizes', '-')}):",
+            "",
+            "| batch | seed | fit s | best | per epoch |",
+            "|---:|---:|---:|---:|---|",
+        ]
+        for v in b["runs"].values():
+            per = ", ".join(f"{c:.3f}" for c in v["curve"])
+            out.append(f"| {v['batch_size']} | {v['seed']} | {v['seconds']:.1f} | {max(v['curve']):.3f} | {per} |")
     if "runtimes" in res:
         r = res["runtimes"]
         out += [
