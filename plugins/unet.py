@@ -42,7 +42,8 @@ _BUILD_LOCK = threading.Lock()
 
 #: OpenMP's wait policy for PyTorch's CPU thread pool, set before PyTorch (libgomp) loads unless the
 #: environment sets it: idle pool threads sleep instead of spinning, so a busy machine does not take their
-#: core away mid-spin (measured: a training epoch with 2 threads 10x faster at load 12-16; benchmarks/README.md)
+#: core away mid-spin (measured: a training epoch with 2 threads 10x faster at load 12-16, 5-9 % slower on an
+#: idle machine; benchmarks/README.md)
 OMP_WAIT_POLICY = "PASSIVE"
 
 
