@@ -12,8 +12,13 @@ One run measures, on the bundled SYNTHETIC sample (``source=sample``, ``--size``
 * **training**: the bare loop (forward + backward + Adam step over the same normalised training patches
   and batch size, nothing else) with one thread and with every core, against one epoch of cropseg's
   ``fit_patches`` (shuffling, augmentation, batches prepared on a thread, batch-norm re-estimation,
-  validation prediction; the second of two epochs, warm), at the model's ``threads`` setting and with
-  every core.
+  validation prediction; the second of two epochs, warm), at the model's ``threads`` setting (``auto``:
+  its choice, made in epoch 1, is reported) and at ``--threads``.
+* **batch** (``--sections batch``, not in the default): validation crop F1 per epoch and fit time for
+  each ``--batch-sizes`` and ``--seeds`` (judge it on ``source.preset=hard``).
+* **runtimes** (``--sections runtimes``, not in the default): one real test tile through PyTorch eager
+  (cropseg's path), ``torch.compile`` and ONNX Runtime (if ``onnx`` and ``onnxruntime`` are installed),
+  one thread, with their agreement.
 
 Prints a Markdown report (``--out``) and writes the numbers as JSON (``--json``). ``--device cuda`` (or
 ``auto``) measures on a GPU; the CPU thread variants are then replaced by the device. Timings on a shared
@@ -101,7 +106,7 @@ def alternate(variants: dict, repeats: int) -> dict[str, dict]:
     return {k: {"seconds": float(np.median(v)), "each": v} for k, v in each.items()}
 
 
-def bench_training(model, sample, threads_list: list[int | None], repeats: int) -> dict:
+def bench_training(model, sample, threads_list: list[int | str | None], repeats: int) -> dict:
     """Bare forward + backward + step over the patches vs cropseg's epoch, alternating."""
     import torch
 
@@ -141,10 +146,13 @@ def bench_training(model, sample, threads_list: list[int | None], repeats: int) 
     def noop(metrics, step) -> None:
         pass
 
-    def cropseg_epoch(threads: int | None) -> float:
+    chosen: dict[str, list[str]] = {}
+
+    def cropseg_epoch(threads: int | str | None) -> float:
         """The second epoch of a two-epoch fit_patches (warm, as the bare loop's network is), from the end
-        of epoch 1 to the end of epoch 2 as its epoch callback sees them (validation included)."""
-        if dev.type != "cuda":
+        of epoch 1 to the end of epoch 2 as its epoch callback sees them (validation included). With
+        threads=auto the thread count is chosen in epoch 1 (its probe is not in the figure)."""
+        if dev.type != "cuda" and threads != "auto":
             set_threads(threads or cores)
         m = model.__class__.__new__(model.__class__)
         m.__dict__.update(model.__dict__)
@@ -157,11 +165,15 @@ def bench_training(model, sample, threads_list: list[int | None], repeats: int) 
             ends.append(time.perf_counter())
             return metrics
 
-        m.fit_patches(sample.train, sample.validation, on_epoch)
+        res = m.fit_patches(sample.train, sample.validation, on_epoch)
+        if "train_threads" in res.tags:
+            chosen.setdefault(str(threads), []).append(res.tags["train_threads"])
         return ends[1] - ends[0]
 
     variants: dict = {}
     for threads in threads_list:
+        if threads == "auto" and dev.type != "cuda":
+            continue  # the bare loop runs a fixed thread count
         key = "device" if dev.type == "cuda" else f"threads={threads or cores}"
         net = model._build(int(X.shape[1])).to(dev)
         if cl:
@@ -173,6 +185,8 @@ def bench_training(model, sample, threads_list: list[int | None], repeats: int) 
         variants[f"cropseg {key}"] = lambda n=threads: cropseg_epoch(n)
     for k, v in alternate(variants, repeats).items():
         out[k] = {**v, "patches_per_second": len(X) / v["seconds"]}
+    if chosen:
+        out["threads_auto"] = chosen.get("auto", [])
     return out
 
 
@@ -254,6 +268,100 @@ def bench_prediction(model, scenes, st, workdir: Path, repeats: int) -> dict:
     return out
 
 
+def bench_runtimes(model, scenes, st, workdir: Path, repeats: int) -> dict:
+    """The forward pass of one real test tile + halo (the scene's first tile, the fitted quick model) with one
+    thread, as each block task runs it: PyTorch eager (cropseg's path) against ``torch.compile`` (inductor;
+    compile time reported apart) and ONNX Runtime (exported with ``torch.onnx.export``; needs ``onnx`` and
+    ``onnxruntime``, which cropseg does not install). Agreement with eager: the largest logit difference
+    and the share of the tile's pixels on the same side of 0 (the mask)."""
+    import torch
+    from rasterio.windows import Window
+
+    from cropseg.featurize import block_features
+
+    tile, halo = int(getattr(model, "tile_size", 0) or 512), int(model.halo)
+    side = tile + 2 * halo
+    with scenes.test.reader() as reader:
+        blk = reader.read(Window(-halo, -halo, side, side))
+    x = model._normalise(block_features(st.features, blk, scenes.test.band_names)[None].astype(np.float32))
+    net = model._ready()
+    set_threads(1)
+    out: dict = {"tile": tile, "halo": halo, "threads": 1}
+    ref = model._logits(x)
+    xt = torch.from_numpy(x)
+
+    def eager() -> None:
+        model._logits(x)
+
+    fns: dict = {"eager (cropseg)": eager}
+    results: dict = {}
+    try:
+        t = time.perf_counter()
+        compiled = torch.compile(net)
+        with torch.inference_mode():
+            results["torch.compile"] = compiled(xt)[:, 0].numpy()
+        out["compile_seconds"] = time.perf_counter() - t
+
+        def run_compiled() -> None:
+            with torch.inference_mode():
+                compiled(xt)
+
+        fns["torch.compile"] = run_compiled
+    except Exception as exc:  # noqa: BLE001 - inductor fails in many ways without a compiler
+        out["compile_error"] = " ".join(str(exc).split())[:300]
+    try:
+        import onnxruntime as ort
+
+        t = time.perf_counter()
+        path = workdir / "unet.onnx"
+        torch.onnx.export(net, (xt,), str(path), input_names=["x"], output_names=["y"], opset_version=17, dynamo=False)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.inter_op_num_threads = 1, 1
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        results["onnxruntime"] = sess.run(None, {"x": x})[0][:, 0]
+        out["onnx_export_seconds"] = time.perf_counter() - t
+        out["onnxruntime_version"] = ort.__version__
+
+        def run_onnx() -> None:
+            sess.run(None, {"x": x})
+
+        fns["onnxruntime"] = run_onnx
+    except Exception as exc:  # noqa: BLE001 - not installed, or the export failed
+        out["onnx_error"] = " ".join(str(exc).split())[:300]
+    for k, v in results.items():
+        out[f"{k} agreement"] = {
+            "max_abs_logit_diff": float(np.abs(v - ref).max()),
+            "same_mask_share": float(np.mean((v > 0) == (ref > 0))),
+        }
+    for k, v in alternate(fns, repeats).items():
+        out[k] = {**v, "pixels_per_second": tile * tile / v["seconds"]}
+    return out
+
+
+def bench_batch_sizes(make, sample, batch_sizes: list[int], seeds: list[int], epochs: int = 5) -> dict:
+    """Validation crop F1 per epoch and fit seconds for each batch size and seed: ``epochs`` epochs, no
+    early stopping, no class weights, the model's ``threads`` setting."""
+    from cropseg.patches import epoch_callback
+
+    out: dict = {"epochs": epochs, "runs": {}}
+    for seed in seeds:
+        for bs in batch_sizes:
+            m = make(batch_size=bs, epochs=epochs, patience=None, class_weight=None, seed=seed)
+            curve: list[float] = []
+            cb = epoch_callback(
+                sample.validation, lambda metrics, step, curve=curve: curve.append(metrics["val_crop_f1"]), "bs"
+            )
+            t = time.perf_counter()
+            m.fit_patches(sample.train, sample.validation, cb)
+            out["runs"][f"{bs} {seed}"] = {
+                "batch_size": bs,
+                "seed": seed,
+                "curve": curve,
+                "seconds": time.perf_counter() - t,
+            }
+    return out
+
+
 def agreement(model, scenes, st, workdir: Path) -> dict:
     """On CUDA: the test mask with AMP against the same model in float32 (share of pixels that agree)."""
     import rasterio
@@ -281,20 +389,27 @@ def main() -> int:
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=None, help="Markdown report (default: stdout only)")
     ap.add_argument("--json", type=Path, default=None)
-    ap.add_argument("--sections", default="predict,train", help="predict, train or both (default)")
+    ap.add_argument(
+        "--sections",
+        default="predict,train",
+        help="comma-separated: predict, train (the default: both), runtimes (eager vs torch.compile vs ONNX "
+        "Runtime for one tile), batch (validation crop F1 and fit time per --batch-sizes and --seeds)",
+    )
+    ap.add_argument("--batch-sizes", default="16,32,64", help="batch sizes of --sections batch")
+    ap.add_argument("--seeds", default="0,1", help="seeds of --sections batch")
     ap.add_argument("--threads", default="1,all", help="CPU thread settings of the training variants (default 1,all)")
     ap.add_argument("overrides", nargs="*", help="further classifier overrides, e.g. classifier.tile_size=256")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="cropseg-bench-unet-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    import torch
-
     import cropseg
 
     t0 = time.perf_counter()
     cfg, st, scenes, sample, make = build(args.size, workdir, [f"classifier.device={args.device}", *args.overrides])
-    model = make()
+    model = make()  # loads PyTorch the way cropseg does (OpenMP wait policy set first: see the unet plugin)
+    import torch
+
     # a quickly fitted model to predict with (its speed does not depend on what it learned)
     quick = make(
         epochs=1, class_weight=None, patience=None, **({"max_minutes": None} if "max_minutes" in cfg.classifier else {})
@@ -302,7 +417,9 @@ def main() -> int:
     quick.fit_patches(sample.train, sample.validation, None)
     cores = os.cpu_count() or 1
     threads_model = model.threads
-    threads_list: list[int | None] = [None if t == "all" else int(t) for t in args.threads.split(",")]
+    threads_list: list[int | str | None] = [
+        None if t == "all" else t if t == "auto" else int(t) for t in args.threads.split(",")
+    ]
     if threads_model not in threads_list:
         threads_list.insert(0, threads_model)
     if quick._device().type == "cuda":
@@ -316,6 +433,7 @@ def main() -> int:
         "size": args.size,
         "overrides": args.overrides,
         "load_start": load(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
     }
 
     def save() -> None:  # after every section, so a run cut short still leaves what it measured
@@ -328,6 +446,15 @@ def main() -> int:
     if "predict" in sections:
         res["prediction"] = bench_prediction(quick, scenes, st, workdir, args.repeats)
         res["load_after_prediction"] = load()
+        save()
+    if "runtimes" in sections:
+        res["runtimes"] = bench_runtimes(quick, scenes, st, workdir, args.repeats)
+        res["load_after_runtimes"] = load()
+        save()
+    if "batch" in sections:
+        sizes = [int(b) for b in args.batch_sizes.split(",")]
+        res["batch_sizes"] = bench_batch_sizes(make, sample, sizes, [int(x) for x in args.seeds.split(",")])
+        res["load_after_batch_sizes"] = load()
         save()
     if "train" in sections:
         res["training"] = bench_training(model, sample, threads_list, args.repeats)
@@ -344,8 +471,10 @@ def main() -> int:
 
 def render(res: dict) -> str:
     def rows(section: dict, unit: str, ceiling_keys: list[str]) -> list[str]:
-        ceiling = max(section[k][unit] for k in ceiling_keys)
-        lines = [f"| variant | seconds (median) | each repeat | {unit.replace('_', ' ')} | vs all-cores ceiling |"]
+        keys = ceiling_keys or [next(k for k, v in section.items() if isinstance(v, dict) and unit in v)]
+        ceiling = max(section[k][unit] for k in keys)
+        head = "vs all-cores ceiling" if ceiling_keys else f"vs {keys[0]}"
+        lines = [f"| variant | seconds (median) | each repeat | {unit.replace('_', ' ')} | {head} |"]
         lines.append("|---|---:|---|---:|---:|")
         for k, v in section.items():
             if isinstance(v, dict) and unit in v:
@@ -358,7 +487,7 @@ def render(res: dict) -> str:
         + (f"; GPU {res['gpu']}" if res["gpu"] else ""),
         f"Scenes: SYNTHETIC sample {res['size']}x{res['size']}; overrides {res['overrides'] or 'none'}; load average "
         f"at start {res['load_start']}, after prediction {res.get('load_after_prediction', '-')}, after training "
-        f"{res.get('load_after_training', '-')}.",
+        f"{res.get('load_after_training', '-')}; OMP_WAIT_POLICY {res.get('omp_wait_policy') or 'unset'}.",
     ]
     if "prediction" in res:
         p = res["prediction"]
@@ -378,6 +507,42 @@ def render(res: dict) -> str:
             "",
             *rows(t, "patches_per_second", [k for k in t if k.startswith("bare")]),
         ]
+        if t.get("threads_auto"):
+            out += ["", "threads=auto chose (each fit): " + " | ".join(t["threads_auto"])]
+    if "batch_sizes" in res:
+        b = res["batch_sizes"]
+        out += [
+            "",
+            f"Batch sizes: validation crop F1 after each of {b['epochs']} epochs (no early stopping, no class "
+            f"weights; load after: {res.get('load_after_batch_sizes', '-')}):",
+            "",
+            "| batch | seed | fit s | best | per epoch |",
+            "|---:|---:|---:|---:|---|",
+        ]
+        for v in b["runs"].values():
+            per = ", ".join(f"{c:.3f}" for c in v["curve"])
+            out.append(f"| {v['batch_size']} | {v['seed']} | {v['seconds']:.1f} | {max(v['curve']):.3f} | {per} |")
+    if "runtimes" in res:
+        r = res["runtimes"]
+        out += [
+            "",
+            f"One real test tile ({r['tile']} px + {r['halo']} px halo), 1 thread, forward pass only (load after: "
+            f"{res.get('load_after_runtimes', '-')}); torch.compile's first call (compiling) took "
+            f"{r.get('compile_seconds', float('nan')):.1f} s, the ONNX export + session "
+            f"{r.get('onnx_export_seconds', float('nan')):.1f} s:",
+            "",
+            *rows({k: v for k, v in r.items() if isinstance(v, dict) and "seconds" in v}, "pixels_per_second", []),
+        ]
+        for k in ("torch.compile", "onnxruntime"):
+            a = r.get(f"{k} agreement")
+            if a:
+                out.append(
+                    f"\n{k} against eager: largest logit difference {a['max_abs_logit_diff']:.2e}, "
+                    f"{a['same_mask_share']:.6%} of the tile's pixels on the same side of 0."
+                )
+        for k in ("compile_error", "onnx_error"):
+            if k in r:
+                out.append(f"\n{k}: {r[k]}")
     if res.get("amp_agreement"):
         a = res["amp_agreement"]
         out += [

@@ -8,8 +8,9 @@ pixels, 255, count for nothing), Adam, flips / 90-degree rotations; the epoch wi
 target (``evaluate.target``, on held-out blocks of the training scene) is kept, training stops early after
 ``patience`` epochs without a better one or at the ``max_minutes`` budget, and ``class_weight=auto``
 trains without and with balanced class weights and keeps the better on validation. Progress lines inside
-each epoch. Mixed precision and channels-last memory on CUDA. Seeded: the same seed gives the same
-weights and masks on CPU (on one machine and thread count).
+each epoch. Mixed precision and channels-last memory on CUDA. ``threads=auto`` (default) times the first
+training batches with one thread and with every core and keeps the faster. Seeded: the same seed gives the
+same weights and masks on CPU (on one machine with a fixed integer ``threads``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from __future__ import annotations
 import copy
 import io
 import logging
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -37,7 +40,16 @@ CLASS_WEIGHTS = ("auto", "balanced", None)
 _BUILD_LOCK = threading.Lock()
 
 
+#: OpenMP's wait policy for PyTorch's CPU thread pool, set before PyTorch (libgomp) loads unless the
+#: environment sets it: idle pool threads sleep instead of spinning, so a busy machine does not take their
+#: core away mid-spin (measured: a training epoch with 2 threads 10x faster at load 12-16, 5-9 % slower on an
+#: idle machine; benchmarks/README.md)
+OMP_WAIT_POLICY = "PASSIVE"
+
+
 def _deep() -> tuple[Any, Any]:
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
     try:
         import segmentation_models_pytorch as smp
         import torch
@@ -76,7 +88,7 @@ class UNet:
         max_minutes: float | None = None,
         halo: int = 32,
         tile_size: int = 512,
-        threads: int | None = None,
+        threads: int | str | None = "auto",
         amp: bool | None = None,
         channels_last: bool | None = None,
         seed: int = 0,
@@ -139,6 +151,12 @@ class UNet:
         for name, val in (("amp", amp), ("channels_last", channels_last)):
             if val is not None and not isinstance(val, bool):
                 raise ConfigError(f"classifier.{name}: true, false or null (null: on CUDA only), got {val!r}")
+        if not (
+            threads is None
+            or threads == "auto"
+            or (isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1)
+        ):
+            raise ConfigError(f"classifier.threads: a positive integer, auto or null, got {threads!r}")
         if not float(lr) > 0:
             raise ConfigError(f"classifier.lr: a positive number, got {lr!r}")
         self.weights = None if weights in (None, "") else str(Path(str(weights)).expanduser())
@@ -214,8 +232,12 @@ class UNet:
         balanced class weights (each with half of what is left of the time budget) and keeps the one with
         the better validation target."""
         torch, _ = _deep()
-        if self.threads:
-            torch.set_num_threads(int(self.threads))
+        if isinstance(self.threads, int):
+            torch.set_num_threads(self.threads)
+        elif self.threads is None:
+            from cropseg.parallel import available_cores
+
+            torch.set_num_threads(available_cores())
         X, y = train.X, train.y
         self.n_features = int(X.shape[1])
         self.mean = X.mean(axis=(0, 2, 3)).astype(np.float32)
@@ -269,6 +291,10 @@ class UNet:
             for r in runs if len(runs) > 1 else ():
                 metrics_out[f"val_best_target_class_weight_{r.class_weight or 'none'}"] = float(r.best_score)
         tags: dict[str, str] = {}
+        if chosen.threads is not None:
+            metrics_out["train_threads"] = float(chosen.threads)
+        if self.threads == "auto" and dev.type == "cpu":
+            tags["train_threads"] = "; ".join(r.threads_note for r in runs)
         if chosen.best_epoch == chosen.epochs_run and chosen.stopped != "patience" and chosen.epochs_run > 1:
             why = "the time budget (classifier.max_minutes)" if chosen.stopped == "time" else "classifier.epochs"
             msg = (
@@ -298,11 +324,15 @@ class UNet:
         label: str,
     ) -> _Trained:
         """One training run: epochs until ``epochs``, ``patience`` or ``deadline``; the best epoch kept."""
-        from cropseg.patches import TrainingProgress
+        from cropseg.parallel import available_cores
+        from cropseg.patches import ThreadChooser, TrainingProgress
 
         torch, _ = _deep()
         dev = self._device()
         amp = self._amp(dev)
+        chooser = None
+        if self.threads == "auto" and dev.type == "cpu":
+            chooser = ThreadChooser(torch.set_num_threads, available_cores(), clock=self._clock)
         net = self._build(int(Xn.shape[1]))
         if self.weights is not None:
             self._load_weights(net)
@@ -332,6 +362,8 @@ class UNet:
             for b, (xt, yt) in enumerate(self._batches(Xn, y, rng, dev), start=1):
                 keep = yt != IGNORE
                 n = int(keep.sum())
+                if chooser is not None and chooser.deciding:
+                    chooser.before_batch()
                 if n:
                     with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=amp):
                         logits = net(xt)[:, 0]
@@ -342,6 +374,10 @@ class UNet:
                     (loss / n).backward()
                     opt.step()
                     loss_sum, px_sum = loss_sum + float(loss.detach()), px_sum + n
+                if chooser is not None and chooser.deciding:
+                    chooser.after_batch(len(xt) if n else 0)
+                    if not chooser.deciding:
+                        log.info("%s: threads=auto: %s", label, chooser.summary())
                 progress.batch(b)
             train_loss = loss_sum / max(px_sum, 1)
             _recalibrate_batchnorm(net, Xn, dev, amp)
@@ -361,6 +397,8 @@ class UNet:
                     break
         assert best_state is not None
         secs = sum(epoch_seconds)
+        threads = torch.get_num_threads() if dev.type == "cpu" else None
+        note = f"{label}: {chooser.summary()}" if chooser is not None else ""
         return _Trained(
             class_weight=class_weight,
             state=best_state,
@@ -370,6 +408,8 @@ class UNet:
             stopped=stopped,
             epoch_seconds=epoch_seconds,
             patches_per_second=len(Xn) * len(epoch_seconds) / max(secs, 1e-9),
+            threads=threads,
+            threads_note=note,
         )
 
     def _batches(self, Xn: np.ndarray, y: np.ndarray, rng: np.random.Generator, dev: Any) -> Iterator[tuple[Any, Any]]:
@@ -460,7 +500,7 @@ class UNet:
         from cropseg.parallel import task_threads
 
         torch, _ = _deep()
-        n = int(self.threads or task_threads())
+        n = self.threads if isinstance(self.threads, int) else task_threads()
         if torch.get_num_threads() != n:
             torch.set_num_threads(n)
         return (self._logits(self._normalise(features[None]))[0] > 0).astype(np.uint8)
@@ -547,6 +587,10 @@ class _Trained:
     stopped: str
     epoch_seconds: list[float]
     patches_per_second: float
+    #: CPU threads it trained with at the end (None on CUDA)
+    threads: int | None = None
+    #: threads=auto: what the probe measured and chose
+    threads_note: str = ""
 
 
 @hookimpl

@@ -290,7 +290,7 @@ def wrong_weights(tmp_path) -> Path:
 
 
 @pytest.mark.parametrize(
-    "case", ["missing_weights", "wrong_weights", "cuda", "encoder_weights", "max_minutes", "class_weight"]
+    "case", ["missing_weights", "wrong_weights", "cuda", "encoder_weights", "max_minutes", "class_weight", "threads"]
 )
 def test_bad_options_stop_before_any_work(case, tmp_path, capfd, monkeypatch, wrong_weights):
     import torch
@@ -305,6 +305,7 @@ def test_bad_options_stop_before_any_work(case, tmp_path, capfd, monkeypatch, wr
         "encoder_weights": ("classifier.encoder_weights=imagenet", "downloads no weights"),
         "max_minutes": ("classifier.max_minutes=0", "a positive number of minutes"),
         "class_weight": ("classifier.class_weight=weighted", "auto, balanced or null"),
+        "threads": ("classifier.threads=0", "a positive integer, auto or null"),
     }[case]
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     line = _one_line(capfd, main([*FAST, override, f"tracking.uri={uri}", f"cache_dir={tmp_path / 'cache'}"]))
@@ -563,3 +564,119 @@ def test_cuda_fit_with_amp_and_prediction_agree_with_float32():
     fp32_mask = model.predict_block(X, ones)
     assert float(np.mean(amp_mask == fp32_mask)) >= 0.99
     assert float(np.mean(amp_mask == y)) > 0.9
+
+
+# -- threads=auto: the training loop times its own batches with 1 thread and every core (issue 22) ----------
+
+
+class ThreadClock:
+    """A clock that advances ``cost[n]`` seconds per read while ``threads()`` returns ``n``: a batch timed
+    between two reads takes the cost of the thread count it ran with."""
+
+    def __init__(self, cost: dict[int, float], threads):
+        self.now, self.cost, self.threads = 1000.0, cost, threads
+
+    def __call__(self) -> float:
+        self.now += self.cost[self.threads()]
+        return self.now
+
+
+@pytest.mark.parametrize(
+    ("cost", "chosen", "timed_each"),
+    [
+        ({1: 1.0, 2: 2.0}, 1, 2),  # one thread twice as fast: clear after the first round
+        ({1: 2.0, 2: 1.0}, 2, 2),  # every core twice as fast: clear after the first round
+        ({1: 1.05, 2: 1.0}, 1, 6),  # every core only 5% faster: not worth the second core, after 3 rounds
+        ({1: 1.3, 2: 1.0}, 2, 6),  # 30% faster: every core
+    ],
+)
+def test_thread_chooser_keeps_the_faster_setting(cost, chosen, timed_each):
+    from cropseg.patches import ThreadChooser
+
+    calls: list[int] = []
+    current = [0]
+
+    def set_threads(n: int) -> None:
+        calls.append(n)
+        current[0] = n
+
+    chooser = ThreadChooser(set_threads, 2, per_round=2, rounds=3, clock=ThreadClock(cost, lambda: current[0]))
+    batches = 0
+    while chooser.deciding:
+        chooser.before_batch()
+        chooser.after_batch(0)  # a batch that computed nothing does not count
+        chooser.before_batch()
+        chooser.after_batch(8)
+        batches += 1
+        assert batches < 50
+    assert chooser.chosen == chosen and current[0] == chosen
+    assert [len(v) for v in chooser.samples.values()] == [timed_each, timed_each]
+    assert batches == 2 + 2 * timed_each  # two warm-up batches, then the timed ones; no batch is wasted
+    assert calls[:2] == [2, 1] and all(a != b for a, b in zip(calls, calls[1:]))  # set only when it changes
+    assert chooser.summary().endswith(f": {chosen}") and "ms/patch" in chooser.summary()
+    # per patch: a batch of 8 patches costs cost[n] seconds
+    assert np.median(chooser.samples[1]) == pytest.approx(cost[1] / 8)
+
+
+def test_thread_chooser_with_one_core_uses_one_thread():
+    from cropseg.patches import ThreadChooser
+
+    calls: list[int] = []
+    chooser = ThreadChooser(calls.append, 1)
+    assert not chooser.deciding and chooser.chosen == 1 and calls == [1]
+    assert "nothing to choose" in chooser.summary()
+
+
+@pytest.fixture
+def torch_threads():
+    import torch
+
+    before = torch.get_num_threads()
+    yield torch
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("faster", [1, 2])
+def test_unet_threads_auto_trains_with_the_faster(tiny_patches, caplog, monkeypatch, torch_threads, faster):
+    """threads=auto on a clock where the faster thread count's batches take a third of the other's: the
+    first batches decide (16 patches, batch 4: two warm-up batches and one round of 2 + 2, into the second
+    epoch), the rest of training uses the choice, and the run reports it (INFO line, tag, metric)."""
+    import cropseg.parallel
+
+    torch = torch_threads
+    monkeypatch.setattr(cropseg.parallel, "available_cores", lambda: 2)
+    model = _tiny_unet(epochs=2, patience=None, threads="auto")
+    cost = {faster: 1.0, 3 - faster: 3.0}
+    model._clock = ThreadClock(cost, torch.get_num_threads)
+    with caplog.at_level("INFO", logger="cropseg"):
+        res = model.fit_patches(*tiny_patches, _scores([0.5, 0.6])[0])
+    assert torch.get_num_threads() == faster
+    assert res.metrics["train_threads"] == faster
+    assert res.tags["train_threads"].startswith(
+        "unet: 1 thread 250.0 ms/patch" if faster == 1 else "unet: 1 thread 750.0"
+    )
+    assert res.tags["train_threads"].endswith(f": {faster}")
+    lines = [r.getMessage() for r in caplog.records if "threads=auto" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].endswith(f": {faster}")
+
+
+@pytest.mark.parametrize("given", [None, "ACTIVE"])
+def test_openmp_threads_wait_passively_unless_the_environment_says(given):
+    """PyTorch's OpenMP pool reads OMP_WAIT_POLICY when it loads: cropseg sets PASSIVE before the U-Net
+    plugin first imports PyTorch (in a fresh interpreter), and leaves a value the user gave alone."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given:
+        env["OMP_WAIT_POLICY"] = given
+    code = (
+        "import os, sys\n"
+        "from cropseg.plugins import Registry, get_plugin_manager\n"
+        "reg = Registry.from_plugin_manager(get_plugin_manager())\n"
+        "assert 'torch' not in sys.modules\n"
+        "reg.create('classifier', 'unet', {})\n"
+        "assert 'torch' in sys.modules\n"
+        "print(os.environ['OMP_WAIT_POLICY'])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == (given or "PASSIVE")
