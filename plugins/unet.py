@@ -23,7 +23,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -230,7 +229,9 @@ class UNet:
         else ``val_crop_f1``); stop early after ``patience`` epochs without a better one, or before an
         epoch that would end past ``max_minutes``. ``class_weight=auto`` trains once without and once with
         balanced class weights (each with half of what is left of the time budget) and keeps the one with
-        the better validation target."""
+        the better validation target (the loop: :mod:`cropseg.training`, shared with ``tempcnn``)."""
+        from cropseg.training import class_weight_candidates, fit_candidates, fit_summary
+
         torch, _ = _deep()
         if isinstance(self.threads, int):
             torch.set_num_threads(self.threads)
@@ -245,64 +246,38 @@ class UNet:
         dev = self._device()
         if dev.type == "cuda":
             torch.backends.cudnn.benchmark = True
-        candidates: list[str | None] = [self.class_weight]
-        if self.class_weight == "auto":
-            if validation is None:
-                log.warning("unet: class_weight=auto needs validation patches; training without class weights")
-                candidates = [None]
-            else:
-                candidates = [None, "balanced"]
+        candidates = class_weight_candidates(self.class_weight, validation is not None, "unet")
         Xn = self._normalise(X)
-        start = self._clock()
-        deadline = None if self.max_minutes is None else start + 60.0 * float(self.max_minutes)
-        runs: list[_Trained] = []
-        step0 = 0
-        for i, cw in enumerate(candidates):
-            # each remaining candidate gets an equal share of what is left of the budget
-            dl = None if deadline is None else self._clock() + (deadline - self._clock()) / (len(candidates) - i)
-            label = f"unet class_weight={cw or 'none'}" if len(candidates) > 1 else "unet"
-            runs.append(self._train_one(Xn, y, validation, on_epoch, cw, dl, step0, label))
-            step0 += runs[-1].epochs_run
-        chosen = max(runs, key=lambda r: r.best_score)  # the first on a tie: no class weights
+        #: per candidate: CPU threads it trained with at the end (None on CUDA), what threads=auto measured
+        threads: dict[str | None, tuple[int | None, str]] = {}
+
+        def train_one(cw: str | None, deadline: float | None, step0: int, label: str) -> Any:
+            run, n_threads, note = self._train_one(Xn, y, validation, on_epoch, cw, deadline, step0, label)
+            threads[cw] = (n_threads, note)
+            return run
+
+        runs, chosen = fit_candidates(
+            candidates, name="unet", max_minutes=self.max_minutes, clock=self._clock, train_one=train_one
+        )
         self._net = self._build(self.n_features)
         self._net.load_state_dict(chosen.state)
         self._net.to(dev)
         self._net.eval()
         self._state = chosen.state
         self.epoch_seconds = [s for r in runs for s in r.epoch_seconds]
-        params: dict[str, Any] = {
-            "best_epoch": chosen.best_epoch,
-            "epochs_run": chosen.epochs_run,
-            "stopped": chosen.stopped,
-            "device": str(dev),
-            "amp": self._amp(dev),
-            "n_parameters": int(sum(p.numel() for p in self._net.parameters())),
-        }
-        if self.class_weight == "auto":
-            params["class_weight"] = chosen.class_weight or "none"
-        metrics_out: dict[str, float] = {
-            "fit_epochs": float(sum(r.epochs_run for r in runs)),
-            "best_epoch": float(chosen.best_epoch),
-            "train_seconds_per_epoch": float(np.mean(self.epoch_seconds)) if self.epoch_seconds else 0.0,
-            "train_patches_per_second": float(np.median([r.patches_per_second for r in runs])),
-        }
-        if validation is not None:
-            metrics_out["val_best_target"] = float(chosen.best_score)
-            for r in runs if len(runs) > 1 else ():
-                metrics_out[f"val_best_target_class_weight_{r.class_weight or 'none'}"] = float(r.best_score)
-        tags: dict[str, str] = {}
-        if chosen.threads is not None:
-            metrics_out["train_threads"] = float(chosen.threads)
+        params, metrics_out, tags = fit_summary(
+            "unet", runs, chosen, class_weight_option=self.class_weight, has_validation=validation is not None
+        )
+        params.update(
+            device=str(dev),
+            amp=self._amp(dev),
+            n_parameters=int(sum(p.numel() for p in self._net.parameters())),
+        )
+        chosen_threads = threads[chosen.class_weight][0]
+        if chosen_threads is not None:
+            metrics_out["train_threads"] = float(chosen_threads)
         if self.threads == "auto" and dev.type == "cpu":
-            tags["train_threads"] = "; ".join(r.threads_note for r in runs)
-        if chosen.best_epoch == chosen.epochs_run and chosen.stopped != "patience" and chosen.epochs_run > 1:
-            why = "the time budget (classifier.max_minutes)" if chosen.stopped == "time" else "classifier.epochs"
-            msg = (
-                f"unet: the kept epoch is the last one run ({chosen.best_epoch}, stopped by {why}); validation "
-                "was still improving: more epochs or time may give a better model"
-            )
-            log.warning(msg)
-            tags["warning.last_epoch"] = msg
+            tags["train_threads"] = "; ".join(threads[r.class_weight][1] for r in runs)
         return FitResult(params=params, metrics=metrics_out, tags=tags)
 
     def _amp(self, dev: Any) -> bool:
@@ -322,10 +297,13 @@ class UNet:
         deadline: float | None,
         step0: int,
         label: str,
-    ) -> _Trained:
-        """One training run: epochs until ``epochs``, ``patience`` or ``deadline``; the best epoch kept."""
+    ) -> tuple[Any, int | None, str]:
+        """One training run (:func:`cropseg.training.train_epochs`: epochs until ``epochs``, ``patience`` or
+        ``deadline``; the best epoch kept), the CPU threads it ended with (None on CUDA) and, with
+        ``threads=auto``, what the thread probe measured and chose."""
         from cropseg.parallel import available_cores
         from cropseg.patches import ThreadChooser, TrainingProgress
+        from cropseg.training import train_epochs
 
         torch, _ = _deep()
         dev = self._device()
@@ -348,15 +326,8 @@ class UNet:
         rng = np.random.default_rng(self.seed)
         n_batches = -(-len(Xn) // self.batch_size)
         progress = TrainingProgress(label, self.epochs, n_batches, self.batch_size, clock=self._clock)
-        best_score, best_epoch, best_state = -np.inf, 0, None
-        waited, epoch_seconds, stopped, epoch = 0, [], "epochs", 0
-        for epoch in range(1, self.epochs + 1):
-            if deadline is not None and epoch_seconds and self._clock() + epoch_seconds[-1] > deadline:
-                log.info("%s: time budget reached after epoch %d (classifier.max_minutes)", label, epoch - 1)
-                stopped, epoch = "time", epoch - 1
-                break
-            t_epoch = self._clock()
-            progress.start_epoch(epoch)
+
+        def run_epoch(progress: TrainingProgress) -> float:
             net.train()
             loss_sum, px_sum = 0.0, 0
             for b, (xt, yt) in enumerate(self._batches(Xn, y, rng, dev), start=1):
@@ -379,38 +350,33 @@ class UNet:
                     if not chooser.deciding:
                         log.info("%s: threads=auto: %s", label, chooser.summary())
                 progress.batch(b)
-            train_loss = loss_sum / max(px_sum, 1)
+            return loss_sum / max(px_sum, 1)
+
+        def validate() -> np.ndarray | None:
             _recalibrate_batchnorm(net, Xn, dev, amp)
             self._net = net
-            val_pred = self._predict_batch(validation.X) if validation is not None else None
-            metrics = dict(on_epoch(step0 + epoch, train_loss, val_pred)) if on_epoch is not None else {}
-            score = float(metrics.get("target", metrics.get("val_crop_f1", -train_loss)))
-            epoch_seconds.append(self._clock() - t_epoch)
-            if score > best_score or best_state is None:
-                best_score, best_epoch, waited = score, epoch, 0
-                best_state = copy.deepcopy({k: v.detach().cpu() for k, v in net.state_dict().items()})
-            else:
-                waited += 1
-                if self.patience is not None and waited >= self.patience:
-                    log.info("%s: early stop after epoch %d (best epoch %d)", label, epoch, best_epoch)
-                    stopped = "patience"
-                    break
-        assert best_state is not None
-        secs = sum(epoch_seconds)
-        threads = torch.get_num_threads() if dev.type == "cpu" else None
-        note = f"{label}: {chooser.summary()}" if chooser is not None else ""
-        return _Trained(
+            return self._predict_batch(validation.X) if validation is not None else None
+
+        def snapshot() -> dict[str, Any]:
+            return copy.deepcopy({k: v.detach().cpu() for k, v in net.state_dict().items()})
+
+        run = train_epochs(
+            label=label,
+            epochs=self.epochs,
+            patience=self.patience,
+            deadline=deadline,
+            clock=self._clock,
+            progress=progress,
+            n_samples=len(Xn),
+            run_epoch=run_epoch,
+            validate=validate,
+            snapshot=snapshot,
+            on_epoch=on_epoch,
+            step0=step0,
             class_weight=class_weight,
-            state=best_state,
-            best_score=float(best_score),
-            best_epoch=best_epoch,
-            epochs_run=len(epoch_seconds),
-            stopped=stopped,
-            epoch_seconds=epoch_seconds,
-            patches_per_second=len(Xn) * len(epoch_seconds) / max(secs, 1e-9),
-            threads=threads,
-            threads_note=note,
         )
+        threads = torch.get_num_threads() if dev.type == "cpu" else None
+        return run, threads, (f"{label}: {chooser.summary()}" if chooser is not None else "")
 
     def _batches(self, Xn: np.ndarray, y: np.ndarray, rng: np.random.Generator, dev: Any) -> Iterator[tuple[Any, Any]]:
         """The epoch's shuffled, augmented batches as tensors on ``dev``; the next batch is prepared on a
@@ -572,25 +538,6 @@ def _augment(x: np.ndarray, y: np.ndarray, draws: list[tuple[int, bool]]) -> tup
         xs.append(xi)
         ys.append(yi)
     return np.stack(xs), np.stack(ys)
-
-
-@dataclass
-class _Trained:
-    """One training run of :meth:`UNet.fit_patches` (one class-weight candidate)."""
-
-    class_weight: str | None
-    state: dict[str, Any]
-    best_score: float
-    best_epoch: int
-    epochs_run: int
-    #: why it stopped: epochs | patience | time
-    stopped: str
-    epoch_seconds: list[float]
-    patches_per_second: float
-    #: CPU threads it trained with at the end (None on CUDA)
-    threads: int | None = None
-    #: threads=auto: what the probe measured and chose
-    threads_note: str = ""
 
 
 @hookimpl
