@@ -104,9 +104,20 @@ class ContextFeatures:
         #: pixels of context each block needs on every side
         self.halo = max(self.radii)
 
+    def _own_indices(self, band_names: Sequence[str]) -> list[str]:
+        """The indices appended as the pixel's own values: not one the scene holds as a band that is
+        already there (``include_bands``), e.g. NDVI of an NDVI stack."""
+        if not self.include_indices:
+            return []
+        return [i for i in self.indices if not (self.include_bands and i in band_names)]
+
+    def _stat_layers(self) -> list[str]:
+        """What statistics are computed of: ``bands``, then the ``indices`` not also listed as bands."""
+        return [*self.bands, *(i for i in self.indices if i not in self.bands)]
+
     def names(self, band_names: Sequence[str]) -> list[str]:
-        base = [*(band_names if self.include_bands else ()), *(self.indices if self.include_indices else ())]
-        return base + [f"{v}_{s}_r{r}" for v in (*self.bands, *self.indices) for r in self.radii for s in self.stats]
+        base = [*(band_names if self.include_bands else ()), *self._own_indices(band_names)]
+        return base + [f"{v}_{s}_r{r}" for v in self._stat_layers() for r in self.radii for s in self.stats]
 
     def compute(
         self, reflectance: np.ndarray, band_names: Sequence[str], valid: np.ndarray | None = None
@@ -121,19 +132,21 @@ class ContextFeatures:
         if missing:
             raise ConfigError(f"{OPTION}.bands: the scene has no {missing[0]!r} band (bands: {', '.join(band_names)})")
         idx = compute_indices(refl, band_names, self.indices, savi_l=self.savi_l, option=f"{OPTION}.indices")
+        by_name = dict(zip(self.indices, idx, strict=True))
         h, w = refl.shape[1:]
         ok = np.ones((h, w), dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
         okf = ok.astype(np.float64)
-        layers = [refl[list(band_names).index(b)] for b in self.bands] + list(idx)
-        n_base = (len(band_names) if self.include_bands else 0) + (len(self.indices) if self.include_indices else 0)
+        layers = [refl[list(band_names).index(v)] if v in self.bands else by_name[v] for v in self._stat_layers()]
+        own = self._own_indices(band_names)
+        n_base = (len(band_names) if self.include_bands else 0) + len(own)
         out = np.empty((n_base + len(layers) * len(self.radii) * len(self.stats), h, w), dtype=np.float32)
         k = 0
         if self.include_bands:
             out[: len(band_names)] = refl
             k = len(band_names)
-        if self.include_indices:
-            out[k : k + len(idx)] = idx
-            k += len(idx)
+        for name in own:
+            out[k] = by_name[name]
+            k += 1
         border = cv2.BORDER_CONSTANT
         counts = {
             r: cv2.boxFilter(okf, cv2.CV_64F, (2 * r + 1, 2 * r + 1), normalize=False, borderType=border)

@@ -20,6 +20,7 @@ from rasterio.windows import Window
 
 from cropseg.errors import ConfigError
 from cropseg.spectral import INDICES, compute_indices, parse_band_roles
+from cropseg_plugins.context import ContextFeatures
 from cropseg_plugins.indices import IndexFeatures
 from cropseg_plugins.local import LocalSource
 from cropseg_plugins.temporal import TemporalFeatures
@@ -108,6 +109,19 @@ def test_index_features_list_an_index_band_once():
     assert feats.names(("ndvi", "nir", "swir2")) == ["ndvi", "nir", "swir2", "nbr"]
     x = np.random.default_rng(0).uniform(0.1, 0.5, size=(3, 2, 2)).astype(np.float32)
     assert feats.compute(x, ("ndvi", "nir", "swir2")).shape == (4, 2, 2)
+
+
+def test_context_features_list_an_index_band_once():
+    """NDVI held as a band and asked for as an index: one ``ndvi`` value and one set of its statistics."""
+    feats = ContextFeatures(radii=[1], stats=["mean"], bands=["ndvi"], indices=["ndvi", "nbr"], include_indices=True)
+    roles = ("ndvi", "nir", "swir2")
+    names = feats.names(roles)
+    assert names == ["ndvi", "nir", "swir2", "nbr", "ndvi_mean_r1", "nbr_mean_r1"]
+    x = np.random.default_rng(0).uniform(0.1, 0.5, size=(3, 5, 5)).astype(np.float32)
+    out = feats.compute(x, roles)
+    assert out.shape == (len(names), 5, 5)
+    np.testing.assert_array_equal(out[3], compute_indices(x, roles, ["nbr"])[0])
+    np.testing.assert_allclose(out[4, 2, 2], x[0, 1:4, 1:4].mean(), rtol=1e-4)
 
 
 # --------------------------------------------------------------------------------------------------
