@@ -21,6 +21,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .errors import ConfigError
 from .plugins import Registry
+from .signals import deferred
 
 log = logging.getLogger(__name__)
 VERSION_BASE = "1.3"
@@ -169,7 +170,9 @@ def compose(overrides: Sequence[str] = (), config_dir: Path | None = None) -> Di
     from hydra import compose as hcompose
 
     overrides = list(overrides)
-    with hydra_context(config_dir):
+    # a signal raised in the middle of OmegaConf building a node leaves it half made, and OmegaConf's own
+    # clean-up then fails with a ConfigKeyError that hides the KeyboardInterrupt: raise it after composing
+    with deferred(), hydra_context(config_dir):
         try:
             with hydra_errors():
                 cfg = hcompose(config_name=CONFIG_NAME, overrides=overrides)

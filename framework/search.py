@@ -470,7 +470,8 @@ def search(
                 )
             return score
 
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        # Optuna logs a failed trial's traceback at WARNING: the search reports failures in its own lines
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
         study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=opts.seed))
         with warnings.catch_warnings():  # this Optuna marks n_jobs (threads) deprecated; it is what we want
             warnings.filterwarnings("ignore", "`n_jobs` argument", FutureWarning)

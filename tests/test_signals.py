@@ -294,3 +294,31 @@ sys.exit(0)
         "raised again: terminated by SIGTERM",
     ]
     assert proc.stderr == ""  # no "Exception ignored in ..." traceback
+
+
+def test_a_signal_during_composition_is_raised_after_it(monkeypatch):
+    """SIGINT landing while OmegaConf builds a node used to surface as a ConfigKeyError from OmegaConf's
+    clean-up of the half-made node (a search stopped mid-trial then exited 1 with a traceback): the
+    composition now finishes and the KeyboardInterrupt follows."""
+    from omegaconf import listconfig
+
+    from cropseg.config import compose
+    from cropseg.signals import handle_signals
+
+    original = listconfig.ListConfig._set_item_impl
+    sent: list[int] = []
+
+    def interrupted(self, *args, **kwargs):
+        if not sent:
+            sent.append(1)
+            self._get_flag("readonly")  # as the real one does first: the node's flag cache is now set
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(10_000):  # Python runs the handler at its next check, inside this loop
+                pass
+        return original(self, *args, **kwargs)
+
+    # append() leaves a None slot for the item _set_item_impl then fills: the signal lands in between
+    monkeypatch.setattr(listconfig.ListConfig, "_set_item_impl", interrupted)
+    with pytest.raises(KeyboardInterrupt) as caught, handle_signals():
+        compose(["classifier=knn"])
+    assert sent and type(caught.value) is KeyboardInterrupt
