@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from epoch_helpers import FakeClock, scripted_scores
 from mlflow import MlflowClient
 
 import cropseg
@@ -101,27 +102,8 @@ def tiny_patches():
     return two_dates(separable_patches(16, 16, seed=0)), two_dates(separable_patches(4, 16, seed=1))
 
 
-class FakeClock:
-    """A monotonic clock that advances ``step`` seconds each time it is read."""
-
-    def __init__(self, step: float):
-        self.now, self.step = 1000.0, step
-
-    def __call__(self) -> float:
-        self.now += self.step
-        return self.now
-
-
 def _scores(values):
-    """An on_epoch callback whose validation target is ``values[epoch - 1]`` (a controlled learning curve)."""
-    seen: list[int] = []
-
-    def on_epoch(epoch, loss, val_pred):
-        assert np.isfinite(loss) and val_pred is not None
-        seen.append(epoch)
-        return {"target": float(values[epoch - 1]), "val_crop_f1": 0.0}
-
-    return on_epoch, seen
+    return scripted_scores(values, needs_validation=True)
 
 
 def test_layout_groups_features_by_date_and_keeps_undated_ones():

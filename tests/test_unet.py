@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from epoch_helpers import FakeClock, scripted_scores
 from mlflow import MlflowClient
 
 import cropseg
@@ -420,26 +421,7 @@ def tiny_patches():
     return separable_patches(16, 32, seed=0), separable_patches(4, 32, seed=1)
 
 
-class FakeClock:
-    """A monotonic clock that advances ``step`` seconds each time it is read (each read stands for work done)."""
-
-    def __init__(self, step: float):
-        self.now, self.step = 1000.0, step
-
-    def __call__(self) -> float:
-        self.now += self.step
-        return self.now
-
-
-def _scores(values):
-    """An on_epoch callback whose validation target is ``values[epoch - 1]`` (a controlled learning curve)."""
-    seen: list[int] = []
-
-    def on_epoch(epoch, loss, val_pred):
-        seen.append(epoch)
-        return {"target": float(values[epoch - 1]), "val_crop_f1": 0.0}
-
-    return on_epoch, seen
+_scores = scripted_scores
 
 
 def test_plateau_stops_early_and_keeps_the_best_epoch(tiny_patches, caplog):
