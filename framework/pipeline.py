@@ -12,6 +12,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -34,7 +35,7 @@ from .sampling import sample_training_pixels
 from .scene_ops import apply_filters, predict_scene
 from .schema import check_framework_options
 from .signals import raise_if_received
-from .targets import TARGETS, target_from_config
+from .targets import TARGETS, Target, at_crop_share, target_from_config
 from .tracking import TAG_PREFIX, Tracker, git_commit
 from .tuning import accepts
 from .types import (
@@ -554,7 +555,10 @@ def shift_diagnostics(
     share of each scene), ``test_predicted_crop_fraction`` (the share of the test scene's labelled pixels
     predicted crop, after postprocessing), ``crop_share_difference`` (predicted minus reference) and
     ``cv_test_gap`` (the tuning CV's value of ``evaluate.target`` minus its test value; positive: CV was
-    optimistic). A predicted share off the reference by more than ``evaluate.crop_share_margin`` of it
+    optimistic). With the CV's class rates (``cv_<kind>_tpr`` / ``_fpr``) also ``cv_at_test_share`` (the CV's
+    target had its held-out pixels had the test scene's labelled crop share) and ``cv_test_gap_at_test_share``
+    (that minus the test target: the part of the gap a different crop share does not explain, i.e. the
+    scenes' pixels differ). A predicted share off the reference by more than ``evaluate.crop_share_margin`` of it
     (relative: 0.1 = 10 %, the mapped crop area off by as much) warns (log, and the tag
     ``cropseg.warning.crop_share_shift``)."""
     shares = {}
@@ -571,14 +575,24 @@ def shift_diagnostics(
     target = target_from_config(cfg)
     kind = str(getattr(fit, "params", {}).get("cv", "")) if fit is not None else ""
     cv_value = metrics.get(f"cv_{kind}_{target.name}")
+    gap = ""
     if cv_value is not None and target.test_metric in metrics:
         metrics["cv_test_gap"] = cv_value - metrics[target.test_metric]
+        gap = f"; {kind} CV {target.name} minus test: {metrics['cv_test_gap']:+.3f}"
+        at_share = cv_at_share(metrics, kind, target, shares["test"])
+        if at_share is not None:
+            metrics["cv_at_test_share"] = at_share
+            metrics["cv_test_gap_at_test_share"] = at_share - metrics[target.test_metric]
+            gap += (
+                f" (CV at the test scene's crop share: {at_share:.3f}, minus test "
+                f"{metrics['cv_test_gap_at_test_share']:+.3f}: the part a crop share difference does not explain)"
+            )
     log.info(
         "crop share: train %.1f%% labelled, test %.1f%% labelled, %.1f%% predicted%s",
         100 * shares["train"],
         100 * shares["test"],
         100 * predicted,
-        f"; {kind} CV {target.name} minus test: {metrics['cv_test_gap']:+.3f}" if "cv_test_gap" in metrics else "",
+        gap,
     )
     margin = float((cfg.get("evaluate") or {}).get("crop_share_margin", 0.1))
     if shares["test"] > 0 and abs(predicted / shares["test"] - 1) > margin:
@@ -590,6 +604,15 @@ def shift_diagnostics(
         log.warning("%s", text)
         return {f"{TAG_PREFIX}warning.crop_share_shift": text}
     return {}
+
+
+def cv_at_share(metrics: Mapping[str, float], kind: str, target: Target, share: float) -> float | None:
+    """The tuning CV's target on a scene with crop share ``share`` (its pooled class rates ``cv_<kind>_tpr``
+    and ``cv_<kind>_fpr`` kept: :func:`cropseg.targets.at_crop_share`); ``None`` without them."""
+    tpr, fpr = metrics.get(f"cv_{kind}_tpr"), metrics.get(f"cv_{kind}_fpr")
+    if tpr is None or fpr is None or not 0.0 <= share <= 1.0:
+        return None
+    return target.score(at_crop_share(np.array([[1.0 - fpr, fpr], [1.0 - tpr, tpr]]), share))
 
 
 #: fewest labelled valid pixels a test scene may have (the model's input example takes five)

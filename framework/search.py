@@ -16,7 +16,10 @@ The test scene is checked before the search starts (its header and ground truth 
 preflight does) and not read again until the end: then the chosen configuration is refit and run once
 through the ordinary pipeline (:func:`cropseg.pipeline.execute`), which tests it on the test scene. All
 trials are child runs of one MLflow parent run tagged like a sweep (``cropseg compare --sweep latest``
-reads it); the chosen run logs ``search_cv_score`` and ``cv_test_gap`` (CV target minus test target).
+reads it); the chosen run logs ``search_cv_score``, ``cv_test_gap`` (CV target minus test target) and
+``cv_at_test_share`` / ``cv_test_gap_at_test_share`` (the search CV's class rates at the test scene's
+labelled crop share, and that minus the test target: the part of the gap a crop share difference does not
+explain).
 
 ``--posthoc-test N`` checks the choice once it is made and logged (it cannot change it): the ``N`` best
 trials by CV are each refit on the training scene and tested once on the test scene
@@ -48,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError, CropsegError
-from .targets import Target, target_from_config
+from .targets import Target, at_crop_share, target_from_config
 from .types import PatchModel
 
 log = logging.getLogger("cropseg")
@@ -105,6 +108,8 @@ class TrialResult:
     fold_scores: list[float]
     seconds: float
     run_id: str = ""
+    #: the blurred out-of-fold map's confusion matrix over all folds (rows truth, columns prediction)
+    confusion: np.ndarray | None = None
 
 
 @dataclass
@@ -293,9 +298,10 @@ def pipeline_cv(
     folds: int,
     workdir: Path,
     over_budget: Callable[[], bool] = lambda: False,
-) -> tuple[float, float, list[float]]:
+) -> tuple[float, float, list[float], np.ndarray]:
     """Spatial cross-validation of the configured pipeline on the training ``scene`` (see the module's
-    docstring): returns the target of the blurred out-of-fold map, of the raw one, and per fold."""
+    docstring): returns the target of the blurred out-of-fold map, of the raw one, per fold, and the
+    blurred map's confusion matrix over all folds."""
     import rasterio
 
     from .config import instantiate
@@ -337,7 +343,8 @@ def pipeline_cv(
     raw_cms = block_confusions(labels.path, raw, sb)
     fold = np.array([fold_of.get(i, 0) for i in range(len(cms))])
     per_fold = [target.score(cms[fold == k].sum(axis=0)) for k in range(len(maps))]
-    return target.score(cms.sum(axis=0)), target.score(raw_cms.sum(axis=0)), per_fold
+    pooled = cms.sum(axis=0)
+    return target.score(pooled), target.score(raw_cms.sum(axis=0)), per_fold, pooled
 
 
 def search(
@@ -445,7 +452,7 @@ def search(
             workdir.mkdir(parents=True, exist_ok=True)
             started = time.perf_counter()
             try:
-                score, raw, per_fold = pipeline_cv(
+                score, raw, per_fold, pooled = pipeline_cv(
                     cfg, st.registry, train, labels, target, opts.folds, workdir, lambda: clock() >= deadline
                 )
             except _Budget:
@@ -458,6 +465,7 @@ def search(
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
             res = TrialResult(trial.number, trial_ov, label, score, raw, per_fold, time.perf_counter() - started)
+            res.confusion = pooled
             res.run_id = _log_trial(tracker, parent, trial.number, label, cfg, flatten, trial_ov, (res, target), None)
             with lock:
                 results.append(res)
@@ -490,9 +498,17 @@ def search(
         final = execute(final_cfg, output_dir=out / "chosen", parent_run_id=parent, run_name_suffix="(chosen)")
         test = float(final.metrics[target.test_metric])
         gap = best.score - test
-        tracker.logger(final.run_id).log_metrics(
-            {"search_cv_score": best.score, "cv_score": best.score, "cv_test_gap": gap}
-        )
+        chosen_metrics = {"search_cv_score": best.score, "cv_score": best.score, "cv_test_gap": gap}
+        share = final.metrics.get("test_labelled_crop_fraction")
+        if best.confusion is not None and share is not None:
+            at_share = target.score(at_crop_share(best.confusion, share))
+            chosen_metrics.update(cv_at_test_share=at_share, cv_test_gap_at_test_share=at_share - test)
+            say(
+                f"the chosen configuration's CV at the test scene's crop share ({100 * share:.1f}%): "
+                f"{target.name} {at_share:.4f}, minus test {at_share - test:+.4f} (the part of the CV-test gap a "
+                "crop share difference does not explain)"
+            )
+        tracker.logger(final.run_id).log_metrics(chosen_metrics)
         tracker.logger(final.run_id).set_tags({f"{TAG_PREFIX}search.chosen_trial": best.number})
         plog.log_metrics(
             {

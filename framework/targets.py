@@ -99,6 +99,19 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, sample_weight: np.ndarray 
     return np.bincount(idx, weights=w, minlength=4)[:4].reshape(2, 2)
 
 
+def at_crop_share(cm: np.ndarray, share: float) -> np.ndarray:
+    """``cm`` with its class rows rescaled so that crop is ``share`` of the pixels: the same per-class
+    rates (recall of each class, the false-positive rate) on a scene whose crop share is ``share``.
+
+    The target of the result is what a classifier with ``cm``'s rates would score on a scene that differs
+    only in its crop share (prior or label shift); a CV confusion matrix at the test scene's crop share
+    separates that part of a CV-vs-test gap from the rest (the scenes' pixels themselves differ)."""
+    m = np.asarray(cm, dtype=np.float64).reshape(2, 2)
+    rows = m.sum(axis=1, keepdims=True)
+    rates = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
+    return rates * np.array([[1.0 - float(share)], [float(share)]])
+
+
 TARGETS: dict[str, Target] = {
     t.name: t
     for t in (

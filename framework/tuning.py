@@ -35,8 +35,10 @@ on an edge after the last round warns (log and the ``warning.grid_edge`` tag).
 The chosen candidate is also scored with the CV that did not tune, so every run reports both. Metrics:
 ``cv_score``/``cv_score_std`` (the target in the tuning CV), ``cv_<kind>_<target>``/``..._std`` for every
 target of :data:`cropseg.targets.TARGETS` and both CVs, today's ``cv_<kind>_f1_weighted``, per-fold
-``cv_<kind>_<crop metric>_fold<i>`` of the tuning CV, ``cv_<scoring>_<candidate>`` per candidate, and
-``threshold``. Only the training pixels a classifier is given are ever used; the test scene never reaches
+``cv_<kind>_<crop metric>_fold<i>`` of the tuning CV, ``cv_<kind>_tpr`` / ``cv_<kind>_fpr`` (crop
+pixels called crop, non-crop pixels called crop, over all folds' held-out pixels: what the run's shift
+diagnostics need to put the CV at the test scene's crop share), ``cv_<scoring>_<candidate>`` per candidate,
+and ``threshold``. Only the training pixels a classifier is given are ever used; the test scene never reaches
 ``fit``.
 """
 
@@ -449,6 +451,11 @@ class CVResult:
                 )
             if per_fold and name in FOLD_METRICS:
                 out.update({f"cv_{kind}_{name}_fold{i + 1}": v for i, v in enumerate(vals)})
+        # the class rates of all folds' held-out pixels together: the CV at another crop share (shift diagnostics)
+        pooled = np.sum(self.confusions, axis=0).astype(np.float64)
+        for key, row in (("tpr", 1), ("fpr", 0)):
+            if pooled[row].sum() > 0:
+                out[f"cv_{kind}_{key}"] = float(pooled[row, 1] / pooled[row].sum())
         return out
 
 

@@ -59,6 +59,10 @@ EXPECTED_METRICS = [
     "test_predicted_crop_fraction",
     "crop_share_difference",
     "cv_test_gap",
+    "cv_spatial_tpr",
+    "cv_spatial_fpr",
+    "cv_at_test_share",
+    "cv_test_gap_at_test_share",
 ]
 
 EXPECTED_ARTIFACTS = [
@@ -128,6 +132,10 @@ def test_cli_end_to_end_local_source(tmp_path, tiny_pair, cli_env, tracking_uri)
     assert not [t.test_metric for t in TARGETS.values() if t.test_metric not in run.data.metrics]
     m = run.data.metrics
     assert m["cv_test_gap"] == pytest.approx(m["cv_spatial_crop_f1"] - m["test_crop_f1"])
+    assert m["cv_test_gap_at_test_share"] == pytest.approx(m["cv_at_test_share"] - m["test_crop_f1"])
+    # the CV recall is the crop recall of all held-out pixels: between the folds' recalls
+    folds = [v for k, v in m.items() if k.startswith("cv_spatial_crop_recall_fold")]
+    assert folds and min(folds) - 1e-9 <= m["cv_spatial_tpr"] <= max(folds) + 1e-9
     assert m["test_predicted_crop_fraction"] == pytest.approx(
         (m["test_crop_support"] * m["test_crop_recall"] / m["test_crop_precision"])
         / (m["test_crop_support"] + m["test_noncrop_support"])

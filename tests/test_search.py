@@ -120,6 +120,9 @@ def test_trials_and_the_chosen_run_are_children_of_one_sweep_parent(parallel_sea
     test = chosen.data.metrics["test_crop_f1"]
     assert chosen.data.metrics["cv_test_gap"] == pytest.approx(best_cv - test)
     assert result.gap == pytest.approx(best_cv - test)
+    m = chosen.data.metrics
+    assert 0 < m["cv_at_test_share"] <= 1
+    assert m["cv_test_gap_at_test_share"] == pytest.approx(m["cv_at_test_share"] - test)
     assert parent.data.tags["cropseg.best_run_id"] == result.final_run_id
     # the chosen configuration is the best trial's: same classifier and features
     best = max(trials, key=lambda t: t.data.metrics["cv_crop_f1"])
@@ -212,8 +215,9 @@ def test_a_spent_budget_stops_a_trial_between_folds(scenes, tmp_path):
     with pytest.raises(_Budget):
         pipeline_cv(cfg, st.registry, train, labels, get_target("crop_f1"), 3, tmp_path, spent)
     assert len(calls) == 2
-    score, raw, folds = pipeline_cv(cfg, st.registry, train, labels, get_target("crop_f1"), 3, tmp_path)
+    score, raw, folds, pooled = pipeline_cv(cfg, st.registry, train, labels, get_target("crop_f1"), 3, tmp_path)
     assert 0 < score <= 1 and 0 < raw <= 1 and len(folds) == 3
+    assert pooled.shape == (2, 2) and get_target("crop_f1").score(pooled) == score
 
 
 @pytest.mark.parametrize(

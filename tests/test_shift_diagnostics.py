@@ -60,3 +60,36 @@ def test_within_the_margin_no_warning_and_the_gap_follows_the_target():
 def test_no_cv_no_gap():
     metrics, _ = run([[700, 50], [40, 210]])
     assert "cv_test_gap" not in metrics
+
+
+def test_the_cv_at_the_test_scenes_crop_share_separates_the_gap():
+    # CV rates: recall 0.8, false-positive rate 0.1. At the test share 25 %: TP 0.2, FN 0.05, FP 0.075,
+    # TN 0.675 -> crop F1 = 0.4 / (0.4 + 0.075 + 0.05) = 0.7619; the CV itself (45 % crop) said 0.8
+    metrics, _ = run(
+        [[600, 150], [50, 200]],
+        cv_metrics={"cv_spatial_crop_f1": 0.8, "cv_spatial_tpr": 0.8, "cv_spatial_fpr": 0.1},
+    )
+    assert metrics["cv_at_test_share"] == pytest.approx(0.4 / 0.525)
+    assert metrics["cv_test_gap_at_test_share"] == pytest.approx(0.4 / 0.525 - 0.6)
+    assert metrics["cv_test_gap"] == pytest.approx(0.2)
+
+
+def test_no_class_rates_no_cv_at_the_test_share():
+    metrics, _ = run([[700, 50], [40, 210]], cv_metrics={"cv_spatial_crop_f1": 0.8})
+    assert "cv_test_gap" in metrics and "cv_at_test_share" not in metrics
+
+
+def test_at_crop_share_keeps_the_class_rates():
+    from cropseg.targets import at_crop_share, get_target
+
+    cm = np.array([[900.0, 100.0], [200.0, 800.0]])  # 50 % crop, recall 0.8, false-positive rate 0.1
+    same = at_crop_share(cm, 0.5)
+    assert same.sum() == pytest.approx(1.0) and get_target("crop_f1").score(same) == pytest.approx(
+        get_target("crop_f1").score(cm)
+    )
+    low = at_crop_share(cm, 0.1)
+    assert low[1].sum() == pytest.approx(0.1) and low[1, 1] / low[1].sum() == pytest.approx(0.8)
+    assert low[0, 1] / low[0].sum() == pytest.approx(0.1)
+    # fewer crop pixels, same rates: precision and crop F1 fall, recall does not
+    assert get_target("crop_precision").score(low) == pytest.approx(0.08 / 0.17)
+    assert get_target("crop_f1").score(low) < get_target("crop_f1").score(cm)
