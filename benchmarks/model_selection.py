@@ -131,6 +131,12 @@ def main(argv: list[str] | None = None) -> None:
         default="none",
         help="a diagnosis of the CV-test gap: the hard test scene without its gain, its prior shift or both",
     )
+    ap.add_argument(
+        "--own-cv",
+        action="store_true",
+        help="a diagnosis of the CV-test gap: each variant also trained on the test scene itself (its own spatial "
+        "CV: what a CV on that scene would say; it needs the test labels, never a way to choose)",
+    )
     args = ap.parse_args(argv)
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -156,6 +162,9 @@ def main(argv: list[str] | None = None) -> None:
         "cv_score",
         "cv_spatial_crop_f1",
         "cv_test_gap",
+        "cv_at_test_share",
+        "cv_test_gap_at_test_share",
+        "test_scene_own_cv",
         "test_crop_f1_at_train_share",
         "wall_seconds",
     )
@@ -166,12 +175,22 @@ def main(argv: list[str] | None = None) -> None:
         order = list(variants) if seed % 2 else list(variants)[::-1]  # alternate the order
         for variant in order:
             tag = "before" if variant == "before" else "after"
-            slug = variant.replace(" ", "_").replace("=", "_")
+            slug = re.sub(r"[^A-Za-z0-9_.-]", "_", variant)
             m = run(tag, before, overrides + variants[variant], work, f"hard-{seed}-{slug}")
             for k in keys:
                 if k in m:
                     rows[variant].setdefault(k, []).append(float(m[k]))
             print(f"seed {seed} {variant}: test crop F1 {m['test_crop_f1']:.4f}", file=sys.stderr, flush=True)
+            if args.own_cv:  # the test scene as the training scene: its own spatial CV (the test target aside)
+                own = ["source=local", f"source.ground_truth={files['test_ground_truth']}"]
+                own += [
+                    f"source.{role}_{k[5:]}={v}"
+                    for role in ("train", "test")
+                    for k, v in files.items()
+                    if k[:5] == "test_"
+                ]
+                o = run(tag, before, own + variants[variant], work, f"hard-{seed}-{slug}-own")
+                rows[variant].setdefault("test_scene_own_cv", []).append(float(o["cv_spatial_crop_f1"]))
     # the default sample's wall time (and score, grid-edge warnings) of two variants, alternating: before /
     # after, or with --timing-variant the default (after) / after with the overrides
     pair: dict[str, tuple[str, list[str]]] = {"before": ("before", []), "after": ("after", [])}
@@ -183,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     for i in range(args.timing_repeats):
         for variant in list(pair) if i % 2 == 0 else list(pair)[::-1]:
             tag, extra = pair[variant]
-            slug = variant.replace(" ", "_")
+            slug = re.sub(r"[^A-Za-z0-9_.-]", "_", variant)
             m = run(tag, before, [f"source.size={args.size}", *extra], work, f"default-{i}-{slug}")
             timing[variant].append(m["wall_seconds"])
             sample[variant].append((m["test_crop_f1"], m["grid_edge_warnings"]))
@@ -196,6 +215,7 @@ def main(argv: list[str] | None = None) -> None:
         f"Source seeds {', '.join(map(str, args.seeds))} (`source.preset=hard`, {args.size}x{args.size} px, read "
         f"through `source=local` by both"
         + (f"; test scene ablated: `{args.ablate}`" if args.ablate != "none" else "")
+        + ("; `test_scene_own_cv`: the variant trained on the test scene, its spatial CV" if args.own_cv else "")
         + f"); before = `{before}`; load average at the end "
         f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} cores. Mean ± sd over the seeds.",
         "",
