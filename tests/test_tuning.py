@@ -292,8 +292,8 @@ def test_the_tuning_options_reach_the_tuning(name):
     from cropseg.pipeline import build_stages
 
     overrides = ["cv=random", "cv_folds=4", "threshold=0.3", "grid_extend_rounds=0", "seed=7", "class_weight=balanced"]
-    if name == "random_forest":  # bootstrap samples of 0.1 of this tiny set are too small (a scikit-learn warning)
-        overrides.append("max_samples=null")
+    # this tiny set is smaller than the MLP's batch and than the forest's useful bootstrap (scikit-learn warns)
+    overrides += {"mlp": ["batch_size=32"], "random_forest": ["max_samples=null"]}.get(name, [])
     cfg = compose([f"classifier={name}", *[f"classifier.{o}" for o in overrides], "classifier.grid={}"])
     clf = build_stages(cfg).classifier
     assert isinstance(clf, SklearnClassifier)
