@@ -14,7 +14,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import ConfigError, DuplicatePluginError, PluginError
-from .schema import check_factory_types
+from .schema import check_factory_types, factory_options
 
 log = logging.getLogger(__name__)
 
@@ -190,15 +190,12 @@ def check_labeler_fits(registry: Registry, labeler: str, kind: str | None, what:
 
 
 def check_options(where: str, factory: Callable[..., Any], options: Mapping[str, Any]) -> None:
-    """Raise :class:`ConfigError` if ``options`` holds a key ``factory`` does not accept."""
-    try:
-        sig = inspect.signature(factory)
-    except (TypeError, ValueError):  # builtins without signature: let the call decide
+    """Raise :class:`ConfigError` if ``options`` holds a key ``factory`` does not accept (its named
+    parameters and the keys of a ``**kwargs: Unpack[SomeTypedDict]``: :func:`cropseg.schema.factory_options`)."""
+    accepted = factory_options(factory)
+    if accepted is None:  # no signature (builtins) or a bare **kwargs: let the call decide
         return
-    params = sig.parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    accepted = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    params = inspect.signature(factory).parameters
     for key in options:
         if key not in accepted:
             raise ConfigError(f"{where}: unknown option {key!r} (valid: {', '.join(accepted) or 'none'})")

@@ -4,8 +4,9 @@ before any scene is read, with one line naming the option, the value and what is
 Two sources of schema, one checker:
 
 * a plugin's options: the type annotations of its factory (``def __init__(self, k_grid: Sequence[int] =
-  ...)``), checked generically by :func:`check_factory_types` from :meth:`cropseg.plugins.Registry.create`
-  before the factory runs (the factory's own range checks run right after, still before any work);
+  ...)``, and the keys of a ``**kwargs: Unpack[SomeTypedDict]``: :func:`factory_options`), checked
+  generically by :func:`check_factory_types` from :meth:`cropseg.plugins.Registry.create` before the
+  factory runs (the factory's own range checks run right after, still before any work);
   ``Annotated[int, Range(1, None)]`` adds a range to an annotation;
 * the framework's own keys (``block_size``, ``train.*``...): :data:`FRAMEWORK_OPTIONS`, checked by
   :func:`check_framework_options`.
@@ -146,23 +147,70 @@ def factory_hints(factory: Callable[..., Any]) -> dict[str, Any]:
     return hints
 
 
-def check_factory_types(
-    option_path: Callable[[str], str], factory: Callable[..., Any], options: Mapping[str, Any]
-) -> None:
-    """Raise :class:`ConfigError` for the first option whose value does not fit the factory's annotation.
-    A value equal to the parameter's default is always accepted (``max_depth: int = None`` style)."""
-    hints = factory_hints(factory)
-    if not hints:
-        return
+def factory_options(factory: Callable[..., Any]) -> dict[str, inspect.Parameter] | None:
+    """The options (keyword arguments) a plugin factory takes, by name, with their resolved annotations:
+    its named parameters and, for ``**kwargs: Unpack[SomeTypedDict]`` (PEP 692, e.g.
+    ``**tuning: Unpack[cropseg.tuning.TuningOptions]``), the TypedDict's keys, each with its default from
+    the first base class whose ``__init__`` names it. ``None`` when any keyword goes (a bare ``**kwargs``,
+    or annotations that cannot be resolved) or the factory has no signature."""
     try:
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError):
-        params = {}  # type: ignore[assignment]
-    for key, value in options.items():
-        tp = hints.get(key)
-        if tp is None:
+        return None
+    hints = factory_hints(factory)
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    out = {n: p.replace(annotation=hints.get(n, p.annotation)) for n, p in params.items() if p.kind in named}
+    var = next((p for p in params.values() if p.kind is inspect.Parameter.VAR_KEYWORD), None)
+    if var is None:
+        return out
+    packed = _unpacked_typeddict(hints.get(var.name))
+    if packed is None:
+        return None
+    defaults = _inherited_defaults(factory)
+    for name, tp in typing.get_type_hints(packed, include_extras=True).items():
+        if name not in out:
+            default = defaults.get(name, inspect.Parameter.empty)
+            out[name] = inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=tp)
+    return out
+
+
+def _unpacked_typeddict(tp: Any) -> type | None:
+    """``SomeTypedDict`` of an ``Unpack[SomeTypedDict]`` annotation, else None."""
+    if tp is None or getattr(typing.get_origin(tp), "__name__", None) != "Unpack":
+        return None
+    (inner,) = typing.get_args(tp)
+    return inner if typing.is_typeddict(inner) else None
+
+
+def _inherited_defaults(factory: Callable[..., Any]) -> dict[str, Any]:
+    """For a class: parameter name -> default of its base classes' ``__init__`` (nearest base first)."""
+    out: dict[str, Any] = {}
+    for base in factory.__mro__[1:] if inspect.isclass(factory) else ():
+        init = vars(base).get("__init__")
+        try:
+            params = inspect.signature(init).parameters if init is not None else {}
+        except (TypeError, ValueError):
             continue
+        for name, p in params.items():
+            if p.default is not inspect.Parameter.empty:
+                out.setdefault(name, p.default)
+    return out
+
+
+def check_factory_types(
+    option_path: Callable[[str], str], factory: Callable[..., Any], options: Mapping[str, Any]
+) -> None:
+    """Raise :class:`ConfigError` for the first option whose value does not fit the factory's annotation
+    (:func:`factory_options`: the options an ``Unpack``-ed TypedDict declares included). A value equal to
+    the parameter's default is always accepted (``max_depth: int = None`` style)."""
+    if not factory_hints(factory):
+        return
+    params = factory_options(factory) or {}
+    for key, value in options.items():
         p = params.get(key)
+        tp = None if p is None or isinstance(p.annotation, str) else p.annotation
+        if tp is None or tp is inspect.Parameter.empty:
+            continue
         if p is not None and p.default is not inspect.Parameter.empty and _same(value, p.default):
             continue
         if not conforms(value, tp):

@@ -49,16 +49,24 @@ import inspect
 import logging
 import math
 import re
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
 from .errors import ConfigError
+from .schema import factory_options
 from .targets import TARGETS, Target, confusion
 from .types import FitResult
+
+# re-exported for the classifiers' ``**tuning: Unpack[TuningOptions]`` (typing has it from Python 3.11)
+if sys.version_info >= (3, 11):
+    from typing import Unpack as Unpack
+else:  # pragma: no cover - Python 3.10
+    from typing_extensions import Unpack as Unpack
 
 log = logging.getLogger(__name__)
 
@@ -711,6 +719,28 @@ def check_balance(value: Any, where: str = "fit") -> str:
     return str(value)
 
 
+class TuningOptions(TypedDict, total=False):
+    """The tuning options of every :class:`SklearnClassifier`, declared once: a subclass takes its own
+    options by name and these as ``**tuning: Unpack[TuningOptions]``, passed on to ``super().__init__``
+    (whose signature holds their defaults). The config check (:func:`cropseg.schema.factory_options`)
+    accepts exactly these keys besides the named ones, and type-checks them against these annotations."""
+
+    grid: Mapping[str, Sequence[Any]] | None
+    cv: str
+    cv_folds: int
+    scoring: str
+    threshold: str | float
+    grid_extend_rounds: int
+    seed: int
+
+
+class WeightedTuningOptions(TuningOptions, total=False):
+    """:class:`TuningOptions` and ``class_weight``: for a subclass whose estimator takes class weights
+    (or that sets ``sample_weight_param``); ``train.balance=auto`` then lets the CV choose class weights."""
+
+    class_weight: str | None
+
+
 class SklearnClassifier:
     """Base of the built-in scikit-learn classifiers: options, tuning, prediction, probabilities.
 
@@ -718,7 +748,9 @@ class SklearnClassifier:
     ``self.hyper``) and implements :meth:`build` returning a fresh estimator (or
     :class:`~sklearn.pipeline.Pipeline`) for one candidate. ``grid`` maps hyperparameter names to candidate
     lists; the CV named by ``cv`` chooses among them (see :func:`tune`), on the target ``scoring``, with the
-    decision ``threshold`` (``"auto"``: chosen by the CV; a number: fixed).
+    decision ``threshold`` (``"auto"``: chosen by the CV; a number: fixed). A subclass's ``__init__`` names
+    its own options and takes these as ``**tuning: Unpack[WeightedTuningOptions]`` (or
+    :class:`TuningOptions`, without ``class_weight``), calling ``super().__init__(**hyper, **tuning)``.
 
     ``class_weight``: ``None`` or ``"balanced"``. Estimators that take ``class_weight`` get it in
     :meth:`build`; for the others set ``sample_weight_param`` (e.g. ``"mlp__sample_weight"``) and the base
@@ -786,11 +818,12 @@ class SklearnClassifier:
 
     def balance_modes(self) -> list[str]:
         """What ``fit(balance="auto")`` chooses among: class weights only for a subclass that takes a
-        ``class_weight`` option (its :meth:`build` reads ``self.class_weight``) or sets
-        ``sample_weight_param``; with ``class_weight="balanced"`` set, class weights alone."""
+        ``class_weight`` option (e.g. through :class:`WeightedTuningOptions`; its :meth:`build` reads
+        ``self.class_weight``) or sets ``sample_weight_param``; with ``class_weight="balanced"`` set, class
+        weights alone."""
         if self.class_weight == "balanced":
             return ["weights"]
-        weighted = self.sample_weight_param is not None or accepts(type(self).__init__, "class_weight")
+        weighted = self.sample_weight_param is not None or "class_weight" in (factory_options(type(self)) or {})
         return [m for m in BALANCE_MODES if m != "weights" or weighted]
 
     def fit(

@@ -8,11 +8,10 @@ sample.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cropseg import hookimpl
-from cropseg.tuning import SklearnClassifier, check_threads
+from cropseg.tuning import SklearnClassifier, Unpack, WeightedTuningOptions, check_threads
 
 
 class HistGradientBoosting(SklearnClassifier):
@@ -38,25 +37,11 @@ class HistGradientBoosting(SklearnClassifier):
         min_samples_leaf: int = 20,
         l2_regularization: float = 0.0,
         early_stopping: bool | str = "auto",
-        class_weight: str | None = None,
-        grid: Mapping[str, Sequence[Any]] | None = None,
-        cv: str = "spatial",
-        cv_folds: int = 3,
-        scoring: str = "crop_f1",
         n_threads: int | None = 1,
-        threshold: str | float = "auto",
-        grid_extend_rounds: int = 3,
-        seed: int = 0,
+        **tuning: Unpack[WeightedTuningOptions],
     ):
         super().__init__(
-            grid=grid,
-            cv=cv,
-            cv_folds=cv_folds,
-            scoring=scoring,
-            threshold=threshold,
-            grid_extend_rounds=grid_extend_rounds,
-            seed=seed,
-            class_weight=class_weight,
+            **tuning,
             learning_rate=learning_rate,
             max_iter=max_iter,
             max_leaf_nodes=max_leaf_nodes,

@@ -3,12 +3,11 @@ CalibratedClassifierCV (sigmoid calibration on internal folds), ``C`` tuned by C
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cropseg import hookimpl
 from cropseg.errors import ConfigError
-from cropseg.tuning import SklearnClassifier
+from cropseg.tuning import SklearnClassifier, Unpack, WeightedTuningOptions
 
 
 class LinearSVM(SklearnClassifier):
@@ -21,26 +20,9 @@ class LinearSVM(SklearnClassifier):
         max_iter: int = 2000,
         calibration: str = "sigmoid",
         calibration_folds: int = 3,
-        class_weight: str | None = None,
-        grid: Mapping[str, Sequence[Any]] | None = None,
-        cv: str = "spatial",
-        cv_folds: int = 3,
-        scoring: str = "crop_f1",
-        threshold: str | float = "auto",
-        grid_extend_rounds: int = 3,
-        seed: int = 0,
+        **tuning: Unpack[WeightedTuningOptions],
     ):
-        super().__init__(
-            grid=grid,
-            cv=cv,
-            cv_folds=cv_folds,
-            scoring=scoring,
-            seed=seed,
-            threshold=threshold,
-            grid_extend_rounds=grid_extend_rounds,
-            class_weight=class_weight,
-            C=C,
-        )
+        super().__init__(C=C, **tuning)
         if calibration not in ("sigmoid", "isotonic"):
             raise ConfigError(f"{self.where}.calibration: 'sigmoid' or 'isotonic', got {calibration!r}")
         if not isinstance(calibration_folds, int) or calibration_folds < 2:

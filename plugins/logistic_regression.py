@@ -3,11 +3,10 @@ Pipeline (the scaler is fitted inside each CV fold), inverse regularisation ``C`
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cropseg import hookimpl
-from cropseg.tuning import SklearnClassifier
+from cropseg.tuning import SklearnClassifier, Unpack, WeightedTuningOptions
 
 
 class LogisticRegressionClassifier(SklearnClassifier):
@@ -18,26 +17,9 @@ class LogisticRegressionClassifier(SklearnClassifier):
         self,
         C: float = 1.0,
         max_iter: int = 1000,
-        class_weight: str | None = None,
-        grid: Mapping[str, Sequence[Any]] | None = None,
-        cv: str = "spatial",
-        cv_folds: int = 3,
-        scoring: str = "crop_f1",
-        threshold: str | float = "auto",
-        grid_extend_rounds: int = 3,
-        seed: int = 0,
+        **tuning: Unpack[WeightedTuningOptions],
     ):
-        super().__init__(
-            grid=grid,
-            cv=cv,
-            cv_folds=cv_folds,
-            scoring=scoring,
-            seed=seed,
-            threshold=threshold,
-            grid_extend_rounds=grid_extend_rounds,
-            class_weight=class_weight,
-            C=C,
-        )
+        super().__init__(C=C, **tuning)
         self.max_iter = max_iter
 
     def build(self, **params: Any) -> Any:

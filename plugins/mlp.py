@@ -7,12 +7,12 @@ MLPClassifier has no ``class_weight``; ``class_weight: balanced`` passes balance
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from cropseg import hookimpl
 from cropseg.errors import ConfigError
-from cropseg.tuning import SklearnClassifier, accepts, check_threads
+from cropseg.tuning import SklearnClassifier, Unpack, WeightedTuningOptions, accepts, check_threads
 
 
 class MLP(SklearnClassifier):
@@ -30,25 +30,11 @@ class MLP(SklearnClassifier):
         max_iter: int = 100,
         n_iter_no_change: int = 3,
         validation_fraction: float = 0.1,
-        class_weight: str | None = None,
-        grid: Mapping[str, Sequence[Any]] | None = None,
-        cv: str = "spatial",
-        cv_folds: int = 3,
-        scoring: str = "crop_f1",
         n_threads: int | None = 1,
-        threshold: str | float = "auto",
-        grid_extend_rounds: int = 3,
-        seed: int = 0,
+        **tuning: Unpack[WeightedTuningOptions],
     ):
         super().__init__(
-            grid=grid,
-            cv=cv,
-            cv_folds=cv_folds,
-            scoring=scoring,
-            threshold=threshold,
-            grid_extend_rounds=grid_extend_rounds,
-            seed=seed,
-            class_weight=class_weight,
+            **tuning,
             hidden_layer_sizes=_layers(hidden_layer_sizes),
             alpha=alpha,
             learning_rate_init=learning_rate_init,

@@ -7,11 +7,10 @@ classes inversely to their frequency.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cropseg import hookimpl
-from cropseg.tuning import SklearnClassifier
+from cropseg.tuning import SklearnClassifier, Unpack, WeightedTuningOptions
 
 
 class RandomForest(SklearnClassifier):
@@ -25,25 +24,11 @@ class RandomForest(SklearnClassifier):
         min_samples_leaf: int = 1,
         max_features: str | float | int | None = "sqrt",
         max_samples: float | int | None = 0.1,
-        class_weight: str | None = None,
-        grid: Mapping[str, Sequence[Any]] | None = None,
-        cv: str = "spatial",
-        cv_folds: int = 3,
-        scoring: str = "crop_f1",
         n_jobs: int = -1,
-        threshold: str | float = "auto",
-        grid_extend_rounds: int = 3,
-        seed: int = 0,
+        **tuning: Unpack[WeightedTuningOptions],
     ):
         super().__init__(
-            grid=grid,
-            cv=cv,
-            cv_folds=cv_folds,
-            scoring=scoring,
-            threshold=threshold,
-            grid_extend_rounds=grid_extend_rounds,
-            seed=seed,
-            class_weight=class_weight,
+            **tuning,
             n_estimators=n_estimators,
             max_depth=max_depth,
             min_samples_leaf=min_samples_leaf,

@@ -3,7 +3,9 @@ no leakage on the SYNTHETIC sample, class weights, and the errors users can caus
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,6 +15,9 @@ from cropseg.sampling import sample_training_pixels
 from cropseg.targets import TARGETS
 from cropseg.tuning import (
     CVSpec,
+    SklearnClassifier,
+    TuningOptions,
+    Unpack,
     best_threshold,
     candidate_key,
     confusions_at,
@@ -219,6 +224,127 @@ def test_every_classifier_config_but_knn_has_class_weight():
     conf = Path(__file__).resolve().parents[1] / "conf" / "classifier"
     for path in conf.glob("*.yaml"):
         assert ("class_weight" in OmegaConf.load(path)) == (path.stem != "knn"), path.name
+
+
+# -- the tuning options: declared once (TuningOptions), checked like named options ---------------------
+
+
+def _registry():
+    from cropseg.plugins import Registry, get_plugin_manager
+
+    return Registry.from_plugin_manager(get_plugin_manager())
+
+
+#: the built-in classifiers on SklearnClassifier (all of them take class_weight)
+SKLEARN_CLASSIFIERS = ["hist_gradient_boosting", "linear_svm", "logistic_regression", "mlp", "random_forest"]
+
+
+def test_the_sklearn_classifiers_take_the_tuning_options_from_one_declaration():
+    import inspect
+
+    from cropseg.schema import factory_options
+
+    reg = _registry()
+    on_base = [
+        n
+        for n in reg.names("classifier")
+        if inspect.isclass(f := reg.get("classifier", n).factory) and issubclass(f, SklearnClassifier)
+    ]
+    assert set(SKLEARN_CLASSIFIERS) <= set(on_base)
+    base = inspect.signature(SklearnClassifier.__init__).parameters
+    for name in on_base:
+        factory = reg.get("classifier", name).factory
+        own = inspect.signature(factory).parameters
+        assert "tuning" in own and not set(TuningOptions.__annotations__) & set(own), name
+        options = factory_options(factory)
+        assert options is not None
+        for key in [*TuningOptions.__annotations__, "class_weight"]:
+            assert options[key].default == base[key].default, (name, key)  # the defaults of one signature
+
+
+@pytest.mark.parametrize("name", SKLEARN_CLASSIFIERS)
+def test_an_unknown_option_of_a_sklearn_classifier_is_one_line_naming_it(name):
+    from cropseg.config import compose
+
+    with pytest.raises(ConfigError) as err:
+        compose([f"classifier={name}", "classifier.nosuch=1"])
+    msg = str(err.value)
+    assert "\n" not in msg and f"classifier.{name}: unknown option 'nosuch'" in msg
+    assert "cv_folds" in msg and "threshold" in msg and "class_weight" in msg  # the valid ones, the base's included
+
+
+@pytest.mark.parametrize("name", SKLEARN_CLASSIFIERS)
+def test_a_tuning_option_of_the_wrong_type_is_one_line(name):
+    from cropseg.config import compose
+    from cropseg.pipeline import build_stages
+
+    for override, expect in (
+        ("classifier.cv_folds=three", "classifier.cv_folds=three: expected an integer"),
+        ("classifier.grid_extend_rounds=[1]", "classifier.grid_extend_rounds=[1]: expected an integer"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(expect)):
+            build_stages(compose([f"classifier={name}", override]))
+
+
+@pytest.mark.parametrize("name", SKLEARN_CLASSIFIERS)
+def test_the_tuning_options_reach_the_tuning(name):
+    from cropseg.config import compose
+    from cropseg.pipeline import build_stages
+
+    overrides = ["cv=random", "cv_folds=4", "threshold=0.3", "grid_extend_rounds=0", "seed=7", "class_weight=balanced"]
+    # this tiny set is smaller than the MLP's batch and than the forest's useful bootstrap (scikit-learn warns)
+    overrides += {"mlp": ["batch_size=32"], "random_forest": ["max_samples=null"]}.get(name, [])
+    cfg = compose([f"classifier={name}", *[f"classifier.{o}" for o in overrides], "classifier.grid={}"])
+    clf = build_stages(cfg).classifier
+    assert isinstance(clf, SklearnClassifier)
+    assert clf.spec == CVSpec(cv="random", folds=4, seed=7, where=f"classifier.{name}", threshold=0.3, extend_rounds=0)
+    assert clf.seed == 7 and clf.class_weight == "balanced" and clf.balance_modes() == ["weights"]
+    X, y, groups = overlapping(n=60)
+    params = clf.fit(X, y, groups).params
+    assert (params["cv"], params["cv_folds"], params["threshold"]) == ("random", 4, 0.3)
+    assert clf.threshold_ == 0.3
+
+
+class Centroid(SklearnClassifier):
+    """A plugin like the example package's: the tuning options without class_weight."""
+
+    name = "centroid_test"
+    hyperparameters = ("shrink_threshold",)
+
+    def __init__(self, shrink_threshold: float | None = None, **tuning: Unpack[TuningOptions]):
+        super().__init__(shrink_threshold=shrink_threshold, **tuning)
+
+    def build(self, **params):
+        from sklearn.neighbors import NearestCentroid
+
+        return NearestCentroid(**params)
+
+
+def test_a_plugin_on_tuning_options_without_class_weight_refuses_it_and_never_weighs():
+    from cropseg.plugins import check_options
+    from cropseg.schema import check_factory_types, factory_options
+
+    options = factory_options(Centroid)
+    assert options is not None and "class_weight" not in options
+    assert options["scoring"].default == "crop_f1" and options["threshold"].default == "auto"
+    with pytest.raises(ConfigError, match=r"classifier.centroid_test: unknown option 'class_weight' \(valid: shrink"):
+        check_options("classifier.centroid_test", Centroid, {"class_weight": "balanced"})
+    check_options("classifier.centroid_test", Centroid, {"cv_folds": 4, "threshold": 0.3})
+    with pytest.raises(ConfigError, match=r"classifier.threshold=\[0.3\]: expected"):
+        check_factory_types(lambda k: f"classifier.{k}", Centroid, {"threshold": [0.3]})
+    assert Centroid().balance_modes() == ["proportional", "sample"]
+    assert RandomForest().balance_modes() == ["proportional", "sample", "weights"]
+
+
+def test_a_bare_kwargs_factory_takes_any_option_as_before():
+    from cropseg.schema import factory_options
+
+    def bare(a: int = 1, **kwargs: Any) -> None: ...
+
+    def named(a: int = 1, *, b: str = "x") -> None: ...
+
+    assert factory_options(bare) is None
+    assert list(factory_options(named) or {}) == ["a", "b"]
 
 
 # -- decision threshold --------------------------------------------------------------------------------

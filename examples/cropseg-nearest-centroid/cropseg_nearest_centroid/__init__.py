@@ -7,13 +7,12 @@ its Hydra config), announced in pyproject.toml's ``[project.entry-points.cropseg
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from importlib.resources import files
 from typing import Any
 
 from cropseg import hookimpl
 from cropseg.errors import ConfigError
-from cropseg.tuning import SklearnClassifier
+from cropseg.tuning import SklearnClassifier, TuningOptions, Unpack
 
 __version__ = "0.1.0"
 
@@ -26,16 +25,11 @@ class NearestCentroidClassifier(SklearnClassifier):
         self,
         shrink_threshold: float | None = None,
         metric: str = "euclidean",
-        grid: Mapping[str, Sequence[Any]] | None = None,
-        cv: str = "spatial",
-        cv_folds: int = 3,
-        scoring: str = "f1_weighted",
-        seed: int = 0,
+        **tuning: Unpack[TuningOptions],
     ):
-        # the base validates cv, cv_folds, scoring and grid, and does tuning, predict and predict_proba
-        super().__init__(
-            grid=grid, cv=cv, cv_folds=cv_folds, scoring=scoring, seed=seed, shrink_threshold=shrink_threshold
-        )
+        # the tuning options (grid, cv, cv_folds, scoring, threshold, grid_extend_rounds, seed) are the base's:
+        # it validates them and does tuning, predict and predict_proba
+        super().__init__(shrink_threshold=shrink_threshold, **tuning)
         if metric not in ("euclidean", "manhattan"):
             raise ConfigError(f"classifier.nearest_centroid.metric: 'euclidean' or 'manhattan', got {metric!r}")
         self.metric = metric
