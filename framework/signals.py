@@ -6,7 +6,8 @@
 that handles Ctrl-C (``finally`` blocks, context managers closing Dask clusters, the MLflow run ending
 KILLED, staging folders removed, ``FAILED.txt`` written) runs for SIGTERM too. After the first signal
 further SIGTERM / SIGINT are ignored so that the cleanup can finish; the command then prints one line
-and exits 128 + the signal number (130 for SIGINT, 143 for SIGTERM).
+and exits 128 + the signal number (130 for SIGINT, 143 for SIGTERM). Layers above that must act the moment
+a signal arrives (the block executor quieting Dask's logs) register a callback with :func:`on_signal`.
 """
 
 from __future__ import annotations

@@ -408,3 +408,27 @@ def test_dask_logs_after_a_signal_stay_off_stderr(tmp_path):
     assert "the scheduler refused a scatter" in stdout and "worker logged while closing" in stdout, stdout + stderr
     assert "Traceback" not in stderr and "distributed" not in stderr, stderr
     assert stderr.splitlines() == ["cropseg: error: interrupted by SIGINT (Ctrl-C)"], stderr
+
+
+def test_on_signal_callbacks_run_the_moment_the_signal_arrives():
+    """A layer above (the block executor quieting Dask's logs) learns of the signal at once, even inside a
+    critical section that holds the exception back; a removed callback is not called again."""
+    from cropseg.signals import Terminated, deferred, handle_signals, on_signal
+
+    seen: list[int] = []
+    remove = on_signal(seen.append)
+    try:
+        with pytest.raises(KeyboardInterrupt), handle_signals():
+            with deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                for _ in range(10_000):  # Python runs the handler at its next check, inside this loop
+                    pass
+                assert seen == [signal.SIGINT]  # while the KeyboardInterrupt still waits for the section's end
+    finally:
+        remove()
+    remove()  # removing twice is harmless
+    with pytest.raises(Terminated), handle_signals():
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(10_000):
+            pass
+    assert seen == [signal.SIGINT]
