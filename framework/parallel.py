@@ -167,8 +167,9 @@ class _CropsegTaskErrors(logging.Filter):
 logging.getLogger("distributed.worker").addFilter(_CropsegTaskErrors())
 
 
-#: Dask's loggers; a record of any of them logged while a cluster stops is shutdown noise
-_DASK_LOGGERS = ("distributed", "tornado")
+#: Dask's loggers, and asyncio's (a Dask coroutine's exception nobody retrieved, "Task exception was never
+#: retrieved"); a record of any of them logged while a cluster stops is shutdown noise
+_DASK_LOGGERS = ("distributed", "tornado", "asyncio")
 #: ``distributed`` worker states (Status names) of a worker that is stopping
 _STOPPING = frozenset({"closing", "closing_gracefully", "closed", "failed"})
 
@@ -180,11 +181,14 @@ class _QuietDask(logging.Filter):
     :func:`cropseg.signals.on_signal`, or when the executor starts closing), or while ``stopping()`` says so,
     every record of Dask's loggers (comms lost, a scatter to a worker just removed, heartbeats failing, with
     tracebacks) becomes at most one DEBUG line in cropseg's log instead. Until then records pass as before: a
-    failing task's error still reaches the log."""
+    failing task's error still reaches the log. After a signal the filter stays for the rest of the process
+    (which is ending): Python logs a coroutine's unretrieved exception when the task is garbage-collected,
+    which may be after the cluster has closed."""
 
     def __init__(self, stopping: Callable[[], bool] | None = None):
         super().__init__()
         self.quiet = False
+        self.for_good = False
         self._stopping = stopping
         self._handlers: list[logging.Handler] = []
         self._unregister: Callable[[], None] | None = None
@@ -197,22 +201,28 @@ class _QuietDask(logging.Filter):
         except ImportError:  # pragma: no cover - a declared dependency (the client reports its absence)
             pass
         quiet = cls(stopping)
+        # logging's last resort (stderr) prints records no handler takes, e.g. asyncio's in a worker process
+        last = [logging.lastResort] if logging.lastResort is not None else []
         for logger in (*(logging.getLogger(n) for n in _DASK_LOGGERS), logging.getLogger()):
-            for handler in logger.handlers:
+            for handler in [*logger.handlers, *last]:
                 if handler not in quiet._handlers:
                     handler.addFilter(quiet)
                     quiet._handlers.append(handler)
-        quiet._unregister = on_signal(lambda signum: quiet.start())
+        quiet._unregister = on_signal(lambda signum: quiet.start(for_good=True))
         return quiet
 
-    def start(self) -> None:
-        """From now on Dask's records are dropped (safe inside a signal handler: one assignment)."""
+    def start(self, for_good: bool = False) -> None:
+        """From now on Dask's records are dropped; ``for_good``: also after :meth:`remove` (a signal). Safe
+        inside a signal handler: two assignments."""
+        self.for_good = self.for_good or for_good
         self.quiet = True
 
     def remove(self) -> None:
-        for handler in self._handlers:
-            handler.removeFilter(self)
-        self._handlers = []
+        """Off the handlers again, unless a signal stopped the command (see the class)."""
+        if not self.for_good:
+            for handler in self._handlers:
+                handler.removeFilter(self)
+            self._handlers = []
         if self._unregister is not None:
             self._unregister()
             self._unregister = None

@@ -325,6 +325,7 @@ def test_a_signal_during_composition_is_raised_after_it(monkeypatch):
 
 
 _NOISY_STOP = """
+import asyncio
 import sys
 
 from cropseg.parallel import BlockExecutor, ParallelConfig
@@ -350,6 +351,16 @@ def wait_then_log(ctx, item):
     return item
 
 
+async def unretrieved():
+    async def replicate():
+        raise KeyError("tcp://127.0.0.1:9")
+
+    task = asyncio.ensure_future(replicate())
+    await asyncio.sleep(0.05)
+    assert task.done()
+    del task  # the last reference: asyncio logs "Task exception was never retrieved" with a traceback
+
+
 def main():
     try:
         with handle_signals():
@@ -363,6 +374,10 @@ def main():
                         ex.client.scatter(1, workers=["tcp://127.0.0.1:9"])
                     except KeyError:
                         print("the scheduler refused a scatter", flush=True)
+                    # a coroutine's exception nobody retrieved, which asyncio logs when the task is collected
+                    # (as the scheduler's scatter did when a worker was removed under it, in a loaded run)
+                    asyncio.run(unretrieved())
+                    print("asyncio logged an unretrieved exception", flush=True)
                     raise
     except KeyboardInterrupt as exc:
         sys.exit(report("cropseg", exc))
@@ -375,8 +390,8 @@ if __name__ == "__main__":  # the worker processes are spawned: they import this
 
 def test_dask_logs_after_a_signal_stay_off_stderr(tmp_path):
     """Ctrl-C during a block on worker processes: what Dask logs from then on (the scheduler in this process
-    refusing a scatter to a worker it does not know; a worker process's failing heartbeat while it closes,
-    both with tracebacks, as seen in a loaded CI run) stays off stderr, which holds the one ``cropseg:`` line;
+    refusing a scatter to a worker it does not know; an unretrieved coroutine exception; a worker process's
+    failing heartbeat while it closes, all with tracebacks, as seen in loaded runs) stays off stderr, which holds the one ``cropseg:`` line;
     the records were really logged (the script says so on stdout)."""
     script = tmp_path / "noisy_stop.py"
     script.write_text(_NOISY_STOP)
@@ -405,7 +420,8 @@ def test_dask_logs_after_a_signal_stay_off_stderr(tmp_path):
     reader.join(timeout=30)
     stdout, stderr = "".join(out), "".join(err)
     assert rc == 130, stdout + stderr
-    assert "the scheduler refused a scatter" in stdout and "worker logged while closing" in stdout, stdout + stderr
+    for said in ("the scheduler refused a scatter", "asyncio logged", "worker logged while closing"):
+        assert said in stdout, stdout + stderr
     assert "Traceback" not in stderr and "distributed" not in stderr, stderr
     assert stderr.splitlines() == ["cropseg: error: interrupted by SIGINT (Ctrl-C)"], stderr
 
