@@ -29,6 +29,8 @@ import contextvars
 import logging
 import os
 import re
+import signal
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -36,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ClusterError, ConfigError, CropsegError
-from .signals import children_ignore_sigint, deferred
+from .signals import children_ignore_sigint, deferred, on_signal
 
 log = logging.getLogger("cropseg")
 
@@ -165,6 +167,93 @@ class _CropsegTaskErrors(logging.Filter):
 logging.getLogger("distributed.worker").addFilter(_CropsegTaskErrors())
 
 
+#: Dask's loggers, and asyncio's (a Dask coroutine's exception nobody retrieved, "Task exception was never
+#: retrieved"); a record of any of them logged while a cluster stops is shutdown noise
+_DASK_LOGGERS = ("distributed", "tornado", "asyncio")
+#: ``distributed`` worker states (Status names) of a worker that is stopping
+_STOPPING = frozenset({"closing", "closing_gracefully", "closed", "failed"})
+
+
+class _QuietDask(logging.Filter):
+    """Keeps a stopping Dask cluster's logs off stderr. Installed on the handlers that Dask's loggers reach
+    (``distributed`` installs its own stderr handler; the root's, where they propagate) while a cluster is in
+    use: once :meth:`start` is called (the moment the command receives SIGTERM / SIGINT, through
+    :func:`cropseg.signals.on_signal`, or when the executor starts closing), or while ``stopping()`` says so,
+    every record of Dask's loggers (comms lost, a scatter to a worker just removed, heartbeats failing, with
+    tracebacks) becomes at most one DEBUG line in cropseg's log instead. Until then records pass as before: a
+    failing task's error still reaches the log. After a signal the filter stays for the rest of the process
+    (which is ending): Python logs a coroutine's unretrieved exception when the task is garbage-collected,
+    which may be after the cluster has closed."""
+
+    def __init__(self, stopping: Callable[[], bool] | None = None):
+        super().__init__()
+        self.quiet = False
+        self.for_good = False
+        self._stopping = stopping
+        self._handlers: list[logging.Handler] = []
+        self._unregister: Callable[[], None] | None = None
+        self._last: logging.LogRecord | None = None
+
+    @classmethod
+    def install(cls, stopping: Callable[[], bool] | None = None) -> _QuietDask:
+        try:
+            import distributed  # noqa: F401 - importing it installs its stderr handler
+        except ImportError:  # pragma: no cover - a declared dependency (the client reports its absence)
+            pass
+        quiet = cls(stopping)
+        # logging's last resort (stderr) prints records no handler takes, e.g. asyncio's in a worker process
+        last = [logging.lastResort] if logging.lastResort is not None else []
+        for logger in (*(logging.getLogger(n) for n in _DASK_LOGGERS), logging.getLogger()):
+            for handler in [*logger.handlers, *last]:
+                if handler not in quiet._handlers:
+                    handler.addFilter(quiet)
+                    quiet._handlers.append(handler)
+        quiet._unregister = on_signal(lambda signum: quiet.start(for_good=True))
+        return quiet
+
+    def start(self, for_good: bool = False) -> None:
+        """From now on Dask's records are dropped; ``for_good``: also after :meth:`remove` (a signal). Safe
+        inside a signal handler: two assignments."""
+        self.for_good = self.for_good or for_good
+        self.quiet = True
+
+    def remove(self) -> None:
+        """Off the handlers again, unless a signal stopped the command (see the class)."""
+        if not self.for_good:
+            for handler in self._handlers:
+                handler.removeFilter(self)
+            self._handlers = []
+        if self._unregister is not None:
+            self._unregister()
+            self._unregister = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.split(".", 1)[0] not in _DASK_LOGGERS:
+            return True
+        if not (self.quiet or (self._stopping is not None and self._stopping())):
+            return True
+        if record is not self._last:  # a record reaching several handlers: one line
+            self._last = record
+            try:
+                first = record.getMessage().strip().splitlines()[0]
+            except Exception:  # noqa: BLE001 - never break logging
+                first = str(record.msg)
+            log.debug("dask, while stopping (%s): %s", record.name, first)
+        return False
+
+
+def dask_setup(worker: Any) -> None:
+    """Dask preload of the worker processes of cropseg's LocalCluster (``preload=["cropseg.parallel"]``).
+    Their logs go straight to the inherited stderr, where cropseg's process cannot filter them: once the
+    worker starts to stop (its status), or the process group gets Ctrl-C (the workers ignore SIGINT, see
+    :func:`cropseg.signals.children_ignore_sigint`; here it only marks the cluster as stopping), their Dask
+    records (heartbeats failing while the scheduler closes, lost comms, with tracebacks) are dropped.
+    Until then records pass as before (a task's error still logs "Compute Failed")."""
+    quiet = _QuietDask.install(stopping=lambda: getattr(worker.status, "name", "") in _STOPPING)
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, lambda signum, frame: quiet.start())
+
+
 class BlockExecutor:
     """Runs ``fn(context, item)`` for every item and yields the results in item order.
 
@@ -177,6 +266,7 @@ class BlockExecutor:
         self._client: Any = None
         self._cluster: Any = None
         self._restore_log: tuple[logging.Logger, int] | None = None
+        self._quiet: _QuietDask | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def __enter__(self) -> BlockExecutor:
@@ -187,11 +277,11 @@ class BlockExecutor:
 
     def close(self) -> None:
         client, cluster, self._client, self._cluster = self._client, self._cluster, None, None
-        dist_log = logging.getLogger("distributed")
-        level = dist_log.level
-        # closing while blocks are in flight (an error, SIGTERM, Ctrl-C) makes the scheduler log the comms it
-        # loses, with tracebacks: shutdown noise, not the run's error
-        dist_log.setLevel(logging.CRITICAL)
+        quiet, self._quiet = self._quiet, None
+        if quiet is not None:
+            # closing while blocks are in flight (an error, SIGTERM, Ctrl-C) makes the scheduler log the comms
+            # it loses, with tracebacks: shutdown noise, not the run's error
+            quiet.start()
         try:
             with deferred():  # SIGTERM / Ctrl-C must not leave the cluster half closed
                 if client is not None:
@@ -199,7 +289,8 @@ class BlockExecutor:
                 if cluster is not None:
                     cluster.close()
         finally:
-            dist_log.setLevel(level)
+            if quiet is not None:
+                quiet.remove()
         if self._restore_log is not None:
             logger, level = self._restore_log
             self._restore_log = None
@@ -210,6 +301,8 @@ class BlockExecutor:
         """The ``distributed.Client`` (started on first use)."""
         if self._client is None:
             _quiet_interrupted_sync()
+            if self._quiet is None:
+                self._quiet = _QuietDask.install()
             with deferred():  # a signal during start-up would leave a half-made cluster and client
                 try:
                     self._client = self._connect()
@@ -248,6 +341,7 @@ class BlockExecutor:
                     dashboard_address=None,
                     silence_logs=logging.WARNING,
                     scheduler_kwargs=_NO_FIXED_PORT,
+                    preload=[__name__],  # dask_setup below: the workers' logs stay quiet while they stop
                 )
             log.info("dask: LocalCluster of %d worker processes x %d threads", workers, cfg.threads_per_worker)
         else:  # one in-process worker (in-process comms, no network) with a thread per `workers`

@@ -6,7 +6,8 @@
 that handles Ctrl-C (``finally`` blocks, context managers closing Dask clusters, the MLflow run ending
 KILLED, staging folders removed, ``FAILED.txt`` written) runs for SIGTERM too. After the first signal
 further SIGTERM / SIGINT are ignored so that the cleanup can finish; the command then prints one line
-and exits 128 + the signal number (130 for SIGINT, 143 for SIGTERM).
+and exits 128 + the signal number (130 for SIGINT, 143 for SIGTERM). Layers above that must act the moment
+a signal arrives (the block executor quieting Dask's logs) register a callback with :func:`on_signal`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 from typing import Any
@@ -32,6 +33,8 @@ class Terminated(KeyboardInterrupt):
 #: depth of nested critical sections; a signal waiting for them to end; the first signal received inside
 #: handle_signals (kept until the block ends, see :func:`raise_if_received`)
 _state: dict[str, Any] = {"depth": 0, "pending": None, "received": None}
+#: called with the signal number the moment a signal is received (see :func:`on_signal`)
+_callbacks: list[Callable[[int], None]] = []
 
 
 def _ignore_further() -> None:
@@ -46,10 +49,27 @@ def _exception(signum: int) -> KeyboardInterrupt:
 def _on_signal(signum: int, frame: FrameType | None) -> None:
     _ignore_further()
     _state["received"] = signum
+    for callback in list(_callbacks):
+        callback(signum)
     if _state["depth"]:
         _state["pending"] = signum  # raised when the critical section ends
         return
     raise _exception(signum)
+
+
+def on_signal(callback: Callable[[int], None]) -> Callable[[], None]:
+    """Call ``callback(signum)`` the moment SIGTERM / SIGINT is received inside :func:`handle_signals`, before
+    the exception is raised (or held by :func:`deferred`): for a layer above that must change state at once,
+    e.g. the block executor quieting Dask's logs, whose shutdown noise would otherwise reach stderr while the
+    exception unwinds. The callback runs inside the signal handler: it must be quick, take no locks and raise
+    nothing. Returns the function that removes it."""
+    _callbacks.append(callback)
+
+    def remove() -> None:
+        if callback in _callbacks:
+            _callbacks.remove(callback)
+
+    return remove
 
 
 @contextmanager
@@ -149,6 +169,7 @@ __all__ = [
     "deferred",
     "exit_code",
     "handle_signals",
+    "on_signal",
     "raise_if_received",
     "report",
 ]

@@ -322,3 +322,129 @@ def test_a_signal_during_composition_is_raised_after_it(monkeypatch):
     with pytest.raises(KeyboardInterrupt) as caught, handle_signals():
         compose(["classifier=knn"])
     assert sent and type(caught.value) is KeyboardInterrupt
+
+
+_NOISY_STOP = """
+import asyncio
+import sys
+
+from cropseg.parallel import BlockExecutor, ParallelConfig
+from cropseg.signals import handle_signals, report
+
+
+def wait_then_log(ctx, item):
+    # in a worker process: wait until the worker stops (after the Ctrl-C the test sends), then log what a
+    # worker logs when its heartbeat fails while it closes: an error with a traceback
+    import logging, time
+    from distributed import get_worker
+
+    worker = get_worker()
+    print("task started", flush=True)
+    deadline = time.monotonic() + 60
+    while worker.status.name == "running" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        raise OSError("ConnectionPool closing.")
+    except OSError:
+        logging.getLogger("distributed.worker").exception("Failed to communicate with scheduler during heartbeat.")
+    print(f"worker logged while {worker.status.name}", flush=True)
+    return item
+
+
+async def unretrieved():
+    async def replicate():
+        raise KeyError("tcp://127.0.0.1:9")
+
+    task = asyncio.ensure_future(replicate())
+    await asyncio.sleep(0.05)
+    assert task.done()
+    del task  # the last reference: asyncio logs "Task exception was never retrieved" with a traceback
+
+
+def main():
+    try:
+        with handle_signals():
+            with BlockExecutor(ParallelConfig(backend="dask", processes=True, workers=1)) as ex:
+                try:
+                    list(ex.map(wait_then_log, [1], None, 1))
+                except KeyboardInterrupt:
+                    # before the executor closes: a scatter to a worker the scheduler does not know, which it
+                    # logs with a traceback (as it did for a worker it had just dropped, under load)
+                    try:
+                        ex.client.scatter(1, workers=["tcp://127.0.0.1:9"])
+                    except KeyError:
+                        print("the scheduler refused a scatter", flush=True)
+                    # a coroutine's exception nobody retrieved, which asyncio logs when the task is collected
+                    # (as the scheduler's scatter did when a worker was removed under it, in a loaded run)
+                    asyncio.run(unretrieved())
+                    print("asyncio logged an unretrieved exception", flush=True)
+                    raise
+    except KeyboardInterrupt as exc:
+        sys.exit(report("cropseg", exc))
+
+
+if __name__ == "__main__":  # the worker processes are spawned: they import this file too
+    main()
+"""
+
+
+def test_dask_logs_after_a_signal_stay_off_stderr(tmp_path):
+    """Ctrl-C during a block on worker processes: what Dask logs from then on (the scheduler in this process
+    refusing a scatter to a worker it does not know; an unretrieved coroutine exception; a worker process's
+    failing heartbeat while it closes, all with tracebacks, as seen in loaded runs) stays off stderr, which holds the one ``cropseg:`` line;
+    the records were really logged (the script says so on stdout)."""
+    script = tmp_path / "noisy_stop.py"
+    script.write_text(_NOISY_STOP)
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    err: list[str] = []
+    reader = threading.Thread(target=lambda: err.extend(proc.stderr or []), daemon=True)
+    reader.start()
+    out: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            out.append(line)
+            if line.startswith("task started"):
+                os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the workers get it too
+        rc = proc.wait(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    reader.join(timeout=30)
+    stdout, stderr = "".join(out), "".join(err)
+    assert rc == 130, stdout + stderr
+    for said in ("the scheduler refused a scatter", "asyncio logged", "worker logged while closing"):
+        assert said in stdout, stdout + stderr
+    assert "Traceback" not in stderr and "distributed" not in stderr, stderr
+    assert stderr.splitlines() == ["cropseg: error: interrupted by SIGINT (Ctrl-C)"], stderr
+
+
+def test_on_signal_callbacks_run_the_moment_the_signal_arrives():
+    """A layer above (the block executor quieting Dask's logs) learns of the signal at once, even inside a
+    critical section that holds the exception back; a removed callback is not called again."""
+    from cropseg.signals import Terminated, deferred, handle_signals, on_signal
+
+    seen: list[int] = []
+    remove = on_signal(seen.append)
+    try:
+        with pytest.raises(KeyboardInterrupt), handle_signals():
+            with deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                for _ in range(10_000):  # Python runs the handler at its next check, inside this loop
+                    pass
+                assert seen == [signal.SIGINT]  # while the KeyboardInterrupt still waits for the section's end
+    finally:
+        remove()
+    remove()  # removing twice is harmless
+    with pytest.raises(Terminated), handle_signals():
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(10_000):
+            pass
+    assert seen == [signal.SIGINT]
