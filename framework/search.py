@@ -289,6 +289,24 @@ def posthoc_test(
     return target.score(block_confusions(test_labels.path, final, block).sum(axis=0))
 
 
+def line_printer(progress: Callable[[str], None] | None = None, stream: Any = None) -> Callable[[str], None]:
+    """The search's progress output: ``progress`` (default: a line on ``stream``, standard error), one whole
+    line at a time: trials running in threads (``--jobs``) would otherwise interleave their lines (``print``
+    writes a line and its newline separately)."""
+    lock = threading.Lock()
+
+    def say(line: str) -> None:
+        with lock:
+            if progress is not None:
+                progress(line)
+            else:
+                out = stream if stream is not None else sys.stderr
+                out.write(line + "\n")
+                out.flush()
+
+    return say
+
+
 def pipeline_cv(
     cfg: Any,
     registry: Any,
@@ -370,7 +388,7 @@ def search(
     opts.check()
     overrides = list(overrides)
     check_overrides(overrides)
-    say = progress or (lambda line: print(line, file=sys.stderr, flush=True))
+    say = line_printer(progress)
     t0 = clock()
     deadline = t0 + opts.minutes * 60
     base = compose([*overrides, f"classifier={opts.classifiers[0]}"])
