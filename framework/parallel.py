@@ -331,6 +331,11 @@ class BlockExecutor:
             log.info("dask: connected to %s (%d workers)", cfg.scheduler, len(client.scheduler_info()["workers"]))
             return client
         workers = cfg.workers or min(available_cores(), 8)
+        # the scheduler runs in this process either way (and, without worker processes, the worker too): it
+        # logs every start, comm and stop at INFO into this process's log
+        dist_log = logging.getLogger("distributed")
+        self._restore_log = (dist_log, dist_log.level)
+        dist_log.setLevel(max(logging.WARNING, dist_log.getEffectiveLevel()))
         if cfg.processes:
             with children_ignore_sigint():  # Ctrl-C goes to the process group; this process stops the workers
                 self._cluster = LocalCluster(
@@ -345,10 +350,6 @@ class BlockExecutor:
                 )
             log.info("dask: LocalCluster of %d worker processes x %d threads", workers, cfg.threads_per_worker)
         else:  # one in-process worker (in-process comms, no network) with a thread per `workers`
-            # its scheduler and worker log every start, comm and stop at INFO into this process's log
-            dist_log = logging.getLogger("distributed")
-            self._restore_log = (dist_log, dist_log.level)
-            dist_log.setLevel(max(logging.WARNING, dist_log.getEffectiveLevel()))
             self._cluster = LocalCluster(
                 n_workers=1,
                 threads_per_worker=workers * cfg.threads_per_worker,

@@ -62,6 +62,7 @@ def test_cli_runs_it_by_name(example_plugin, tmp_path, tiny_pair, tracking_uri, 
     assert run.data.tags["cropseg.classifier.nearest_centroid.version"] == f"{DIST} {VERSION}"
     assert run.data.params["classifier.metric"] == "euclidean"  # from the config the package ships
     assert run.data.params["fit.cv"] == "spatial"
+    assert run.data.params["fit.cv_scoring"] == "crop_f1"  # the run's target (evaluate.target), not weighted F1
     m = run.data.metrics
     assert {"cv_score", "cv_spatial_f1_weighted", "cv_random_f1_weighted"} <= set(m)
     assert m["test_crop_f1"] > 0.9

@@ -286,9 +286,11 @@ def _where(ctx, item):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("processes", [True, False])
-def test_local_cluster_starts_maps_in_order_and_stops(processes):
+def test_local_cluster_starts_maps_in_order_and_stops(processes, caplog):
+    import logging
     import os
 
+    caplog.set_level(logging.INFO)
     ex = BlockExecutor(ParallelConfig(backend="dask", workers=2, max_in_flight=2, processes=processes))
     with ex:
         out = list(ex.map(_where, range(7), 3, 7))
@@ -306,6 +308,12 @@ def test_local_cluster_starts_maps_in_order_and_stops(processes):
             assert threading.current_thread().name not in {name for _, _, name, _ in out}
         assert {t for *_, t in out} == {1}  # each task is single-threaded on a cluster
     assert ex._client is None and cluster.status.name == "closed"
+    # the scheduler lives in this process either way: its INFO lines ("Scheduler at: tcp://...", each worker
+    # joining) stay out of the run's log
+    chatter = [
+        r.getMessage() for r in caplog.records if r.name.startswith("distributed") and r.levelno < logging.WARNING
+    ]
+    assert chatter == []
 
 
 @pytest.mark.slow
