@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +87,10 @@ def read_vector(
                     from rasterio.warp import transform_bounds
 
                     kwargs["bbox"] = transform_bounds(bbox_crs, file_crs, *bbox, densify_pts=21)
-            gdf = gpd.read_file(p, **kwargs)
+            with warnings.catch_warnings():
+                # NaN coordinates: shapely warns while decoding them; the check below names the feature instead
+                warnings.filterwarnings("ignore", "invalid value encountered", RuntimeWarning)
+                gdf = gpd.read_file(p, **kwargs)
         except InputFileError:
             raise
         except Exception as exc:  # noqa: BLE001 - GDAL/pyogrio raise many types for unreadable files

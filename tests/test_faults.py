@@ -30,6 +30,11 @@ from pyproj import Transformer
 from cropseg.cli import main
 from cropseg.testing import TinyScene, local_overrides, write_tiny_scene
 
+# a library's warning printed on the way (shapely's "invalid value encountered" for NaN coordinates was one)
+# is more lines on the user's terminal before the one error line; tests that call ``main`` in this process
+# would not see it in stderr, so the warnings a user's Python shows are errors here
+pytestmark = [pytest.mark.filterwarnings("error::RuntimeWarning"), pytest.mark.filterwarnings("error::FutureWarning")]
+
 RESULT_FILES = (
     "metrics.json",
     "prediction/test_mask.tif",
