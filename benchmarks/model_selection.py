@@ -209,14 +209,16 @@ def main(argv: list[str] | None = None) -> None:
             print(f"default sample {variant}: {m['wall_seconds']:.1f} s", file=sys.stderr, flush=True)
 
     load = os.getloadavg()
+    title = "variants side by side" if args.only_variants else "the default KNN run before / after"
     lines = [
-        "## Model selection: the default KNN run before / after, hard SYNTHETIC preset",
+        f"## Model selection: {title}, hard SYNTHETIC preset",
         "",
         f"Source seeds {', '.join(map(str, args.seeds))} (`source.preset=hard`, {args.size}x{args.size} px, read "
-        f"through `source=local` by both"
+        f"through `source=local` by every variant"
         + (f"; test scene ablated: `{args.ablate}`" if args.ablate != "none" else "")
         + ("; `test_scene_own_cv`: the variant trained on the test scene, its spatial CV" if args.own_cv else "")
-        + f"); before = `{before}`; load average at the end "
+        + (f"); before = `{before}`" if before else ")")
+        + "; load average at the end "
         f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} cores. Mean ± sd over the seeds.",
         "",
         "| metric | " + " | ".join(variants) + " |",
