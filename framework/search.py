@@ -46,7 +46,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -110,6 +110,13 @@ class TrialResult:
     run_id: str = ""
     #: the blurred out-of-fold map's confusion matrix over all folds (rows truth, columns prediction)
     confusion: np.ndarray | None = None
+    #: the decision threshold the trial's CV chose (``classifier.threshold=auto``); None: the classifier's own
+    threshold: float | None = None
+
+    @property
+    def refit_overrides(self) -> list[str]:
+        """The trial's overrides for a refit on the whole training scene, with the threshold its CV chose."""
+        return [*self.overrides, *([f"classifier.threshold={self.threshold!r}"] if self.threshold is not None else [])]
 
 
 @dataclass
@@ -307,6 +314,21 @@ def line_printer(progress: Callable[[str], None] | None = None, stream: Any = No
     return say
 
 
+class PipelineCV(NamedTuple):
+    """What :func:`pipeline_cv` measured."""
+
+    #: the target of the blurred out-of-fold map (the trial's score)
+    score: float
+    #: the target of the raw (not postprocessed) out-of-fold map
+    raw_score: float
+    #: the target of each fold's blocks of the blurred map
+    fold_scores: list[float]
+    #: the blurred map's confusion matrix over all folds (rows truth, columns prediction)
+    confusion: np.ndarray
+    #: the decision threshold chosen on the out-of-fold crop probabilities (None: not chosen here)
+    threshold: float | None
+
+
 def pipeline_cv(
     cfg: Any,
     registry: Any,
@@ -316,17 +338,21 @@ def pipeline_cv(
     folds: int,
     workdir: Path,
     over_budget: Callable[[], bool] = lambda: False,
-) -> tuple[float, float, list[float], np.ndarray]:
+) -> PipelineCV:
     """Spatial cross-validation of the configured pipeline on the training ``scene`` (see the module's
-    docstring): returns the target of the blurred out-of-fold map, of the raw one, per fold, and the
-    blurred map's confusion matrix over all folds."""
+    docstring).
+
+    With ``classifier.threshold=auto`` (the default) and a classifier that gives crop probabilities, the
+    decision threshold is chosen as the classifiers' own tuning CV chooses it: the cut that maximises the
+    target on the out-of-fold crop probabilities of the training sample's held-out pixels, all folds pooled
+    (:func:`cropseg.tuning.best_threshold`); every fold's model then predicts the scene at that threshold."""
     import rasterio
 
     from .config import instantiate
     from .pipeline import build_stages
     from .raster import block_writer, iter_windows
     from .scene_ops import apply_filters, predict_scene
-    from .tuning import CVSpec, splitter
+    from .tuning import CVSpec, best_threshold, splitter
     from .uncertainty import block_confusions
 
     st = build_stages(cfg, registry)
@@ -334,17 +360,38 @@ def pipeline_cv(
     block = int(cfg.get("block_size", 512))
     ts = _training_sample(cfg, st, scene, labels)
     split = splitter("spatial", CVSpec(cv="spatial", folds=folds, where="cropseg search"), ts.y, ts.groups)
+    auto = str(cfg.classifier.get("threshold", "auto")) == "auto"
     fold_of: dict[int, int] = {}
-    maps = []
+    models, held, probs = [], [], []
     for k, (tr, te) in enumerate(split.split(ts.X, ts.y, ts.groups)):
         if over_budget():
             raise _Budget()
         clf = instantiate(registry, "classifier", cfg.classifier)
         clf.fit(ts.X[tr], ts.y[tr], ts.groups[tr])
         fold_of.update({int(g): k for g in np.unique(ts.groups[te])})
+        models.append(clf)
+        if auto and probs is not None and hasattr(clf, "threshold_"):
+            try:
+                probs.append(np.asarray(clf.predict_proba(ts.X[te]), dtype=np.float64)[:, 1])
+                held.append(te)
+            except AttributeError:  # a model without probabilities: its own labels
+                probs = None
+        else:
+            probs = None
+    threshold = None
+    if probs is not None:
+        idx = np.concatenate(held)
+        threshold = float(best_threshold(np.concatenate(probs), ts.y[idx], target)[0])
+        for clf in models:
+            clf.threshold_ = threshold
+    del ts, probs
+    maps = []
+    for k, clf in enumerate(models):
+        if over_budget():
+            raise _Budget()
         maps.append(workdir / f"fold{k}_mask.tif")
         predict_scene(scene, st.features, clf, maps[-1], block)
-    del ts
+    del models
     grid = scene.grid
     raw = workdir / "oof_mask_raw.tif"
     srcs = [rasterio.open(p) for p in maps]
@@ -362,7 +409,7 @@ def pipeline_cv(
     fold = np.array([fold_of.get(i, 0) for i in range(len(cms))])
     per_fold = [target.score(cms[fold == k].sum(axis=0)) for k in range(len(maps))]
     pooled = cms.sum(axis=0)
-    return target.score(pooled), target.score(raw_cms.sum(axis=0)), per_fold, pooled
+    return PipelineCV(target.score(pooled), target.score(raw_cms.sum(axis=0)), per_fold, pooled, threshold)
 
 
 def search(
@@ -470,7 +517,7 @@ def search(
             workdir.mkdir(parents=True, exist_ok=True)
             started = time.perf_counter()
             try:
-                score, raw, per_fold, pooled = pipeline_cv(
+                cv = pipeline_cv(
                     cfg, st.registry, train, labels, target, opts.folds, workdir, lambda: clock() >= deadline
                 )
             except _Budget:
@@ -482,8 +529,11 @@ def search(
                 raise
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
-            res = TrialResult(trial.number, trial_ov, label, score, raw, per_fold, time.perf_counter() - started)
-            res.confusion = pooled
+            res = TrialResult(
+                trial.number, trial_ov, label, cv.score, cv.raw_score, cv.fold_scores, time.perf_counter() - started
+            )
+            res.confusion, res.threshold = cv.confusion, cv.threshold
+            score, raw, per_fold = cv.score, cv.raw_score, cv.fold_scores
             res.run_id = _log_trial(tracker, parent, trial.number, label, cfg, flatten, trial_ov, (res, target), None)
             with lock:
                 results.append(res)
@@ -492,7 +542,9 @@ def search(
                 say(
                     f"trial {trial.number} ({len(results)} done, {(clock() - t0) / 60:.1f} of {opts.minutes:g} min): "
                     f"{label}: CV {target.name} {score:.4f} (raw {raw:.4f}, folds {min(per_fold):.3f}-"
-                    f"{max(per_fold):.3f}) in {res.seconds:.0f} s; best {best.score:.4f} (trial {best.number})"
+                    f"{max(per_fold):.3f}"
+                    + (f", threshold {res.threshold:.3f}" if res.threshold is not None else "")
+                    + f") in {res.seconds:.0f} s; best {best.score:.4f} (trial {best.number})"
                 )
             return score
 
@@ -512,7 +564,7 @@ def search(
         if before_final is not None:
             before_final()
         say(f"chosen: trial {best.number}, {best.label}, CV {target.name} {best.score:.4f}; refit and test once")
-        final_cfg = compose([*overrides, *best.overrides])
+        final_cfg = compose([*overrides, *best.refit_overrides])
         final = execute(final_cfg, output_dir=out / "chosen", parent_run_id=parent, run_name_suffix="(chosen)")
         test = float(final.metrics[target.test_metric])
         gap = best.score - test
@@ -540,7 +592,7 @@ def search(
         plog.set_tags(
             {
                 f"{TAG_PREFIX}best_run_id": final.run_id,
-                f"{TAG_PREFIX}search.chosen": " ".join(best.overrides)[:5000],
+                f"{TAG_PREFIX}search.chosen": " ".join(best.refit_overrides)[:5000],
                 f"{TAG_PREFIX}sweep.children": len(results) + 1,
             }
         )
@@ -598,7 +650,7 @@ def _posthoc_check(
     for r in ranked:
         workdir = folder / str(r.number)
         workdir.mkdir(parents=True, exist_ok=True)
-        cfg = compose([*overrides, *r.overrides])
+        cfg = compose([*overrides, *r.refit_overrides])
         started = time.perf_counter()
         try:
             scores[r.number] = posthoc_test(cfg, st.registry, train, train_labels, test, test_labels, target, workdir)
@@ -646,6 +698,7 @@ def _log_trial(
                     f"cv_{target.name}_raw": res.raw_score,
                     f"cv_{target.name}_std": float(np.std(res.fold_scores)),
                     "trial_seconds": res.seconds,
+                    **({"cv_threshold": res.threshold} if res.threshold is not None else {}),
                 }
             )
             return rl.run_id

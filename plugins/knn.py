@@ -166,6 +166,14 @@ class KNNClassifier:
         return knn_predict(self.model_, X, threshold=getattr(self, "threshold_", 0.5)).astype(np.uint8)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """(non-crop, crop) vote fractions: from the tuning CV's neighbour query (numba KD-tree) where
+        :func:`cropseg.neighbors.supports` the model, else scikit-learn's ``predict_proba``."""
+        from cropseg.neighbors import supports
+
+        m = self.model_
+        if supports(m) and isinstance(X, np.ndarray) and X.ndim == 2 and list(m.classes_) == [0, 1]:
+            crop = self._vote_fractions(m._fit_X, m.classes_[m._y], X, [m.n_neighbors])[0]
+            return np.column_stack([1.0 - crop, crop])
         return self.model_.predict_proba(X)
 
 

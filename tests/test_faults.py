@@ -33,7 +33,13 @@ from cropseg.testing import TinyScene, local_overrides, write_tiny_scene
 # a library's warning printed on the way (shapely's "invalid value encountered" for NaN coordinates was one)
 # is more lines on the user's terminal before the one error line; tests that call ``main`` in this process
 # would not see it in stderr, so the warnings a user's Python shows are errors here
-pytestmark = [pytest.mark.filterwarnings("error::RuntimeWarning"), pytest.mark.filterwarnings("error::FutureWarning")]
+pytestmark = [
+    pytest.mark.filterwarnings("error::RuntimeWarning"),
+    pytest.mark.filterwarnings("error::FutureWarning"),
+    pytest.mark.filterwarnings("error::UserWarning"),
+    # MLflow warns so while importing mlflow.pyfunc under pytest's warning capture only (not in a command)
+    pytest.mark.filterwarnings("ignore:.*Any type hint is inferred as AnyType:UserWarning"),
+]
 
 RESULT_FILES = (
     "metrics.json",

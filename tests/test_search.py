@@ -128,6 +128,9 @@ def test_trials_and_the_chosen_run_are_children_of_one_sweep_parent(parallel_sea
     best = max(trials, key=lambda t: t.data.metrics["cv_crop_f1"])
     for stage in ("classifier", "features"):
         assert chosen.data.tags[f"cropseg.{stage}"] == best.data.tags[f"cropseg.{stage}"]
+    # refit at the decision threshold the trial's CV chose (KNN and logistic regression give probabilities)
+    assert float(chosen.data.params["fit.threshold"]) == pytest.approx(best.data.metrics["cv_threshold"], abs=1e-6)
+    assert result.best.threshold == pytest.approx(best.data.metrics["cv_threshold"])
     assert "CV - test" in lines[-1]
 
     code = main(["compare", "--tracking-uri", uri, "--sweep", "latest", "--out", str(tmp_path / "cmp")])
@@ -215,9 +218,37 @@ def test_a_spent_budget_stops_a_trial_between_folds(scenes, tmp_path):
     with pytest.raises(_Budget):
         pipeline_cv(cfg, st.registry, train, labels, get_target("crop_f1"), 3, tmp_path, spent)
     assert len(calls) == 2
-    score, raw, folds, pooled = pipeline_cv(cfg, st.registry, train, labels, get_target("crop_f1"), 3, tmp_path)
-    assert 0 < score <= 1 and 0 < raw <= 1 and len(folds) == 3
-    assert pooled.shape == (2, 2) and get_target("crop_f1").score(pooled) == score
+    cv = pipeline_cv(cfg, st.registry, train, labels, get_target("crop_f1"), 3, tmp_path)
+    assert 0 < cv.score <= 1 and 0 < cv.raw_score <= 1 and len(cv.fold_scores) == 3
+    assert cv.confusion.shape == (2, 2) and get_target("crop_f1").score(cv.confusion) == cv.score
+
+
+def test_a_trial_chooses_its_decision_threshold_on_out_of_fold_probabilities(scenes, tmp_path):
+    """Each trial's classifier is fitted without a CV of its own (``classifier.cv=none``), so the search's CV
+    chooses the threshold: a strongly regularised logistic regression, whose crop probabilities all stay
+    under 0.5, maps no crop at the fixed 0.5 (crop F1 0) and a useful map at the chosen cut."""
+    from cropseg.config import compose
+    from cropseg.pipeline import build_stages
+    from cropseg.search import TrialResult, pipeline_cv
+    from cropseg.targets import get_target
+
+    base = [o for o in local_overrides(*scenes) if "k_grid" not in o]
+    lr = ["classifier=logistic_regression", "classifier.grid.C=[1e-6]", "classifier.cv=none", "train.balance=false"]
+    scores = {}
+    for threshold in ("auto", "0.5"):
+        cfg = compose([*base, f"cache_dir={tmp_path / 'cache'}", *FAST, *lr, f"classifier.threshold={threshold}"])
+        st = build_stages(cfg)
+        train = st.source.load(tmp_path / "cache").train
+        labels = st.labeler.label(train, tmp_path / "labels.tif")
+        work = tmp_path / threshold
+        work.mkdir()
+        scores[threshold] = pipeline_cv(cfg, st.registry, train, labels, get_target("crop_f1"), 3, work)
+    fixed, auto = scores["0.5"], scores["auto"]
+    assert fixed.threshold is None and fixed.score == 0.0 and fixed.confusion[:, 1].sum() == 0  # no crop mapped
+    assert auto.threshold is not None and 0 < auto.threshold < 0.5 and auto.score > 0.3
+    trial = TrialResult(0, lr, "lr", auto.score, auto.raw_score, auto.fold_scores, 1.0, threshold=auto.threshold)
+    assert trial.refit_overrides == [*lr, f"classifier.threshold={auto.threshold!r}"]
+    assert float(compose([*base, *trial.refit_overrides]).classifier.threshold) == auto.threshold
 
 
 @pytest.mark.parametrize(
