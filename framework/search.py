@@ -362,7 +362,9 @@ def pipeline_cv(
     split = splitter("spatial", CVSpec(cv="spatial", folds=folds, where="cropseg search"), ts.y, ts.groups)
     auto = str(cfg.classifier.get("threshold", "auto")) == "auto"
     fold_of: dict[int, int] = {}
-    models, held, probs = [], [], []
+    models: list[Any] = []
+    held: list[np.ndarray] = []
+    probs: list[np.ndarray] | None = []
     for k, (tr, te) in enumerate(split.split(ts.X, ts.y, ts.groups)):
         if over_budget():
             raise _Budget()
