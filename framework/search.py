@@ -10,7 +10,9 @@ pipeline on the training scene**: the training pixels are drawn as a run draws t
 model fitted without a fold's blocks predicts the training scene, and each block of the training scene
 keeps the prediction of the model that did not see it. That out-of-fold map is median-blurred like a run's
 test mask and scored against the training labels on the target metric (``evaluate.target``), pixel by
-pixel over every labelled pixel, as the test scene will be.
+pixel over every labelled pixel, as the test scene will be. The trial's classifier is fitted without a CV of
+its own (one candidate): with ``classifier.threshold=auto`` the trial's CV chooses its decision threshold on
+the folds' out-of-fold crop probabilities (:func:`pipeline_cv`), and the refits use it.
 
 The test scene is checked before the search starts (its header and ground truth file, as every run's
 preflight does) and not read again until the end: then the chosen configuration is refit and run once
